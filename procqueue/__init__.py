@@ -1,0 +1,66 @@
+"""procqueue: run Python callables in parallel on supervised OS processes.
+
+Two front doors over one engine:
+
+* :class:`TaskQueue` for asyncio code;
+* :class:`ProcQueue`, a ``concurrent.futures.Executor`` drop-in for scripts.
+"""
+
+from __future__ import annotations
+
+from ._policy import RetryPolicy
+from ._task import AttemptError, TaskState, TaskStatus
+from .errors import (
+    InvalidArgumentError,
+    InvalidCallableError,
+    PoolBrokenError,
+    ProcQueueError,
+    QueueClosedError,
+    QueueNotStartedError,
+    RemoteTraceback,
+    ResultSerializationError,
+    SerializationError,
+    TaskCancelledError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    UnpicklableTaskError,
+    WorkerCrashedError,
+    WorkerStartupError,
+)
+from .executor import ProcQueue, task_id
+from .stats import LatencySummary, QueueStats, WorkerStats
+from .taskqueue import TaskQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # front doors
+    "ProcQueue",
+    "TaskQueue",
+    # values and snapshots
+    "AttemptError",
+    "LatencySummary",
+    "QueueStats",
+    "RetryPolicy",
+    "TaskState",
+    "TaskStatus",
+    "WorkerStats",
+    # functions
+    "task_id",
+    # errors
+    "InvalidArgumentError",
+    "InvalidCallableError",
+    "PoolBrokenError",
+    "ProcQueueError",
+    "QueueClosedError",
+    "QueueNotStartedError",
+    "RemoteTraceback",
+    "ResultSerializationError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "UnpicklableTaskError",
+    "WorkerCrashedError",
+    "WorkerStartupError",
+]

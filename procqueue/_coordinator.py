@@ -1,0 +1,1346 @@
+"""The engine: one coordinator thread that owns every task and every worker.
+
+How a task travels::
+
+    front door (any thread)                coordinator thread                     worker process
+    -----------------------                ------------------                     --------------
+    submit(fn, *args) -- cloudpickle -->  command deque --+
+                         (at the call,     + wake-up pipe  |
+                          so bad input                     v
+                          fails here)              ready heap (-priority, seq)
+                                           delayed heap (retry due time) --+
+                                                           |               |
+                                                  dispatch: RunBatch ---+--> tasks pipe --> run fn
+                                                        ^                                     |
+    Future / TaskStatus <-- resolve <-- result/crash <--+------- results pipe <-- Result -----+
+                                           |                                 (process sentinel)
+                                           +--> retry? RETRYING -> delayed heap
+
+**Front doors** (``ProcQueue``, ``TaskQueue``) validate and pickle in the caller's
+thread, append a record to the command deque and, if the coordinator sleeps,
+write one byte to the wake-up pipe. They never touch the heap or the workers.
+
+**The coordinator thread** waits in one ``selector.select`` on the wake-up pipe,
+every worker's results pipe, every worker's process sentinel and (when a write
+is pending) its tasks pipe, with a timeout equal to the next timer (retry due,
+task deadline). No polling. It alone applies state transitions, and does so
+under ``_lock`` so that ``get_task_status``/``get_stats`` see consistent
+snapshots. Futures are resolved after the lock is released, so user callbacks
+never run under it.
+
+**Workers** (``_worker.py``) run what they are sent, in order, and answer with
+one ``Result`` per call. A worker holds at most ``1 + prefetch`` tasks; the first
+of its in-flight deque is the one executing. When a worker dies, that first task
+is charged a crashed attempt; the others never started and go back to the heap
+uncharged.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import selectors
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from . import _wire
+from ._heap import _DelayedHeap, _ReadyHeap
+from ._policy import RetryPolicy
+from ._processes import (
+    ProcessFigures,
+    child_conn,
+    describe_exit,
+    kill_tree,
+    start_process,
+)
+from ._task import AttemptError, TaskState, TaskStatus, _TaskRecord
+from ._worker import worker_main
+from .errors import (
+    InvalidArgumentError,
+    InvalidCallableError,
+    PoolBrokenError,
+    QueueClosedError,
+    RemoteTraceback,
+    ResultSerializationError,
+    SerializationError,
+    TaskCancelledError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    UnpicklableTaskError,
+    WorkerCrashedError,
+    WorkerStartupError,
+)
+from .stats import QueueStats, WorkerStats, _Counters
+
+_log = logging.getLogger("procqueue.coordinator")
+
+#: Workers that die before saying hello, in a row, before the pool gives up.
+_MAX_STARTUP_FAILURES = 3
+#: Seconds a worker gets to exit after ``Shutdown`` before it is killed.
+_EXIT_GRACE = 5.0
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn``.
+
+    Not ``fork``: the coordinator is a thread, so every replacement worker would
+    be forked from a multi-threaded process, which can deadlock the child on a
+    lock some other thread held (the reason CPython 3.14 moved its own default).
+    The forkserver forks from a clean single-threaded process and costs a few
+    milliseconds per worker, paid once per worker, not per task.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Queue-wide settings; the front doors build one from their keywords."""
+
+    num_workers: int
+    start_method: str = field(default_factory=default_start_method)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    prefetch: int = 1
+    retain_finished: int = 10_000
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    forward_logs: bool = True
+    rand: Callable[[], float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
+            raise InvalidCallableError(f"num_workers must be an int, got {self.num_workers!r}")
+        if self.num_workers < 1:
+            raise InvalidArgumentError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.start_method not in START_METHODS:
+            raise InvalidArgumentError(
+                f"start_method must be one of {START_METHODS}, got {self.start_method!r}"
+            )
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise InvalidArgumentError(f"start method {self.start_method!r} is not available here")
+        if not isinstance(self.retry, RetryPolicy):
+            raise InvalidCallableError("retry must be a RetryPolicy")
+        check_timeout(self.timeout)
+        if (
+            isinstance(self.prefetch, bool)
+            or not isinstance(self.prefetch, int)
+            or self.prefetch < 0
+        ):
+            raise InvalidArgumentError(f"prefetch must be an int >= 0, got {self.prefetch!r}")
+        if not isinstance(self.retain_finished, int) or self.retain_finished < 0:
+            raise InvalidArgumentError(
+                f"retain_finished must be an int >= 0, got {self.retain_finished!r}"
+            )
+        if self.initializer is not None and not callable(self.initializer):
+            raise InvalidCallableError("initializer must be callable")
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidCallableError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not timeout > 0:
+        raise InvalidArgumentError(f"timeout must be > 0, got {timeout!r}")
+
+
+class WorkerState(str, enum.Enum):
+    """Life of one worker process, as the coordinator sees it."""
+
+    STARTING = "starting"
+    """Spawned; waiting for its Hello (initializer still running)."""
+    READY = "ready"
+    """Serving: takes tasks up to ``1 + prefetch`` at a time."""
+    STOPPING = "stopping"
+    """Told to exit (Shutdown sent) or being killed; takes no task."""
+    DEAD = "dead"
+    """Exited and reaped; its slot is being refilled or the pool is closing."""
+
+
+_WORKER_MOVES: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.READY: frozenset({WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.STOPPING: frozenset({WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class EngineState(str, enum.Enum):
+    """Life of the engine (and so of a queue)."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    BROKEN = "broken"
+
+
+class _Worker:
+    __slots__ = (
+        "slot",
+        "proc",
+        "pid",
+        "tasks_fd",
+        "results_fd",
+        "sentinel",
+        "writer",
+        "reader",
+        "state",
+        "inflight",
+        "deadline",
+        "kill_reason",
+        "tasks_done",
+        "init_error",
+        "figures",
+        "writing",
+    )
+
+    def __init__(self, slot: int, proc: Any, tasks_fd: int, results_fd: int) -> None:
+        self.slot = slot
+        self.proc = proc
+        self.pid: int = proc.pid
+        self.tasks_fd = tasks_fd
+        self.results_fd = results_fd
+        self.sentinel: int = proc.sentinel
+        self.writer = _wire._FrameWriter(tasks_fd)
+        self.reader = _wire._FrameReader(results_fd)
+        self.state = WorkerState.STARTING
+        self.inflight: deque[_TaskRecord] = deque()
+        self.deadline: float | None = None
+        # Why the coordinator killed it; None if it died on its own.
+        self.kill_reason: _Kill | None = None
+        self.tasks_done = 0
+        self.init_error: str | None = None
+        self.figures: ProcessFigures | None = None
+        self.writing = False
+
+    def move(self, new: WorkerState) -> None:
+        if new not in _WORKER_MOVES[self.state]:
+            raise RuntimeError(f"worker {self.pid}: {self.state.value} -> {new.value}")
+        self.state = new
+
+
+class _Cancel:
+    __slots__ = ("task_id",)
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+
+
+class _Stop:
+    __slots__ = ("cancel_pending", "deadline")
+
+    def __init__(self, cancel_pending: bool, deadline: float | None) -> None:
+        self.cancel_pending = cancel_pending
+        self.deadline = deadline
+
+
+class _TaskFuture(Future[Any]):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also tells the engine,
+    so the stats and the task table learn of it at once."""
+
+    _engine_ref: weakref.ref[Engine] | None = None
+    _task_id = -1
+    _cancel_notified = False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        running = super().set_running_or_notify_cancel()
+        if not running:
+            self._cancel_notified = True
+        return running
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            engine = self._engine_ref() if self._engine_ref is not None else None
+            if engine is not None:
+                engine.request_cancel(self._task_id)
+        return cancelled
+
+
+def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Cloudpickle ``(fn, args, kwargs)``; a typed error if anything refuses."""
+    try:
+        data: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
+    except Exception as e:
+        raise SerializationError(
+            f"cannot pickle the call {_name_of(fn)}(...): {type(e).__name__}: {e}"
+        ) from e
+    return data
+
+
+def _name_of(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        func = getattr(fn, "func", None)  # functools.partial
+        name = getattr(func, "__qualname__", None) or type(fn).__qualname__
+    return str(name)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Engine:
+    """The one engine behind both front doors. Thread-safe public methods:
+    :meth:`start`, :meth:`submit`, :meth:`request_cancel`, :meth:`request_stop`,
+    :meth:`status`, :meth:`stats`, :meth:`future_for`."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._ctx = multiprocessing.get_context(config.start_method)
+        self._rand = config.rand
+        if self._rand is None:
+            import random
+
+            self._rand = random.Random().random
+        self._lock = threading.RLock()
+        self._commands: deque[_TaskRecord | _Cancel | _Stop] = deque()
+        self._sleeping = False
+        self._ids = itertools.count(1)
+        self._submitted = 0
+        self._tasks: dict[int, _TaskRecord] = {}
+        self._finished: deque[int] = deque()
+        self._heap = _ReadyHeap()
+        self._delayed = _DelayedHeap()
+        self._workers: list[_Worker | None] = [None] * config.num_workers
+        self._restarts = [0] * config.num_workers
+        self._counters = _Counters()
+        self._to_resolve: list[tuple[Future[Any], int, Any]] = []
+        self._listeners: list[Callable[[TaskStatus], None]] = []
+        self._startup_failures = 0
+        self._broken: PoolBrokenError | None = None
+        self.state = EngineState.NEW
+        self._stop: _Stop | None = None
+        self._stopped = threading.Event()
+        #: Resolved (``None``) once the coordinator thread has finished.
+        self.stopped_future: Future[None] = Future()
+        self._idle_waiters: list[Future[None]] = []
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = self._lifeline_r = self._lifeline_w = -1
+        self._init_blob: bytes | None = None
+        if config.initializer is not None:
+            try:
+                self._init_blob = cloudpickle.dumps((config.initializer, config.initargs))
+            except Exception as e:
+                raise SerializationError(f"cannot pickle the initializer: {e}") from e
+
+    # ------------------------------------------------------------------ front-door API
+
+    def start(self) -> None:
+        with self._lock:
+            if self.state is not EngineState.NEW:
+                raise QueueClosedError("a queue can be started only once")
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._lifeline_r, self._lifeline_w = os.pipe()
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self.state = EngineState.RUNNING
+            self._counters = _Counters()
+            self._thread = threading.Thread(
+                target=self._run, name="procqueue-coordinator", daemon=True
+            )
+            _live_engines.add(self)
+            self._thread.start()
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        priority: int = 0,
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        future: _TaskFuture | None = None,
+    ) -> int:
+        """Validate, pickle and enqueue one call; returns its task id."""
+        if not callable(fn):
+            raise InvalidCallableError(f"{fn!r} is not callable")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidCallableError(f"priority must be an int, got {priority!r}")
+        self._check_open()
+        payload = dumps_call(fn, args, kwargs)
+        task_id = next(self._ids)
+        rec = _TaskRecord(
+            task_id,
+            _name_of(fn),
+            priority,
+            payload,
+            policy if policy is not None else self.config.retry,
+            timeout if timeout is not None else self.config.timeout,
+            time.time(),
+            future,
+        )
+        if future is not None:
+            future._engine_ref = weakref.ref(self)
+            future._task_id = task_id
+        with self._lock:
+            # Checked again under the lock: stop() may have begun since.
+            self._check_open()
+            self._tasks[task_id] = rec
+            self._submitted += 1
+            self._commands.append(rec)
+        if self._sleeping:
+            self._wake()
+        return task_id
+
+    def request_cancel(self, task_id: int) -> bool:
+        """Ask the coordinator to cancel; True if the task was not final yet."""
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            if rec.state.is_final:
+                return False
+            self._commands.append(_Cancel(task_id))
+        self._wake()
+        return True
+
+    def request_stop(self, *, cancel_pending: bool, timeout: float | None) -> None:
+        """Begin stopping (idempotent). ``timeout``: seconds after which running
+        tasks' workers are killed; ``None`` waits for them."""
+        with self._lock:
+            if self.state is EngineState.NEW:
+                self.state = EngineState.STOPPED
+                self._stopped.set()
+                self.stopped_future.set_result(None)
+                return
+            if self.state in (EngineState.RUNNING, EngineState.BROKEN):
+                if self.state is EngineState.RUNNING:
+                    self.state = EngineState.STOPPING
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._commands.append(_Stop(cancel_pending, deadline))
+            elif cancel_pending or timeout is not None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._commands.append(_Stop(cancel_pending, deadline))
+            else:
+                return
+        self._wake()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        if not self._stopped.wait(timeout):
+            return False
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return True
+
+    def status(self, task_id: int) -> TaskStatus:
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            return rec.snapshot()
+
+    def future_for(self, task_id: int) -> Future[Any]:
+        """The task's future (made on demand; already resolved if it is final)."""
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            fut = rec.future
+            if fut is None:
+                fut = rec.future = _TaskFuture()
+                fut._engine_ref = weakref.ref(self)
+                fut._task_id = task_id
+                if rec.state.is_final:
+                    _resolve_now(fut, rec)
+            return fut
+
+    def idle_future(self) -> Future[None]:
+        """Resolved once every task submitted so far is final."""
+        fut: Future[None] = Future()
+        with self._lock:
+            if self._is_idle() or self._stopped.is_set():
+                fut.set_result(None)
+            else:
+                self._idle_waiters.append(fut)
+        return fut
+
+    def _is_idle(self) -> bool:
+        c = self._counters
+        return self._submitted == c.completed + c.failed + c.cancelled
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            workers = []
+            for slot, w in enumerate(self._workers):
+                if w is None:
+                    workers.append(
+                        WorkerStats(slot, None, "dead", 0, self._restarts[slot], None, None, None)
+                    )
+                    continue
+                rss, cpu = w.figures.read() if w.figures is not None else (None, None)
+                head = w.inflight[0].task_id if w.inflight else None
+                workers.append(
+                    WorkerStats(
+                        slot,
+                        w.pid,
+                        w.state.value,
+                        w.tasks_done,
+                        self._restarts[slot],
+                        head,
+                        rss,
+                        cpu,
+                    )
+                )
+            return self._counters.snapshot(self._submitted, tuple(workers))
+
+    def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
+        """Call ``listener(status)`` (in the coordinator thread) on every state
+        change. Returns a function that unsubscribes. A listener that raises is
+        logged and kept; it never stops the engine."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = [x for x in self._listeners if x is not listener]
+
+        return unsubscribe
+
+    @property
+    def broken(self) -> PoolBrokenError | None:
+        return self._broken
+
+    def _check_open(self) -> None:
+        state = self.state
+        if state is EngineState.RUNNING:
+            return
+        if state is EngineState.BROKEN and self._broken is not None:
+            raise self._broken
+        if state is EngineState.NEW:
+            raise QueueClosedError("the queue is not started")
+        raise QueueClosedError("cannot submit new tasks: the queue is stopping or stopped")
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (already awake) or closed (already stopped)
+
+    # -------------------------------------------------------------- coordinator thread
+
+    def _run(self) -> None:
+        try:
+            with self._lock:
+                self._fill_slots()
+            self._loop()
+        except BaseException:
+            _log.exception("procqueue coordinator crashed; failing every task")
+            with self._lock:
+                self._break(PoolBrokenError("the procqueue coordinator thread crashed"))
+        finally:
+            try:
+                self._shutdown_workers()
+            finally:
+                self._close_fds()
+                with self._lock:
+                    if self.state is not EngineState.BROKEN:
+                        self.state = EngineState.STOPPED
+                with self._lock:
+                    self._release_idle_waiters()
+                self._flush_resolutions()
+                _live_engines.discard(self)
+                self._stopped.set()
+                self.stopped_future.set_result(None)
+                _log.debug("coordinator stopped")
+
+    def _loop(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        monotonic = time.monotonic
+        while True:
+            with self._lock:
+                self._drain_commands()
+                now = monotonic()
+                self._fire_timers(now)
+                self._dispatch()
+                if self._stop is not None and self._finished_stopping():
+                    return
+                timeout = self._next_timer(now)
+            self._flush_resolutions()
+            self._sleeping = True
+            if self._commands:
+                timeout = 0.0
+            events = selector.select(timeout)
+            self._sleeping = False
+            with self._lock:
+                for key, _ in events:
+                    data = key.data
+                    if data is None:
+                        self._drain_wake()
+                        continue
+                    kind, w = data
+                    if kind == "r":
+                        self._read_results(w)
+                    elif kind == "x":
+                        self._read_results(w)
+                        self._on_exit(w)
+                    elif kind == "w" and w.state is not WorkerState.DEAD and w.writer.flush():
+                        self._set_writing(w, False)
+                if self._idle_waiters and self._is_idle():
+                    self._release_idle_waiters()
+            self._flush_resolutions()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_commands(self) -> None:
+        commands = self._commands
+        push = self._heap.push
+        while commands:
+            cmd = commands.popleft()
+            if type(cmd) is _TaskRecord:
+                if cmd.state is TaskState.PENDING:
+                    if cmd.future is not None and cmd.future.cancelled():
+                        self._finish_cancelled(cmd)
+                    else:
+                        push(cmd)
+                        if self._listeners:
+                            self._emit(cmd)
+            elif type(cmd) is _Cancel:
+                self._cancel(cmd.task_id)
+            elif type(cmd) is _Stop:
+                self._begin_stop(cmd)
+
+    # ----- dispatch
+
+    def _dispatch(self) -> None:
+        heap = self._heap
+        if not heap.live:
+            return
+        capacity = 1 + self.config.prefetch
+        ready = [
+            w
+            for w in self._workers
+            if w is not None and w.state is WorkerState.READY and len(w.inflight) < capacity
+        ]
+        if not ready:
+            return
+        # Fill the least loaded workers first, one task each per round, so that a
+        # short queue is spread over every worker instead of piled on the first.
+        ready.sort(key=lambda w: len(w.inflight))
+        batches: dict[int, list[_TaskRecord]] = {}
+        while heap.live and ready:
+            for w in list(ready):
+                rec = heap.pop()
+                if rec is None:
+                    break
+                if not self._start_attempt(rec, w):
+                    continue
+                batches.setdefault(w.slot, []).append(rec)
+                if len(w.inflight) >= capacity:
+                    ready.remove(w)
+        now = time.monotonic()
+        for slot, recs in batches.items():
+            worker = self._workers[slot]
+            assert worker is not None
+            w = worker
+            if w.deadline is None and w.inflight[0] is recs[0] and recs[0].timeout:
+                w.deadline = now + recs[0].timeout
+            payloads = [r.payload for r in recs]
+            msg = _wire.RunBatch(
+                tuple(r.task_id for r in recs),
+                tuple(len(p) for p in payloads),  # type: ignore[arg-type]
+            )
+            if not w.writer.write(_wire.encode(msg, payloads)):  # type: ignore[arg-type]
+                self._set_writing(w, True)
+
+    def _start_attempt(self, rec: _TaskRecord, w: _Worker) -> bool:
+        fut = rec.future
+        if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
+            self._finish_cancelled(rec, notified=True)
+            return False
+        rec.move(TaskState.RUNNING)
+        rec.attempts += 1
+        rec.worker_pid = w.pid
+        rec.started_at = time.time()
+        w.inflight.append(rec)
+        self._counters.running += 1
+        if self._listeners:
+            self._emit(rec)
+        return True
+
+    def _set_writing(self, w: _Worker, on: bool) -> None:
+        if w.writing == on:
+            return
+        w.writing = on
+        assert self._selector is not None
+        if on:
+            self._selector.register(w.tasks_fd, selectors.EVENT_WRITE, ("w", w))
+        else:
+            self._selector.unregister(w.tasks_fd)
+
+    # ----- results
+
+    def _read_results(self, w: _Worker) -> None:
+        if w.state is WorkerState.DEAD:
+            return
+        try:
+            frames = w.reader.read_frames()
+        except (EOFError, OSError):
+            frames = None
+        if frames is None:
+            return  # EOF: the sentinel will report the exit
+        for frame in frames:
+            msg, blob = _wire.decode(frame)
+            if type(msg) is _wire.Result:
+                self._on_result(w, msg, blob)
+            elif type(msg) is _wire.LogMessage:
+                _forward_log(msg.record)
+            elif type(msg) is _wire.Hello:
+                self._on_hello(w, msg)
+            elif type(msg) is _wire.InitFailed:
+                w.init_error = f"{msg.exc_type}: {msg.message}\n{msg.traceback}"
+
+    def _on_hello(self, w: _Worker, msg: _wire.Hello) -> None:
+        if msg.version != _wire.PROTOCOL_VERSION:
+            w.init_error = (
+                f"worker speaks protocol {msg.version}, expected {_wire.PROTOCOL_VERSION}"
+            )
+            self._kill(w, _Kill("broken"))
+            return
+        if w.state is WorkerState.STARTING:
+            w.move(WorkerState.READY)
+            self._startup_failures = 0
+            w.figures = ProcessFigures(w.pid)
+            _log.debug("worker %d (slot %d) ready", w.pid, w.slot)
+
+    def _on_result(self, w: _Worker, msg: _wire.Result, blob: memoryview) -> None:
+        inflight = w.inflight
+        rec = inflight.popleft()
+        if rec.task_id != msg.task_id:  # pragma: no cover - protocol violation
+            raise RuntimeError(f"worker {w.pid} answered {msg.task_id}, expected {rec.task_id}")
+        w.tasks_done += 1
+        now = time.monotonic()
+        if inflight:
+            head_timeout = inflight[0].timeout
+            w.deadline = now + head_timeout if head_timeout else None
+        else:
+            w.deadline = None
+        counters = self._counters
+        counters.running -= 1
+        rec.started_at = msg.started
+        rec.finished_at = msg.finished
+        counters.run_samples.append(msg.finished - msg.started)
+        counters.wait_samples.append(max(0.0, msg.started - rec.submitted_at))
+        if msg.ok:
+            try:
+                value = pickle.loads(blob)
+            except Exception as e:
+                err = ResultSerializationError(
+                    f"the result of task {rec.task_id} could not be unpickled: "
+                    f"{type(e).__name__}: {e}"
+                )
+                self._attempt_failed(rec, err, w.pid, None, "")
+                return
+            rec.move(TaskState.COMPLETED)
+            rec.payload = None
+            rec.outcome = value
+            counters.completed += 1
+            counters.count_completion(now)
+            self._finalise(rec, ok=True, value=value)
+        else:
+            exc, tb = _rebuild_error(blob)
+            self._attempt_failed(rec, exc, w.pid, None, tb)
+
+    def _attempt_failed(
+        self,
+        rec: _TaskRecord,
+        exc: BaseException,
+        pid: int | None,
+        exitcode: int | None,
+        tb: str,
+        *,
+        running: bool = False,
+    ) -> None:
+        """An attempt of ``rec`` ended with ``exc``: retry or fail it.
+        ``running``: the record is still counted as running."""
+        if running:
+            self._counters.running -= 1
+        now = time.time()
+        rec.finished_at = now
+        exc_type = exc.exc_type if isinstance(exc, UnpicklableTaskError) else _qualname(type(exc))
+        rec.add_error(
+            AttemptError(
+                attempt=rec.attempts,
+                exc_type=exc_type,
+                message=str(exc),
+                traceback=tb,
+                worker_pid=pid,
+                exitcode=exitcode,
+                started_at=rec.started_at,
+                finished_at=now,
+            )
+        )
+        policy = rec.policy
+        cancelling = self._stop is not None and self._stop.cancel_pending
+        if not cancelling and policy.should_retry(exc, rec.attempts):
+            assert self._rand is not None
+            delay = policy.delay(rec.attempts, self._rand)
+            self._counters.retried += 1
+            _log.info(
+                "task %d (%s) attempt %d failed with %s; retrying in %.3fs",
+                rec.task_id,
+                rec.name,
+                rec.attempts,
+                exc_type,
+                delay,
+            )
+            if delay <= 0:
+                rec.move(TaskState.RETRYING)
+                rec.move(TaskState.PENDING)
+                self._heap.push(rec)
+            else:
+                rec.move(TaskState.RETRYING)
+                self._counters.retrying += 1
+                self._delayed.push(time.monotonic() + delay, rec)
+            if self._listeners:
+                self._emit(rec)
+            return
+        rec.move(TaskState.FAILED)
+        rec.payload = None
+        rec.outcome = exc
+        rec.is_error = True
+        self._counters.failed += 1
+        log = _log.warning if isinstance(exc, (WorkerCrashedError, TaskTimeoutError)) else _log.info
+        log(
+            "task %d (%s) failed after %d attempt(s): %s: %s",
+            rec.task_id,
+            rec.name,
+            rec.attempts,
+            exc_type,
+            exc,
+        )
+        self._finalise(rec, ok=False, value=exc)
+
+    def _finalise(self, rec: _TaskRecord, *, ok: bool, value: Any) -> None:
+        fut = rec.future
+        if fut is not None:
+            self._to_resolve.append((fut, _OK if ok else _ERROR, value))
+        self._finalise_bookkeeping(rec)
+
+    def _finish_cancelled(self, rec: _TaskRecord, *, notified: bool = False) -> None:
+        """Move a non-running record to CANCELLED (from PENDING or RETRYING).
+        ``notified``: its future already went through set_running_or_notify_cancel."""
+        if rec.state is TaskState.RETRYING:
+            self._counters.retrying -= 1
+        rec.move(TaskState.CANCELLED)
+        rec.payload = None
+        rec.finished_at = time.time()
+        err = TaskCancelledError(f"task {rec.task_id} was cancelled")
+        rec.outcome = err
+        rec.is_error = True
+        self._counters.cancelled += 1
+        fut = rec.future
+        if fut is not None and not notified:
+            self._to_resolve.append((fut, _CANCEL, err))
+        self._finalise_bookkeeping(rec)
+
+    def _finalise_bookkeeping(self, rec: _TaskRecord) -> None:
+        finished = self._finished
+        finished.append(rec.task_id)
+        retain = self.config.retain_finished
+        while len(finished) > retain:
+            self._tasks.pop(finished.popleft(), None)
+        if self._listeners:
+            self._emit(rec)
+
+    def _flush_resolutions(self) -> None:
+        """Resolve futures outside the lock: done-callbacks are user code."""
+        if not self._to_resolve:
+            return
+        with self._lock:
+            batch, self._to_resolve = self._to_resolve, []
+        for fut, kind, value in batch:
+            _deliver(fut, kind, value)
+
+    def _release_idle_waiters(self) -> None:
+        for fut in self._idle_waiters:
+            self._to_resolve.append((fut, _OK, None))
+        self._idle_waiters = []
+
+    def _emit(self, rec: _TaskRecord) -> None:
+        status = rec.snapshot()
+        for listener in self._listeners:
+            try:
+                listener(status)
+            except Exception:
+                _log.exception("a procqueue listener raised; ignored")
+
+    # ----- timers
+
+    def _next_timer(self, now: float) -> float | None:
+        due = self._delayed.next_due()
+        for w in self._workers:
+            if w is not None and w.deadline is not None and (due is None or w.deadline < due):
+                due = w.deadline
+        stop = self._stop
+        if stop is not None and stop.deadline is not None and (due is None or stop.deadline < due):
+            due = stop.deadline
+        return None if due is None else max(0.0, due - now)
+
+    def _fire_timers(self, now: float) -> None:
+        for rec in self._delayed.pop_due(now):
+            self._counters.retrying -= 1
+            rec.move(TaskState.PENDING)
+            self._heap.push(rec)
+            if self._listeners:
+                self._emit(rec)
+        for w in self._workers:
+            if w is not None and w.deadline is not None and w.deadline <= now:
+                rec = w.inflight[0]
+                w.deadline = None
+                _log.warning(
+                    "task %d (%s) exceeded its %.3gs timeout; killing worker %d",
+                    rec.task_id,
+                    rec.name,
+                    rec.timeout or 0,
+                    w.pid,
+                )
+                err = TaskTimeoutError(
+                    f"task {rec.task_id} ({rec.name}) exceeded its timeout of {rec.timeout}s"
+                )
+                self._kill(w, _Kill("timeout", rec, err))
+        stop = self._stop
+        if stop is not None and stop.deadline is not None and stop.deadline <= now:
+            stop.deadline = None
+            for w in self._workers:
+                if w is not None and w.inflight and w.state is not WorkerState.DEAD:
+                    self._kill(w, _Kill("stop"))
+            self._cancel_queued()
+
+    # ----- cancel and stop
+
+    def _cancel(self, task_id: int) -> None:
+        rec = self._tasks.get(task_id)
+        if rec is None or rec.state.is_final:
+            return
+        if rec.state is TaskState.PENDING:
+            self._heap.discard(rec)
+            self._finish_cancelled(rec)
+        elif rec.state is TaskState.RETRYING:
+            self._finish_cancelled(rec)
+        elif rec.state is TaskState.RUNNING:
+            for w in self._workers:
+                if w is not None and rec in w.inflight:
+                    _log.info("cancelling running task %d: killing worker %d", task_id, w.pid)
+                    self._kill(w, _Kill("cancel", rec))
+                    break
+
+    def _cancel_queued(self) -> None:
+        for rec in self._heap.drain():
+            self._finish_cancelled(rec)
+        for rec in self._delayed.drain():
+            self._finish_cancelled(rec)
+
+    def _begin_stop(self, cmd: _Stop) -> None:
+        if self._stop is None:
+            self._stop = cmd
+        else:
+            self._stop.cancel_pending |= cmd.cancel_pending
+            if cmd.deadline is not None:
+                old = self._stop.deadline
+                self._stop.deadline = cmd.deadline if old is None else min(old, cmd.deadline)
+        if self._stop.cancel_pending:
+            self._cancel_queued()
+        _log.debug("stopping (cancel_pending=%s)", self._stop.cancel_pending)
+
+    def _finished_stopping(self) -> bool:
+        if self._heap.live or self._counters.retrying:
+            return False
+        return not any(w is not None and w.inflight for w in self._workers)
+
+    # ----- workers
+
+    def _fill_slots(self) -> None:
+        for slot, w in enumerate(self._workers):
+            if w is None and self._broken is None:
+                self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        tasks_r, tasks_w = os.pipe()
+        results_r, results_w = os.pipe()
+        for fd in (tasks_w, results_r):
+            _wire.enlarge_pipe(fd)
+        inherited: tuple[int, ...] = ()
+        if self.config.start_method == "fork":
+            inherited = (*self._coordinator_fds(), tasks_w, results_r)
+        level = logging.getLogger().getEffectiveLevel() if self.config.forward_logs else None
+        # The child's ends travel as Connection objects (any start method can pass
+        # those); our copies are closed once the child has them.
+        child_ends = (
+            child_conn(tasks_r, readable=True),
+            child_conn(results_w, readable=False),
+            child_conn(os.dup(self._lifeline_r), readable=True),
+        )
+        args = (
+            *child_ends,
+            inherited,
+            self._init_blob,
+            level,
+            os.getpid(),
+        )
+        try:
+            proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
+        except BaseException:
+            for fd in (tasks_w, results_r):
+                os.close(fd)
+            raise
+        finally:
+            for conn in child_ends:
+                conn.close()
+        os.set_blocking(tasks_w, False)
+        os.set_blocking(results_r, False)
+        w = _Worker(slot, proc, tasks_w, results_r)
+        self._workers[slot] = w
+        assert self._selector is not None
+        self._selector.register(results_r, selectors.EVENT_READ, ("r", w))
+        self._selector.register(w.sentinel, selectors.EVENT_READ, ("x", w))
+        _log.debug("started worker %d in slot %d (%s)", w.pid, slot, self.config.start_method)
+
+    def _coordinator_fds(self) -> tuple[int, ...]:
+        fds = [self._wake_r, self._wake_w, self._lifeline_w]
+        if self._selector is not None:
+            fileno = getattr(self._selector, "fileno", None)
+            if fileno is not None:
+                fds.append(fileno())
+        for w in self._workers:
+            if w is not None and w.state is not WorkerState.DEAD:
+                fds += (w.tasks_fd, w.results_fd)
+        return tuple(fds)
+
+    def _kill(self, w: _Worker, why: _Kill) -> None:
+        """Kill a worker's process tree on purpose; ``why`` decides, once it has
+        exited, what happens to the tasks it held (see :meth:`_on_exit`)."""
+        if w.state is WorkerState.DEAD:
+            return
+        if w.kill_reason is None:
+            w.kill_reason = why
+        if w.state is not WorkerState.STOPPING:
+            w.move(WorkerState.STOPPING)
+        kill_tree(w.pid)
+
+    def _on_exit(self, w: _Worker) -> None:
+        """A worker's process ended: settle what it held, refill its slot."""
+        if w.state is WorkerState.DEAD:
+            return
+        was_starting = w.state is WorkerState.STARTING
+        w.proc.join(1.0)
+        exitcode = w.proc.exitcode
+        self._release(w)
+        held = list(w.inflight)
+        w.inflight.clear()
+        why = w.kill_reason
+        if why is not None and why.kind == "stop":
+            for rec in held:
+                self._cancel_running(rec)
+        elif held:
+            # The head was executing; the rest never started. A kill aimed at a
+            # task that finished meanwhile (its result came first) blames nobody.
+            head = held[0]
+            target = why.rec if why is not None else head
+            for rec in held:
+                if rec is not target:
+                    self._requeue(rec)
+                elif why is None:
+                    how = describe_exit(exitcode)
+                    _log.warning(
+                        "worker %d died (%s) while running task %d", w.pid, how, rec.task_id
+                    )
+                    err = WorkerCrashedError(
+                        f"worker {w.pid} died ({how}) "
+                        f"while running task {rec.task_id} ({rec.name})",
+                        pid=w.pid,
+                        exitcode=exitcode,
+                        task_id=rec.task_id,
+                    )
+                    self._attempt_failed(rec, err, w.pid, exitcode, "", running=True)
+                elif why.kind == "cancel":
+                    self._cancel_running(rec)
+                elif rec is head and why.error is not None:
+                    self._attempt_failed(rec, why.error, w.pid, exitcode, "", running=True)
+                else:
+                    self._requeue(rec)
+        elif why is None and self._stop is None and not was_starting:
+            _log.warning("idle worker %d died (%s)", w.pid, describe_exit(exitcode))
+        if was_starting and why is None and self._stop is None:
+            self._startup_failures += 1
+            detail = w.init_error or describe_exit(exitcode)
+            _log.error("worker %d failed to start: %s", w.pid, detail)
+            if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                self._break(
+                    WorkerStartupError(
+                        f"{self._startup_failures} workers in a row died before they could "
+                        f"take a task; the last cause: {detail}"
+                    )
+                )
+                return
+        if self._broken is None and self._needs_workers():
+            self._restarts[w.slot] += 1
+            self._spawn(w.slot)
+
+    def _needs_workers(self) -> bool:
+        if self._stop is None:
+            return True
+        return bool(
+            self._heap.live
+            or self._counters.retrying
+            or any(x is not None and x.inflight for x in self._workers)
+        )
+
+    def _cancel_running(self, rec: _TaskRecord) -> None:
+        self._counters.running -= 1
+        rec.move(TaskState.CANCELLED)
+        rec.payload = None
+        rec.finished_at = time.time()
+        err = TaskCancelledError(f"task {rec.task_id} was cancelled while running")
+        rec.outcome = err
+        rec.is_error = True
+        self._counters.cancelled += 1
+        if rec.future is not None:
+            self._to_resolve.append((rec.future, _ERROR, err))
+        self._finalise_bookkeeping(rec)
+
+    def _requeue(self, rec: _TaskRecord) -> None:
+        """Back to the heap, uncharged: it never ran, or its worker was killed for
+        another task's sake."""
+        self._counters.running -= 1
+        rec.attempts -= 1
+        rec.move(TaskState.PENDING)
+        if self._stop is not None and self._stop.cancel_pending:
+            self._finish_cancelled(rec)
+        else:
+            self._heap.push(rec)
+
+    def _release(self, w: _Worker) -> None:
+        """Forget a dead worker's fds and reap it."""
+        sel = self._selector
+        assert sel is not None
+        for fd in (w.results_fd, w.sentinel):
+            try:
+                sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        if w.writing:
+            try:
+                sel.unregister(w.tasks_fd)
+            except (KeyError, ValueError):
+                pass
+            w.writing = False
+        if w.state is WorkerState.STARTING or w.state is WorkerState.READY:
+            w.move(WorkerState.STOPPING)
+        w.move(WorkerState.DEAD)
+        w.deadline = None
+        for fd in (w.tasks_fd, w.results_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            w.proc.close()
+        except ValueError:
+            pass  # still running: only possible if join timed out
+
+    def _break(self, error: PoolBrokenError) -> None:
+        """The pool cannot go on: fail everything not final, refuse new work."""
+        if self._broken is not None:
+            return
+        _log.error("procqueue pool broken: %s", error)
+        self._broken = error
+        self.state = EngineState.BROKEN
+        while self._commands:
+            cmd = self._commands.popleft()
+            if type(cmd) is _TaskRecord and cmd.state is TaskState.PENDING:
+                self._heap.push(cmd)
+            elif type(cmd) is _Stop:
+                self._begin_stop(cmd)
+        for rec in self._heap.drain() + self._delayed.drain():
+            self._fail_unrun(rec, error)
+        for w in self._workers:
+            if w is not None and w.state is not WorkerState.DEAD:
+                for rec in list(w.inflight):
+                    self._counters.running -= 1
+                    rec.attempts -= 1
+                    rec.move(TaskState.PENDING)
+                    self._fail_unrun(rec, error)
+                w.inflight.clear()
+                self._kill(w, _Kill("broken"))
+        if self._stop is None:
+            self._stop = _Stop(True, None)
+
+    def _fail_unrun(self, rec: _TaskRecord, error: PoolBrokenError) -> None:
+        if rec.state is TaskState.RETRYING:
+            self._counters.retrying -= 1
+        rec.move(TaskState.FAILED)
+        rec.payload = None
+        rec.outcome = error
+        rec.is_error = True
+        rec.finished_at = time.time()
+        self._counters.failed += 1
+        if rec.future is not None:
+            self._to_resolve.append((rec.future, _ERROR, error))
+        self._finalise_bookkeeping(rec)
+
+    def _shutdown_workers(self) -> None:
+        """Tell every worker to exit, wait a bounded time, kill what is left."""
+        with self._lock:
+            workers = [
+                w for w in self._workers if w is not None and w.state is not WorkerState.DEAD
+            ]
+            for w in workers:
+                if w.state is not WorkerState.STOPPING:
+                    w.move(WorkerState.STOPPING)
+                    try:
+                        w.writer.write(_wire.encode(_wire.Shutdown()))
+                    except OSError:
+                        pass
+        deadline = time.monotonic() + _EXIT_GRACE
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.exitcode is None:
+                _log.warning("worker %d did not exit in time; killing it", w.pid)
+            kill_tree(w.pid)  # the worker's own children, and the worker if still there
+            w.proc.join(1.0)
+            with self._lock:
+                if w.inflight:
+                    for rec in list(w.inflight):
+                        self._cancel_running(rec)
+                    w.inflight.clear()
+                self._release(w)
+
+    def _close_fds(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
+        for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = self._lifeline_r = self._lifeline_w = -1
+
+
+class _Kill:
+    """Why the coordinator killed a worker.
+
+    ``timeout``: ``rec`` overran; it gets ``error``. ``cancel``: ``rec`` was
+    cancelled. ``stop``: the stop deadline passed; everything held is cancelled.
+    ``broken``: the pool broke; what it held was already failed.
+    """
+
+    __slots__ = ("kind", "rec", "error")
+
+    def __init__(
+        self, kind: str, rec: _TaskRecord | None = None, error: BaseException | None = None
+    ) -> None:
+        self.kind = kind
+        self.rec = rec
+        self.error = error
+
+
+def _rebuild_error(blob: memoryview) -> tuple[BaseException, str]:
+    """The task's exception from an ErrorInfo blob, remote traceback attached."""
+    info: _wire.ErrorInfo = pickle.loads(blob)
+    exc: BaseException | None = None
+    if info.exc is not None:
+        try:
+            exc = pickle.loads(info.exc)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = UnpicklableTaskError(info.exc_type, info.message)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{info.traceback}"""')
+    return exc, info.traceback
+
+
+_OK, _ERROR, _CANCEL = 0, 1, 2
+
+
+def _deliver(fut: Future[Any], kind: int, value: Any) -> None:
+    """Settle a future: a value, an error, or a cancellation (which becomes an
+    error if the future is already running and so cannot be cancelled)."""
+    try:
+        if kind == _CANCEL:
+            if fut.cancelled():
+                if not getattr(fut, "_cancel_notified", True):
+                    fut.set_running_or_notify_cancel()  # wake wait()/as_completed()
+                return
+            if not fut.running() and Future.cancel(fut):
+                fut.set_running_or_notify_cancel()
+                return
+        if fut.done():
+            return
+        if not fut.running() and not fut.set_running_or_notify_cancel():
+            return
+        if kind == _OK:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except Exception:  # InvalidStateError: settled by the user meanwhile
+        _log.debug("future already settled", exc_info=True)
+
+
+def _resolve_now(fut: Future[Any], rec: _TaskRecord) -> None:
+    if rec.state is TaskState.CANCELLED:
+        _deliver(fut, _CANCEL, rec.outcome)
+    else:
+        _deliver(fut, _ERROR if rec.is_error else _OK, rec.outcome)
+
+
+def _forward_log(d: dict[str, object]) -> None:
+    record = logging.makeLogRecord(d)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+# Engines still running at interpreter exit are stopped hard, so that no worker
+# outlives the script and multiprocessing's exit hook never waits on one.
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _stop_all_at_exit() -> None:
+    for engine in list(_live_engines):
+        engine.request_stop(cancel_pending=True, timeout=0)
+        engine.wait_stopped(_EXIT_GRACE + 2)
+
+
+def _install_exit_hook() -> None:
+    # threading's hook runs before non-daemon threads are joined and before
+    # multiprocessing's own atexit (CPython's concurrent/futures/process.py does
+    # the same with _python_exit).
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_stop_all_at_exit)
+    else:  # pragma: no cover
+        import atexit
+
+        atexit.register(_stop_all_at_exit)
+
+
+_install_exit_hook()

@@ -1,0 +1,87 @@
+"""The ready heap (priority order) and the delayed heap (due-time order).
+
+Entries are tuples, compared element by element; the unique ``seq`` means the
+third element (the record) is never compared. Cancellation is lazy: the record's
+state changes and its stale entry is skipped when it reaches the top, so cancel
+is O(1) and push/pop stay O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ._task import TaskState, _TaskRecord
+
+
+class _ReadyHeap:
+    """Higher ``priority`` first; FIFO (by submission sequence) among equals."""
+
+    __slots__ = ("_heap", "live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, _TaskRecord]] = []
+        # Number of entries whose record is still PENDING (kept by the coordinator).
+        self.live = 0
+
+    def push(self, rec: _TaskRecord) -> None:
+        heapq.heappush(self._heap, (-rec.priority, rec.seq, rec))
+        self.live += 1
+
+    def discard(self, rec: _TaskRecord) -> None:
+        """Account for a pending record that left the heap by cancellation; its
+        entry stays until popped and skipped."""
+        self.live -= 1
+
+    def pop(self) -> _TaskRecord | None:
+        """The best pending record, or ``None`` when none is left."""
+        heap = self._heap
+        while heap:
+            rec = heapq.heappop(heap)[2]
+            if rec.state is TaskState.PENDING:
+                self.live -= 1
+                return rec
+        return None
+
+    def __len__(self) -> int:
+        return self.live
+
+    def drain(self) -> list[_TaskRecord]:
+        """Remove and return every pending record, in priority order."""
+        out = []
+        while (rec := self.pop()) is not None:
+            out.append(rec)
+        self._heap.clear()
+        return out
+
+
+class _DelayedHeap:
+    """Records waiting out a retry backoff, earliest due first."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _TaskRecord]] = []
+
+    def push(self, due: float, rec: _TaskRecord) -> None:
+        heapq.heappush(self._heap, (due, rec.seq, rec))
+
+    def next_due(self) -> float | None:
+        """Due time of the earliest live entry (stale ones are dropped)."""
+        heap = self._heap
+        while heap and heap[0][2].state is not TaskState.RETRYING:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now: float) -> list[_TaskRecord]:
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            rec = heapq.heappop(heap)[2]
+            if rec.state is TaskState.RETRYING:
+                out.append(rec)
+        return out
+
+    def drain(self) -> list[_TaskRecord]:
+        out = [e[2] for e in sorted(self._heap) if e[2].state is TaskState.RETRYING]
+        self._heap.clear()
+        return out

@@ -1,0 +1,142 @@
+"""OS plumbing: starting worker processes, killing process trees, psutil figures.
+
+Kept apart from the engine (as loky keeps ``loky/backend``) so the coordinator
+reads as policy, not syscalls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any
+
+import psutil
+
+_log = logging.getLogger("procqueue.processes")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL us when our parent dies.
+
+    The parent is the thread that forked us (the coordinator thread, or the
+    forkserver), so this fires exactly when the coordinator is gone. If the parent
+    died before we could ask, leave now. Elsewhere the lifeline pipe does the job.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid and parent_pid != 0:
+        # Under forkserver our parent is the server, not the coordinator.
+        try:
+            psutil.Process(parent_pid)
+        except psutil.NoSuchProcess:
+            os._exit(1)
+
+
+def kill_children(pid: int) -> None:
+    """SIGKILL every descendant of ``pid`` (not ``pid`` itself)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and all its descendants.
+
+    Descendants first: once the worker is dead they are re-parented and can no
+    longer be found through it. The worker leads its own process group, so the
+    group is signalled too, catching grandchildren that were already orphaned.
+    """
+    kill_children(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'exit code 3', 'killed by signal 9 (SIGKILL)', as loky words it."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        hint = ""
+        if -exitcode == signal.SIGSEGV:
+            hint = " - a segmentation fault in the task"
+        elif -exitcode == signal.SIGKILL:
+            hint = " - killed from outside, or by the kernel's OOM killer"
+        return f"killed by signal {-exitcode} ({name}){hint}"
+    return f"exit code {exitcode}"
+
+
+def start_process(
+    ctx: BaseContext,
+    target: Any,
+    args: tuple[Any, ...],
+    name: str,
+) -> Any:
+    """Start one worker process with the chosen context (not daemonic, so tasks
+    may start processes of their own; procqueue reaps it itself)."""
+    proc = ctx.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
+    proc.start()
+    return proc
+
+
+def child_conn(fd: int, readable: bool) -> Connection:
+    """Wrap a raw fd so multiprocessing can pass it to a child by any start method."""
+    return Connection(fd, readable=readable, writable=not readable)
+
+
+class ProcessFigures:
+    """RSS and CPU% of a worker's whole process tree, read from the OS by psutil."""
+
+    __slots__ = ("_proc",)
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+            self._proc.cpu_percent(None)  # first call primes the delta
+        except psutil.Error:
+            self._proc = None
+
+    def read(self) -> tuple[int | None, float | None]:
+        proc = self._proc
+        if proc is None:
+            return None, None
+        try:
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                cpu = proc.cpu_percent(None)
+            for child in proc.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return None, None
+        return rss, cpu

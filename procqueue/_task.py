@@ -1,0 +1,199 @@
+"""The coordinator's record of a task, its states, and the snapshots users see.
+
+Only the coordinator thread calls :meth:`_TaskRecord.move`; every other thread
+reads immutable :class:`TaskStatus` snapshots taken under the engine lock.
+"""
+
+from __future__ import annotations
+
+import enum
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from ._policy import RetryPolicy
+
+__all__ = ["AttemptError", "TaskState", "TaskStatus"]
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life. String-valued, so it compares equal to
+    ``"completed"`` and serialises as plain text."""
+
+    PENDING = "pending"
+    """In the ready heap, waiting for a free worker."""
+    RUNNING = "running"
+    """Handed to a worker: executing, or queued in that worker's pipe behind the
+    task it is executing (see ``prefetch``)."""
+    RETRYING = "retrying"
+    """An attempt failed and retries remain: waiting out its backoff delay, off the
+    ready heap, so it blocks nobody."""
+    COMPLETED = "completed"
+    """Final: the callable returned; the value is available."""
+    FAILED = "failed"
+    """Final: the last attempt raised, crashed or timed out, and no retry remains."""
+    CANCELLED = "cancelled"
+    """Final: cancelled before it could complete."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for ``completed``, ``failed`` and ``cancelled``."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+#: The one transition table. ``RUNNING -> PENDING`` is a requeue that charges no
+#: attempt: the task sat behind a crashed task in a dead worker's pipe.
+#: ``PENDING/RETRYING -> FAILED`` happens only when the pool breaks.
+_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.RETRYING,
+            TaskState.CANCELLED,
+            TaskState.PENDING,
+        }
+    ),
+    TaskState.RETRYING: frozenset({TaskState.PENDING, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}
+
+
+class _IllegalTransitionError(RuntimeError):
+    """A bug in procqueue: the coordinator tried a move the table forbids."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptError:
+    """What went wrong in one attempt.
+
+    ``exc_type`` is the qualified class name (``"builtins.ValueError"``),
+    ``traceback`` the formatted remote traceback (empty for crashes and
+    timeouts). ``exitcode`` is set for crashes: negative means killed by that
+    signal, as in ``multiprocessing``.
+    """
+
+    attempt: int
+    exc_type: str
+    message: str
+    traceback: str
+    worker_pid: int | None
+    exitcode: int | None
+    started_at: float | None
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """An immutable snapshot of a task, as returned by ``get_task_status``.
+
+    ``attempts`` counts attempts charged against the retry budget (a task requeued
+    because another task crashed its worker is not charged). Timestamps are
+    ``time.time()`` values; ``started_at`` is the start of the latest attempt.
+    ``error`` is the final error of a ``failed`` task (``None`` otherwise);
+    ``errors`` holds every failed attempt's error in order, retried ones included.
+    """
+
+    task_id: int
+    name: str
+    state: TaskState
+    priority: int
+    attempts: int
+    max_retries: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker_pid: int | None
+    error: AttemptError | None
+    errors: tuple[AttemptError, ...]
+
+
+class _TaskRecord:
+    """The coordinator's own record of one task. Never crosses a pipe."""
+
+    __slots__ = (
+        "task_id",
+        "seq",
+        "name",
+        "priority",
+        "payload",
+        "policy",
+        "timeout",
+        "state",
+        "attempts",
+        "errors",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "worker_pid",
+        "future",
+        "outcome",
+        "is_error",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        name: str,
+        priority: int,
+        payload: bytes,
+        policy: RetryPolicy,
+        timeout: float | None,
+        submitted_at: float,
+        future: Future[Any] | None,
+    ) -> None:
+        self.task_id = task_id
+        self.seq = task_id
+        self.name = name
+        self.priority = priority
+        self.payload: bytes | None = payload
+        self.policy = policy
+        self.timeout = timeout
+        self.state = TaskState.PENDING
+        self.attempts = 0
+        self.errors: list[AttemptError] | None = None
+        self.submitted_at = submitted_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.worker_pid: int | None = None
+        self.future = future
+        # The final value or exception, kept for ``result(task_id)``.
+        self.outcome: Any = None
+        self.is_error = False
+
+    def move(self, new: TaskState) -> None:
+        """Apply one transition; raise on a move the table forbids."""
+        if new not in _TRANSITIONS[self.state]:
+            raise _IllegalTransitionError(f"task {self.task_id}: {self.state.value} -> {new.value}")
+        self.state = new
+
+    def add_error(self, err: AttemptError) -> None:
+        if self.errors is None:
+            self.errors = [err]
+        else:
+            self.errors.append(err)
+
+    def snapshot(self) -> TaskStatus:
+        errors = tuple(self.errors) if self.errors else ()
+        return TaskStatus(
+            task_id=self.task_id,
+            name=self.name,
+            state=self.state,
+            priority=self.priority,
+            attempts=self.attempts,
+            max_retries=self.policy.max_retries,
+            submitted_at=self.submitted_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            worker_pid=self.worker_pid,
+            error=errors[-1] if errors and self.state is TaskState.FAILED else None,
+            errors=errors,
+        )

@@ -1,0 +1,286 @@
+"""What crosses a worker's pipes: framing, the wire messages, and the codecs.
+
+A frame is ``<Q body_len><I meta_len> meta blob``: ``meta`` is one wire message
+pickled with the standard pickler, ``blob`` the raw bytes it refers to (the
+cloudpickled calls of a batch, a pickled result). Blobs are written with
+``writev`` straight from the bytes produced at ``submit``, never re-pickled.
+
+Each worker has two one-way pipes (``os.pipe``): *tasks* (coordinator -> worker)
+and *results* (worker -> coordinator). The coordinator's ends are non-blocking
+and it never blocks on a write (a full pipe is queued and flushed when writable),
+so a worker blocked writing a large result can never deadlock against it.
+The worker's ends are blocking.
+
+Protocol version :data:`PROTOCOL_VERSION` is exchanged in :class:`Hello`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import struct
+from collections import deque
+from typing import NamedTuple
+
+PROTOCOL_VERSION = 1
+
+_HEADER = struct.Struct("<QI")
+_HEADER_SIZE = _HEADER.size
+_READ_CHUNK = 1 << 18
+_IOV_MAX = 512
+_F_SETPIPE_SZ = 1031  # Linux fcntl; absent from the fcntl module before 3.10
+_PIPE_SIZE = 1 << 20
+
+
+# --- messages ----------------------------------------------------------------------
+# coordinator -> worker
+
+
+class RunBatch(NamedTuple):
+    """Run these calls in order. ``sizes[i]`` is the length of call ``i``'s
+    cloudpickled ``(fn, args, kwargs)`` in the blob."""
+
+    task_ids: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+
+class Shutdown(NamedTuple):
+    """Finish the batch in hand, then exit cleanly."""
+
+
+# worker -> coordinator
+
+
+class Hello(NamedTuple):
+    """The worker is up and its initializer succeeded."""
+
+    version: int
+    pid: int
+
+
+class InitFailed(NamedTuple):
+    """The initializer raised; the worker exits after sending this."""
+
+    exc_type: str
+    message: str
+    traceback: str
+
+
+class Result(NamedTuple):
+    """One attempt ended. ``ok``: the blob is the pickled return value; otherwise it
+    is a pickled :class:`ErrorInfo`. Times are the worker's ``time.time()``."""
+
+    task_id: int
+    ok: bool
+    started: float
+    finished: float
+
+
+class LogMessage(NamedTuple):
+    """A log record emitted in the worker, as ``LogRecord.__dict__`` made
+    picklable (message formatted, args dropped, exc_info rendered to text)."""
+
+    record: dict[str, object]
+
+
+class ErrorInfo(NamedTuple):
+    """An exception raised by task code. ``exc`` is the pickled exception, or
+    ``None`` when it cannot make the round trip (then the names and text remain)."""
+
+    exc: bytes | None
+    exc_type: str
+    message: str
+    traceback: str
+
+
+WireMessage = RunBatch | Shutdown | Hello | InitFailed | Result | LogMessage
+
+
+# --- codec ---------------------------------------------------------------------------
+
+
+def encode(msg: WireMessage, blobs: tuple[bytes, ...] | list[bytes] = ()) -> list[bytes]:
+    """The buffers of one frame, ready for ``writev`` (blobs are not copied)."""
+    meta = pickle.dumps(msg, protocol=5)
+    body_len = 4 + len(meta) + sum(len(b) for b in blobs)
+    return [_HEADER.pack(body_len, len(meta)), meta, *blobs]
+
+
+def decode(frame: bytes | bytearray | memoryview) -> tuple[WireMessage, memoryview]:
+    """Split one frame body (without the 8-byte length) into message and blob."""
+    view = memoryview(frame)
+    (meta_len,) = struct.unpack_from("<I", view, 0)
+    msg: WireMessage = pickle.loads(view[4 : 4 + meta_len])
+    return msg, view[4 + meta_len :]
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Ask Linux for a 1 MiB pipe buffer: fewer wake-ups for large payloads."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: keep the default
+
+
+# --- coordinator side: non-blocking ---------------------------------------------------
+
+
+class _FrameWriter:
+    """Queues frames for a non-blocking fd; never blocks."""
+
+    __slots__ = ("fd", "_pending", "_first_offset")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending: deque[memoryview] = deque()
+        self._first_offset = 0
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def write(self, buffers: list[bytes]) -> bool:
+        """Queue ``buffers`` and write what the pipe takes now.
+
+        Returns True when everything is written, False when some waits for the
+        pipe to become writable (call :meth:`flush` then).
+        """
+        self._pending.extend(memoryview(b) for b in buffers if b)
+        return self.flush()
+
+    def flush(self) -> bool:
+        pending = self._pending
+        while pending:
+            chunk = list(pending)[:_IOV_MAX] if len(pending) > 1 else [pending[0]]
+            try:
+                n = os.writev(self.fd, chunk)
+            except BlockingIOError:
+                return False
+            except InterruptedError:
+                continue
+            while n:
+                head = pending[0]
+                if n >= len(head):
+                    n -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = head[n:]
+                    n = 0
+        return True
+
+
+class _FrameReader:
+    """Collects whole frames from a non-blocking fd."""
+
+    __slots__ = ("fd", "_buf", "_big", "_big_pos")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        self._big: bytearray | None = None
+        self._big_pos = 0
+
+    def read_frames(self) -> list[bytes | bytearray] | None:
+        """Every complete frame readable now; ``None`` at end of file."""
+        frames: list[bytes | bytearray] = []
+        while True:
+            if self._big is not None:
+                if not self._fill_big(frames):
+                    return frames
+                continue
+            try:
+                data = os.read(self.fd, _READ_CHUNK)
+            except BlockingIOError:
+                return frames
+            except InterruptedError:
+                continue
+            if not data:
+                return frames if frames else None
+            buf = self._buf
+            buf += data
+            self._split(frames)
+            if len(data) < _READ_CHUNK and self._big is None:
+                return frames
+
+    def _split(self, frames: list[bytes | bytearray]) -> None:
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while end - pos >= _HEADER_SIZE:
+            (body_len,) = struct.unpack_from("<Q", buf, pos)
+            start = pos + 8
+            if end - start >= body_len:
+                frames.append(bytes(buf[start : start + body_len]))
+                pos = start + body_len
+                continue
+            if body_len > 2 * _READ_CHUNK:
+                # A large frame: read the rest straight into its own buffer.
+                big = bytearray(body_len)
+                have = end - start
+                big[:have] = buf[start:end]
+                self._big, self._big_pos = big, have
+                pos = end
+            break
+        if pos:
+            del buf[:pos]
+
+    def _fill_big(self, frames: list[bytes | bytearray]) -> bool:
+        big = self._big
+        assert big is not None
+        view = memoryview(big)
+        while self._big_pos < len(big):
+            try:
+                n = os.readv(self.fd, [view[self._big_pos :]])
+            except BlockingIOError:
+                return False
+            except InterruptedError:
+                continue
+            if n == 0:
+                raise EOFError
+            self._big_pos += n
+        frames.append(big)
+        self._big = None
+        self._big_pos = 0
+        return True
+
+
+# --- worker side: blocking --------------------------------------------------------------
+
+
+def read_exact(fd: int, n: int) -> bytearray:
+    """Read exactly ``n`` bytes from a blocking fd; EOFError if it closes first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        try:
+            got = os.readv(fd, [view[pos:]])
+        except InterruptedError:
+            continue
+        if got == 0:
+            raise EOFError
+        pos += got
+    return buf
+
+
+def write_all(fd: int, buffers: list[bytes]) -> None:
+    """Write every buffer to a blocking fd, resuming after partial writes."""
+    views = [memoryview(b) for b in buffers if b]
+    while views:
+        try:
+            n = os.writev(fd, views[:_IOV_MAX])
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                continue
+            raise
+        while n:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0

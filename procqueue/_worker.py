@@ -1,0 +1,222 @@
+"""The worker process: read a batch of calls, run each, send each result back.
+
+The worker never decides anything: retries, timeouts and ordering belong to the
+coordinator. It guards three things itself:
+
+* a task that forks (``os.fork()``) must not let its child run the worker loop:
+  the child leaves with ``os._exit`` as soon as control comes back to us;
+* exceptions of any kind raised by task code (``SystemExit`` and
+  ``KeyboardInterrupt`` included) end that attempt, not the worker (as in
+  CPython's ``concurrent.futures.process._process_worker``);
+* the worker does not outlive the coordinator: Linux's parent-death signal,
+  plus a watchdog thread blocked on the *lifeline* pipe whose write end only
+  the coordinator holds; EOF there means the coordinator is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from . import _wire
+from ._processes import kill_children, set_parent_death_signal
+from .errors import ResultSerializationError
+
+# The worker's own log lines; task code logs through its own loggers.
+_log = logging.getLogger("procqueue.worker")
+
+
+class _Sender:
+    """Writes frames to the result pipe; serialised because task threads log too."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, msg: _wire.WireMessage, blobs: tuple[bytes, ...] = ()) -> None:
+        buffers = _wire.encode(msg, blobs)
+        with self.lock:
+            _wire.write_all(self.fd, buffers)
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends every record to the coordinator, which hands it to its own loggers."""
+
+    def __init__(self, sender: _Sender) -> None:
+        super().__init__()
+        self.sender = sender
+        self.pid = os.getpid()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child of a task: the pipe is not its to write
+        try:
+            d = dict(record.__dict__)
+            d["msg"] = record.getMessage()
+            d["args"] = None
+            if record.exc_info:
+                d["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            d["exc_info"] = None
+            d.pop("message", None)
+            self.sender.send(_wire.LogMessage(d))
+        except Exception:
+            self.handleError(record)
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _error_info(exc: BaseException) -> bytes:
+    tb = exc.__traceback__
+    # Skip our own frame so the traceback starts in the user's code.
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    data: bytes | None
+    try:
+        data = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(data)  # an __init__ that needs more args fails only here
+    except Exception:
+        data = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    return pickle.dumps(_wire.ErrorInfo(data, _qualname(exc), message, text), protocol=5)
+
+
+def _dump_result(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        data: bytes = cloudpickle.dumps(value, protocol=5)  # lambdas, local classes
+        return data
+
+
+def _watch_lifeline(fd: int) -> None:
+    """Block until the coordinator's end of the lifeline closes, then leave."""
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            kill_children(os.getpid())
+            os._exit(1)
+
+
+def _close_inherited(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _take_fd(conn: Any) -> int:
+    """The raw fd behind a ``Connection`` (which has no ``detach``)."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
+def worker_main(
+    tasks_fd: Any,
+    results_fd: Any,
+    lifeline_fd: Any,
+    inherited: tuple[int, ...],
+    init_blob: bytes | None,
+    log_level: int | None,
+    parent_pid: int,
+) -> None:
+    """Entry point of a worker process (the ``target`` of its ``Process``).
+
+    ``*_fd`` arrive as ``multiprocessing.connection.Connection`` objects so that
+    every start method can pass them; we take their raw fds. ``inherited`` lists
+    the coordinator's own fds that a forked child must close.
+    """
+    _close_inherited(inherited)
+    tasks, results, lifeline = (_take_fd(c) for c in (tasks_fd, results_fd, lifeline_fd))
+    # Own process group: a terminal's Ctrl-C goes to the coordinator, which stops
+    # us cleanly, instead of raising KeyboardInterrupt in every running task.
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    set_parent_death_signal(parent_pid)
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
+
+    sender = _Sender(results)
+    if log_level is not None:
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.addHandler(_ForwardHandler(sender))
+        root.setLevel(log_level)
+
+    if init_blob is not None:
+        try:
+            initializer, initargs = cloudpickle.loads(init_blob)
+            initializer(*initargs)
+        except BaseException as e:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            sender.send(_wire.InitFailed(_qualname(e), str(e), text))
+            sys.exit(3)
+
+    me = os.getpid()
+    sender.send(_wire.Hello(_wire.PROTOCOL_VERSION, me))
+    _serve(tasks, sender, me)
+
+
+def _serve(tasks: int, sender: _Sender, me: int) -> None:
+    read_exact = _wire.read_exact
+    decode = _wire.decode
+    loads = cloudpickle.loads
+    now = time.time
+    Result = _wire.Result
+    send = sender.send
+    while True:
+        try:
+            (body_len,) = struct.unpack("<Q", read_exact(tasks, 8))
+            msg, blob = decode(read_exact(tasks, body_len))
+        except EOFError:
+            return
+        if not isinstance(msg, _wire.RunBatch):
+            return  # Shutdown
+        pos = 0
+        for task_id, size in zip(msg.task_ids, msg.sizes):
+            payload = blob[pos : pos + size]
+            pos += size
+            started = now()
+            try:
+                fn, args, kwargs = loads(payload)
+                value = fn(*args, **kwargs)
+            except BaseException as e:
+                if os.getpid() != me:
+                    os._exit(1)  # a child forked by the task
+                send(Result(task_id, False, started, now()), (_error_info(e),))
+                continue
+            if os.getpid() != me:
+                os._exit(0)
+            try:
+                data = _dump_result(value)
+            except Exception as e:
+                err = ResultSerializationError(
+                    f"result of type {type(value).__qualname__} cannot be pickled: {e}"
+                )
+                send(Result(task_id, False, started, now()), (_error_info(err),))
+                continue
+            send(Result(task_id, True, started, now()), (data,))

@@ -1,0 +1,185 @@
+"""The procqueue error tree.
+
+Every error procqueue raises on its own account derives from :class:`ProcQueueError`.
+Where a standard-library class already means the same thing, the procqueue class
+also derives from it, so ``except`` clauses written for
+``concurrent.futures.ProcessPoolExecutor`` keep working:
+
+* a crashed worker  -> ``concurrent.futures.process.BrokenProcessPool``
+* a task timeout    -> ``TimeoutError``
+* a cancelled task  -> ``concurrent.futures.CancelledError``
+* bad arguments     -> ``TypeError`` / ``ValueError``
+* unpicklable data  -> ``pickle.PicklingError``
+* unknown task id   -> ``KeyError``
+
+Errors raised by a task's own code are re-raised as they are, with the worker's
+traceback attached as ``__cause__`` (a :class:`RemoteTraceback`), exactly as the
+standard library does.
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "InvalidArgumentError",
+    "InvalidCallableError",
+    "PoolBrokenError",
+    "ProcQueueError",
+    "QueueClosedError",
+    "QueueNotStartedError",
+    "RemoteTraceback",
+    "ResultSerializationError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "UnpicklableTaskError",
+    "WorkerCrashedError",
+    "WorkerStartupError",
+]
+
+
+class ProcQueueError(Exception):
+    """Root of every error procqueue raises on its own account."""
+
+
+# --- misuse of the API: raised at the call that caused it -------------------------
+
+
+class InvalidArgumentError(ProcQueueError, ValueError):
+    """An argument has the right type but a value procqueue cannot accept.
+
+    Raised at the call itself (``num_workers=0``, ``max_retries=-1``, a negative
+    timeout). Nothing was queued; fix the argument and call again.
+    """
+
+
+class InvalidCallableError(ProcQueueError, TypeError):
+    """An argument has the wrong type: ``submit`` got something that is not
+    callable, or ``priority`` is not an ``int``. Nothing was queued."""
+
+
+class QueueNotStartedError(ProcQueueError, RuntimeError):
+    """The asyncio queue was used before ``await queue.start()``."""
+
+
+class QueueClosedError(ProcQueueError, RuntimeError):
+    """The queue is stopping or stopped (closed by you); it takes no new work.
+
+    Same meaning as the ``RuntimeError('cannot schedule new futures after
+    shutdown')`` of the standard library, which it subclasses.
+    """
+
+
+class TaskNotFoundError(ProcQueueError, KeyError):
+    """No task with this id: it never existed, or it finished long enough ago that
+    the bounded retention (``retain_finished``) dropped its record."""
+
+
+class SerializationError(ProcQueueError, pickle.PicklingError):
+    """The callable or its arguments cannot be pickled with cloudpickle.
+
+    Raised by ``submit`` itself; the task was not queued. The message names what
+    failed. Typical causes: open files, sockets, locks, generators.
+    """
+
+
+# --- a task ended badly: set as that task's error -----------------------------------
+
+
+class ResultSerializationError(ProcQueueError, pickle.PicklingError):
+    """The task ran, but its return value could not be pickled in the worker (or
+    unpickled in the coordinator). The task is failed; the pool goes on."""
+
+
+class UnpicklableTaskError(ProcQueueError):
+    """The task raised an exception that cannot cross the process boundary
+    (unpicklable, or whose ``__init__`` cannot be re-run when unpickled).
+
+    Carries what could be saved: :attr:`exc_type` (qualified name), the message
+    and the remote traceback text (as ``__cause__``).
+    """
+
+    def __init__(self, exc_type: str, message: str) -> None:
+        super().__init__(f"{exc_type}: {message}")
+        self.exc_type = exc_type
+        self.message = message
+
+
+class TaskTimeoutError(ProcQueueError, TimeoutError):
+    """The attempt ran longer than its ``timeout``: its worker (and the worker's
+    child processes) were killed and replaced. Retried if retries remain."""
+
+
+class TaskCancelledError(ProcQueueError, CancelledError):
+    """The task was cancelled (by ``cancel``, or by stopping with
+    ``cancel_pending=True``) before it could finish."""
+
+
+class PoolBrokenError(ProcQueueError, BrokenProcessPool):
+    """The pool as a whole cannot go on (closed by something outside your tasks).
+
+    Every task still queued is failed with this error and the queue refuses new
+    work. The usual cause is :class:`WorkerStartupError`.
+    """
+
+
+class WorkerCrashedError(PoolBrokenError):
+    """The worker process running this task died: segmentation fault,
+    ``os._exit``, SIGKILL from outside, the kernel's OOM killer.
+
+    Only the task the worker was running gets this error (retried if retries
+    remain); a replacement worker is started and the pool goes on. It subclasses
+    ``BrokenProcessPool`` so ``except`` clauses written for the standard library
+    still catch it, but unlike there, the pool is *not* broken.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        task_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.task_id = task_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.task_id))
+
+
+def _rebuild_crash(
+    message: str, pid: int | None, exitcode: int | None, task_id: int | None
+) -> WorkerCrashedError:
+    return WorkerCrashedError(message, pid=pid, exitcode=exitcode, task_id=task_id)
+
+
+class WorkerStartupError(PoolBrokenError):
+    """Workers keep dying before they can take a task (the ``initializer``
+    raised, a module is missing, the interpreter cannot start).
+
+    Rather than respawn forever, the queue gives up: pending tasks fail with this
+    error and new submissions are refused. The message carries the first
+    failure's traceback or exit code.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a worker.
+
+    Attached as ``__cause__`` of the re-raised exception, so that printing it shows
+    where in the worker it happened (the stdlib does the same).
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

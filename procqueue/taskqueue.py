@@ -1,0 +1,202 @@
+"""``TaskQueue``: the asyncio front door."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from ._asyncbridge import to_asyncio
+from ._coordinator import Engine, EngineState
+from ._options import build_config, task_options
+from ._policy import RetryPolicy
+from ._task import TaskStatus
+from .errors import InvalidArgumentError, QueueNotStartedError
+from .stats import QueueStats
+
+__all__ = ["TaskQueue"]
+
+ALL_COMPLETED = asyncio.ALL_COMPLETED
+FIRST_COMPLETED = asyncio.FIRST_COMPLETED
+FIRST_EXCEPTION = asyncio.FIRST_EXCEPTION
+
+
+class TaskQueue:
+    """An asyncio priority task queue running callables on supervised processes.
+
+    >>> async def main():                                   # doctest: +SKIP
+    ...     async with TaskQueue(num_workers=4) as queue:
+    ...         task_id = await queue.submit(pow, 2, 10, priority=10, max_retries=3)
+    ...         return await queue.result(task_id)
+
+    ``submit`` keeps the keyword names ``priority``, ``max_retries``, ``retry``
+    and ``timeout`` for itself; every other keyword goes to the callable. To pass
+    one of those four to your function, bind it with ``functools.partial``.
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        prefetch: int = 1,
+        retain_finished: int = 10_000,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        forward_logs: bool = True,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        config = build_config(
+            os.cpu_count() or 1 if num_workers is None else num_workers,
+            start_method=start_method,
+            retry=retry,
+            max_retries=max_retries,
+            timeout=timeout,
+            prefetch=prefetch,
+            retain_finished=retain_finished,
+            initializer=initializer,
+            initargs=initargs,
+            forward_logs=forward_logs,
+            rand=rand,
+        )
+        self._engine = Engine(config)
+
+    @property
+    def num_workers(self) -> int:
+        return self._engine.config.num_workers
+
+    async def start(self) -> None:
+        """Start the coordinator and the workers. Workers boot in the background;
+        tasks submitted meanwhile wait in the heap."""
+        self._engine.start()
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Queue ``fn(*args, **kwargs)``; returns the task id.
+
+        ``priority``: higher runs first, FIFO among equals. ``max_retries``:
+        retries after the first attempt (queue default otherwise). ``retry``: a
+        whole :class:`RetryPolicy`. ``timeout``: seconds per attempt.
+        Raises at once (nothing queued) for a non-callable, a bad option or an
+        unpicklable call.
+        """
+        engine = self._engine
+        if engine.state is EngineState.NEW:
+            raise QueueNotStartedError("call 'await queue.start()' before submitting")
+        policy = task_options(engine.config.retry, max_retries, retry, timeout)
+        return engine.submit(fn, args, kwargs, priority=priority, policy=policy, timeout=timeout)
+
+    def get_task_status(self, task_id: int) -> TaskStatus:
+        """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an
+        unknown id, or one dropped by the ``retain_finished`` bound."""
+        return self._engine.status(task_id)
+
+    def get_stats(self) -> QueueStats:
+        """An immutable snapshot of the queue; cheap, no round trip to workers."""
+        return self._engine.stats()
+
+    async def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The task's return value, or raise its exception (remote traceback as
+        ``__cause__``). ``timeout`` bounds the wait only: the task goes on."""
+        fut = to_asyncio(self._engine.future_for(task_id))
+        if timeout is None:
+            return await fut
+        return await asyncio.wait_for(fut, timeout)
+
+    async def wait(
+        self,
+        task_ids: Iterable[int],
+        timeout: float | None = None,
+        return_when: str = ALL_COMPLETED,
+    ) -> tuple[set[int], set[int]]:
+        """Wait for several tasks, like ``asyncio.wait``; returns ``(done,
+        not_done)`` as sets of task ids."""
+        ids = list(task_ids)
+        if not ids:
+            return set(), set()
+        futs = {to_asyncio(self._engine.future_for(t)): t for t in ids}
+        done, pending = await asyncio.wait(futs, timeout=timeout, return_when=return_when)
+        for f in done:
+            if not f.cancelled():
+                f.exception()  # mark retrieved: the caller asks by id
+        return {futs[f] for f in done}, {futs[f] for f in pending}
+
+    async def as_completed(
+        self, task_ids: Iterable[int], timeout: float | None = None
+    ) -> AsyncIterator[int]:
+        """Yield task ids as their tasks finish (in any final state).
+        Raises ``TimeoutError`` if ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futs = {to_asyncio(self._engine.future_for(t)): t for t in task_ids}
+        pending = set(futs)
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=FIRST_COMPLETED
+            )
+            if not done:
+                raise TimeoutError(f"{len(pending)} task(s) not finished within {timeout}s")
+            for f in done:
+                f.exception()
+                yield futs[f]
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel a task. A pending or retrying one is removed from the queue; a
+        running one has its worker killed and replaced (other tasks queued on
+        that worker go back to the heap, uncharged). Returns ``False`` if the
+        task had already finished. Takes effect asynchronously: a task that
+        finishes first stays completed."""
+        return self._engine.request_cancel(task_id)
+
+    async def join(self) -> None:
+        """Wait until every task submitted so far is final."""
+        await to_asyncio(self._engine.idle_future())
+
+    async def stop(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """Stop gracefully: by default every accepted task runs to its end
+        (retries included). ``cancel_pending=True`` cancels what has not started;
+        ``timeout`` gives running tasks that many seconds, then kills their
+        workers (those tasks end ``cancelled``). Afterwards no worker process,
+        pipe or thread remains."""
+        if timeout is not None and timeout < 0:
+            raise InvalidArgumentError("timeout must be >= 0")
+        engine = self._engine
+        engine.request_stop(cancel_pending=cancel_pending, timeout=timeout)
+        await to_asyncio(engine.stopped_future)
+        engine.wait_stopped()
+
+    async def __aenter__(self) -> TaskQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Cancelled, Ctrl-C, SystemExit: drop queued work and kill running tasks.
+            await self.stop(cancel_pending=True, timeout=0)
+        else:
+            await self.stop()
+
+    def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
+        """Call ``listener`` with a :class:`TaskStatus` on every state change (in
+        the coordinator thread: hand off with ``loop.call_soon_threadsafe``)."""
+        return self._engine.subscribe(listener)
