@@ -634,6 +634,12 @@ class Engine:
         if not heap.live:
             return
         capacity = 1 + self.config.prefetch
+        if capacity > 1 and any(
+            w is None or w.state is WorkerState.STARTING for w in self._workers
+        ):
+            # A worker is still booting: prefetching now would pile a short queue
+            # onto the first worker up while the next one is seconds from ready.
+            capacity = 1
         ready = [
             w
             for w in self._workers

@@ -87,6 +87,11 @@ class ProcQueue(Executor):
     def max_workers(self) -> int:
         return self._engine.config.num_workers
 
+    @property
+    def start_method(self) -> str:
+        """``fork``, ``forkserver`` or ``spawn``: how workers are started."""
+        return self._engine.config.start_method
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns its future."""
         fut: _TaskFuture = _TaskFuture()

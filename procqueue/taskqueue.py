@@ -71,6 +71,11 @@ class TaskQueue:
     def num_workers(self) -> int:
         return self._engine.config.num_workers
 
+    @property
+    def start_method(self) -> str:
+        """``fork``, ``forkserver`` or ``spawn``: how workers are started."""
+        return self._engine.config.start_method
+
     async def start(self) -> None:
         """Start the coordinator and the workers. Workers boot in the background;
         tasks submitted meanwhile wait in the heap."""

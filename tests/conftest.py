@@ -1,0 +1,81 @@
+"""Shared fixtures: gates for synchronising with tasks, and a leak check that
+runs after every test (no worker, grandchild or zombie may outlive a queue)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _tasks import Gate  # noqa: E402
+
+
+def _helper(proc: psutil.Process) -> bool:
+    """multiprocessing's own long-lived helpers (forkserver, resource tracker)."""
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+    return "forkserver" in cmd or "resource_tracker" in cmd
+
+
+def stray_processes() -> list[psutil.Process]:
+    me = psutil.Process()
+    out = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE or not _helper(child):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_multiprocessing_helpers() -> None:
+    """Start the forkserver once, up front, so its fds are not taken for a leak."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    threads_before = {t.ident for t in threading.enumerate()}
+    fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    yield
+    strays = stray_processes()
+    for p in strays:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert not strays, f"processes left behind: {strays}"
+    extra = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in threads_before and t.name.startswith("procqueue")
+    ]
+    assert not extra, f"threads left behind: {extra}"
+    if fds_before is not None:
+        fds_after = len(os.listdir("/proc/self/fd"))
+        assert fds_after <= fds_before, f"fds leaked: {fds_before} -> {fds_after}"
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    g = Gate(tmp_path)
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def counter(tmp_path: Path) -> str:
+    return str(tmp_path / "calls")
