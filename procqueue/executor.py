@@ -61,6 +61,7 @@ class ProcQueue(Executor):
         prefetch: int = 1,
         retain_finished: int = 10_000,
         forward_logs: bool = True,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -79,6 +80,7 @@ class ProcQueue(Executor):
             initializer=initializer,
             initargs=initargs,
             forward_logs=forward_logs,
+            rand=rand,
         )
         self._engine = Engine(config)
         self._engine.start()

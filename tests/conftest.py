@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _tasks import Gate  # noqa: E402
+from _tasks import Gate
 
 
 def _helper(proc: psutil.Process) -> bool:

@@ -71,9 +71,7 @@ def test_every_task_ends_in_exactly_one_final_state(
             q.subscribe(listener)
             ids = []
             for n, (fails, retries, crash, cancel) in enumerate(specs):
-                tid = await q.submit(
-                    flaky, f"{d}/c{n}", fails, crash, n, max_retries=retries
-                )
+                tid = await q.submit(flaky, f"{d}/c{n}", fails, crash, n, max_retries=retries)
                 ids.append(tid)
                 if cancel:
                     q.cancel(tid)
@@ -94,11 +92,7 @@ def test_every_task_ends_in_exactly_one_final_state(
                 else:
                     assert cancel
             assert stats.pending == stats.running == stats.retrying == 0
-            assert (
-                stats.submitted
-                == stats.completed + stats.failed + stats.cancelled
-                == len(specs)
-            )
+            assert stats.submitted == stats.completed + stats.failed + stats.cancelled == len(specs)
             assert stats.completed == sum(
                 1 for t in ids if q.get_task_status(t).state is TaskState.COMPLETED
             )

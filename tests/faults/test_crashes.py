@@ -256,7 +256,7 @@ def test_workers_die_with_the_coordinator(tmp_path: Path, method: str) -> None:
     assert workers
     owner.kill()
     owner.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=3)
+    _, alive = psutil.wait_procs(workers, timeout=3)
     for p in alive:
         p.kill()
     assert not alive, f"workers outlived their coordinator: {alive}"
