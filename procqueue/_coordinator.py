@@ -117,6 +117,7 @@ class EngineConfig:
     timeout: float | None = None
     prefetch: int = 1
     retain_finished: int = 10_000
+    keep_unclaimed: bool = True
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     forward_logs: bool = True
@@ -464,6 +465,8 @@ class Engine:
                 fut._task_id = task_id
                 if rec.state.is_final:
                     _resolve_now(fut, rec)
+                    if self.config.keep_unclaimed:
+                        self._make_evictable(task_id)
             return fut
 
     def idle_future(self) -> Future[None]:
@@ -868,13 +871,21 @@ class Engine:
         self._finalise_bookkeeping(rec)
 
     def _finalise_bookkeeping(self, rec: _TaskRecord) -> None:
+        if rec.future is not None or not self.config.keep_unclaimed:
+            self._make_evictable(rec.task_id)
+        if self._listeners:
+            self._emit(rec)
+
+    def _make_evictable(self, task_id: int) -> None:
+        """Retention: a finished record whose result was claimed (it has a
+        future) joins the bounded FIFO of ``retain_finished`` records. Unclaimed
+        results are kept (``keep_unclaimed``) so that submit-all-then-gather
+        never loses one."""
         finished = self._finished
-        finished.append(rec.task_id)
+        finished.append(task_id)
         retain = self.config.retain_finished
         while len(finished) > retain:
             self._tasks.pop(finished.popleft(), None)
-        if self._listeners:
-            self._emit(rec)
 
     def _flush_resolutions(self) -> None:
         """Resolve futures outside the lock: done-callbacks are user code."""
@@ -1328,6 +1339,16 @@ def _forward_log(d: dict[str, object]) -> None:
 # Engines still running at interpreter exit are stopped hard, so that no worker
 # outlives the script and multiprocessing's exit hook never waits on one.
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_engines_in_child() -> None:
+    # A forked child (a fork-started worker, or a task that forks) holds a copy
+    # of the parent's engines; they are not its to stop at exit.
+    _live_engines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines_in_child)
 
 
 def _stop_all_at_exit() -> None:

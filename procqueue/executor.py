@@ -77,6 +77,7 @@ class ProcQueue(Executor):
             timeout=timeout,
             prefetch=prefetch,
             retain_finished=retain_finished,
+            keep_unclaimed=False,  # the caller's futures hold the results
             initializer=initializer,
             initargs=initargs,
             forward_logs=forward_logs,

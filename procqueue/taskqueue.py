@@ -47,6 +47,7 @@ class TaskQueue:
         timeout: float | None = None,
         prefetch: int = 1,
         retain_finished: int = 10_000,
+        keep_unclaimed: bool = True,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         forward_logs: bool = True,
@@ -60,6 +61,7 @@ class TaskQueue:
             timeout=timeout,
             prefetch=prefetch,
             retain_finished=retain_finished,
+            keep_unclaimed=keep_unclaimed,
             initializer=initializer,
             initargs=initargs,
             forward_logs=forward_logs,
@@ -108,7 +110,10 @@ class TaskQueue:
 
     def get_task_status(self, task_id: int) -> TaskStatus:
         """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an
-        unknown id, or one dropped by the ``retain_finished`` bound."""
+        unknown id, or one dropped by retention: once a task's result has been
+        claimed (``result``, ``wait``, ``as_completed``), only the newest
+        ``retain_finished`` such tasks are kept. Unclaimed results are kept
+        until claimed unless ``keep_unclaimed=False``."""
         return self._engine.status(task_id)
 
     def get_stats(self) -> QueueStats:

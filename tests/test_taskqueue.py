@@ -316,15 +316,31 @@ def test_stop_cancel_pending_and_deadline(gate: Gate) -> None:
     run(main())
 
 
-def test_retention_is_bounded() -> None:
+def test_retention_never_loses_an_unclaimed_result() -> None:
     async def main() -> None:
         async with TaskQueue(num_workers=1, retain_finished=5) as q:
             ids = [await q.submit(add, i) for i in range(20)]
             await q.join()
+            # Submit everything, then gather: every result is still there.
+            assert [await q.result(t) for t in ids] == list(range(20))
+            # Claimed results fall under the bound: the oldest claimed records go.
             with pytest.raises(TaskNotFoundError):
                 q.get_task_status(ids[0])
             assert q.get_task_status(ids[-1]).state is TaskState.COMPLETED
             assert q.get_stats().completed == 20
+
+    run(main())
+
+
+def test_retention_bounds_fire_and_forget_runs() -> None:
+    async def main() -> None:
+        async with TaskQueue(num_workers=1, retain_finished=5, keep_unclaimed=False) as q:
+            ids = [await q.submit(add, i) for i in range(20)]
+            await q.join()
+            with pytest.raises(TaskNotFoundError):
+                q.get_task_status(ids[0])
+            assert await q.result(ids[-1]) == 19
+            assert len(q._engine._tasks) <= 5
 
     run(main())
 
