@@ -90,6 +90,10 @@ _log = logging.getLogger("procqueue.coordinator")
 _MAX_STARTUP_FAILURES = 3
 #: Seconds a worker gets to exit after ``Shutdown`` before it is killed.
 _EXIT_GRACE = 5.0
+#: Automatic prefetch: seconds of queued work a worker may hold beyond the task
+#: it runs, and a hard cap on the count.
+_PREFETCH_BUDGET = 0.002
+_MAX_PREFETCH = 256
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -115,7 +119,7 @@ class EngineConfig:
     start_method: str = field(default_factory=default_start_method)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
-    prefetch: int = 1
+    prefetch: int | None = None
     retain_finished: int = 10_000
     keep_unclaimed: bool = True
     initializer: Callable[..., object] | None = None
@@ -137,7 +141,7 @@ class EngineConfig:
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidCallableError("retry must be a RetryPolicy")
         check_timeout(self.timeout)
-        if (
+        if self.prefetch is not None and (
             isinstance(self.prefetch, bool)
             or not isinstance(self.prefetch, int)
             or self.prefetch < 0
@@ -274,15 +278,16 @@ class _TaskFuture(Future[Any]):
         return cancelled
 
 
-def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Cloudpickle ``(fn, args, kwargs)``; a typed error if anything refuses."""
+def dumps_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """Pickle a call as its two wire blobs; a typed error if anything refuses."""
     try:
-        data: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        return _wire.dump_callable(fn), _wire.dump_arguments(args, kwargs)
     except Exception as e:
         raise SerializationError(
             f"cannot pickle the call {_name_of(fn)}(...): {type(e).__name__}: {e}"
         ) from e
-    return data
 
 
 def _name_of(fn: Any) -> str:
@@ -332,6 +337,11 @@ class Engine:
         #: Resolved (``None``) once the coordinator thread has finished.
         self.stopped_future: Future[None] = Future()
         self._idle_waiters: list[Future[None]] = []
+        # Exponential moving average of attempt run times (automatic prefetch).
+        self._mean_run: float | None = None
+        # Whether a submit must wake the coordinator: only when some worker is
+        # short of work. Otherwise the next result wakes it anyway.
+        self._wake_on_submit = True
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = self._lifeline_r = self._lifeline_w = -1
@@ -400,7 +410,7 @@ class Engine:
             self._tasks[task_id] = rec
             self._submitted += 1
             self._commands.append(rec)
-        if self._sleeping:
+        if self._sleeping and self._wake_on_submit:
             self._wake()
         return task_id
 
@@ -582,6 +592,7 @@ class Engine:
                     return
                 timeout = self._next_timer(now)
             self._flush_resolutions()
+            self._wake_on_submit = self._short_of_work()
             self._sleeping = True
             if self._commands:
                 timeout = 0.0
@@ -604,6 +615,15 @@ class Engine:
                 if self._idle_waiters and self._is_idle():
                     self._release_idle_waiters()
             self._flush_resolutions()
+
+    def _short_of_work(self) -> bool:
+        """True if a worker would sit idle, so a new task must wake us now."""
+        for w in self._workers:
+            if w is None or w.state is WorkerState.STARTING:
+                continue
+            if w.state is WorkerState.READY and len(w.inflight) < 2:
+                return True
+        return not any(w is not None and w.state is WorkerState.READY for w in self._workers)
 
     def _drain_wake(self) -> None:
         try:
@@ -636,7 +656,7 @@ class Engine:
         heap = self._heap
         if not heap.live:
             return
-        capacity = 1 + self.config.prefetch
+        capacity = 1 + self._prefetch()
         if capacity > 1 and any(
             w is None or w.state is WorkerState.STARTING for w in self._workers
         ):
@@ -671,19 +691,38 @@ class Engine:
             w = worker
             if w.deadline is None and w.inflight[0] is recs[0] and recs[0].timeout:
                 w.deadline = now + recs[0].timeout
-            payloads = [r.payload for r in recs]
+            blobs: list[bytes] = []
+            for r in recs:
+                assert r.payload is not None
+                blobs += r.payload
             msg = _wire.RunBatch(
                 tuple(r.task_id for r in recs),
-                tuple(len(p) for p in payloads),  # type: ignore[arg-type]
+                tuple(len(b) for b in blobs),
             )
-            if not w.writer.write(_wire.encode(msg, payloads)):  # type: ignore[arg-type]
+            if not w.writer.write(_wire.encode(msg, blobs)):
                 self._set_writing(w, True)
+
+    def _prefetch(self) -> int:
+        """Tasks to hand a worker beyond the one it runs. Fixed when configured;
+        otherwise enough to cover ``_PREFETCH_BUDGET`` seconds of the recent mean
+        run time: deep pipelines for tiny tasks (the pipe round trip would
+        dominate them), one for long ones (priority order stays nearly exact:
+        a late high-priority task waits behind at most that budget of work)."""
+        fixed = self.config.prefetch
+        if fixed is not None:
+            return fixed
+        mean = self._mean_run
+        if mean is None:
+            return 1
+        return max(1, min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7))))
 
     def _start_attempt(self, rec: _TaskRecord, w: _Worker) -> bool:
         fut = rec.future
-        if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
-            self._finish_cancelled(rec, notified=True)
-            return False
+        if fut is not None and not rec.dispatched:
+            if not fut.set_running_or_notify_cancel():
+                self._finish_cancelled(rec, notified=True)
+                return False
+        rec.dispatched = True
         rec.move(TaskState.RUNNING)
         rec.attempts += 1
         rec.worker_pid = w.pid
@@ -755,7 +794,10 @@ class Engine:
         counters.running -= 1
         rec.started_at = msg.started
         rec.finished_at = msg.finished
-        counters.run_samples.append(msg.finished - msg.started)
+        run = msg.finished - msg.started
+        counters.run_samples.append(run)
+        mean = self._mean_run
+        self._mean_run = run if mean is None else mean + 0.1 * (run - mean)
         counters.wait_samples.append(max(0.0, msg.started - rec.submitted_at))
         if msg.ok:
             try:

@@ -20,7 +20,7 @@ def build_config(
     retry: RetryPolicy | None,
     max_retries: int | None,
     timeout: float | None,
-    prefetch: int,
+    prefetch: int | None,
     retain_finished: int,
     keep_unclaimed: bool,
     initializer: Callable[..., object] | None,

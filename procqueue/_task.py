@@ -137,6 +137,7 @@ class _TaskRecord:
         "future",
         "outcome",
         "is_error",
+        "dispatched",
     )
 
     def __init__(
@@ -144,7 +145,7 @@ class _TaskRecord:
         task_id: int,
         name: str,
         priority: int,
-        payload: bytes,
+        payload: tuple[bytes, bytes],
         policy: RetryPolicy,
         timeout: float | None,
         submitted_at: float,
@@ -154,7 +155,8 @@ class _TaskRecord:
         self.seq = task_id
         self.name = name
         self.priority = priority
-        self.payload: bytes | None = payload
+        # The pickled callable and (args, kwargs); dropped once final.
+        self.payload: tuple[bytes, bytes] | None = payload
         self.policy = policy
         self.timeout = timeout
         self.state = TaskState.PENDING
@@ -168,6 +170,8 @@ class _TaskRecord:
         # The final value or exception, kept for ``result(task_id)``.
         self.outcome: Any = None
         self.is_error = False
+        # Handed to a worker at least once (its future is RUNNING since).
+        self.dispatched = False
 
     def move(self, new: TaskState) -> None:
         """Apply one transition; raise on a move the table forbids."""

@@ -184,7 +184,7 @@ def worker_main(
 def _serve(tasks: int, sender: _Sender, me: int) -> None:
     read_exact = _wire.read_exact
     decode = _wire.decode
-    loads = cloudpickle.loads
+    load = _wire.CallLoader().load
     now = time.time
     Result = _wire.Result
     send = sender.send
@@ -197,14 +197,19 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
         if not isinstance(msg, _wire.RunBatch):
             return  # Shutdown
         pos = 0
-        for task_id, size in zip(msg.task_ids, msg.sizes):
-            payload = blob[pos : pos + size]
-            pos += size
+        sizes = msg.sizes
+        for i, task_id in enumerate(msg.task_ids):
+            fn_size = sizes[2 * i]
+            arg_size = sizes[2 * i + 1]
+            fn_blob = blob[pos : pos + fn_size]
+            pos += fn_size
+            arg_blob = blob[pos : pos + arg_size]
+            pos += arg_size
             started = now()
             try:
-                fn, args, kwargs = loads(payload)
+                fn, args, kwargs = load(fn_blob, arg_blob)
                 value = fn(*args, **kwargs)
-            except BaseException as e:
+            except BaseException as e:  # task code may raise anything
                 if os.getpid() != me:
                     os._exit(1)  # a child forked by the task
                 send(Result(task_id, False, started, now()), (_error_info(e),))

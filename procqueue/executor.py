@@ -58,7 +58,7 @@ class ProcQueue(Executor):
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         retain_finished: int = 10_000,
         forward_logs: bool = True,
         rand: Callable[[], float] | None = None,

@@ -45,7 +45,7 @@ class TaskQueue:
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         retain_finished: int = 10_000,
         keep_unclaimed: bool = True,
         initializer: Callable[..., object] | None = None,

@@ -15,7 +15,7 @@ from procqueue._wire import Hello, RunBatch, _FrameReader, _FrameWriter, decode,
 
 
 def _rec(task_id: int, priority: int) -> _TaskRecord:
-    return _TaskRecord(task_id, "t", priority, b"", RetryPolicy(), None, 0.0, None)
+    return _TaskRecord(task_id, "t", priority, (b"", b""), RetryPolicy(), None, 0.0, None)
 
 
 @given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), max_size=60))
@@ -124,7 +124,7 @@ def test_frames_survive_partial_reads_and_writes(sizes: list[int]) -> None:
     os.set_blocking(w, False)
     writer, reader = _FrameWriter(w), _FrameReader(r)
     blobs = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    msgs = [RunBatch((i,), (len(b),)) for i, b in enumerate(blobs)]
+    msgs = [RunBatch((i,), (len(b), 0)) for i, b in enumerate(blobs)]
     got = []
     try:
         for m, b in zip(msgs, blobs):
