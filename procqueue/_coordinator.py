@@ -718,10 +718,9 @@ class Engine:
 
     def _start_attempt(self, rec: _TaskRecord, w: _Worker) -> bool:
         fut = rec.future
-        if fut is not None and not rec.dispatched:
-            if not fut.set_running_or_notify_cancel():
-                self._finish_cancelled(rec, notified=True)
-                return False
+        if fut is not None and not rec.dispatched and not fut.set_running_or_notify_cancel():
+            self._finish_cancelled(rec, notified=True)
+            return False
         rec.dispatched = True
         rec.move(TaskState.RUNNING)
         rec.attempts += 1
