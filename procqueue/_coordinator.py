@@ -44,6 +44,7 @@ import multiprocessing
 import os
 import pickle
 import selectors
+import sys
 import threading
 import time
 import weakref
@@ -404,6 +405,7 @@ class Engine:
         if future is not None:
             future._engine_ref = weakref.ref(self)
             future._task_id = task_id
+            rec.external = True
         with self._lock:
             # Checked again under the lock: stop() may have begun since.
             self._check_open()
@@ -801,7 +803,7 @@ class Engine:
         if msg.ok:
             try:
                 value = pickle.loads(blob)
-            except Exception as e:
+            except BaseException as e:  # user data: __setstate__ may raise anything
                 err = ResultSerializationError(
                     f"the result of task {rec.task_id} could not be unpickled: "
                     f"{type(e).__name__}: {e}"
@@ -912,6 +914,14 @@ class Engine:
         self._finalise_bookkeeping(rec)
 
     def _finalise_bookkeeping(self, rec: _TaskRecord) -> None:
+        if rec.future is not None:
+            # The future carries the outcome; the record must not keep the value
+            # alive after the caller has dropped it (the stdlib's map frees
+            # each result as it is yielded). A caller's own future is not ours
+            # to keep alive either.
+            rec.outcome = None
+            if rec.external:
+                rec.future = None
         if rec.future is not None or not self.config.keep_unclaimed:
             self._make_evictable(rec.task_id)
         if self._listeners:
@@ -1146,7 +1156,7 @@ class Engine:
                     self._requeue(rec)
         elif why is None and self._stop is None and not was_starting:
             _log.warning("idle worker %d died (%s)", w.pid, describe_exit(exitcode))
-        if was_starting and why is None and self._stop is None:
+        if was_starting and why is None:
             self._startup_failures += 1
             detail = w.init_error or describe_exit(exitcode)
             _log.error("worker %d failed to start: %s", w.pid, detail)
@@ -1328,7 +1338,7 @@ def _rebuild_error(blob: memoryview) -> tuple[BaseException, str]:
     if info.exc is not None:
         try:
             exc = pickle.loads(info.exc)
-        except Exception:
+        except BaseException:  # user data: its __setstate__ may raise anything
             exc = None
     if exc is None:
         exc = UnpicklableTaskError(info.exc_type, info.message)
@@ -1393,9 +1403,17 @@ if hasattr(os, "register_at_fork"):
 
 
 def _stop_all_at_exit() -> None:
+    """Interpreter exit with queues still running. After a normal end of the
+    script, accepted work runs to completion (as the stdlib executor does);
+    after an uncaught Ctrl-C, queued work is cancelled and running tasks killed."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for engine in list(_live_engines):
-        engine.request_stop(cancel_pending=True, timeout=0)
-        engine.wait_stopped(_EXIT_GRACE + 2)
+        if interrupted:
+            engine.request_stop(cancel_pending=True, timeout=0)
+        else:
+            engine.request_stop(cancel_pending=False, timeout=None)
+    for engine in list(_live_engines):
+        engine.wait_stopped()
 
 
 def _install_exit_hook() -> None:

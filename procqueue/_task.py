@@ -138,6 +138,7 @@ class _TaskRecord:
         "outcome",
         "is_error",
         "dispatched",
+        "external",
     )
 
     def __init__(
@@ -172,6 +173,8 @@ class _TaskRecord:
         self.is_error = False
         # Handed to a worker at least once (its future is RUNNING since).
         self.dispatched = False
+        # ``future`` belongs to the caller (ProcQueue): dropped once final.
+        self.external = False
 
     def move(self, new: TaskState) -> None:
         """Apply one transition; raise on a move the table forbids."""

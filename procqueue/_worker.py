@@ -87,11 +87,11 @@ def _error_info(exc: BaseException) -> bytes:
     try:
         data = cloudpickle.dumps(exc, protocol=5)
         pickle.loads(data)  # an __init__ that needs more args fails only here
-    except Exception:
+    except BaseException:  # a hostile __reduce__ may raise anything
         data = None
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = f"<unprintable {type(exc).__name__}>"
     return pickle.dumps(_wire.ErrorInfo(data, _qualname(exc), message, text), protocol=5)
 
@@ -223,5 +223,10 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
                     f"result of type {type(value).__qualname__} cannot be pickled: {e}"
                 )
                 send(Result(task_id, False, started, now()), (_error_info(err),))
+                continue
+            except BaseException as e:
+                # SystemExit & co. raised while pickling the result end the task,
+                # as in CPython's process pool, not the worker.
+                send(Result(task_id, False, started, now()), (_error_info(e),))
                 continue
             send(Result(task_id, True, started, now()), (data,))

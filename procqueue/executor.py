@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -85,6 +86,9 @@ class ProcQueue(Executor):
         )
         self._engine = Engine(config)
         self._engine.start()
+        # Dropped without shutdown(): finish the accepted work, then stop (as a
+        # garbage-collected ProcessPoolExecutor does).
+        weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
 
     @property
     def max_workers(self) -> int:
@@ -192,24 +196,26 @@ def task_id(future: Future[Any]) -> int:
 
 
 def _results(futures: list[Future[Any]], deadline: float | None, *, flatten: bool) -> Iterator[Any]:
-    # A generator closure, as in CPython's Executor.map: on early exit (an error,
-    # a timeout, the caller dropping the iterator) the rest is cancelled.
+    # A generator, as in CPython's Executor.map: on early exit (an error, a
+    # timeout, the caller dropping the iterator) the rest is cancelled. No local
+    # keeps a yielded result (or its future) alive: the caller may drop it.
     futures.reverse()
     try:
         while futures:
-            fut = futures[-1]
             if deadline is None:
-                value = fut.result()
+                timeout = None
             else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 and not fut.done():
+                timeout = deadline - time.monotonic()
+                if timeout <= 0 and not futures[-1].done():
                     raise FuturesTimeoutError()
-                value = fut.result(max(0.0, remaining))
-            futures.pop()
+                timeout = max(0.0, timeout)
             if flatten:
-                yield from value
+                chunk = futures.pop().result(timeout)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
             else:
-                yield value
+                yield futures.pop().result(timeout)
     finally:
         for fut in futures:
             fut.cancel()

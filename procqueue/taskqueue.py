@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -68,6 +69,8 @@ class TaskQueue:
             rand=rand,
         )
         self._engine = Engine(config)
+        # Dropped without stop(): finish the accepted work, then stop.
+        weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
 
     @property
     def num_workers(self) -> int:
