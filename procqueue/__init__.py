@@ -8,14 +8,17 @@ Two front doors over one engine:
 
 from __future__ import annotations
 
-from ._policy import RetryPolicy
+from ._dlq import DeadLetter, DeadLetterQueue
+from ._policy import RetryPolicy, WorkerLimits
 from ._task import AttemptError, TaskState, TaskStatus
 from .errors import (
     InvalidArgumentError,
     InvalidCallableError,
+    MemoryLimitExceeded,
     PoolBrokenError,
     ProcQueueError,
     QueueClosedError,
+    QueueFullError,
     QueueNotStartedError,
     RemoteTraceback,
     ResultSerializationError,
@@ -39,20 +42,25 @@ __all__ = [
     "TaskQueue",
     # values and snapshots
     "AttemptError",
+    "DeadLetter",
+    "DeadLetterQueue",
     "LatencySummary",
     "QueueStats",
     "RetryPolicy",
     "TaskState",
     "TaskStatus",
+    "WorkerLimits",
     "WorkerStats",
     # functions
     "task_id",
     # errors
     "InvalidArgumentError",
     "InvalidCallableError",
+    "MemoryLimitExceeded",
     "PoolBrokenError",
     "ProcQueueError",
     "QueueClosedError",
+    "QueueFullError",
     "QueueNotStartedError",
     "RemoteTraceback",
     "ResultSerializationError",

@@ -49,16 +49,17 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cloudpickle
 
 from . import _wire
+from ._dlq import DeadLetter, _DeadLetterStore
 from ._heap import _DelayedHeap, _ReadyHeap
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, WorkerLimits
 from ._processes import (
     ProcessFigures,
     child_conn,
@@ -71,8 +72,10 @@ from ._worker import worker_main
 from .errors import (
     InvalidArgumentError,
     InvalidCallableError,
+    MemoryLimitExceeded,
     PoolBrokenError,
     QueueClosedError,
+    QueueFullError,
     RemoteTraceback,
     ResultSerializationError,
     SerializationError,
@@ -123,6 +126,9 @@ class EngineConfig:
     prefetch: int | None = None
     retain_finished: int = 10_000
     keep_unclaimed: bool = True
+    limits: WorkerLimits = field(default_factory=WorkerLimits)
+    dead_letters: int = 1000
+    max_pending: int | None = None
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     forward_logs: bool = True
@@ -152,6 +158,18 @@ class EngineConfig:
             raise InvalidArgumentError(
                 f"retain_finished must be an int >= 0, got {self.retain_finished!r}"
             )
+        if not isinstance(self.limits, WorkerLimits):
+            raise InvalidCallableError("limits must be a WorkerLimits")
+        if isinstance(self.dead_letters, bool) or not isinstance(self.dead_letters, int):
+            raise InvalidCallableError("dead_letters must be an int (0 turns the DLQ off)")
+        if self.dead_letters < 0:
+            raise InvalidArgumentError("dead_letters must be >= 0")
+        if self.max_pending is not None and (
+            isinstance(self.max_pending, bool)
+            or not isinstance(self.max_pending, int)
+            or self.max_pending < 1
+        ):
+            raise InvalidArgumentError(f"max_pending must be an int >= 1, got {self.max_pending!r}")
         if self.initializer is not None and not callable(self.initializer):
             raise InvalidCallableError("initializer must be callable")
 
@@ -214,6 +232,9 @@ class _Worker:
         "init_error",
         "figures",
         "writing",
+        "dispatched",
+        "retiring",
+        "idle_since",
     )
 
     def __init__(self, slot: int, proc: Any, tasks_fd: int, results_fd: int) -> None:
@@ -234,6 +255,11 @@ class _Worker:
         self.init_error: str | None = None
         self.figures: ProcessFigures | None = None
         self.writing = False
+        # Tasks handed to this worker in its life (max_tasks_per_child).
+        self.dispatched = 0
+        # Takes no more tasks; replaced once those it holds are done.
+        self.retiring = False
+        self.idle_since = time.monotonic()
 
     def move(self, new: WorkerState) -> None:
         if new not in _WORKER_MOVES[self.state]:
@@ -327,6 +353,13 @@ class Engine:
         self._delayed = _DelayedHeap()
         self._workers: list[_Worker | None] = [None] * config.num_workers
         self._restarts = [0] * config.num_workers
+        self._recycled = [0] * config.num_workers
+        self._dlq = _DeadLetterStore(config.dead_letters)
+        # Back-pressure (max_pending): sync submitters wait on the condition,
+        # async ones on futures; both are woken as tasks become final.
+        self._space = threading.Condition(self._lock)
+        self._space_waiters: list[Future[None]] = []
+        self._next_memory_check = 0.0
         self._counters = _Counters()
         self._to_resolve: list[tuple[Future[Any], int, Any]] = []
         self._listeners: list[Callable[[TaskStatus], None]] = []
@@ -338,8 +371,9 @@ class Engine:
         #: Resolved (``None``) once the coordinator thread has finished.
         self.stopped_future: Future[None] = Future()
         self._idle_waiters: list[Future[None]] = []
-        # Exponential moving average of attempt run times (automatic prefetch).
-        self._mean_run: float | None = None
+        # Exponential moving average of run times per callable (keyed by its
+        # pickled bytes), for automatic prefetch.
+        self._mean_run: dict[bytes, float] = {}
         # Whether a submit must wake the coordinator: only when some worker is
         # short of work. Otherwise the next result wakes it anyway.
         self._wake_on_submit = True
@@ -383,18 +417,53 @@ class Engine:
         policy: RetryPolicy | None = None,
         timeout: float | None = None,
         future: _TaskFuture | None = None,
+        block: bool = True,
+        wait: float | None = None,
     ) -> int:
-        """Validate, pickle and enqueue one call; returns its task id."""
+        """Validate, pickle and enqueue one call; returns its task id.
+
+        With ``max_pending`` set and the queue full, waits up to ``wait``
+        seconds for room (``block=False``: not at all), then raises
+        ``QueueFullError``."""
+        return self.enqueue(
+            self.prepare(fn, args, kwargs, priority, policy, timeout, future),
+            block=block,
+            wait=wait,
+        )
+
+    def prepare(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: int = 0,
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        future: _TaskFuture | None = None,
+    ) -> _TaskRecord:
+        """Validate and pickle a call into a record (not queued yet)."""
         if not callable(fn):
             raise InvalidCallableError(f"{fn!r} is not callable")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidCallableError(f"priority must be an int, got {priority!r}")
         self._check_open()
-        payload = dumps_call(fn, args, kwargs)
+        return self._record(
+            _name_of(fn), priority, dumps_call(fn, args, kwargs), policy, timeout, future
+        )
+
+    def _record(
+        self,
+        name: str,
+        priority: int,
+        payload: tuple[bytes, bytes],
+        policy: RetryPolicy | None,
+        timeout: float | None,
+        future: _TaskFuture | None,
+    ) -> _TaskRecord:
         task_id = next(self._ids)
         rec = _TaskRecord(
             task_id,
-            _name_of(fn),
+            name,
             priority,
             payload,
             policy if policy is not None else self.config.retry,
@@ -406,15 +475,100 @@ class Engine:
             future._engine_ref = weakref.ref(self)
             future._task_id = task_id
             rec.external = True
+        return rec
+
+    def enqueue(self, rec: _TaskRecord, *, block: bool = True, wait: float | None = None) -> int:
+        """Queue a prepared record, honouring ``max_pending``."""
+        limit = self.config.max_pending
         with self._lock:
-            # Checked again under the lock: stop() may have begun since.
+            if limit is not None and self._unfinished() >= limit:
+                if not block:
+                    raise QueueFullError(f"{limit} tasks are already pending (max_pending)")
+                deadline = None if wait is None else time.monotonic() + wait
+                while self._unfinished() >= limit and self.state is EngineState.RUNNING:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise QueueFullError(f"no room under max_pending={limit} within {wait}s")
+                    self._space.wait(remaining)
+            # Checked under the lock: stop() may have begun since.
             self._check_open()
-            self._tasks[task_id] = rec
+            self._tasks[rec.task_id] = rec
             self._submitted += 1
             self._commands.append(rec)
         if self._sleeping and self._wake_on_submit:
             self._wake()
-        return task_id
+        return rec.task_id
+
+    def _unfinished(self) -> int:
+        c = self._counters
+        return self._submitted - c.completed - c.failed - c.cancelled
+
+    def has_room(self) -> bool:
+        limit = self.config.max_pending
+        return limit is None or self._unfinished() < limit
+
+    def space_future(self) -> Future[None]:
+        """Resolved when ``max_pending`` leaves room (or the queue stops)."""
+        fut: Future[None] = Future()
+        with self._lock:
+            if self.has_room() or self.state is not EngineState.RUNNING:
+                fut.set_result(None)
+            else:
+                self._space_waiters.append(fut)
+        return fut
+
+    # --- the dead letter queue (front doors wrap these in DeadLetterQueue)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return [e.letter for e in self._dlq.entries.values()]
+
+    def dead_letter(self, task_id: int) -> DeadLetter:
+        with self._lock:
+            entry = self._dlq.entries.get(task_id)
+            if entry is None:
+                raise TaskNotFoundError(task_id)
+            return entry.letter
+
+    def requeue_dead_letter(
+        self, task_id: int, max_retries: int | None = None, priority: int | None = None
+    ) -> int:
+        """Run a dead letter again as a new task with a fresh retry budget."""
+        with self._lock:
+            self._check_open()
+            entry = self._dlq.entries.pop(task_id, None)
+        if entry is None:
+            raise TaskNotFoundError(task_id)
+        letter = entry.letter
+        policy = entry.policy
+        if max_retries is not None:
+            policy = replace(policy, max_retries=max_retries)
+        rec = self._record(
+            letter.name,
+            letter.priority if priority is None else priority,
+            entry.payload,
+            policy,
+            entry.timeout,
+            None,
+        )
+        try:
+            return self.enqueue(rec)
+        except BaseException:
+            with self._lock:
+                self._dlq.entries[task_id] = entry  # not lost if it cannot be queued
+            raise
+
+    def purge_dead_letters(self, task_ids: Iterable[int] | None = None) -> int:
+        with self._lock:
+            if task_ids is None:
+                n = len(self._dlq.entries)
+                self._dlq.entries.clear()
+                return n
+            return sum(self._dlq.entries.pop(t, None) is not None for t in task_ids)
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        return self._dlq.dropped
 
     def request_cancel(self, task_id: int) -> bool:
         """Ask the coordinator to cancel; True if the task was not final yet."""
@@ -442,6 +596,10 @@ class Engine:
                     self.state = EngineState.STOPPING
                 deadline = None if timeout is None else time.monotonic() + timeout
                 self._commands.append(_Stop(cancel_pending, deadline))
+                self._space.notify_all()
+                for fut in self._space_waiters:
+                    fut.set_result(None)
+                self._space_waiters = []
             elif cancel_pending or timeout is not None:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 self._commands.append(_Stop(cancel_pending, deadline))
@@ -501,7 +659,17 @@ class Engine:
             for slot, w in enumerate(self._workers):
                 if w is None:
                     workers.append(
-                        WorkerStats(slot, None, "dead", 0, self._restarts[slot], None, None, None)
+                        WorkerStats(
+                            slot,
+                            None,
+                            "stopped",
+                            0,
+                            self._restarts[slot],
+                            self._recycled[slot],
+                            None,
+                            None,
+                            None,
+                        )
                     )
                     continue
                 rss, cpu = w.figures.read() if w.figures is not None else (None, None)
@@ -513,12 +681,15 @@ class Engine:
                         w.state.value,
                         w.tasks_done,
                         self._restarts[slot],
+                        self._recycled[slot],
                         head,
                         rss,
                         cpu,
                     )
                 )
-            return self._counters.snapshot(self._submitted, tuple(workers))
+            return self._counters.snapshot(
+                self._submitted, tuple(workers), len(self._dlq), self._dlq.dropped
+            )
 
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
         """Call ``listener(status)`` (in the coordinator thread) on every state
@@ -658,20 +829,20 @@ class Engine:
         heap = self._heap
         if not heap.live:
             return
-        capacity = 1 + self._prefetch()
-        if capacity > 1 and any(
-            w is None or w.state is WorkerState.STARTING for w in self._workers
-        ):
-            # A worker is still booting: prefetching now would pile a short queue
-            # onto the first worker up while the next one is seconds from ready.
-            capacity = 1
+        if self._broken is None:
+            self._spawn_on_demand()
+        # A worker still booting: no prefetching, or a short queue would pile
+        # onto the first worker up while the next one is moments from ready.
+        booting = any(w is not None and w.state is WorkerState.STARTING for w in self._workers)
+        per_child = self.config.limits.max_tasks_per_child
         ready = [
             w
             for w in self._workers
-            if w is not None and w.state is WorkerState.READY and len(w.inflight) < capacity
+            if w is not None
+            and w.state is WorkerState.READY
+            and not w.retiring
+            and (per_child is None or w.dispatched < per_child)
         ]
-        if not ready:
-            return
         # Fill the least loaded workers first, one task each per round, so that a
         # short queue is spread over every worker instead of piled on the first.
         ready.sort(key=lambda w: len(w.inflight))
@@ -681,11 +852,18 @@ class Engine:
                 rec = heap.pop()
                 if rec is None:
                     break
+                depth = 1 if booting else 1 + self._prefetch(rec)
+                if per_child is not None:
+                    depth = min(depth, per_child - w.dispatched + len(w.inflight))
+                if len(w.inflight) >= depth:
+                    # Full for this task: it goes back (same priority and
+                    # sequence, so the same place) and this worker is done.
+                    heap.push(rec)
+                    ready.remove(w)
+                    continue
                 if not self._start_attempt(rec, w):
                     continue
                 batches.setdefault(w.slot, []).append(rec)
-                if len(w.inflight) >= capacity:
-                    ready.remove(w)
         now = time.monotonic()
         for slot, recs in batches.items():
             worker = self._workers[slot]
@@ -704,16 +882,18 @@ class Engine:
             if not w.writer.write(_wire.encode(msg, blobs)):
                 self._set_writing(w, True)
 
-    def _prefetch(self) -> int:
-        """Tasks to hand a worker beyond the one it runs. Fixed when configured;
-        otherwise enough to cover ``_PREFETCH_BUDGET`` seconds of the recent mean
-        run time: deep pipelines for tiny tasks (the pipe round trip would
-        dominate them), one for long ones (priority order stays nearly exact:
-        a late high-priority task waits behind at most that budget of work)."""
+    def _prefetch(self, rec: _TaskRecord) -> int:
+        """How many tasks a worker may hold beyond the one it runs, for ``rec``
+        to join them. Fixed when configured; otherwise enough to cover
+        ``_PREFETCH_BUDGET`` seconds at the mean run time of ``rec``'s own
+        callable: deep pipelines for tiny tasks (the pipe round trip would
+        dominate them), one for long ones, and one for a callable not seen yet
+        (so a burst of unknown, maybe slow, tasks is not piled onto one worker
+        where cancellation could no longer reach them)."""
         fixed = self.config.prefetch
         if fixed is not None:
             return fixed
-        mean = self._mean_run
+        mean = self._mean_run.get(rec.payload[0]) if rec.payload is not None else None
         if mean is None:
             return 1
         return max(1, min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7))))
@@ -729,6 +909,7 @@ class Engine:
         rec.worker_pid = w.pid
         rec.started_at = time.time()
         w.inflight.append(rec)
+        w.dispatched += 1
         self._counters.running += 1
         if self._listeners:
             self._emit(rec)
@@ -775,6 +956,7 @@ class Engine:
             return
         if w.state is WorkerState.STARTING:
             w.move(WorkerState.READY)
+            w.idle_since = time.monotonic()
             self._startup_failures = 0
             w.figures = ProcessFigures(w.pid)
             _log.debug("worker %d (slot %d) ready", w.pid, w.slot)
@@ -791,14 +973,21 @@ class Engine:
             w.deadline = now + head_timeout if head_timeout else None
         else:
             w.deadline = None
+            w.idle_since = now
+        self._check_recycle(w)
         counters = self._counters
         counters.running -= 1
         rec.started_at = msg.started
         rec.finished_at = msg.finished
         run = msg.finished - msg.started
         counters.run_samples.append(run)
-        mean = self._mean_run
-        self._mean_run = run if mean is None else mean + 0.1 * (run - mean)
+        if rec.payload is not None:
+            means = self._mean_run
+            key = rec.payload[0]
+            mean = means.get(key)
+            if mean is None and len(means) >= 1024:
+                means.clear()
+            means[key] = run if mean is None else mean + 0.1 * (run - mean)
         counters.wait_samples.append(max(0.0, msg.started - rec.submitted_at))
         if msg.ok:
             try:
@@ -875,6 +1064,7 @@ class Engine:
                 self._emit(rec)
             return
         rec.move(TaskState.FAILED)
+        self._dlq.add(rec, now)
         rec.payload = None
         rec.outcome = exc
         rec.is_error = True
@@ -914,6 +1104,8 @@ class Engine:
         self._finalise_bookkeeping(rec)
 
     def _finalise_bookkeeping(self, rec: _TaskRecord) -> None:
+        if self.config.max_pending is not None:
+            self._wake_space_waiters()
         if rec.future is not None:
             # The future carries the outcome; the record must not keep the value
             # alive after the caller has dropped it (the stdlib's map frees
@@ -926,6 +1118,13 @@ class Engine:
             self._make_evictable(rec.task_id)
         if self._listeners:
             self._emit(rec)
+
+    def _wake_space_waiters(self) -> None:
+        self._space.notify_all()
+        if self._space_waiters:
+            for fut in self._space_waiters:
+                self._to_resolve.append((fut, _OK, None))
+            self._space_waiters = []
 
     def _make_evictable(self, task_id: int) -> None:
         """Retention: a finished record whose result was claimed (it has a
@@ -964,9 +1163,22 @@ class Engine:
 
     def _next_timer(self, now: float) -> float | None:
         due = self._delayed.next_due()
+        limits = self.config.limits
         for w in self._workers:
-            if w is not None and w.deadline is not None and (due is None or w.deadline < due):
+            if w is None:
+                continue
+            if w.deadline is not None and (due is None or w.deadline < due):
                 due = w.deadline
+            if limits.idle_timeout is not None and w.state is WorkerState.READY and not w.inflight:
+                idle_due = w.idle_since + limits.idle_timeout
+                if due is None or idle_due < due:
+                    due = idle_due
+            if (
+                limits.memory_hard is not None
+                and w.inflight
+                and (due is None or self._next_memory_check < due)
+            ):
+                due = self._next_memory_check
         stop = self._stop
         if stop is not None and stop.deadline is not None and (due is None or stop.deadline < due):
             due = stop.deadline
@@ -994,6 +1206,22 @@ class Engine:
                     f"task {rec.task_id} ({rec.name}) exceeded its timeout of {rec.timeout}s"
                 )
                 self._kill(w, _Kill("timeout", rec, err))
+        limits = self.config.limits
+        if limits.memory_hard is not None and now >= self._next_memory_check:
+            self._next_memory_check = now + limits.memory_check_interval
+            self._check_memory(limits.memory_hard)
+        if limits.idle_timeout is not None and not self._heap.live and self._stop is None:
+            for w in self._workers:
+                if (
+                    w is not None
+                    and w.state is WorkerState.READY
+                    and not w.inflight
+                    and now - w.idle_since >= limits.idle_timeout
+                ):
+                    _log.debug(
+                        "worker %d idle for %.3gs; letting it exit", w.pid, now - w.idle_since
+                    )
+                    self._retire(w, "idle")
         stop = self._stop
         if stop is not None and stop.deadline is not None and stop.deadline <= now:
             stop.deadline = None
@@ -1001,6 +1229,31 @@ class Engine:
                 if w is not None and w.inflight and w.state is not WorkerState.DEAD:
                     self._kill(w, _Kill("stop"))
             self._cancel_queued()
+
+    def _check_memory(self, limit: int) -> None:
+        for w in self._workers:
+            if w is None or not w.inflight or w.figures is None or w.state is WorkerState.DEAD:
+                continue
+            if w.kill_reason is not None:
+                continue
+            rss = w.figures.rss()
+            if rss is not None and rss > limit:
+                rec = w.inflight[0]
+                _log.warning(
+                    "worker %d uses %d MB, over the hard limit of %d MB, running task %d; "
+                    "killing it",
+                    w.pid,
+                    rss >> 20,
+                    limit >> 20,
+                    rec.task_id,
+                )
+                err = MemoryLimitExceeded(
+                    f"task {rec.task_id} ({rec.name}): worker {w.pid} reached {rss >> 20} MB, "
+                    f"over the hard limit of {limit >> 20} MB",
+                    rss=rss,
+                    limit=limit,
+                )
+                self._kill(w, _Kill("memory", rec, err))
 
     # ----- cancel and stop
 
@@ -1168,9 +1421,58 @@ class Engine:
                     )
                 )
                 return
+        if why is not None and why.kind == "idle":
+            self._workers[w.slot] = None  # started again when work arrives
+            return
         if self._broken is None and self._needs_workers():
-            self._restarts[w.slot] += 1
+            if why is not None and why.kind == "recycle":
+                self._recycled[w.slot] += 1
+            else:
+                self._restarts[w.slot] += 1
             self._spawn(w.slot)
+
+    def _spawn_on_demand(self) -> None:
+        """Refill slots emptied by ``idle_timeout`` once work is waiting."""
+        wanted = self._heap.live
+        for slot, w in enumerate(self._workers):
+            if wanted <= 0:
+                return
+            if w is None:
+                self._spawn(slot)
+                wanted -= 1
+
+    def _check_recycle(self, w: _Worker) -> None:
+        """After a result: retire the worker if it ran its quota of tasks or grew
+        past the soft memory limit (it finishes what it holds first)."""
+        limits = self.config.limits
+        if not w.retiring:
+            if (
+                limits.max_tasks_per_child is not None
+                and w.dispatched >= limits.max_tasks_per_child
+            ):
+                w.retiring = True
+                _log.debug("worker %d ran %d tasks; recycling it", w.pid, w.dispatched)
+            elif limits.memory_soft is not None and w.figures is not None:
+                rss = w.figures.rss()
+                if rss is not None and rss > limits.memory_soft:
+                    w.retiring = True
+                    _log.info(
+                        "worker %d uses %d MB, over the soft limit of %d MB; recycling it",
+                        w.pid,
+                        rss >> 20,
+                        limits.memory_soft >> 20,
+                    )
+        if w.retiring and not w.inflight and w.state is WorkerState.READY:
+            self._retire(w, "recycle")
+
+    def _retire(self, w: _Worker, kind: str) -> None:
+        """Ask an idle worker to exit cleanly (``recycle``: replaced at once;
+        ``idle``: its slot stays empty until work arrives)."""
+        w.kill_reason = _Kill(kind)
+        w.move(WorkerState.STOPPING)
+        w.deadline = None
+        if not w.writer.write(_wire.encode(_wire.Shutdown())):
+            self._set_writing(w, True)
 
     def _needs_workers(self) -> bool:
         if self._stop is None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._coordinator import EngineConfig, check_timeout, default_start_method
-from ._policy import RetryPolicy, resolve_policy
+from ._policy import RetryPolicy, WorkerLimits, resolve_policy
 
 #: Keyword names ``submit`` keeps for itself; anything else goes to the callable.
 #: To pass one of these to your function, use ``functools.partial``.
@@ -23,6 +23,9 @@ def build_config(
     prefetch: int | None,
     retain_finished: int,
     keep_unclaimed: bool,
+    limits: WorkerLimits | None,
+    dead_letters: int,
+    max_pending: int | None,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     forward_logs: bool,
@@ -37,6 +40,9 @@ def build_config(
         prefetch=prefetch,
         retain_finished=retain_finished,
         keep_unclaimed=keep_unclaimed,
+        limits=WorkerLimits() if limits is None else limits,
+        dead_letters=dead_letters,
+        max_pending=max_pending,
         initializer=initializer,
         initargs=tuple(initargs),
         forward_logs=forward_logs,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import InvalidArgumentError, InvalidCallableError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "WorkerLimits"]
 
 
 def _check_non_negative(name: str, value: float) -> None:
@@ -96,3 +96,43 @@ def resolve_policy(
 
 
 _replaced: dict[tuple[RetryPolicy, int], RetryPolicy] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLimits:
+    """Limits on each worker process; ``None`` switches a limit off.
+
+    * ``max_tasks_per_child``: a worker is replaced after running this many
+      tasks (any start method, unlike the stdlib's fork restriction).
+    * ``memory_soft``: bytes of RSS (the worker and its child processes). A
+      worker over it after finishing a task takes no more tasks and is replaced
+      once the tasks already handed to it are done.
+    * ``memory_hard``: bytes of RSS. A worker over it while running is killed
+      and the attempt ends with ``MemoryLimitExceeded`` (retried if retries
+      remain). Checked every ``memory_check_interval`` seconds while busy.
+    * ``idle_timeout``: seconds a worker may sit idle before it exits; the pool
+      starts workers again when work arrives.
+
+    >>> WorkerLimits(max_tasks_per_child=100, memory_hard=2 * 2**30)  # doctest: +ELLIPSIS
+    WorkerLimits(max_tasks_per_child=100, ...)
+    """
+
+    max_tasks_per_child: int | None = None
+    memory_soft: int | None = None
+    memory_hard: int | None = None
+    idle_timeout: float | None = None
+    memory_check_interval: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("max_tasks_per_child", "memory_soft", "memory_hard"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidCallableError(f"{name} must be an int or None, got {value!r}")
+            if value < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {value!r}")
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise InvalidArgumentError(f"idle_timeout must be > 0, got {self.idle_timeout!r}")
+        if not self.memory_check_interval > 0:
+            raise InvalidArgumentError("memory_check_interval must be > 0")

@@ -23,8 +23,8 @@ _log = logging.getLogger("procqueue.processes")
 _PR_SET_PDEATHSIG = 1
 
 
-def set_parent_death_signal(parent_pid: int) -> None:
-    """Linux: have the kernel SIGKILL us when our parent dies.
+def set_parent_death_signal(parent_pid: int, signum: int) -> None:
+    """Linux: have the kernel send ``signum`` when our parent dies.
 
     The parent is the thread that forked us (the coordinator thread, or the
     forkserver), so this fires exactly when the coordinator is gone. If the parent
@@ -34,7 +34,7 @@ def set_parent_death_signal(parent_pid: int) -> None:
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid and parent_pid != 0:
@@ -43,6 +43,18 @@ def set_parent_death_signal(parent_pid: int) -> None:
             psutil.Process(parent_pid)
         except psutil.NoSuchProcess:
             os._exit(1)
+
+
+def kill_own_group_and_exit() -> None:
+    """Kill this worker, its children and anything else in its process group,
+    at once. Only a group leader (every worker is) may use its group: otherwise
+    the group would be the coordinator's."""
+    me = os.getpid()
+    if os.getpgrp() == me:
+        kill_children(me)
+        os.killpg(me, signal.SIGKILL)
+    kill_children(me)
+    os._exit(1)
 
 
 def kill_children(pid: int) -> None:
@@ -123,6 +135,22 @@ class ProcessFigures:
             self._proc.cpu_percent(None)  # first call primes the delta
         except psutil.Error:
             self._proc = None
+
+    def rss(self) -> int | None:
+        """Resident memory of the worker and all its descendants, in bytes."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            total = int(proc.memory_info().rss)
+            for child in proc.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return None
+        return total
 
     def read(self) -> tuple[int | None, float | None]:
         proc = self._proc

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 import cloudpickle
 
 from . import _wire
-from ._processes import kill_children, set_parent_death_signal
+from ._processes import kill_own_group_and_exit, set_parent_death_signal
 from .errors import ResultSerializationError
 
 # The worker's own log lines; task code logs through its own loggers.
@@ -114,8 +115,11 @@ def _watch_lifeline(fd: int) -> None:
         except OSError:
             data = b""
         if not data:
-            kill_children(os.getpid())
-            os._exit(1)
+            kill_own_group_and_exit()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    kill_own_group_and_exit()
 
 
 def _close_inherited(fds: tuple[int, ...]) -> None:
@@ -156,7 +160,11 @@ def worker_main(
         os.setpgrp()
     except OSError:
         pass
-    set_parent_death_signal(parent_pid)
+    # When the coordinator dies, the kernel sends SIGTERM (Linux), and we take our
+    # whole process group down with us: a SIGKILL here would orphan the task's
+    # own children. The lifeline watchdog below covers other platforms.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    set_parent_death_signal(parent_pid, signal.SIGTERM)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
 
     sender = _Sender(results)

@@ -26,9 +26,11 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "InvalidArgumentError",
     "InvalidCallableError",
+    "MemoryLimitExceeded",
     "PoolBrokenError",
     "ProcQueueError",
     "QueueClosedError",
+    "QueueFullError",
     "QueueNotStartedError",
     "RemoteTraceback",
     "ResultSerializationError",
@@ -107,6 +109,29 @@ class UnpicklableTaskError(ProcQueueError):
         super().__init__(f"{exc_type}: {message}")
         self.exc_type = exc_type
         self.message = message
+
+
+class MemoryLimitExceeded(ProcQueueError, MemoryError):
+    """The worker running this task (with its child processes) grew past the
+    hard memory limit (``WorkerLimits.memory_hard``): it was killed and replaced.
+    Retried if retries remain. ``rss`` is the size measured, in bytes."""
+
+    def __init__(self, message: str, *, rss: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.rss = rss
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_memory, (str(self), self.rss, self.limit))
+
+
+def _rebuild_memory(message: str, rss: int | None, limit: int | None) -> MemoryLimitExceeded:
+    return MemoryLimitExceeded(message, rss=rss, limit=limit)
+
+
+class QueueFullError(ProcQueueError, TimeoutError):
+    """``submit`` waited ``timeout`` seconds for room under ``max_pending`` and
+    found none. Nothing was queued."""
 
 
 class TaskTimeoutError(ProcQueueError, TimeoutError):

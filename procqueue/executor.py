@@ -9,13 +9,15 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from dataclasses import replace
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ._coordinator import Engine, _TaskFuture
+from ._dlq import DeadLetterQueue
 from ._options import build_config, task_options
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, WorkerLimits
 from ._task import TaskStatus
 from .errors import InvalidArgumentError
 from .stats import QueueStats
@@ -55,10 +57,14 @@ class ProcQueue(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         *,
+        max_tasks_per_child: int | None = None,
         start_method: str | None = None,
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        limits: WorkerLimits | None = None,
+        max_pending: int | None = None,
+        dead_letters: int = 1000,
         prefetch: int | None = None,
         retain_finished: int = 10_000,
         forward_logs: bool = True,
@@ -70,6 +76,9 @@ class ProcQueue(Executor):
             raise InvalidArgumentError("max_workers must be greater than 0")
         if mp_context is not None and start_method is None:
             start_method = mp_context.get_start_method()
+        if max_tasks_per_child is not None:
+            # The stdlib keyword; any start method works here.
+            limits = replace(limits or WorkerLimits(), max_tasks_per_child=max_tasks_per_child)
         config = build_config(
             max_workers,
             start_method=start_method,
@@ -79,6 +88,9 @@ class ProcQueue(Executor):
             prefetch=prefetch,
             retain_finished=retain_finished,
             keep_unclaimed=False,  # the caller's futures hold the results
+            limits=limits,
+            dead_letters=dead_letters,
+            max_pending=max_pending,
             initializer=initializer,
             initargs=initargs,
             forward_logs=forward_logs,
@@ -89,6 +101,8 @@ class ProcQueue(Executor):
         # Dropped without shutdown(): finish the accepted work, then stop (as a
         # garbage-collected ProcessPoolExecutor does).
         weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
+        #: The dead letter queue: tasks that failed for good, with their history.
+        self.dlq = DeadLetterQueue(self._engine)
 
     @property
     def max_workers(self) -> int:
@@ -100,7 +114,8 @@ class ProcQueue(Executor):
         return self._engine.config.start_method
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; returns its future."""
+        """Schedule ``fn(*args, **kwargs)``; returns its future. With
+        ``max_pending`` set, blocks while that many tasks are unfinished."""
         fut: _TaskFuture = _TaskFuture()
         self._engine.submit(fn, args, kwargs, future=fut)
         return fut
@@ -114,20 +129,34 @@ class ProcQueue(Executor):
         max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        block_timeout: float | None = None,
         **kwargs: Any,
     ) -> Future[T]:
         """Like :meth:`submit`, with per-task options. ``priority``: higher runs
         first; ``max_retries``/``retry`` override the queue's retry policy;
-        ``timeout``: seconds one attempt may run before its worker is killed.
-        ``fut.task_id`` (``procqueue.task_id(fut)``) names the task for
+        ``timeout``: seconds one attempt may run before its worker is killed;
+        ``block_timeout``: with ``max_pending``, seconds to wait for room before
+        ``QueueFullError``. ``procqueue.task_id(fut)`` names the task for
         :meth:`get_task_status`."""
         engine = self._engine
         policy = task_options(engine.config.retry, max_retries, retry, timeout)
         fut: _TaskFuture = _TaskFuture()
         engine.submit(
-            fn, args, kwargs, priority=priority, policy=policy, timeout=timeout, future=fut
+            fn,
+            args,
+            kwargs,
+            priority=priority,
+            policy=policy,
+            timeout=timeout,
+            future=fut,
+            wait=block_timeout,
         )
         return fut
+
+    def future(self, task_id: int) -> Future[Any]:
+        """A future for any task of this queue by id (e.g. one requeued from the
+        dead letter queue)."""
+        return self._engine.future_for(task_id)
 
     def map(
         self,
@@ -135,20 +164,41 @@ class ProcQueue(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in input order, ``timeout``
-        counted from this call, ``chunksize`` items per task."""
+        counted from this call, ``chunksize`` items per task.
+
+        ``buffersize`` (as in Python 3.14): submit lazily, keeping at most that
+        many tasks ahead of the results consumed, so a huge or infinite
+        iterable streams in bounded memory. With ``max_pending`` set and no
+        ``buffersize``, ``map`` streams with ``buffersize=max_pending``.
+        """
         if chunksize < 1:
             raise InvalidArgumentError("chunksize must be >= 1.")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise InvalidArgumentError("buffersize must be None or an int >= 1.")
         deadline = None if timeout is None else time.monotonic() + timeout
-        if chunksize == 1:
-            futures = [self.submit(fn, *args) for args in zip(*iterables)]
-            return _results(futures, deadline, flatten=False)
-        it = zip(*iterables)
-        chunk_futures = []
-        while chunk := list(itertools.islice(it, chunksize)):
-            chunk_futures.append(self.submit(_run_chunk, fn, chunk))
-        return _results(chunk_futures, deadline, flatten=True)
+        calls: Iterator[tuple[Any, ...]] = zip(*iterables)
+
+        def submit_next() -> Future[Any] | None:
+            if chunksize == 1:
+                args = next(calls, None)
+                return None if args is None else self.submit(fn, *args)
+            chunk = list(itertools.islice(calls, chunksize))
+            return self.submit(_run_chunk, fn, chunk) if chunk else None
+
+        window = buffersize if buffersize is not None else self._engine.config.max_pending
+        if window is None:
+            futures = list(iter(submit_next, None))
+            return _results(futures, deadline, flatten=chunksize > 1)
+        futures = []
+        for _ in range(window):
+            fut = submit_next()
+            if fut is None:
+                break
+            futures.append(fut)
+        return _results(futures, deadline, flatten=chunksize > 1, refill=submit_next)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -195,10 +245,17 @@ def task_id(future: Future[Any]) -> int:
     return int(tid)
 
 
-def _results(futures: list[Future[Any]], deadline: float | None, *, flatten: bool) -> Iterator[Any]:
+def _results(
+    futures: list[Future[Any]],
+    deadline: float | None,
+    *,
+    flatten: bool,
+    refill: Callable[[], Future[Any] | None] | None = None,
+) -> Iterator[Any]:
     # A generator, as in CPython's Executor.map: on early exit (an error, a
     # timeout, the caller dropping the iterator) the rest is cancelled. No local
     # keeps a yielded result (or its future) alive: the caller may drop it.
+    # ``refill`` (streaming): each consumed task is replaced by the next one.
     futures.reverse()
     try:
         while futures:
@@ -209,6 +266,8 @@ def _results(futures: list[Future[Any]], deadline: float | None, *, flatten: boo
                 if timeout <= 0 and not futures[-1].done():
                     raise FuturesTimeoutError()
                 timeout = max(0.0, timeout)
+            if refill is not None and (nxt := refill()) is not None:
+                futures.insert(0, nxt)
             if flatten:
                 chunk = futures.pop().result(timeout)
                 chunk.reverse()

@@ -24,14 +24,17 @@ class LatencySummary:
 
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
-    """One worker slot. ``restarts`` counts replacements of this slot;
-    ``rss`` (bytes, whole process tree) and ``cpu_percent`` come from psutil."""
+    """One worker slot. ``restarts`` counts replacements after a crash, a kill
+    (timeout, cancel, memory) or a failed start; ``recycled`` counts planned
+    replacements (``max_tasks_per_child``, soft memory limit). ``rss`` (bytes,
+    whole process tree) and ``cpu_percent`` come from psutil."""
 
     slot: int
     pid: int | None
     state: str
     tasks_done: int
     restarts: int
+    recycled: int
     current_task: int | None
     rss: int | None
     cpu_percent: float | None
@@ -44,6 +47,8 @@ class QueueStats:
     The task counts always add up:
     ``submitted == pending + running + retrying + completed + failed + cancelled``.
     ``retried`` counts attempts that failed and were tried again.
+    ``dead_letters`` is the size of the dead letter queue (``dead_letters_dropped``
+    counts entries pushed out because it was full).
     ``success_rate`` is ``completed / (completed + failed)`` (``None`` before any
     task ended). ``throughput`` is completed tasks per second over the last
     ten seconds.
@@ -57,6 +62,8 @@ class QueueStats:
     failed: int
     cancelled: int
     retried: int
+    dead_letters: int
+    dead_letters_dropped: int
     success_rate: float | None
     throughput: float
     queue_wait: LatencySummary
@@ -75,14 +82,14 @@ class QueueStats:
             f"submitted {self.submitted}  pending {self.pending}  running {self.running}  "
             f"retrying {self.retrying}",
             f"completed {self.completed}  failed {self.failed}  cancelled {self.cancelled}  "
-            f"retried {self.retried}  success {rate}",
+            f"retried {self.retried}  success {rate}  dead letters {self.dead_letters}",
             f"throughput {self.throughput:.1f}/s  uptime {self.uptime:.1f}s",
             f"queue wait p50 {ms(self.queue_wait.p50)} p95 {ms(self.queue_wait.p95)} "
             f"p99 {ms(self.queue_wait.p99)}",
             f"run time   p50 {ms(self.run_time.p50)} p95 {ms(self.run_time.p95)} "
             f"p99 {ms(self.run_time.p99)}",
-            f"{'slot':>4} {'pid':>8} {'state':<9} {'done':>6} {'restarts':>8} {'task':>6} "
-            f"{'rss MB':>8} {'cpu%':>6}",
+            f"{'slot':>4} {'pid':>8} {'state':<9} {'done':>6} {'restarts':>8} {'recycled':>8} "
+            f"{'task':>6} {'rss MB':>8} {'cpu%':>6}",
         ]
         for w in self.workers:
             rss = "-" if w.rss is None else f"{w.rss / 2**20:.1f}"
@@ -90,7 +97,7 @@ class QueueStats:
             task = "-" if w.current_task is None else str(w.current_task)
             lines.append(
                 f"{w.slot:>4} {w.pid or '-':>8} {w.state:<9} {w.tasks_done:>6} {w.restarts:>8} "
-                f"{task:>6} {rss:>8} {cpu:>6}"
+                f"{w.recycled:>8} {task:>6} {rss:>8} {cpu:>6}"
             )
         return "\n".join(lines)
 
@@ -151,7 +158,13 @@ class _Counters:
         span = min(float(_WINDOW), max(now - self.started, 1e-9))
         return total / span
 
-    def snapshot(self, submitted: int, workers: tuple[WorkerStats, ...]) -> QueueStats:
+    def snapshot(
+        self,
+        submitted: int,
+        workers: tuple[WorkerStats, ...],
+        dead_letters: int = 0,
+        dead_letters_dropped: int = 0,
+    ) -> QueueStats:
         now = time.monotonic()
         ended = self.completed + self.failed
         pending = (
@@ -166,6 +179,8 @@ class _Counters:
             failed=self.failed,
             cancelled=self.cancelled,
             retried=self.retried,
+            dead_letters=dead_letters,
+            dead_letters_dropped=dead_letters_dropped,
             success_rate=(self.completed / ended) if ended else None,
             throughput=self.throughput(now),
             queue_wait=_percentiles(self.wait_samples),

@@ -12,10 +12,11 @@ from typing import Any
 
 from ._asyncbridge import to_asyncio
 from ._coordinator import Engine, EngineState
+from ._dlq import DeadLetterQueue
 from ._options import build_config, task_options
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, WorkerLimits
 from ._task import TaskStatus
-from .errors import InvalidArgumentError, QueueNotStartedError
+from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
 from .stats import QueueStats
 
 __all__ = ["TaskQueue"]
@@ -47,6 +48,9 @@ class TaskQueue:
         max_retries: int | None = None,
         timeout: float | None = None,
         prefetch: int | None = None,
+        limits: WorkerLimits | None = None,
+        max_pending: int | None = None,
+        dead_letters: int = 1000,
         retain_finished: int = 10_000,
         keep_unclaimed: bool = True,
         initializer: Callable[..., object] | None = None,
@@ -63,6 +67,9 @@ class TaskQueue:
             prefetch=prefetch,
             retain_finished=retain_finished,
             keep_unclaimed=keep_unclaimed,
+            limits=limits,
+            dead_letters=dead_letters,
+            max_pending=max_pending,
             initializer=initializer,
             initargs=initargs,
             forward_logs=forward_logs,
@@ -71,6 +78,8 @@ class TaskQueue:
         self._engine = Engine(config)
         # Dropped without stop(): finish the accepted work, then stop.
         weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
+        #: The dead letter queue: tasks that failed for good, with their history.
+        self.dlq = DeadLetterQueue(self._engine)
 
     @property
     def num_workers(self) -> int:
@@ -102,6 +111,8 @@ class TaskQueue:
         ``priority``: higher runs first, FIFO among equals. ``max_retries``:
         retries after the first attempt (queue default otherwise). ``retry``: a
         whole :class:`RetryPolicy`. ``timeout``: seconds per attempt.
+        With ``max_pending`` set, waits (without blocking the event loop) while
+        that many tasks are unfinished.
         Raises at once (nothing queued) for a non-callable, a bad option or an
         unpicklable call.
         """
@@ -109,7 +120,13 @@ class TaskQueue:
         if engine.state is EngineState.NEW:
             raise QueueNotStartedError("call 'await queue.start()' before submitting")
         policy = task_options(engine.config.retry, max_retries, retry, timeout)
-        return engine.submit(fn, args, kwargs, priority=priority, policy=policy, timeout=timeout)
+        rec = engine.prepare(fn, args, kwargs, priority, policy, timeout)
+        # Back-pressure (max_pending): wait without blocking the event loop.
+        while True:
+            try:
+                return engine.enqueue(rec, block=False)
+            except QueueFullError:
+                await to_asyncio(engine.space_future())
 
     def get_task_status(self, task_id: int) -> TaskStatus:
         """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an
