@@ -377,6 +377,7 @@ class Engine:
         # Whether a submit must wake the coordinator: only when some worker is
         # short of work. Otherwise the next result wakes it anyway.
         self._wake_on_submit = True
+        self._wake_pending = False
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = self._lifeline_r = self._lifeline_w = -1
@@ -495,7 +496,7 @@ class Engine:
             self._tasks[rec.task_id] = rec
             self._submitted += 1
             self._commands.append(rec)
-        if self._sleeping and self._wake_on_submit:
+        if self._sleeping and self._wake_on_submit and not self._wake_pending:
             self._wake()
         return rec.task_id
 
@@ -719,6 +720,8 @@ class Engine:
         raise QueueClosedError("cannot submit new tasks: the queue is stopping or stopped")
 
     def _wake(self) -> None:
+        # One byte per sleep is enough: a burst of submits costs one syscall.
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
@@ -790,15 +793,30 @@ class Engine:
             self._flush_resolutions()
 
     def _short_of_work(self) -> bool:
-        """True if a worker would sit idle, so a new task must wake us now."""
+        """True if a new task could be handed to a worker now, so a submit
+        must wake us. Otherwise every worker is as full as prefetch allows,
+        and the next result wakes us anyway (no wake-up per submit)."""
+        fixed = self.config.prefetch
+        if fixed is not None:
+            depth = 1 + fixed
+        else:
+            learned = [
+                max(1, min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(m, 1e-7))))
+                for m in self._mean_run.values()
+            ]
+            depth = 1 + max(learned, default=1)
+        any_ready = False
         for w in self._workers:
-            if w is None or w.state is WorkerState.STARTING:
-                continue
-            if w.state is WorkerState.READY and len(w.inflight) < 2:
-                return True
-        return not any(w is not None and w.state is WorkerState.READY for w in self._workers)
+            if w is None:
+                return True  # an empty slot: a submit must start a worker
+            if w.state is WorkerState.READY and not w.retiring:
+                any_ready = True
+                if len(w.inflight) < depth:
+                    return True
+        return not any_ready
 
     def _drain_wake(self) -> None:
+        self._wake_pending = False
         try:
             while os.read(self._wake_r, 4096):
                 pass

@@ -201,3 +201,82 @@ def flaky(counter: str, fail_first: int, crash: bool, value: int) -> int:
             os._exit(5)
         raise ValueError("planned")
     return value
+
+
+def allocate_and_hold(mb: int, paths: tuple[str, str] | None = None) -> int:
+    """Allocate ``mb`` MiB (touching every page), optionally announce and wait."""
+    block = bytearray(mb * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    if paths is not None:
+        gated(paths)
+    return len(block)
+
+
+def allocate_and_return(mb: int) -> int:
+    """Grow this worker by ``mb`` MiB and keep it (module-level), then return."""
+    block = bytearray(mb * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _kept.append(block)
+    return os.getpid()
+
+
+_kept: list[bytearray] = []
+
+
+def big_result(mb: int) -> bytes:
+    return b"x" * (mb * 2**20)
+
+
+def recurse(n: int) -> int:
+    return recurse(n + 1) + 1
+
+
+def close_stdio() -> str:
+    os.close(1)
+    os.close(2)
+    return "closed"
+
+
+def fork_in_task() -> int:
+    pid = os.fork()
+    if pid == 0:
+        return -1  # the child returns into the worker loop, which must drop it
+    os.waitpid(pid, 0)
+    return pid
+
+
+def stop_self() -> None:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def raise_unpicklable_exception() -> None:
+    class Local(Exception):
+        pass
+
+    err = Local("local class")
+    err.lock = threading.Lock()  # type: ignore[attr-defined]
+    raise err
+
+
+def spawn_tree_and_hang(paths: tuple[str, str]) -> None:
+    """Start a child that starts a grandchild; announce every pid; hang."""
+    import subprocess
+
+    code = (
+        "import subprocess, sys, threading;"
+        "p = subprocess.Popen("
+        "[sys.executable, '-c', 'import threading; threading.Event().wait()']);"
+        "print(p.pid, flush=True);"
+        "threading.Event().wait()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+    fd = os.open(paths[0], os.O_WRONLY)
+    os.write(fd, f"{child.pid}\n{grandchild}\n".encode())
+    os.close(fd)
+    threading.Event().wait()

