@@ -46,7 +46,12 @@ class _Sender:
     def send(self, msg: _wire.WireMessage, blobs: tuple[bytes, ...] = ()) -> None:
         buffers = _wire.encode(msg, blobs)
         with self.lock:
-            _wire.write_all(self.fd, buffers)
+            try:
+                _wire.write_all(self.fd, buffers)
+            except OSError:
+                # EPIPE: the coordinator is gone. Leave quietly, with our children,
+                # instead of printing a traceback into the user's terminal.
+                kill_own_group_and_exit()
 
 
 class _ForwardHandler(logging.Handler):

@@ -280,3 +280,11 @@ def spawn_tree_and_hang(paths: tuple[str, str]) -> None:
     os.write(fd, f"{child.pid}\n{grandchild}\n".encode())
     os.close(fd)
     threading.Event().wait()
+
+
+def square_slowly(x: int) -> int:
+    """About a millisecond of arithmetic, so a chaos test has tasks in flight."""
+    total = 0
+    for i in range(20_000):
+        total += i & 1
+    return x * x + (total - 10_000)
