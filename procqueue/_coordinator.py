@@ -731,8 +731,6 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            with self._lock:
-                self._fill_slots()
             self._loop()
         except BaseException:
             _log.exception("procqueue coordinator crashed; failing every task")
@@ -1316,11 +1314,6 @@ class Engine:
 
     # ----- workers
 
-    def _fill_slots(self) -> None:
-        for slot, w in enumerate(self._workers):
-            if w is None and self._broken is None:
-                self._spawn(slot)
-
     def _spawn(self, slot: int) -> None:
         tasks_r, tasks_w = os.pipe()
         results_r, results_w = os.pipe()
@@ -1450,8 +1443,19 @@ class Engine:
             self._spawn(w.slot)
 
     def _spawn_on_demand(self) -> None:
-        """Refill slots emptied by ``idle_timeout`` once work is waiting."""
-        wanted = self._heap.live
+        """Start workers as work arrives, one per waiting task not already
+        covered by a booting worker, up to ``num_workers`` (as the stdlib's
+        executor does since 3.9): the first result does not wait for a whole
+        pool to boot, and slots emptied by ``idle_timeout`` refill the same way."""
+        booting = sum(
+            1 for w in self._workers if w is not None and w.state is WorkerState.STARTING
+        )
+        idle = sum(
+            1
+            for w in self._workers
+            if w is not None and w.state is WorkerState.READY and not w.inflight
+        )
+        wanted = self._heap.live - booting - idle
         for slot, w in enumerate(self._workers):
             if wanted <= 0:
                 return
@@ -1601,7 +1605,12 @@ class Engine:
                 w for w in self._workers if w is not None and w.state is not WorkerState.DEAD
             ]
             for w in workers:
-                if w.state is not WorkerState.STOPPING:
+                if w.state is WorkerState.STARTING:
+                    # Still booting (maybe in its initializer): it holds no task,
+                    # so waiting for it to come up only to tell it to go is waste.
+                    w.move(WorkerState.STOPPING)
+                    kill_tree(w.pid)
+                elif w.state is not WorkerState.STOPPING:
                     w.move(WorkerState.STOPPING)
                     try:
                         w.writer.write(_wire.encode(_wire.Shutdown()))
@@ -1611,9 +1620,10 @@ class Engine:
         for w in workers:
             w.proc.join(max(0.0, deadline - time.monotonic()))
             if w.proc.exitcode is None:
+                # Only while it is not yet reaped is its pid surely still ours.
                 _log.warning("worker %d did not exit in time; killing it", w.pid)
-            kill_tree(w.pid)  # the worker's own children, and the worker if still there
-            w.proc.join(1.0)
+                kill_tree(w.pid)
+                w.proc.join(1.0)
             with self._lock:
                 if w.inflight:
                     for rec in list(w.inflight):

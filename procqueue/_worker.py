@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 
 from . import _wire
-from ._processes import kill_own_group_and_exit, set_parent_death_signal
+from ._processes import kill_children, kill_own_group_and_exit, set_parent_death_signal
 from .errors import ResultSerializationError
 
 # The worker's own log lines; task code logs through its own loggers.
@@ -208,7 +208,9 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
         except EOFError:
             return
         if not isinstance(msg, _wire.RunBatch):
-            return  # Shutdown
+            # Shutdown: leave no process a task started behind us.
+            kill_children(os.getpid())
+            return
         pos = 0
         sizes = msg.sizes
         for i, task_id in enumerate(msg.task_ids):

@@ -91,8 +91,9 @@ class TaskQueue:
         return self._engine.config.start_method
 
     async def start(self) -> None:
-        """Start the coordinator and the workers. Workers boot in the background;
-        tasks submitted meanwhile wait in the heap."""
+        """Start the coordinator. Workers start on demand, one per waiting task
+        up to ``num_workers``, and boot in the background; tasks submitted
+        meanwhile wait in the heap."""
         self._engine.start()
 
     async def submit(

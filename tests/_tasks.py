@@ -288,3 +288,7 @@ def square_slowly(x: int) -> int:
     for i in range(20_000):
         total += i & 1
     return x * x + (total - 10_000)
+
+
+def exiting_initializer() -> None:
+    os._exit(4)

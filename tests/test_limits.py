@@ -74,16 +74,19 @@ def test_idle_workers_exit_and_come_back_on_demand() -> None:
     async def main() -> None:
         limits = WorkerLimits(idle_timeout=0.05)
         async with TaskQueue(num_workers=2, limits=limits) as q:
-            first = await q.result(await q.submit(pid))
+            # Two tasks at once: workers start on demand, one per waiting task.
+            a, b = await q.submit(pid), await q.submit(pid)
+            first = await q.result(a)
+            await q.result(b)
             pids = [w.pid for w in q.get_stats().workers if w.pid]
-            assert len(pids) == 2
+            assert 1 <= len(pids) <= 2
             workers = []
             for p in pids:
                 try:
                     workers.append(psutil.Process(p))
                 except psutil.NoSuchProcess:
                     pass  # already gone: that is the point
-            # Both exit on their own once idle (wait_procs blocks on their exit).
+            # They exit on their own once idle (wait_procs blocks on their exit).
             _, alive = psutil.wait_procs(workers, timeout=10)
             assert not alive
             again = await q.result(await q.submit(pid))

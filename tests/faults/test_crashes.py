@@ -200,6 +200,17 @@ def test_broken_initializer_breaks_the_pool_without_a_respawn_storm() -> None:
     pool.shutdown()
 
 
+def test_initializer_that_exits_breaks_the_pool_with_its_exit_code() -> None:
+    from _tasks import exiting_initializer
+
+    pool = ProcQueue(max_workers=2, initializer=exiting_initializer)
+    fut = pool.submit(add, 1)
+    with pytest.raises(WorkerStartupError, match="exit code 4"):
+        fut.result(timeout=30)
+    assert sum(w.restarts for w in pool.get_stats().workers) <= 2
+    pool.shutdown()
+
+
 def test_asyncio_front_door_survives_crashes_too() -> None:
     async def main() -> None:
         async with TaskQueue(num_workers=2) as q:

@@ -1,0 +1,159 @@
+"""``python -m procqueue.bench``: run the comparative suite, print the report.
+
+The markdown report goes to stdout, progress to stderr, and ``<stamp>.md``,
+``<stamp>.json`` (raw numbers and context) and, with matplotlib, PNG charts to
+``--out``. Exit status: 0 when every answer was right, 1 when something FAILed
+(a wrong answer, an exception, a hang) or the suite crashed; never anything for
+being slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import CONTESTANTS, WORKLOADS, BenchConfig, run_suite
+from ._measure import ABANDONED
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    """The command line as a :class:`BenchConfig` (``--quick`` picks the base)."""
+    p = argparse.ArgumentParser(
+        prog="python -m procqueue.bench",
+        description="procqueue next to the standard library and its peers, in one run.",
+    )
+    methods = multiprocessing.get_all_start_methods()
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, for a CI smoke run (under 2 minutes on 2 cores)",
+    )
+    p.add_argument("--workers", type=int, help="workers in every pool (default 2)")
+    p.add_argument(
+        "--start-method",
+        choices=methods,
+        help="start method of every process pool that lets you choose (default fork)",
+    )
+    p.add_argument(
+        "--extra-start-methods",
+        type=_names,
+        metavar="M,M",
+        help="ProcessPoolExecutor and ProcQueue also run on these "
+        "(default forkserver; '' for none)",
+    )
+    p.add_argument("--reps", type=int, help="timed rounds after the warm-up (>= 3; default 3)")
+    p.add_argument(
+        "--only",
+        type=_names,
+        metavar="KEY,KEY",
+        help=f"contestants to run (default: all installed): {','.join(CONTESTANTS)}",
+    )
+    p.add_argument(
+        "--skip", type=_names, metavar="KEY,KEY", default=(), help="contestants to leave out"
+    )
+    p.add_argument(
+        "--workloads",
+        type=_names,
+        metavar="W,W",
+        help=f"workloads to run (default all): {','.join(WORKLOADS)}",
+    )
+    p.add_argument("--out", type=Path, help="directory for .md/.json/.png (default bench-results)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG charts")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds one run may take before it counts as hung (default 300)",
+    )
+    p.add_argument("--prefetch", type=int, help="procqueue prefetch (default: adaptive)")
+    sizes = p.add_argument_group("sizes (defaults depend on --quick)")
+    sizes.add_argument("--tiny-tasks", type=int)
+    sizes.add_argument("--map-tasks", type=int)
+    sizes.add_argument("--chunksizes", type=_ints, metavar="N,N", help="map chunk sizes (1,1000)")
+    sizes.add_argument("--cpu-tasks-per-worker", type=int)
+    sizes.add_argument("--task-ms", type=float, help="sequential ms of one CPU task (20)")
+    sizes.add_argument("--io-tasks", type=int)
+    sizes.add_argument("--io-ms", type=float, help="sleep of one I/O task (10)")
+    sizes.add_argument("--payload-mb", type=float, help="MB each way per payload task (4)")
+    sizes.add_argument("--payload-tasks", type=int)
+    sizes.add_argument("--latency-trips", type=int, help="round trips per round (200)")
+    sizes.add_argument("--sweep-task-ms", type=_floats, metavar="MS,MS")
+    sizes.add_argument(
+        "--scale-sizes", type=_ints, metavar="N,N", help="task counts (10000,100000,1000000)"
+    )
+    sizes.add_argument(
+        "--scale-peer-max", type=int, help="largest scale size for the stdlib pools (100000)"
+    )
+    sizes.add_argument("--memory-tasks", type=int, help="pending tasks in the memory probe")
+    sizes.add_argument("--kill-tasks", type=int)  # fmt: skip
+    a = p.parse_args(argv)
+
+    cfg = BenchConfig.quick() if a.quick else BenchConfig.full()
+    changes = {
+        name: value
+        for name, value in vars(a).items()
+        if value is not None and name not in ("quick", "skip", "no_plots", "only")
+    }
+    if a.no_plots:
+        changes["plots"] = False
+    if a.only is not None or a.skip:
+        only = a.only if a.only is not None else _all_keys(cfg, changes)
+        changes["only"] = tuple(k for k in only if k not in a.skip)
+    cfg = cfg.with_overrides(**changes)
+    if cfg.reps < 3:
+        p.error("--reps must be at least 3")
+    if cfg.workers < 1:
+        p.error("--workers must be at least 1")
+    bad = set(cfg.workloads) - set(WORKLOADS)
+    if bad:
+        p.error(f"unknown workload(s): {', '.join(sorted(bad))}")
+    return cfg
+
+
+def _all_keys(cfg: BenchConfig, changes: dict[str, object]) -> tuple[str, ...]:
+    """Every contestant key for the start methods on the command line."""
+    from ._contestants import contestant_table
+
+    method = str(changes.get("start_method", cfg.start_method))
+    extra = changes.get("extra_start_methods", cfg.extra_start_methods)
+    assert isinstance(extra, tuple)
+    return tuple(c.key for c in contestant_table(method, extra))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    command = [sys.executable, "-m", "procqueue.bench", *(sys.argv[1:] if argv is None else argv)]
+    result = run_suite(cfg, command)
+    print(result.markdown(), flush=True)
+    for path in result.write():
+        logging.getLogger("procqueue.bench").info("wrote %s", path)
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    status = main()
+    if ABANDONED:
+        # A hung pool's threads could keep the interpreter from exiting.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(status)
+    sys.exit(status)

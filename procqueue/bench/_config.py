@@ -1,0 +1,127 @@
+"""What one run of the suite measures: sizes, repetitions, contestants, workloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+#: Every workload, in the order the report shows them.
+WORKLOADS = (
+    "latency",
+    "startup",
+    "tiny",
+    "map",
+    "payload",
+    "io",
+    "cpu",
+    "sweep",
+    "scale",
+    "memory",
+    "kill",
+)
+
+WORKLOAD_TITLES = {
+    "latency": "round trip of one task on an idle pool (p50, p99)",
+    "startup": "start-up to first result, and shutdown",
+    "tiny": "tiny tasks submitted one by one",
+    "map": "tiny tasks through map, with a chunk size",
+    "payload": "large arguments and results",
+    "io": "I/O-bound tasks (sleeping)",
+    "cpu": "CPU-bound tasks of ~20 ms",
+    "sweep": "throughput against task size",
+    "scale": "scale: throughput at growing task counts",
+    "memory": "coordinator memory per pending task",
+    "kill": "a worker SIGKILLed mid-run",
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides what a run measures. :meth:`full` and
+    :meth:`quick` give the two standard sizes; ``dataclasses.replace`` (or
+    :meth:`with_overrides`) adjusts one of them.
+
+    >>> cfg = BenchConfig.quick().with_overrides(workloads=("tiny",), tiny_tasks=50)
+    """
+
+    quick_mode: bool = False
+    workers: int = 2
+    #: Start method of every process pool that lets you choose.
+    start_method: str = "fork"
+    #: ProcessPoolExecutor and ProcQueue also run on these (their own rows).
+    extra_start_methods: tuple[str, ...] = ("forkserver",)
+    #: Timed repetitions after the warm-up round (at least 3).
+    reps: int = 3
+    #: Contestant keys to run (``None``: every one that is installed).
+    only: tuple[str, ...] | None = None
+    workloads: tuple[str, ...] = WORKLOADS
+    #: Seconds one run may take before it counts as hung (FAIL).
+    timeout: float = 300.0
+    tiny_tasks: int = 10_000
+    map_tasks: int = 20_000
+    chunksizes: tuple[int, ...] = (1, 1000)
+    #: With a chunk size above 1, at least this many chunks per worker (so the
+    #: run is long enough to time): ``max(map_tasks, chunks x chunksize x workers)``.
+    map_chunks_per_worker: int = 20
+    cpu_tasks_per_worker: int = 20
+    task_ms: float = 20.0
+    io_tasks: int = 100
+    io_ms: float = 10.0
+    payload_mb: float = 4.0
+    payload_tasks: int = 24
+    latency_trips: int = 200
+    #: Sequential seconds of work behind each sized point of the sweep.
+    sweep_work_s: float = 0.4
+    sweep_task_ms: tuple[float, ...] = (0.0, 0.1, 1.0, 10.0)
+    scale_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    #: The largest scale size for the stdlib pools (procqueue runs every size).
+    scale_peer_max: int = 100_000
+    memory_tasks: int = 100_000
+    kill_tasks: int = 40
+    kill_task_ms: float = 20.0
+    #: procqueue's ``prefetch`` (``None``: its adaptive default).
+    prefetch: int | None = None
+    out: Path = Path("bench-results")
+    plots: bool = True
+
+    @classmethod
+    def full(cls) -> BenchConfig:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """Small sizes for a CI smoke run: well under two minutes on two cores."""
+        return cls(
+            quick_mode=True,
+            tiny_tasks=1_000,
+            map_tasks=2_000,
+            map_chunks_per_worker=5,
+            cpu_tasks_per_worker=4,
+            io_tasks=20,
+            payload_tasks=4,
+            latency_trips=50,
+            sweep_work_s=0.05,
+            sweep_task_ms=(0.0, 1.0),
+            scale_sizes=(2_000, 10_000),
+            scale_peer_max=10_000,
+            memory_tasks=5_000,
+            kill_tasks=16,
+        )
+
+    def with_overrides(self, **changes: Any) -> BenchConfig:
+        return replace(self, **changes)
+
+    def pq_options(self) -> dict[str, Any]:
+        """Constructor keywords for both procqueue front doors."""
+        return {} if self.prefetch is None else {"prefetch": self.prefetch}
+
+    def wants(self, workload: str) -> bool:
+        return workload in self.workloads
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = str(value) if isinstance(value, Path) else value
+        return out

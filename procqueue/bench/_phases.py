@@ -1,0 +1,294 @@
+"""The workloads that need a fresh pool (or process) for every measurement.
+
+* **scale**: tiny tasks one by one at growing counts; procqueue runs every size,
+  ProcessPoolExecutor and multiprocessing.Pool up to ``scale_peer_max``.
+* **memory**: coordinator memory per pending task, one fresh interpreter per
+  measurement (:mod:`._memprobe`).
+* **kill**: a worker SIGKILLed mid-run. How many results survive, how long until
+  the killed task runs again (procqueue, which retries it), how long until a
+  replacement worker runs anything, and whether the pool is usable afterwards.
+
+Each has a warm-up round and ``reps`` timed rounds, contestants rotated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procqueue import RetryPolicy
+
+from . import _tasks
+from ._config import BenchConfig
+from ._contestants import Contestant
+from ._measure import (
+    CLEANUP_TIMEOUT_S,
+    Cell,
+    WorkloadResult,
+    check,
+    close_within,
+    rotate,
+    timed,
+    warm_workers,
+)
+from ._memprobe import BARE_FUTURE
+
+_log = logging.getLogger("procqueue.bench")
+
+SCALE_FAMILIES = ("ProcQueue", "ppe", "mp.Pool")
+MEMORY_FAMILIES = ("ProcQueue", "TaskQueue", "ppe", "mp.Pool")
+KILL_FAMILIES = ("ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble", "mpire")
+#: Seconds a lost task is waited for, beyond the time the remaining work needs.
+KILL_GRACE_S = 1.0
+#: Seconds one add_one may take after the kill for the pool to count as usable
+#: (a replacement worker may have to start first: loky's fork+exec takes ~1 s).
+USABLE_TIMEOUT_S = 2.0
+
+
+def _main_method(cs: Sequence[Contestant], families: Sequence[str]) -> list[Contestant]:
+    """The contestants of ``families`` on the main start method (no ``/`` key)."""
+    return [c for c in cs if c.family in families and "/" not in c.key]
+
+
+# --- scale ---------------------------------------------------------------------------
+
+
+def run_scale(cfg: BenchConfig, contestants: Sequence[Contestant]) -> WorkloadResult:
+    sizes = sorted(cfg.scale_sizes)
+    entered = _main_method(contestants, SCALE_FAMILIES)
+    result = WorkloadResult(
+        "scale",
+        "Scale: tiny tasks (add_one) one by one at "
+        + " / ".join(f"{n:,}" for n in sizes)
+        + f" tasks; stdlib pools up to {cfg.scale_peer_max:,}",
+        {"sizes": sizes, "peer_max": cfg.scale_peer_max},
+    )
+    for c in entered:
+        result.cells[c.key] = Cell(c.key, c.label)
+    calls = [(i,) for i in range(sizes[-1])]
+
+    def limit(c: Contestant) -> int:
+        return sizes[-1] if c.is_procqueue else cfg.scale_peer_max
+
+    for rnd in range(cfg.reps + 1):
+        # The warm-up round runs the smallest size only.
+        for n in sizes[:1] if rnd == 0 else sizes:
+            for c in rotate(entered, rnd):
+                cell = result.cells[c.key]
+                if not cell.ok or n > limit(c):
+                    continue
+                stage = f"round {rnd}, {n:,} tasks"
+                pool = None
+                try:
+                    pool = c.open(cfg.workers, cfg.pq_options())
+                    cell.start_method = pool.start_method
+                    warm_workers(pool, cfg.workers, cfg.timeout)
+                    batch = calls if n == len(calls) else calls[:n]
+                    wall, results = timed(
+                        lambda: pool.run_all(_tasks.add_one, batch, cfg.timeout)  # noqa: B023
+                    )
+                    got = sum(results)
+                    del results
+                    expected = n * (n - 1) // 2 + n
+                    check(got == expected, f"sum {got}, expected {expected}")
+                except Exception as e:
+                    _log.exception("%s: scale failed (%s)", c.label, stage)
+                    cell.fail(stage, e)
+                    if pool is not None:
+                        close_within(pool, CLEANUP_TIMEOUT_S, broken=True)
+                    continue
+                if not close_within(pool, CLEANUP_TIMEOUT_S):
+                    cell.fail(stage, TimeoutError("shutdown hung"))
+                    continue
+                cell.add({f"tasks_per_s@{n}": n / wall}, warm_up=rnd == 0)
+                _log.info("scale: %s %s tasks: %.0f tasks/s", c.label, f"{n:,}", n / wall)
+    return result
+
+
+# --- memory --------------------------------------------------------------------------
+
+
+def run_memory(cfg: BenchConfig, contestants: Sequence[Contestant]) -> WorkloadResult:
+    n = cfg.memory_tasks
+    entered = _main_method(contestants, MEMORY_FAMILIES)
+    result = WorkloadResult(
+        "memory",
+        f"Coordinator memory per pending task: {n:,} add_one tasks queued behind "
+        "blocked workers; RSS growth / tasks, handles included, arguments excluded",
+        {"tasks": n},
+    )
+    keys = [c.key for c in entered]
+    for c in entered:
+        result.cells[c.key] = Cell(c.key, c.label)
+    if any(c.family in ("ppe", "ProcQueue") for c in entered):
+        keys.append(BARE_FUTURE)
+        result.cells[BARE_FUTURE] = Cell(
+            BARE_FUTURE, "concurrent.futures.Future() alone (reference: what submit returns)"
+        )
+    # Every measurement runs in a fresh interpreter that warms its own pool first
+    # (every worker answers before the blockers go in), and nothing carries over
+    # from one measurement to the next: so no separate warm-up round here.
+    for rnd in range(1, cfg.reps + 1):
+        for key in rotate(keys, rnd):
+            cell = result.cells[key]
+            if not cell.ok:
+                continue
+            try:
+                out = _memory_probe(cfg, key, n)
+            except Exception as e:
+                _log.exception("%s: memory probe failed", cell.label)
+                cell.fail(f"round {rnd}", e)
+                continue
+            cell.start_method = str(out["start_method"])
+            cell.add({"bytes_per_task": float(out["bytes_per_task"])}, warm_up=rnd == 0)
+            cell.notes.append({"round": rnd, **out})
+    return result
+
+
+def _memory_probe(cfg: BenchConfig, key: str, n: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pq-bench-mem-") as tmp:
+        out_path = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "procqueue.bench._memprobe",
+            "--contestant", key,
+            "--tasks", str(n),
+            "--workers", str(cfg.workers),
+            "--start-method", cfg.start_method,
+            "--timeout", str(cfg.timeout),
+            "--result", str(out_path),
+        ]  # fmt: skip
+        if cfg.prefetch is not None:
+            cmd += ["--prefetch", str(cfg.prefetch)]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=cfg.timeout + 60, check=False
+        )
+        if proc.returncode != 0 or not out_path.exists():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"memory probe exited {proc.returncode}:\n{tail}")
+        data: dict[str, Any] = json.loads(out_path.read_text())
+        return data
+
+
+# --- kill ----------------------------------------------------------------------------
+
+
+def run_kill(cfg: BenchConfig, contestants: Sequence[Contestant]) -> WorkloadResult:
+    n = cfg.kill_tasks
+    k = max(1, n // 4)
+    entered = [c for c in contestants if c.family in KILL_FAMILIES]
+    result = WorkloadResult(
+        "kill",
+        f"A worker SIGKILLed mid-run: {n} tasks of {cfg.kill_task_ms:g} ms (sleep); the "
+        f"worker that answered task {k} is killed at once, while it runs the next one. "
+        "procqueue runs with max_retries=1 and no backoff (RetryPolicy(max_retries=1, "
+        "backoff_base=0)); no other pool retries",
+        {"tasks": n, "kill_after": k, "task_ms": cfg.kill_task_ms},
+    )
+    for c in entered:
+        result.cells[c.key] = Cell(c.key, c.label)
+    for rnd in range(cfg.reps + 1):
+        for c in rotate(entered, rnd):
+            cell = result.cells[c.key]
+            if not cell.ok:
+                continue
+            t0 = time.perf_counter()
+            try:
+                metrics, notes = _kill_round(cfg, c, n, k, cell)
+            except Exception as e:
+                _log.exception("%s: kill round %d failed", c.label, rnd)
+                cell.fail(f"round {rnd}", e)
+                continue
+            _log.debug("kill: %s round %d took %.1f s", c.label, rnd, time.perf_counter() - t0)
+            cell.add(metrics, warm_up=rnd == 0)
+            cell.notes.append({"round": rnd, **notes})
+    return result
+
+
+def _kill_round(
+    cfg: BenchConfig, c: Contestant, n: int, k: int, cell: Cell
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    options = dict(cfg.pq_options())
+    if c.is_procqueue:
+        options["retry"] = RetryPolicy(max_retries=1, backoff_base=0.0)
+    pool = c.open(cfg.workers, options)
+    cell.start_method = pool.start_method
+    broken = True
+    try:
+        before = warm_workers(pool, cfg.workers, cfg.timeout)
+        task_s = cfg.kill_task_ms / 1000
+        handles = pool.submit_many(_tasks.tagged_sleep, [(i, task_s) for i in range(n)])
+        deadline = time.monotonic() + cfg.timeout
+        answers: dict[int, tuple[int, int, float]] = {}
+        errors: Counter[str] = Counter()
+        killed_pid: int | None = None
+        t_kill = 0.0
+        for i, h in enumerate(handles):
+            try:
+                answer = pool.wait(h, max(0.0, deadline - time.monotonic()))
+            except Exception as e:
+                errors[type(e).__name__] += 1
+                continue
+            value, pid, _started = answer
+            check(value == i + 1, f"task {i} answered {value!r}")
+            answers[i] = answer
+            if killed_pid is None and len(answers) == k:
+                os.kill(pid, signal.SIGKILL)
+                t_kill = time.time()
+                killed_pid = pid
+                # From now on a task still missing once the rest of the work had
+                # time to finish is counted lost (mp.Pool never answers it).
+                left = (n - i) * task_s / cfg.workers
+                deadline = time.monotonic() + 2 * left + KILL_GRACE_S
+        check(killed_pid is not None, "the run ended before a worker could be killed")
+        recovery: float | None = None
+        rerun_pid: int | None = None
+        for i, h in enumerate(handles):
+            tries = pool.attempts(h) if i in answers else None
+            if tries is not None and tries > 1:
+                recovery = answers[i][2] - t_kill
+                rerun_pid = answers[i][1]
+        replaced = [
+            started - t_kill
+            for _v, pid, started in answers.values()
+            if pid not in before and pid != killed_pid and started >= t_kill
+        ]
+        usable = 0.0
+        try:
+            answer = pool.round_trip(_tasks.add_one, (1,), USABLE_TIMEOUT_S)
+            usable = 1.0 if answer == 2 else 0.0
+        except Exception as e:
+            errors[f"afterwards: {type(e).__name__}"] += 1
+        restarts = pool.restarts()
+        rerun_on = None
+        if rerun_pid is not None:
+            rerun_on = "surviving worker" if rerun_pid in before else "replacement worker"
+        broken = bool(errors)
+    finally:
+        if not close_within(pool, CLEANUP_TIMEOUT_S, broken=broken):
+            _log.error("%s: cleanup after the kill hung; abandoned", c.label)
+    metrics: dict[str, float | None] = {
+        "survived": float(len(answers)),
+        "recovery_ms": None if recovery is None else recovery * 1000,
+        "replacement_ms": min(replaced) * 1000 if replaced else None,
+        "usable": usable,
+    }
+    notes = {
+        "errors": dict(errors),
+        "killed_pid": killed_pid,
+        "rerun_pid": rerun_pid,
+        "rerun_on": rerun_on,
+        "restarts": restarts,
+    }
+    return metrics, notes

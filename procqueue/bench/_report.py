@@ -1,0 +1,566 @@
+"""Markdown tables, the JSON record and the run's context.
+
+Every table puts the ratio against ProcessPoolExecutor first (the PPE row on
+the same start method; the main one for libraries that offer no choice), then
+the absolute numbers: median, min and max over the timed rounds. A FAILed
+cell shows ``FAIL`` and never a time; ``n/a`` means the library has no API for
+that workload.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ._config import BenchConfig
+from ._measure import FAIL, NA, Cell, WorkloadResult
+from ._targets import Target
+
+PACKAGES = (
+    "procqueue",
+    "cloudpickle",
+    "psutil",
+    "loky",
+    "joblib",
+    "pebble",
+    "mpire",
+    "matplotlib",
+)
+
+
+# --- context -------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git_commit() -> str | None:
+    """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def loadavg() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def context(cfg: BenchConfig, started: datetime, command: Sequence[str]) -> dict[str, Any]:
+    """Date, exact command, Python, nproc, load, start methods, versions, commit."""
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "command": shlex.join(command),
+        "cwd": os.getcwd(),
+        "python": sys.version,
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "nproc": os.cpu_count(),
+        "cpus_usable": usable,
+        "loadavg_at_start": loadavg(),
+        "workers": cfg.workers,
+        "start_method": cfg.start_method,
+        "extra_start_methods": list(cfg.extra_start_methods),
+        "packages": _versions(),
+        "git": _git_commit(),
+        "config": cfg.as_dict(),
+    }
+
+
+# --- number formats ------------------------------------------------------------------
+
+
+def fmt_rate(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def fmt_ms(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:,.0f}"
+
+
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
+def _spread(cell: Cell, metric: str, fmt: Callable[[float | None], str]) -> str:
+    """``median (min-max)``, or the status when there is no number."""
+    if cell.status == FAIL:
+        return "FAIL"
+    if cell.status == NA:
+        return "n/a"
+    med = cell.median(metric)
+    if med is None:
+        return "—"
+    lo_hi = cell.spread(metric)
+    assert lo_hi is not None
+    return f"{fmt(med)} ({fmt(lo_hi[0])}-{fmt(lo_hi[1])})"
+
+
+def _status(cell: Cell) -> str:
+    if cell.status == FAIL:
+        return f"FAIL: {cell.error}"
+    if cell.status == NA:
+        return f"n/a ({cell.error})"
+    return "ok"
+
+
+def baseline_key(key: str, family: str = "ppe") -> str:
+    """The row a ratio is taken against: ``ppe`` on the same start method."""
+    if "/" in key:
+        return f"{family}/{key.split('/', 1)[1]}"
+    return family
+
+
+def _ratio(
+    r: WorkloadResult, cell: Cell, metric: str, *, family: str = "ppe", invert: bool = False
+) -> str:
+    base = r.cell(baseline_key(cell.contestant, family)) or r.cell(family)
+    if base is None:
+        return "—"
+    mine, theirs = cell.median(metric), base.median(metric)
+    if mine is None or theirs is None or theirs == 0 or mine == 0:
+        return "—"
+    return fmt_ratio(theirs / mine if invert else mine / theirs)
+
+
+# --- tables --------------------------------------------------------------------------
+
+Column = tuple[str, str, Callable[[Cell], str]]  # header, alignment, cell -> text
+
+
+def _table(r: WorkloadResult, columns: Sequence[Column], notes: Sequence[str] = ()) -> str:
+    head: list[Column] = [
+        ("contestant", "---", lambda c: c.label),
+        ("start method", "---", lambda c: c.start_method),
+    ]
+    cols = [*head, *columns, ("answer", "---", _status)]
+    lines = [f"### {r.title}", ""]
+    if notes:
+        lines += [" ".join(notes), ""]
+    lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
+    lines.append("|" + "|".join(a for _, a, _ in cols) + "|")
+    for cell in r.cells.values():
+        lines.append("| " + " | ".join(f(cell) for _, _, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def _rate_table(r: WorkloadResult, metric: str, unit: str, notes: Sequence[str] = ()) -> str:
+    return _table(
+        r,
+        [
+            (f"{unit} ÷ PPE", "---:", lambda c: _ratio(r, c, metric)),
+            (f"{unit} median (min-max)", "---:", lambda c: _spread(c, metric, fmt_rate)),
+        ],
+        notes,
+    )
+
+
+def table_latency(r: WorkloadResult) -> str:
+    def own(c: Cell) -> str:
+        p50, p99 = c.median("p50_ms"), c.median("p99_ms")
+        return "—" if p50 is None or p99 is None else fmt_ratio(p99 / p50)
+
+    return _table(
+        r,
+        [
+            ("p50 ÷ PPE p50", "---:", lambda c: _ratio(r, c, "p50_ms")),
+            ("p50 ms median (min-max)", "---:", lambda c: _spread(c, "p50_ms", fmt_ms)),
+            ("p99 ms median (min-max)", "---:", lambda c: _spread(c, "p99_ms", fmt_ms)),
+            ("p99 ÷ own p50", "---:", own),
+        ],
+        ["Percentiles by nearest rank over each round's trips; lower is better."],
+    )
+
+
+def table_startup(r: WorkloadResult) -> str:
+    def seen(c: Cell) -> str:
+        counts = [n["workers_seen"] for n in c.notes if "workers_seen" in n]
+        return str(min(counts)) if counts else "—"
+
+    return _table(
+        r,
+        [
+            ("start ÷ PPE", "---:", lambda c: _ratio(r, c, "start_s")),
+            ("start→1st result median (min-max)", "---:", lambda c: _spread(c, "start_s", fmt_s)),
+            ("shutdown median (min-max)", "---:", lambda c: _spread(c, "shutdown_s", fmt_s)),
+            ("workers seen", "---:", seen),
+        ],
+        [
+            "Start: pool constructor to add_one's answer, fresh pool each round. Shutdown: "
+            "after the session's work (waits for the workers). Lower is better.",
+        ],
+    )
+
+
+def table_map(r: WorkloadResult) -> str:
+    return _table(
+        r,
+        [
+            ("tasks/s ÷ PPE", "---:", lambda c: _ratio(r, c, "tasks_per_s")),
+            ("÷ mp.Pool.imap", "---:", lambda c: _ratio(r, c, "tasks_per_s", family="mp.Pool")),
+            ("tasks/s median (min-max)", "---:", lambda c: _spread(c, "tasks_per_s", fmt_rate)),
+        ],
+    )
+
+
+def table_io(r: WorkloadResult, cfg: BenchConfig) -> str:
+    ideal = cfg.workers * 1000 / cfg.io_ms
+    text = _table(
+        r,
+        [
+            ("tasks/s ÷ PPE", "---:", lambda c: _ratio(r, c, "tasks_per_s")),
+            ("tasks/s median (min-max)", "---:", lambda c: _spread(c, "tasks_per_s", fmt_rate)),
+        ],
+        [
+            f"At {cfg.workers} workers the ceiling is {ideal:,.0f} tasks/s for everyone; the "
+            "64-wide thread pool and event loop rows are not the same worker count: they show "
+            "what threads and asyncio are chosen for.",
+        ],
+    )
+    return text + "\n\n" + io_verdict(r)
+
+
+def io_verdict(r: WorkloadResult) -> str:
+    """One sentence: who wins the I/O workload, read from this run's medians."""
+    in_proc = {"threads", "asyncio"}
+    best_in: tuple[float, str] | None = None
+    best_proc: tuple[float, str] | None = None
+    best_wide: tuple[float, str] | None = None
+    for key, cell in r.cells.items():
+        v = cell.median("tasks_per_s")
+        if v is None or key == "sequential":
+            continue
+        family = key.split("-")[0]
+        if family in in_proc and "-" in key:
+            best_wide = max(best_wide or (v, cell.label), (v, cell.label))
+        elif family in in_proc:
+            best_in = max(best_in or (v, cell.label), (v, cell.label))
+        else:
+            best_proc = max(best_proc or (v, cell.label), (v, cell.label))
+    if best_proc is None or (best_in is None and best_wide is None):
+        return "Verdict: not enough contestants measured to compare threads/asyncio with processes."
+    parts = []
+    if best_in is not None:
+        won = best_in[0] >= best_proc[0]
+        parts.append(
+            f"at the same worker count, {best_in[1]} {'wins' if won else 'does not win'} "
+            f"({best_in[0]:,.0f} vs {best_proc[0]:,.0f} tasks/s for the best process pool, "
+            f"{best_proc[1]}: {best_in[0] / best_proc[0]:.2f}x)"
+        )
+    if best_wide is not None:
+        parts.append(
+            f"at the concurrency they are built for, {best_wide[1]} reaches "
+            f"{best_wide[0]:,.0f} tasks/s, {best_wide[0] / best_proc[0]:.1f}x the best "
+            "process pool"
+        )
+    return (
+        "Verdict: threads and asyncio are the right tool for I/O-bound work: "
+        + "; ".join(parts)
+        + ". Processes add a pickle and a pipe per task and buy nothing while a task sleeps."
+    )
+
+
+def table_cpu(r: WorkloadResult, cfg: BenchConfig) -> str:
+    seq = r.cell("sequential")
+    seq_wall = seq.median("wall_s") if seq is not None else None
+
+    def eff(c: Cell) -> str:
+        if c.contestant == "sequential":
+            return "reference"
+        wall = c.median("wall_s")
+        lo_hi = c.spread("wall_s")
+        if seq_wall is None or wall is None or lo_hi is None:
+            return _spread(c, "wall_s", fmt_s) if not c.ok else "—"
+        w = cfg.workers
+        return (
+            f"{seq_wall / (wall * w):.1%} "
+            f"({seq_wall / (lo_hi[1] * w):.1%}-{seq_wall / (lo_hi[0] * w):.1%})"
+        )
+
+    return _table(
+        r,
+        [
+            ("speed ÷ PPE", "---:", lambda c: _ratio(r, c, "wall_s", invert=True)),
+            ("efficiency median (min-max)", "---:", eff),
+            ("wall median (min-max)", "---:", lambda c: _spread(c, "wall_s", fmt_s)),
+        ],
+        [
+            f"Efficiency = sequential median wall / (wall x {cfg.workers} workers); the range "
+            "comes from the slowest and fastest round. Over 100 % means the sequential "
+            "reference ran slow (noise), not free cores.",
+        ],
+    )
+
+
+def table_sweep(points: Sequence[WorkloadResult], cfg: BenchConfig) -> str:
+    if not points:
+        return ""
+    keys: list[str] = []
+    for p in points:
+        keys += [k for k in p.cells if k not in keys]
+    head = ["contestant"] + [
+        f"{p.params['task_ms']:g} ms x {p.params['tasks']:,}" if p.params["task_ms"] else
+        f"add_one x {p.params['tasks']:,}" for p in points
+    ]  # fmt: skip
+    lines = [
+        "### Throughput against task size (tasks/s median; efficiency for sized tasks)",
+        "",
+        f"Same one-by-one submission as the tiny workload, {cfg.workers} workers. Efficiency "
+        "= sequential wall / (wall x workers) at the same size.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
+    for key in keys:
+        label = key
+        cells = []
+        for p in points:
+            cell = p.cell(key)
+            if cell is None:
+                cells.append("—")
+                continue
+            label = cell.label
+            v = cell.median("tasks_per_s")
+            if v is None:
+                cells.append(cell.status if not cell.ok else "—")
+                continue
+            text = fmt_rate(v)
+            seq = p.cell("sequential")
+            seq_wall = seq.median("wall_s") if seq is not None else None
+            wall = cell.median("wall_s")
+            if p.params["task_ms"] and key != "sequential" and seq_wall and wall:
+                text += f" ({seq_wall / (wall * cfg.workers):.0%})"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_scale(r: WorkloadResult) -> str:
+    sizes: list[int] = r.params["sizes"]
+
+    def at(n: int) -> Callable[[Cell], str]:
+        metric = f"tasks_per_s@{n}"
+
+        def text(c: Cell) -> str:
+            if c.ok and not c.values(metric):
+                return "—"  # above this pool's largest size
+            return _spread(c, metric, fmt_rate)
+
+        return text
+
+    def keep(c: Cell) -> str:
+        lo = c.median(f"tasks_per_s@{sizes[0]}")
+        hi = None
+        for n in sizes[::-1]:
+            hi = c.median(f"tasks_per_s@{n}")
+            if hi is not None:
+                break
+        return "—" if lo is None or hi is None else fmt_ratio(hi / lo)
+
+    cols: list[Column] = [(f"tasks/s at {n:,}", "---:", at(n)) for n in sizes]
+    cols.append(("largest ÷ smallest", "---:", keep))
+    return _table(r, cols, ["A fresh pool per measurement; tasks/s median (min-max)."])
+
+
+def table_memory(r: WorkloadResult) -> str:
+    def growth(c: Cell) -> str:
+        vals = [n["rss_after"] - n["rss_before"] for n in c.notes if "rss_after" in n]
+        if not vals or not c.ok:
+            return "—"
+        vals.sort()
+        return f"{vals[len(vals) // 2] / 2**20:,.1f} MiB"
+
+    return _table(
+        r,
+        [
+            ("÷ PPE", "---:", lambda c: _ratio(r, c, "bytes_per_task")),
+            (
+                "bytes per pending task median (min-max)",
+                "---:",
+                lambda c: _spread(c, "bytes_per_task", fmt_rate),
+            ),
+            ("RSS growth (median round)", "---:", growth),
+        ],
+        [
+            "Each measurement in a fresh interpreter (python -m procqueue.bench._memprobe): "
+            "every worker parked on a blocker task, RSS read before and after submitting "
+            "the tasks; the argument tuples exist before the first reading. Lower is better.",
+        ],
+    )
+
+
+def table_kill(r: WorkloadResult) -> str:
+    n = r.params["tasks"]
+
+    def survived(c: Cell) -> str:
+        vals = c.values("survived")
+        if not vals or not c.ok:
+            return _status(c) if not c.ok else "—"
+        return f"{min(vals):.0f}-{max(vals):.0f} of {n}"
+
+    def errors(c: Cell) -> str:
+        seen: dict[str, int] = {}
+        for note in c.notes:
+            for k, v in note.get("errors", {}).items():
+                seen[k] = seen.get(k, 0) + v
+        return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items())) or "none"
+
+    def usable(c: Cell) -> str:
+        vals = c.values("usable")
+        if not vals:
+            return "—"
+        return "yes" if min(vals) == 1 else "no" if max(vals) == 0 else "sometimes"
+
+    def rerun_on(c: Cell) -> str:
+        where = {n.get("rerun_on") for n in c.notes if n.get("rerun_on")}
+        return ", ".join(sorted(str(w) for w in where)) or "—"
+
+    def restarts(c: Cell) -> str:
+        vals = [n["restarts"] for n in c.notes if n.get("restarts") is not None]
+        return "—" if not vals else f"{min(vals)}-{max(vals)}"
+
+    return _table(
+        r,
+        [
+            ("results kept (min-max)", "---:", survived),
+            (
+                "killed task ran again after, ms",
+                "---:",
+                lambda c: _spread(c, "recovery_ms", fmt_ms) if c.values("recovery_ms") else "—",
+            ),
+            ("re-ran on", "---", rerun_on),
+            (
+                "first task on a replacement, ms",
+                "---:",
+                lambda c: (
+                    _spread(c, "replacement_ms", fmt_ms) if c.values("replacement_ms") else "—"
+                ),
+            ),
+            ("pool usable after", "---", usable),
+            ("errors seen (all rounds)", "---", errors),
+            ("worker restarts", "---:", restarts),
+        ],
+        [
+            "Times run from the kill to the task's own start (wall clock in the worker). "
+            "Lost results are what is measured here, not a FAIL; a wrong answer would be.",
+        ],
+    )
+
+
+def table_targets(targets: Sequence[Target]) -> str:
+    lines = [
+        "### procqueue against its targets (issue #4)",
+        "",
+        "ProcQueue on the main start method against the same run's numbers. A miss is "
+        "information, not a failure: the exit status never depends on speed.",
+        "",
+        "| target | goal | measured | ratio | met |",
+        "|---|---|---|---:|---|",
+    ]
+    for t in targets:
+        met = "—" if t.met is None else "yes" if t.met else "**no**"
+        lines.append(f"| {t.name} | {t.goal} | {t.measured} | {fmt_ratio(t.ratio)} | {met} |")
+    return "\n".join(lines)
+
+
+def render(
+    results: dict[str, WorkloadResult],
+    targets: Sequence[Target],
+    cfg: BenchConfig,
+    ctx: dict[str, Any],
+    failed: Sequence[str],
+) -> str:
+    """The whole markdown report."""
+    pk = ctx["packages"]
+    peers = ", ".join(f"{p} {pk[p]}" for p in ("loky", "joblib", "pebble", "mpire") if pk.get(p))
+    extra = ", ".join(m for m in cfg.extra_start_methods if m != cfg.start_method)
+    prefetch = "adaptive" if cfg.prefetch is None else str(cfg.prefetch)
+    load0, load1 = ctx.get("loadavg_at_start"), ctx.get("loadavg_at_end")
+    lines = [
+        f"## procqueue comparative benchmark ({ctx['date']})",
+        "",
+        f"Python {platform.python_version()}, nproc {ctx['nproc']}, {cfg.workers} workers for "
+        f"every pool; start method {cfg.start_method} for every process pool that lets you "
+        "choose"
+        + (f" (ProcessPoolExecutor and ProcQueue also on {extra})" if extra else "")
+        + f"; procqueue {pk.get('procqueue')} (prefetch {prefetch}); "
+        + (f"peers: {peers}" if peers else "no optional peers installed")
+        + f"; {'quick' if cfg.quick_mode else 'full'} mode, {cfg.reps} timed rounds after a "
+        "warm-up round, contestants rotated each round; git "
+        f"{ctx.get('git') or 'n/a'}.",
+        "",
+        f"Command: `{ctx['command']}`",
+        "",
+    ]
+    if ctx.get("not_installed"):
+        lines += [f"Not installed, skipped: {', '.join(ctx['not_installed'])}.", ""]
+    lines += [table_targets(targets), ""]
+    renderers: dict[str, Callable[[WorkloadResult], str]] = {
+        "latency": table_latency,
+        "startup": table_startup,
+        "tiny": lambda r: _rate_table(r, "tasks_per_s", "tasks/s"),
+        "payload": lambda r: _rate_table(
+            r, "mb_per_s", "MB/s", ["MB/s = bytes in + bytes out per second (MB = 10^6 B)."]
+        ),
+        "io": lambda r: table_io(r, cfg),
+        "cpu": lambda r: table_cpu(r, cfg),
+        "scale": table_scale,
+        "memory": table_memory,
+        "kill": table_kill,
+    }
+    sweep = [r for k, r in results.items() if k.startswith("sweep@")]
+    done_sweep = False
+    for key, r in results.items():
+        if key.startswith("map"):
+            lines += [table_map(r), ""]
+        elif key.startswith("sweep@"):
+            if not done_sweep:
+                lines += [table_sweep(sweep, cfg), ""]
+                done_sweep = True
+        elif key in renderers:
+            lines += [renderers[key](r), ""]
+    load = (
+        f"load average (1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at end"
+        if load0 and load1
+        else "load average n/a"
+    )
+    lines.append(
+        f"Total wall time {ctx.get('wall_s', 0):.1f} s; {load} on {ctx['nproc']} CPUs. "
+        + (f"FAIL: {', '.join(failed)}." if failed else "Every answer checked: all correct.")
+    )
+    return "\n".join(lines)

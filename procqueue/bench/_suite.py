@@ -1,0 +1,151 @@
+"""One run of the suite: pick the contestants, run every phase, judge the targets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ._config import WORKLOADS, BenchConfig
+from ._contestants import Contestant, contestant_table
+from ._measure import FAIL, WorkloadResult
+from ._phases import run_kill, run_memory, run_scale
+from ._plots import write_plots
+from ._report import context, loadavg, render
+from ._targets import Target, evaluate
+from ._workloads import calibrate, run_sessions, session_workloads
+
+_log = logging.getLogger("procqueue.bench")
+
+
+@dataclass
+class SuiteResult:
+    """Everything one run measured, with its context and the target verdicts."""
+
+    config: BenchConfig
+    context: dict[str, Any]
+    workloads: dict[str, WorkloadResult]
+    targets: list[Target]
+    started: datetime
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        """``workload/contestant`` for every FAILed cell (wrong answer, error, hang)."""
+        return [
+            f"{key}/{cell.contestant}"
+            for key, r in self.workloads.items()
+            for cell in r.cells.values()
+            if cell.status == FAIL
+        ]
+
+    def markdown(self) -> str:
+        return render(self.workloads, self.targets, self.config, self.context, self.failed)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "context": self.context,
+            "targets": [t.as_dict() for t in self.targets],
+            "workloads": {k: r.summary() for k, r in self.workloads.items()},
+            "failed": self.failed,
+        }
+
+    def write(self, out: Path | None = None) -> list[Path]:
+        """``<stem>.md``, ``<stem>.json`` and the charts into ``out`` (default
+        ``config.out``); returns the paths."""
+        out = self.config.out if out is None else out
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"bench-{self.started:%Y%m%dT%H%M%SZ}"
+        md, js = out / f"{stem}.md", out / f"{stem}.json"
+        md.write_text(self.markdown() + "\n")
+        js.write_text(json.dumps(self.as_json(), indent=2, default=str) + "\n")
+        files = [md, js]
+        if self.config.plots:
+            try:
+                files += write_plots(self.workloads, self.config, out, stem)
+            except Exception:
+                _log.exception("plotting failed (the numbers are in the JSON)")
+        self.files = files
+        return files
+
+
+def select_contestants(cfg: BenchConfig) -> tuple[list[Contestant], list[str]]:
+    """The contestants to run, and the optional ones skipped for not being installed."""
+    table = contestant_table(cfg.start_method, cfg.extra_start_methods, cfg.workers)
+    if cfg.only is not None:
+        known = {c.key for c in table}
+        unknown = set(cfg.only) - known
+        if unknown:
+            raise ValueError(
+                f"unknown contestant(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        table = [c for c in table if c.key in cfg.only]
+    missing = [c.key for c in table if not c.available()]
+    return [c for c in table if c.available()], missing
+
+
+def run_suite(cfg: BenchConfig, command: Sequence[str] | None = None) -> SuiteResult:
+    """Run every workload ``cfg`` asks for; nothing is printed or written.
+
+    >>> cfg = BenchConfig.quick().with_overrides(               # doctest: +SKIP
+    ...     workloads=("tiny",), only=("sequential", "ProcQueue"), tiny_tasks=100)
+    >>> run_suite(cfg).failed                                 # doctest: +SKIP
+    []
+    """
+    if cfg.reps < 3:
+        raise ValueError("reps must be at least 3")
+    if cfg.workers < 1:
+        raise ValueError("workers must be at least 1")
+    unknown = set(cfg.workloads) - set(WORKLOADS)
+    if unknown:
+        raise ValueError(f"unknown workload(s) {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    ctx = context(cfg, started, command if command is not None else [sys.executable, *sys.argv])
+    contestants, missing = select_contestants(cfg)
+    ctx["not_installed"] = missing
+    ctx["contestants"] = [c.key for c in contestants]
+
+    calibration = None
+    if cfg.wants("cpu") or cfg.wants("sweep"):
+        calibration = calibrate(cfg.task_ms)
+        _log.info("calibrated: %d iterations = %.1f ms", *calibration)
+        ctx["cpu_calibration"] = {
+            "iterations": calibration[0],
+            "measured_ms": calibration[1],
+            "target_ms": cfg.task_ms,
+        }
+
+    results: dict[str, WorkloadResult] = {}
+    session = session_workloads(cfg, calibration)
+    if session or cfg.wants("startup"):
+        results.update(run_sessions(cfg, contestants, session))
+    _log.info("sessions done after %.1f s", time.perf_counter() - t0)
+    for key, phase in (("scale", run_scale), ("memory", run_memory), ("kill", run_kill)):
+        if cfg.wants(key):
+            results[key] = phase(cfg, contestants)
+            _log.info("%s done after %.1f s", key, time.perf_counter() - t0)
+    ordered = _report_order(results)
+
+    ctx["wall_s"] = time.perf_counter() - t0
+    ctx["loadavg_at_end"] = loadavg()
+    return SuiteResult(cfg, ctx, ordered, evaluate(ordered, cfg), started)
+
+
+def _report_order(results: dict[str, WorkloadResult]) -> dict[str, WorkloadResult]:
+    def rank(key: str) -> tuple[int, float]:
+        base = key.rstrip("0123456789") if key.startswith("map") else key.split("@", maxsplit=1)[0]
+        pos = WORKLOADS.index(base) if base in WORKLOADS else len(WORKLOADS)
+        if key.startswith("map"):
+            return pos, float(key[3:])
+        if "@" in key:
+            return pos, float(key.split("@")[1].rstrip("ms"))
+        return pos, 0.0
+
+    return {k: results[k] for k in sorted(results, key=rank)}

@@ -1,0 +1,107 @@
+"""The functions every contestant runs.
+
+They live in an importable module, so that every pool (pickle or cloudpickle,
+fork, forkserver or spawn) sends the same small by-reference pickle: a function
+defined in ``__main__`` would travel by value under cloudpickle and by reference
+under pickle, which is not the same work.
+
+Each returns something the coordinator can check: ``x + 1`` for the counting
+tasks, the payload itself for the echo, ``(x + 1, pid, start time)`` for the
+tagged task that the kill workload uses to see where and when a task ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+
+def add_one(x: int) -> int:
+    """The tiny task: pure per-task overhead."""
+    return x + 1
+
+
+def spin(iterations: int) -> int:
+    """Pure-Python CPU work; deterministic, so its value can be checked."""
+    acc = 0
+    for i in range(iterations):
+        acc = (acc + i * i) % 1_000_003
+    return acc
+
+
+def cpu_task(index: int, iterations: int) -> int:
+    """``index + spin(iterations)``: a CPU-bound task with a checkable answer."""
+    return index + spin(iterations)
+
+
+def io_task(index: int, seconds: float) -> int:
+    """An I/O-bound task: sleeps (the GIL is released), then ``index + 1``."""
+    time.sleep(seconds)
+    return index + 1
+
+
+async def io_task_async(index: int, seconds: float) -> int:
+    """:func:`io_task` for the event loop."""
+    await asyncio.sleep(seconds)
+    return index + 1
+
+
+def echo(data: bytes) -> bytes:
+    """The large-payload task: bytes in, the same bytes out (pickled afresh)."""
+    return data
+
+
+def make_payload(index: int, size: int) -> bytes:
+    """``size`` bytes that name ``index`` in their first 8 and last 8, so that a
+    result handed to the wrong caller, or cut short, does not compare equal."""
+    tag = index.to_bytes(8, "little")
+    return tag + bytes([index % 251]) * (size - 16) + tag
+
+
+def worker_pid(delay: float) -> int:
+    """Sleep ``delay`` seconds and name the worker: used to see every worker
+    answer once before timing starts."""
+    time.sleep(delay)
+    return os.getpid()
+
+
+def tagged_sleep(index: int, seconds: float) -> tuple[int, int, float]:
+    """``(index + 1, worker pid, wall-clock start)``: the kill workload reads
+    where and when each task (and each re-run) started."""
+    started = time.time()
+    time.sleep(seconds)
+    return index + 1, os.getpid(), started
+
+
+def wait_for_release(started_fifo: str, release_fifo: str) -> int:
+    """Block a worker: announce the start on one FIFO (a line with the pid),
+    then wait for one byte on the other. Returns the pid.
+
+    No sleeping or polling on either side: the coordinator selects on the
+    *started* FIFO and writes one byte per blocker to the *release* FIFO.
+    """
+    fd = os.open(started_fifo, os.O_WRONLY)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    fd = os.open(release_fifo, os.O_RDONLY)
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    return os.getpid()
+
+
+def serve_slices(conn: Any) -> None:
+    """A bare worker for the CPU ceiling: receive ``(fn, calls)``, answer with
+    ``[fn(*c) for c in calls]``; ``None`` ends it."""
+    while True:
+        job = conn.recv()
+        if job is None:
+            conn.close()
+            return
+        fn, calls = job
+        conn.send([fn(*c) for c in calls])

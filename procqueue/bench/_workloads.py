@@ -1,0 +1,423 @@
+"""The workloads that share one pool per contestant per round ("sessions").
+
+A round opens each contestant's pool once, in rotated order, and runs every
+session workload on it::
+
+    open the pool ─ first result (start-up) ─ warm every worker ─ latency (idle)
+      ─ tiny one by one ─ map chunksize 1 ─ map chunksize 1000 ─ payload ─ io
+      ─ cpu ─ sweep points ─ shutdown (timed)
+
+so a contestant pays one start-up per round, not one per workload, and only one
+pool is alive at a time (no other pool's threads run during a fork, or steal a
+core during a timing). Round 0 is the warm-up: its figures are kept apart and
+never enter a median. A contestant that FAILs a workload sits out that workload
+for the remaining rounds; its pool is closed and a fresh one serves the rest of
+the session.
+
+The other workloads (scale, memory, kill) need a pool of their own each time
+and live in :mod:`._phases`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import _tasks
+from ._config import BenchConfig
+from ._contestants import Contestant, Pool, Unsupported
+from ._measure import (
+    CLEANUP_TIMEOUT_S,
+    Cell,
+    WorkloadResult,
+    check,
+    close_within,
+    percentile,
+    rotate,
+    timed,
+    warm_workers,
+)
+
+_log = logging.getLogger("procqueue.bench")
+
+IN_PROCESS = frozenset({"sequential", "threads", "asyncio"})
+
+
+def calibrate(target_ms: float) -> tuple[int, float]:
+    """Iterations of :func:`_tasks.spin` that take ``target_ms`` here,
+    sequentially, and the time (ms) they were last measured at.
+
+    Takes the fastest of several samples: on a shared machine noise only ever
+    adds time, and one slow sample would otherwise shrink every task.
+    """
+    iterations = 10_000
+    while True:
+        elapsed, _ = timed(functools.partial(_tasks.spin, iterations))
+        if elapsed >= 0.005:
+            break
+        iterations *= 2
+    for _ in range(4):  # scale, re-measure; stop once within 5 %
+        iterations = max(1, round(iterations * target_ms / 1000 / elapsed))
+        elapsed = min(timed(functools.partial(_tasks.spin, iterations))[0] for _ in range(5))
+        if abs(elapsed * 1000 / target_ms - 1) < 0.05:
+            break
+    return iterations, elapsed * 1000
+
+
+class SessionWorkload:
+    """One workload run inside a session. ``run`` returns the metrics of one
+    repetition and raises :class:`~._measure.AnswerError` on a wrong answer."""
+
+    key = ""
+    title = ""
+    #: Families entered (``None``: every contestant but asyncio).
+    families: frozenset[str] | None = None
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.params: dict[str, Any] = {}
+
+    def applies(self, c: Contestant) -> bool:
+        if c.only is not None and self.key not in c.only:
+            return False
+        if self.families is None:
+            return c.family != "asyncio"
+        return c.family in self.families
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        raise NotImplementedError
+
+
+def _expected_sum(n: int) -> int:
+    """``sum(add_one(i) for i in range(n))``."""
+    return n * (n - 1) // 2 + n
+
+
+class Latency(SessionWorkload):
+    key = "latency"
+    families = frozenset(
+        {"threads", "ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble",
+         "mpire"}
+    )  # fmt: skip
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        super().__init__(cfg)
+        self.title = (
+            f"Round trip of one task on an idle pool: {cfg.latency_trips} sequential "
+            "submit-and-wait calls of add_one"
+        )
+        self.params = {"trips": cfg.latency_trips}
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        timeout = self.cfg.timeout
+        samples = []
+        for i in range(self.cfg.latency_trips):
+            t0 = time.perf_counter()
+            value = pool.round_trip(_tasks.add_one, (i,), timeout)
+            samples.append(time.perf_counter() - t0)
+            check(value == i + 1, f"round trip {i}: got {value!r}, expected {i + 1}")
+        samples.sort()
+        return {
+            "p50_ms": percentile(samples, 50) * 1000,
+            "p99_ms": percentile(samples, 99) * 1000,
+            "max_ms": samples[-1] * 1000,
+        }
+
+
+class Tiny(SessionWorkload):
+    key = "tiny"
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        super().__init__(cfg)
+        n = cfg.tiny_tasks
+        self.calls = [(i,) for i in range(n)]
+        self.title = f"Tiny tasks, one by one: {n:,} x add_one(x) = x + 1, a handle each"
+        self.params = {"tasks": n}
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        if not pool.one_by_one:
+            raise Unsupported("no per-task handle (joblib runs batches of calls)")
+        n = len(self.calls)
+        wall, results = timed(lambda: pool.run_all(_tasks.add_one, self.calls, self.cfg.timeout))
+        check(len(results) == n, f"{len(results)} results for {n} tasks")
+        got = sum(results)
+        check(got == _expected_sum(n), f"sum {got}, expected {_expected_sum(n)}")
+        return {"tasks_per_s": n / wall, "wall_s": wall}
+
+
+class MapChunks(SessionWorkload):
+    key = "map"
+
+    def __init__(self, cfg: BenchConfig, chunksize: int) -> None:
+        super().__init__(cfg)
+        n = cfg.map_tasks
+        if chunksize > 1:
+            n = max(n, cfg.map_chunks_per_worker * chunksize * cfg.workers)
+        self.chunksize = chunksize
+        self.key = f"map{chunksize}"
+        self.items = list(range(n))
+        self.title = (
+            f"Tiny tasks through map, chunksize {chunksize}: {n:,} x add_one "
+            "(mp.Pool.imap, Executor.map, joblib batch_size, mpire chunk_size)"
+        )
+        self.params = {"tasks": n, "chunksize": chunksize}
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        n = len(self.items)
+        wall, results = timed(
+            lambda: pool.map(_tasks.add_one, self.items, self.chunksize, self.cfg.timeout)
+        )
+        check(len(results) == n, f"{len(results)} results for {n} tasks")
+        check(results[0] == 1 and results[-1] == n, "results out of order")
+        got = sum(results)
+        check(got == _expected_sum(n), f"sum {got}, expected {_expected_sum(n)}")
+        return {"tasks_per_s": n / wall, "wall_s": wall}
+
+
+class Payload(SessionWorkload):
+    key = "payload"
+    families = frozenset(
+        {"threads", "ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble",
+         "mpire"}
+    )  # fmt: skip
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        super().__init__(cfg)
+        self.size = int(cfg.payload_mb * 1_000_000)
+        n = cfg.payload_tasks
+        self.payloads = [_tasks.make_payload(i, self.size) for i in range(n)]
+        self.title = (
+            f"Large arguments and results: {n} x echo({cfg.payload_mb:g} MB of bytes) "
+            "-> the same bytes back"
+        )
+        self.params = {"tasks": n, "bytes_each_way": self.size}
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        calls = [(p,) for p in self.payloads]
+        wall, results = timed(lambda: pool.run_all(_tasks.echo, calls, self.cfg.timeout))
+        check(len(results) == len(calls), f"{len(results)} results for {len(calls)} tasks")
+        for i, (got, sent) in enumerate(zip(results, self.payloads)):
+            check(got == sent, f"payload {i} came back different ({len(got)} bytes)")
+        moved = 2 * self.size * len(calls)  # in and out
+        return {"mb_per_s": moved / wall / 1e6, "wall_s": wall}
+
+
+class Io(SessionWorkload):
+    key = "io"
+    families = None
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        super().__init__(cfg)
+        n = cfg.io_tasks
+        self.seconds = cfg.io_ms / 1000
+        self.calls = [(i, self.seconds) for i in range(n)]
+        self.title = f"I/O-bound tasks: {n} x sleep {cfg.io_ms:g} ms"
+        self.params = {"tasks": n, "sleep_ms": cfg.io_ms}
+
+    def applies(self, c: Contestant) -> bool:
+        return c.only is None or self.key in c.only
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        n = len(self.calls)
+        wall, results = timed(lambda: pool.run_all(_tasks.io_task, self.calls, self.cfg.timeout))
+        check(sum(results) == _expected_sum(n), f"sum {sum(results)}")
+        return {"tasks_per_s": n / wall, "wall_s": wall}
+
+
+class Cpu(SessionWorkload):
+    key = "cpu"
+
+    def __init__(self, cfg: BenchConfig, iterations: int, measured_ms: float) -> None:
+        super().__init__(cfg)
+        n = cfg.cpu_tasks_per_worker * cfg.workers
+        self.calls = [(i, iterations) for i in range(n)]
+        self.unit = _tasks.spin(iterations)
+        self.title = (
+            f"CPU-bound tasks: {n} x ~{measured_ms:.1f} ms pure-Python loop "
+            f"({iterations:,} iterations)"
+        )
+        self.params = {"tasks": n, "iterations": iterations, "task_ms": measured_ms}
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        n = len(self.calls)
+        wall, results = timed(lambda: pool.run_all(_tasks.cpu_task, self.calls, self.cfg.timeout))
+        expected = n * (n - 1) // 2 + n * self.unit
+        check(sum(results) == expected, f"sum {sum(results)}, expected {expected}")
+        return {"wall_s": wall, "tasks_per_s": n / wall}
+
+
+class SweepPoint(SessionWorkload):
+    """One task size of the throughput-against-task-size sweep."""
+
+    families = frozenset({"sequential", "ppe", "mp.Pool", "ProcQueue"})
+
+    def __init__(self, cfg: BenchConfig, task_ms: float, iters_per_ms: float) -> None:
+        super().__init__(cfg)
+        self.task_ms = task_ms
+        self.key = f"sweep@{task_ms:g}ms"
+        if task_ms == 0:
+            n = cfg.tiny_tasks
+            self.iterations = 0
+            self.calls: list[tuple[Any, ...]] = [(i,) for i in range(n)]
+            self.unit = 1
+        else:
+            self.iterations = max(1, round(task_ms * iters_per_ms))
+            n = max(4 * cfg.workers, min(20_000, round(cfg.sweep_work_s * 1000 / task_ms)))
+            self.calls = [(i, self.iterations) for i in range(n)]
+            self.unit = _tasks.spin(self.iterations)
+        self.title = f"sweep point {task_ms:g} ms x {n:,}"
+        self.params = {"tasks": n, "task_ms": task_ms, "iterations": self.iterations}
+
+    def applies(self, c: Contestant) -> bool:
+        # The sweep runs on the main start method only: one line per library.
+        return super().applies(c) and "/" not in c.key
+
+    def run(self, pool: Pool) -> dict[str, float | None]:
+        n = len(self.calls)
+        fn = _tasks.add_one if self.iterations == 0 else _tasks.cpu_task
+        wall, results = timed(lambda: pool.run_all(fn, self.calls, self.cfg.timeout))
+        expected = n * (n - 1) // 2 + n * self.unit
+        check(sum(results) == expected, f"sum {sum(results)}, expected {expected}")
+        return {"tasks_per_s": n / wall, "wall_s": wall}
+
+
+def session_workloads(
+    cfg: BenchConfig, calibration: tuple[int, float] | None
+) -> list[SessionWorkload]:
+    """The session workloads ``cfg`` asks for, in session order."""
+    out: list[SessionWorkload] = []
+    if cfg.wants("latency"):
+        out.append(Latency(cfg))
+    if cfg.wants("tiny"):
+        out.append(Tiny(cfg))
+    if cfg.wants("map"):
+        out.extend(MapChunks(cfg, c) for c in cfg.chunksizes)
+    if cfg.wants("payload"):
+        out.append(Payload(cfg))
+    if cfg.wants("io"):
+        out.append(Io(cfg))
+    if calibration is not None:
+        iterations, measured_ms = calibration
+        if cfg.wants("cpu"):
+            out.append(Cpu(cfg, iterations, measured_ms))
+        if cfg.wants("sweep"):
+            per_ms = iterations / measured_ms
+            out.extend(SweepPoint(cfg, ms, per_ms) for ms in cfg.sweep_task_ms)
+    return out
+
+
+def run_sessions(
+    cfg: BenchConfig, contestants: Sequence[Contestant], workloads: Sequence[SessionWorkload]
+) -> dict[str, WorkloadResult]:
+    """Warm-up round plus ``cfg.reps`` timed rounds over every session workload;
+    returns one :class:`WorkloadResult` per workload key, plus ``startup``."""
+    results = {wl.key: WorkloadResult(wl.key, wl.title, dict(wl.params)) for wl in workloads}
+    startup = WorkloadResult(
+        "startup",
+        "Start-up to first result (pool constructor to add_one's answer) and shutdown "
+        "(after the session's work)",
+    )
+    entered = []
+    for c in contestants:
+        wls = [wl for wl in workloads if wl.applies(c)]
+        timed_start = cfg.wants("startup") and c.family not in ("sequential", "asyncio")
+        timed_start = timed_start and (c.only is None or "startup" in c.only)
+        if not wls and not timed_start:
+            continue
+        entered.append(c)
+        for wl in wls:
+            results[wl.key].cells[c.key] = Cell(c.key, c.label)
+        if timed_start:
+            startup.cells[c.key] = Cell(c.key, c.label)
+    for rnd in range(cfg.reps + 1):
+        for c in rotate(entered, rnd):
+            t0 = time.perf_counter()
+            _session(cfg, c, workloads, results, startup, rnd)
+            _log.debug("session: %s round %d took %.1f s", c.label, rnd, time.perf_counter() - t0)
+        _log.info("sessions: round %d/%d done%s", rnd, cfg.reps, " (warm-up)" if rnd == 0 else "")
+    if cfg.wants("startup"):
+        results["startup"] = startup
+    return results
+
+
+def _session(
+    cfg: BenchConfig,
+    c: Contestant,
+    workloads: Sequence[SessionWorkload],
+    results: dict[str, WorkloadResult],
+    startup: WorkloadResult,
+    rnd: int,
+) -> None:
+    """One contestant's session in round ``rnd`` (0: the warm-up)."""
+    todo = [wl for wl in workloads if c.key in results[wl.key].cells]
+    todo = [wl for wl in todo if results[wl.key].cells[c.key].ok]
+    start_cell = startup.cells.get(c.key)
+    if start_cell is not None and not start_cell.ok:
+        start_cell = None
+    if not todo and start_cell is None:
+        return
+    warm_up = rnd == 0
+    pool: Pool | None = None
+    clean = True  # no failure in this session: the shutdown time counts
+    try:
+        t0 = time.perf_counter()
+        pool = c.open(cfg.workers, cfg.pq_options())
+        first_s: float | None = None
+        if start_cell is not None:
+            value = pool.round_trip(_tasks.add_one, (41,), cfg.timeout)
+            first_s = time.perf_counter() - t0
+            check(value == 42, f"first result {value!r}, expected 42")
+            start_cell.start_method = pool.start_method
+        seen = warm_workers(pool, cfg.workers, cfg.timeout)
+        if start_cell is not None and pool.is_process_pool:
+            start_cell.notes.append({"round": rnd, "workers_seen": len(seen)})
+    except Exception as e:
+        _log.exception("%s: start-up failed in round %d", c.label, rnd)
+        for wl in todo:
+            results[wl.key].cells[c.key].fail(f"round {rnd}, start-up", e)
+        if start_cell is not None:
+            start_cell.fail(f"round {rnd}, start-up", e)
+        if pool is not None:
+            close_within(pool, CLEANUP_TIMEOUT_S, broken=True)
+        return
+
+    for wl in todo:
+        cell = results[wl.key].cells[c.key]
+        if pool is None:  # the last workload broke it
+            try:
+                pool = c.open(cfg.workers, cfg.pq_options())
+                warm_workers(pool, cfg.workers, cfg.timeout)
+            except Exception as e:
+                cell.fail(f"round {rnd}, reopening after a failure", e)
+                pool = None
+                continue
+        cell.start_method = pool.start_method
+        try:
+            metrics = wl.run(pool)
+        except Unsupported as e:
+            cell.not_applicable(str(e))
+            continue
+        except Exception as e:
+            _log.exception("%s: %s failed in round %d", c.label, wl.key, rnd)
+            cell.fail(f"round {rnd}, {wl.key}", e)
+            clean = False
+            if not close_within(pool, CLEANUP_TIMEOUT_S, broken=True):
+                _log.error("%s: cleanup hung; abandoned", c.label)
+            pool = None
+            continue
+        cell.add(metrics, warm_up=warm_up)
+
+    if pool is None:
+        return
+    t0 = time.perf_counter()
+    closed = close_within(pool, CLEANUP_TIMEOUT_S)
+    shutdown_s = time.perf_counter() - t0
+    if start_cell is None:
+        return
+    if not closed:
+        start_cell.fail(f"round {rnd}, shutdown", TimeoutError("shutdown hung"))
+    elif clean and first_s is not None:
+        start_cell.add({"start_s": first_s, "shutdown_s": shutdown_s}, warm_up=warm_up)
