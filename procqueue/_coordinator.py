@@ -307,8 +307,9 @@ class _TaskFuture(Future[Any]):
 
 def dumps_call(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes, bytes]:
-    """Pickle a call as its two wire blobs; a typed error if anything refuses."""
+) -> tuple[bytes, list[Any]]:
+    """Pickle a call: the callable's blob and the arguments' value-blob
+    segments; a typed error if anything refuses."""
     try:
         return _wire.dump_callable(fn), _wire.dump_arguments(args, kwargs)
     except Exception as e:
@@ -456,7 +457,7 @@ class Engine:
         self,
         name: str,
         priority: int,
-        payload: tuple[bytes, bytes],
+        payload: tuple[bytes, list[Any]],
         policy: RetryPolicy | None,
         timeout: float | None,
         future: _TaskFuture | None,
@@ -887,14 +888,16 @@ class Engine:
             w = worker
             if w.deadline is None and w.inflight[0] is recs[0] and recs[0].timeout:
                 w.deadline = now + recs[0].timeout
-            blobs: list[bytes] = []
+            blobs: list[Any] = []
+            sizes: list[int] = []
             for r in recs:
                 assert r.payload is not None
-                blobs += r.payload
-            msg = _wire.RunBatch(
-                tuple(r.task_id for r in recs),
-                tuple(len(b) for b in blobs),
-            )
+                fn_blob, arg_segments = r.payload
+                blobs.append(fn_blob)
+                blobs += arg_segments
+                sizes.append(len(fn_blob))
+                sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
+            msg = _wire.RunBatch(tuple(r.task_id for r in recs), tuple(sizes))
             if not w.writer.write(_wire.encode(msg, blobs)):
                 self._set_writing(w, True)
 
@@ -1007,7 +1010,7 @@ class Engine:
         counters.wait_samples.append(max(0.0, msg.started - rec.submitted_at))
         if msg.ok:
             try:
-                value = pickle.loads(blob)
+                value = _wire.load_value(blob)
             except BaseException as e:  # user data: __setstate__ may raise anything
                 err = ResultSerializationError(
                     f"the result of task {rec.task_id} could not be unpickled: "
@@ -1447,9 +1450,7 @@ class Engine:
         covered by a booting worker, up to ``num_workers`` (as the stdlib's
         executor does since 3.9): the first result does not wait for a whole
         pool to boot, and slots emptied by ``idle_timeout`` refill the same way."""
-        booting = sum(
-            1 for w in self._workers if w is not None and w.state is WorkerState.STARTING
-        )
+        booting = sum(1 for w in self._workers if w is not None and w.state is WorkerState.STARTING)
         idle = sum(
             1
             for w in self._workers

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._policy import RetryPolicy
 from ._task import AttemptError, _TaskRecord
@@ -47,7 +47,7 @@ class _Entry:
     def __init__(
         self,
         letter: DeadLetter,
-        payload: tuple[bytes, bytes],
+        payload: tuple[bytes, list[Any]],
         policy: RetryPolicy,
         timeout: float | None,
     ) -> None:

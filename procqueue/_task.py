@@ -146,7 +146,7 @@ class _TaskRecord:
         task_id: int,
         name: str,
         priority: int,
-        payload: tuple[bytes, bytes],
+        payload: tuple[bytes, list[Any]],
         policy: RetryPolicy,
         timeout: float | None,
         submitted_at: float,
@@ -156,8 +156,9 @@ class _TaskRecord:
         self.seq = task_id
         self.name = name
         self.priority = priority
-        # The pickled callable and (args, kwargs); dropped once final.
-        self.payload: tuple[bytes, bytes] | None = payload
+        # The pickled callable and the (args, kwargs) value-blob segments;
+        # dropped once final.
+        self.payload: tuple[bytes, list[Any]] | None = payload
         self.policy = policy
         self.timeout = timeout
         self.state = TaskState.PENDING

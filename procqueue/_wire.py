@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import pickle
 import struct
 import types
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import cloudpickle
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 _LEN = struct.Struct("<Q")
 _HEADER_SIZE = _LEN.size
@@ -113,7 +115,7 @@ WireMessage = RunBatch | Shutdown | Hello | InitFailed | Result | LogMessage
 # --- codec ---------------------------------------------------------------------------
 
 
-def encode(msg: WireMessage, blobs: tuple[bytes, ...] | list[bytes] = ()) -> list[bytes]:
+def encode(msg: WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
     """The buffers of one frame, ready for ``writev`` (blobs are not copied).
 
     The two messages sent once per task, ``RunBatch`` and ``Result``, have fixed
@@ -129,7 +131,7 @@ def encode(msg: WireMessage, blobs: tuple[bytes, ...] | list[bytes] = ()) -> lis
         head = _TAG_PICKLED_BYTE + pickle.dumps(msg, protocol=5)
     body_len = len(head)
     for b in blobs:
-        body_len += len(b)
+        body_len += memoryview(b).nbytes
     return [_LEN.pack(body_len), head, *blobs]
 
 
@@ -370,16 +372,98 @@ def dump_callable(fn: object) -> bytes:
     return data
 
 
-def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
-    """Pickle ``(args, kwargs)``: the C pickler when every value is a plain
-    builtin, cloudpickle otherwise."""
+# --- values with out-of-band buffers (pickle protocol 5, PEP 574) ---------------------
+# A value blob is ``<I n><n Q sizes>`` + pickle + the n buffers. Large buffers
+# (numpy arrays, bytearrays, and ``bytes`` of 64 KiB or more) travel out of
+# band: written by ``writev`` straight from the object's memory and unpickled
+# from the received frame, so pickling never copies them.
+
+_BIG = 1 << 16
+_NO_BUFFERS = struct.pack("<I", 0)
+
+
+def _bytes_from_buffer(buf: memoryview) -> bytes:
+    return bytes(buf)
+
+
+class _OutOfBand:
+    """Wraps a large ``bytes`` so that pickle sends it out of band (the C
+    pickler never asks ``reducer_override`` about builtin types)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        return _bytes_from_buffer, (pickle.PickleBuffer(self.data),)
+
+
+def _is_big(v: object) -> bool:
+    return type(v) is bytes and len(v) >= _BIG
+
+
+def _plain(values: Iterable[object]) -> bool:
     atomic = _ATOMIC
-    if all(type(a) in atomic for a in args) and (
-        not kwargs or all(type(v) in atomic for v in kwargs.values())
-    ):
-        return pickle.dumps((args, kwargs), protocol=5)
-    data: bytes = cloudpickle.dumps((args, kwargs), protocol=5)
-    return data
+    return all(type(v) in atomic and not _is_big(v) for v in values)
+
+
+def _wrap_big(values: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(_OutOfBand(v) if _is_big(v) else v for v in values)  # type: ignore[arg-type]
+
+
+def _dump_with(pickler: type[pickle.Pickler], obj: object) -> list[Any]:
+    bufs: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    pickler(out, protocol=5, buffer_callback=bufs.append).dump(obj)
+    if not bufs:
+        return [_NO_BUFFERS, out.getvalue()]
+    raws = [b.raw() for b in bufs]
+    header = struct.pack(f"<I{len(raws)}Q", len(raws), *(r.nbytes for r in raws))
+    return [header, out.getvalue(), *raws]
+
+
+def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[Any]:
+    """``(args, kwargs)`` as value-blob segments: the C pickler when every value
+    is a small plain builtin; cloudpickle otherwise (it also carries lambdas and
+    classes defined in ``__main__`` or a notebook). Top-level large ``bytes``,
+    and whatever supports pickle protocol 5 buffers (numpy arrays, bytearray),
+    travel out of band."""
+    if _plain(args) and (not kwargs or _plain(kwargs.values())):
+        return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
+    if kwargs:
+        keys = tuple(kwargs)
+        kwargs = dict(zip(keys, _wrap_big(tuple(kwargs.values()))))
+    return _dump_with(cloudpickle.CloudPickler, (_wrap_big(args), kwargs))
+
+
+def dump_value(value: object) -> list[Any]:
+    """A return value as value-blob segments (the C pickler first: a result is
+    unpickled where ``__main__`` is the real one; cloudpickle if that fails)."""
+    if _is_big(value):
+        value = _OutOfBand(value)  # type: ignore[arg-type]
+    elif type(value) in _ATOMIC:
+        return [_NO_BUFFERS, pickle.dumps(value, protocol=5)]
+    try:
+        return _dump_with(pickle.Pickler, value)
+    except Exception:
+        return _dump_with(cloudpickle.CloudPickler, value)
+
+
+def load_value(blob: memoryview) -> Any:
+    """Unpickle a value blob; out-of-band buffers are views of ``blob``."""
+    (n,) = struct.unpack_from("<I", blob, 0)
+    if not n:
+        return pickle.loads(blob[4:])
+    sizes = struct.unpack_from(f"<{n}Q", blob, 4)
+    end = len(blob)
+    start = end - sum(sizes)
+    buffers = []
+    pos = start
+    for size in sizes:
+        buffers.append(blob[pos : pos + size])
+        pos += size
+    return pickle.loads(blob[4 + 8 * n : start], buffers=buffers)
 
 
 class CallLoader:
@@ -397,5 +481,5 @@ class CallLoader:
                 if len(self._fns) >= _FN_CACHE_MAX:
                     self._fns.clear()
                 self._fns[key] = fn
-        args, kwargs = pickle.loads(arg_blob)
+        args, kwargs = load_value(arg_blob)
         return fn, args, kwargs

@@ -43,7 +43,7 @@ class _Sender:
         self.fd = fd
         self.lock = threading.Lock()
 
-    def send(self, msg: _wire.WireMessage, blobs: tuple[bytes, ...] = ()) -> None:
+    def send(self, msg: _wire.WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> None:
         buffers = _wire.encode(msg, blobs)
         with self.lock:
             try:
@@ -100,14 +100,6 @@ def _error_info(exc: BaseException) -> bytes:
     except BaseException:
         message = f"<unprintable {type(exc).__name__}>"
     return pickle.dumps(_wire.ErrorInfo(data, _qualname(exc), message, text), protocol=5)
-
-
-def _dump_result(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        data: bytes = cloudpickle.dumps(value, protocol=5)  # lambdas, local classes
-        return data
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -232,7 +224,7 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
             if os.getpid() != me:
                 os._exit(0)
             try:
-                data = _dump_result(value)
+                segments = _wire.dump_value(value)
             except Exception as e:
                 err = ResultSerializationError(
                     f"result of type {type(value).__qualname__} cannot be pickled: {e}"
@@ -244,4 +236,4 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
                 # as in CPython's process pool, not the worker.
                 send(Result(task_id, False, started, now()), (_error_info(e),))
                 continue
-            send(Result(task_id, True, started, now()), (data,))
+            send(Result(task_id, True, started, now()), segments)

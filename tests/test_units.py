@@ -11,11 +11,21 @@ from hypothesis import strategies as st
 from procqueue import InvalidArgumentError, InvalidCallableError, RetryPolicy, TaskState
 from procqueue._heap import _DelayedHeap, _ReadyHeap
 from procqueue._task import _IllegalTransitionError, _TaskRecord
-from procqueue._wire import Hello, RunBatch, _FrameReader, _FrameWriter, decode, encode
+from procqueue._wire import (
+    Hello,
+    RunBatch,
+    _FrameReader,
+    _FrameWriter,
+    decode,
+    dump_arguments,
+    dump_value,
+    encode,
+    load_value,
+)
 
 
 def _rec(task_id: int, priority: int) -> _TaskRecord:
-    return _TaskRecord(task_id, "t", priority, (b"", b""), RetryPolicy(), None, 0.0, None)
+    return _TaskRecord(task_id, "t", priority, (b"", []), RetryPolicy(), None, 0.0, None)
 
 
 @given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), max_size=60))
@@ -151,3 +161,38 @@ def test_hello_round_trip() -> None:
     frame = b"".join(encode(Hello(1, 42)))
     msg, blob = decode(frame[8:])
     assert msg == Hello(1, 42) and len(blob) == 0
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            st.integers(),
+            st.text(max_size=8),
+            st.builds(lambda n: b"\x07" * n, st.integers(65_536, 200_000)),
+            st.builds(lambda n: bytearray(b"\x05" * n), st.integers(0, 200_000)),
+        ),
+        max_size=5,
+    )
+)
+def test_value_blobs_round_trip_with_out_of_band_buffers(values: list[object]) -> None:
+    for value in (tuple(values), {"k": values}, values[0] if values else None):
+        segments = dump_value(value)
+        blob = memoryview(b"".join(bytes(memoryview(s)) for s in segments))
+        assert load_value(blob) == value
+    segments = dump_arguments(tuple(values), {"kw": values[-1] if values else 0})
+    blob = memoryview(b"".join(bytes(memoryview(s)) for s in segments))
+    assert load_value(blob) == (tuple(values), {"kw": values[-1] if values else 0})
+
+
+def test_big_bytes_travel_out_of_band() -> None:
+    big = b"z" * 100_000
+    segments = dump_value(big)
+    assert len(segments) == 3  # header, pickle, the buffer itself
+    assert memoryview(segments[2]).obj is big  # written from the object's own memory
+    args = dump_arguments((1, big), {"also": big})
+    assert len(args) == 4  # header, pickle, two buffers
+    assert load_value(memoryview(b"".join(bytes(memoryview(s)) for s in args))) == (
+        (1, big),
+        {"also": big},
+    )
