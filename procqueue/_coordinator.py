@@ -479,6 +479,38 @@ class Engine:
             rec.external = True
         return rec
 
+    def submit_many(
+        self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], futures: list[_TaskFuture]
+    ) -> None:
+        """``map``'s fast path: one validation of ``fn``, one pickling of it, and
+        one lock round for the whole batch (``max_pending`` unset)."""
+        if not callable(fn):
+            raise InvalidCallableError(f"{fn!r} is not callable")
+        self._check_open()
+        name = _name_of(fn)
+        try:
+            fn_blob = _wire.dump_callable(fn)
+        except Exception as e:
+            raise SerializationError(f"cannot pickle {name}: {type(e).__name__}: {e}") from e
+        records = []
+        for args, fut in zip(calls, futures):
+            try:
+                segments = _wire.dump_arguments(args, {})
+            except Exception as e:
+                raise SerializationError(
+                    f"cannot pickle the call {name}(...): {type(e).__name__}: {e}"
+                ) from e
+            records.append(self._record(name, 0, (fn_blob, segments), None, None, fut))
+        with self._lock:
+            self._check_open()
+            tasks = self._tasks
+            for rec in records:
+                tasks[rec.task_id] = rec
+            self._submitted += len(records)
+            self._commands.extend(records)
+        if self._sleeping and self._wake_on_submit and not self._wake_pending:
+            self._wake()
+
     def enqueue(self, rec: _TaskRecord, *, block: bool = True, wait: float | None = None) -> int:
         """Queue a prepared record, honouring ``max_pending``."""
         limit = self.config.max_pending

@@ -28,6 +28,7 @@ import io
 import os
 import pickle
 import struct
+import sys
 import types
 from collections import deque
 from collections.abc import Iterable
@@ -405,7 +406,11 @@ def _is_big(v: object) -> bool:
 
 def _plain(values: Iterable[object]) -> bool:
     atomic = _ATOMIC
-    return all(type(v) in atomic and not _is_big(v) for v in values)
+    for v in values:  # a plain loop: this runs on every submit
+        t = type(v)
+        if t not in atomic or (t is bytes and len(v) >= _BIG):  # type: ignore[arg-type]
+            return False
+    return True
 
 
 def _wrap_big(values: tuple[object, ...]) -> tuple[object, ...]:
@@ -423,18 +428,42 @@ def _dump_with(pickler: type[pickle.Pickler], obj: object) -> list[Any]:
     return [header, out.getvalue(), *raws]
 
 
+class _NeedsCloudpickle(Exception):
+    """Raised by :class:`_FastPickler` for what only cloudpickle carries."""
+
+
+class _FastPickler(pickle.Pickler):
+    """The C pickler, handing over to cloudpickle for anything defined in
+    ``__main__`` (pickled by name it would load in a script's workers but not in
+    a notebook's) or in no importable module. ``reducer_override`` runs only for
+    non-builtin objects, so plain data (lists of tuples of numbers) costs
+    nothing extra."""
+
+    def reducer_override(self, obj: object) -> Any:
+        owner = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        module = getattr(owner, "__module__", None)
+        if module == "__main__" or module is None or module not in sys.modules:
+            raise _NeedsCloudpickle
+        if "<" in getattr(owner, "__qualname__", ""):  # <lambda>, <locals>
+            raise _NeedsCloudpickle
+        return NotImplemented
+
+
 def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[Any]:
-    """``(args, kwargs)`` as value-blob segments: the C pickler when every value
-    is a small plain builtin; cloudpickle otherwise (it also carries lambdas and
-    classes defined in ``__main__`` or a notebook). Top-level large ``bytes``,
-    and whatever supports pickle protocol 5 buffers (numpy arrays, bytearray),
-    travel out of band."""
+    """``(args, kwargs)`` as value-blob segments: the C pickler for plain data;
+    cloudpickle for lambdas, closures and classes defined in ``__main__`` or a
+    notebook. Top-level large ``bytes``, and whatever supports pickle protocol 5
+    buffers (numpy arrays, bytearray), travel out of band."""
     if _plain(args) and (not kwargs or _plain(kwargs.values())):
         return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
     if kwargs:
         keys = tuple(kwargs)
         kwargs = dict(zip(keys, _wrap_big(tuple(kwargs.values()))))
-    return _dump_with(cloudpickle.CloudPickler, (_wrap_big(args), kwargs))
+    call = (_wrap_big(args), kwargs)
+    try:
+        return _dump_with(_FastPickler, call)
+    except Exception:  # _NeedsCloudpickle, or anything the C pickler refuses
+        return _dump_with(cloudpickle.CloudPickler, call)
 
 
 def dump_value(value: object) -> list[Any]:

@@ -190,8 +190,18 @@ class ProcQueue(Executor):
 
         window = buffersize if buffersize is not None else self._engine.config.max_pending
         if window is None:
-            futures = list(iter(submit_next, None))
-            return _results(futures, deadline, flatten=chunksize > 1)
+            # Eager, as the stdlib: everything is queued now. Single calls go in
+            # batches of 64 (one pickling of fn, one lock round per batch);
+            # chunks one by one, so workers start while the rest is pickled.
+            futures: list[Future[Any]] = []
+            if chunksize > 1:
+                futures = list(iter(submit_next, None))
+                return _results(futures, deadline, flatten=True)
+            while batch := list(itertools.islice(calls, 64)):
+                batch_futures = [_TaskFuture() for _ in batch]
+                self._engine.submit_many(fn, batch, batch_futures)
+                futures += batch_futures
+            return _results(futures, deadline, flatten=False)
         futures = []
         for _ in range(window):
             fut = submit_next()
