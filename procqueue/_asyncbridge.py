@@ -1,43 +1,84 @@
-"""Awaiting ``concurrent.futures.Future`` objects without linking cancellation.
+"""Awaiting ``concurrent.futures.Future`` objects from asyncio.
 
-``asyncio.wrap_future`` cancels the source future when the awaiting side is
-cancelled; here a timed-out ``await queue.result(...)`` must leave the task
-alone, so the bridge is one-way.
+Two things differ from ``asyncio.wrap_future``:
+
+* the bridge is one-way: a timed-out ``await queue.result(...)`` must leave the
+  task alone, so cancelling the awaiting side never cancels the task;
+* completions are coalesced per event loop: the coordinator thread settles
+  futures in bursts, and one ``call_soon_threadsafe`` (one write to the loop's
+  self-pipe) carries a whole burst instead of one wake-up per task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import Future
 from typing import Any
 
 from .errors import TaskCancelledError
 
 
+class _Relay:
+    """Per event loop: settled futures waiting to be copied into the loop."""
+
+    __slots__ = ("loop", "lock", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[Future[Any], asyncio.Future[Any]]] = []
+
+    def push(self, cf: Future[Any], af: asyncio.Future[Any]) -> None:
+        with self.lock:
+            first = not self.pending
+            self.pending.append((cf, af))
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+    def drain(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        for cf, af in batch:
+            _copy(cf, af)
+
+
+_relays: dict[asyncio.AbstractEventLoop, _Relay] = {}
+_relays_lock = threading.Lock()
+
+
+def _relay_for(loop: asyncio.AbstractEventLoop) -> _Relay:
+    relay = _relays.get(loop)
+    if relay is None:
+        with _relays_lock:
+            for old in [lp for lp in _relays if lp.is_closed()]:
+                del _relays[old]
+            relay = _relays.setdefault(loop, _Relay(loop))
+    return relay
+
+
+def _copy(cf: Future[Any], af: asyncio.Future[Any]) -> None:
+    if af.done():
+        return
+    if cf.cancelled():
+        af.set_exception(TaskCancelledError("the task was cancelled"))
+        return
+    exc = cf.exception()
+    if exc is not None:
+        af.set_exception(exc)
+    else:
+        af.set_result(cf.result())
+
+
 def to_asyncio(cf: Future[Any]) -> asyncio.Future[Any]:
     loop = asyncio.get_running_loop()
     af: asyncio.Future[Any] = loop.create_future()
-
-    def copy(_: object = None) -> None:
-        if af.done():
-            return
-        if cf.cancelled():
-            af.set_exception(TaskCancelledError("the task was cancelled"))
-            return
-        exc = cf.exception()
-        if exc is not None:
-            af.set_exception(exc)
-        else:
-            af.set_result(cf.result())
-
-    def done(_: Future[Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(copy)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
-
     if cf.done():
-        copy()
-    else:
-        cf.add_done_callback(done)
+        _copy(cf, af)
+        return af
+    relay = _relay_for(loop)
+    cf.add_done_callback(lambda f: relay.push(f, af))
     return af

@@ -832,10 +832,10 @@ class Engine:
             depth = 1 + fixed
         else:
             learned = [
-                max(1, min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(m, 1e-7))))
+                min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(m, 1e-7)))
                 for m in self._mean_run.values()
             ]
-            depth = 1 + max(learned, default=1)
+            depth = 1 + max(learned, default=0)
         any_ready = False
         for w in self._workers:
             if w is None:
@@ -938,16 +938,19 @@ class Engine:
         to join them. Fixed when configured; otherwise enough to cover
         ``_PREFETCH_BUDGET`` seconds at the mean run time of ``rec``'s own
         callable: deep pipelines for tiny tasks (the pipe round trip would
-        dominate them), one for long ones, and one for a callable not seen yet
-        (so a burst of unknown, maybe slow, tasks is not piled onto one worker
-        where cancellation could no longer reach them)."""
+        dominate them), none for long ones, and none for a callable not seen
+        yet (so a burst of unknown, maybe slow, tasks is not piled onto one
+        worker where cancellation could no longer reach them)."""
         fixed = self.config.prefetch
         if fixed is not None:
             return fixed
         mean = self._mean_run.get(rec.payload[0]) if rec.payload is not None else None
         if mean is None:
-            return 1
-        return max(1, min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7))))
+            return 0
+        # 0 for tasks over the budget: a pipe round trip (~0.1-0.2 ms) is lost in
+        # them, and a task queued behind a long one could not go to a worker that
+        # frees up first (the tail of a batch would be unbalanced).
+        return min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7)))
 
     def _start_attempt(self, rec: _TaskRecord, w: _Worker) -> bool:
         fut = rec.future

@@ -1212,7 +1212,9 @@ def test_crash_while_task_data_is_being_written(tmp_path: Path) -> None:
     deadlock. procqueue: only the crashed task fails; the big one, which never
     started, runs on the replacement worker, and the pool stays usable."""
     data = b"x" * (8 * 1024 * 1024)  # far above the 1 MiB pipe buffer
-    with ProcQueue(max_workers=1) as pool, Gate(tmp_path) as gate:
+    # prefetch=1: hand the big task to the busy worker (adaptive prefetch holds
+    # back a callable it has not timed yet).
+    with ProcQueue(max_workers=1, prefetch=1) as pool, Gate(tmp_path) as gate:
         crasher = pool.submit(gated_exit, *gate.paths, 1)
         gate.wait_started()
         handed_over = threading.Event()
