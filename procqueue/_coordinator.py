@@ -41,6 +41,7 @@ import enum
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import pickle
 import selectors
@@ -392,6 +393,14 @@ class Engine:
     # ------------------------------------------------------------------ front-door API
 
     def start(self) -> None:
+        if self.config.start_method != "fork":
+            # A script without ``if __name__ == "__main__":`` re-runs in every
+            # spawned worker; say so here, in the caller's thread, as the stdlib
+            # does at submit (multiprocessing.spawn._check_not_importing_main),
+            # rather than fail later in our coordinator thread.
+            check = getattr(multiprocessing.spawn, "_check_not_importing_main", None)
+            if check is not None:
+                check()
         with self._lock:
             if self.state is not EngineState.NEW:
                 raise QueueClosedError("a queue can be started only once")
@@ -1377,10 +1386,25 @@ class Engine:
         )
         try:
             proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
-        except BaseException:
+        except Exception as e:
+            # Cannot even start a process (no ``if __name__ == "__main__":`` guard
+            # under spawn/forkserver, fd or process limits): a start-up failure,
+            # not a coordinator crash. The slot stays empty; dispatch retries.
             for fd in (tasks_w, results_r):
                 os.close(fd)
-            raise
+            self._workers[slot] = None
+            self._startup_failures += 1
+            _log.error("could not start a worker: %s: %s", type(e).__name__, e)
+            if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                self._break(
+                    WorkerStartupError(
+                        f"could not start a worker process ({self._startup_failures} tries): "
+                        f"{type(e).__name__}: {e}"
+                    )
+                )
+            else:
+                self._spawn(slot)  # nothing else would wake us to try again
+            return
         finally:
             for conn in child_ends:
                 conn.close()

@@ -211,6 +211,27 @@ def test_initializer_that_exits_breaks_the_pool_with_its_exit_code() -> None:
     pool.shutdown()
 
 
+def test_a_script_without_main_guard_gets_a_clear_error(tmp_path: Path) -> None:
+    """The classic spawn/forkserver mistake: no ``if __name__ == "__main__":``.
+    The pool must fail fast with WorkerStartupError naming the cause, not crash
+    its coordinator or respawn forever."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from procqueue import ProcQueue, WorkerStartupError\n"
+        "pool = ProcQueue(max_workers=1, start_method='spawn')\n"
+        "try:\n"
+        "    pool.submit(abs, -1).result(timeout=60)\n"
+        "except WorkerStartupError as e:\n"
+        "    print('STARTUP-ERROR', 'bootstrapping phase' in str(e) or 'exit code' in str(e))\n"
+        "pool.shutdown(wait=True, cancel_futures=True, timeout=0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, env=env, timeout=120, check=False
+    )
+    assert b"STARTUP-ERROR True" in proc.stdout, proc.stderr.decode()[-2000:]
+
+
 def test_asyncio_front_door_survives_crashes_too() -> None:
     async def main() -> None:
         async with TaskQueue(num_workers=2) as q:
