@@ -16,8 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import CONTESTANTS, WORKLOADS, BenchConfig, run_suite
+from ._config import WORKLOAD_TITLES
 from ._measure import ABANDONED
 
 
@@ -38,6 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(
         prog="python -m procqueue.bench",
         description="procqueue next to the standard library and its peers, in one run.",
+        epilog="workloads: " + "; ".join(f"{k}: {WORKLOAD_TITLES[k]}" for k in WORKLOADS),
     )
     methods = multiprocessing.get_all_start_methods()
     p.add_argument(
@@ -149,11 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if result.failed else 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Run :func:`main` on ``sys.argv`` and exit with its status."""
     status = main()
     if ABANDONED:
-        # A hung pool's threads could keep the interpreter from exiting.
+        # A pool whose shutdown hung was abandoned: its threads could keep the
+        # interpreter from exiting, so leave without waiting for them.
         logging.shutdown()
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    cli()

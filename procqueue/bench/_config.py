@@ -30,7 +30,7 @@ WORKLOAD_TITLES = {
     "io": "I/O-bound tasks (sleeping)",
     "cpu": "CPU-bound tasks of ~20 ms",
     "sweep": "throughput against task size",
-    "scale": "scale: throughput at growing task counts",
+    "scale": "throughput at growing task counts",
     "memory": "coordinator memory per pending task",
     "kill": "a worker SIGKILLed mid-run",
 }
@@ -59,7 +59,7 @@ class BenchConfig:
     #: Seconds one run may take before it counts as hung (FAIL).
     timeout: float = 300.0
     tiny_tasks: int = 10_000
-    map_tasks: int = 20_000
+    map_tasks: int = 10_000
     chunksizes: tuple[int, ...] = (1, 1000)
     #: With a chunk size above 1, at least this many chunks per worker (so the
     #: run is long enough to time): ``max(map_tasks, chunks x chunksize x workers)``.
@@ -103,10 +103,10 @@ class BenchConfig:
             latency_trips=50,
             sweep_work_s=0.05,
             sweep_task_ms=(0.0, 1.0),
-            scale_sizes=(2_000, 10_000),
-            scale_peer_max=10_000,
+            scale_sizes=(1_000, 5_000),
+            scale_peer_max=5_000,
             memory_tasks=5_000,
-            kill_tasks=16,
+            kill_tasks=12,
         )
 
     def with_overrides(self, **changes: Any) -> BenchConfig:

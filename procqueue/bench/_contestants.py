@@ -44,7 +44,7 @@ __all__ = [
 
 
 #: Seconds ``multiprocessing.Pool.terminate`` gets before the pool is unwedged.
-_TERMINATE_GRACE_S = 3.0
+_TERMINATE_GRACE_S = 2.0
 
 
 class Unsupported(Exception):
@@ -377,22 +377,28 @@ class MpPool(Pool):
         t.join(_TERMINATE_GRACE_S)
         if t.is_alive():
             self._unwedge()
-            t.join(_TERMINATE_GRACE_S)
+            t.join(2 * _TERMINATE_GRACE_S)
+        if t.is_alive():
+            raise TimeoutError("multiprocessing.Pool.terminate() hung")
         self.pool.join()
 
     def _unwedge(self) -> None:
-        """Kill every worker, then release the read lock that a dead one holds.
-        The benchmark must go on, so it reaches into the pool here."""
+        """Kill every worker, then release the queue locks that a dead one may
+        hold: the task queue's read lock (an idle worker holds it while it waits)
+        and the result queue's write lock (held while a result is sent). The
+        benchmark must go on, so it reaches into the pool here."""
         procs = list(getattr(self.pool, "_pool", []))
         for p in procs:
             p.kill()
         for p in procs:
             p.join(5)
-        lock = getattr(getattr(self.pool, "_inqueue", None), "_rlock", None)
-        if lock is not None:
+        for queue, name in (("_inqueue", "_rlock"), ("_outqueue", "_wlock")):
+            lock = getattr(getattr(self.pool, queue, None), name, None)
+            if lock is None:
+                continue
             try:
                 lock.release()
-            except ValueError:  # it was not held after all
+            except ValueError:  # it was not held
                 pass
 
 
@@ -495,9 +501,16 @@ class JoblibPool(Pool):
     def close(self, *, broken: bool = False) -> None:
         # Shut joblib's reusable loky executor down, so the next pool starts from
         # nothing like every other contestant (joblib would otherwise keep it).
+        # terminate() (joblib's executor) also deletes the memmapping folders of
+        # the calls it ran; a bare shutdown() would leave them to the resource
+        # tracker, which warns about them at exit.
         mod = importlib.import_module("joblib.externals.loky.reusable_executor")
         executor = getattr(mod, "_executor", None)
-        if executor is not None:
+        if executor is None:
+            return
+        if hasattr(executor, "terminate"):
+            executor.terminate(kill_workers=broken)
+        else:
             executor.shutdown(wait=True, kill_workers=broken)
 
 

@@ -189,7 +189,10 @@ def warm_workers(pool: Pool, workers: int, timeout: float) -> set[int]:
 
 def close_within(pool: Pool, timeout: float, *, broken: bool = False) -> bool:
     """Close ``pool`` in a helper thread; ``False`` if it had not finished within
-    ``timeout`` seconds (the pool is then abandoned, its threads daemonic)."""
+    ``timeout`` seconds. A shutdown that hangs is usually waiting on a worker:
+    the workers are then killed (only one pool is alive at a time, so every
+    child but multiprocessing's helpers is this pool's) and the close gets a
+    few more seconds; after that the pool is abandoned (its threads daemonic)."""
     error: list[BaseException] = []
 
     def close() -> None:
@@ -202,8 +205,33 @@ def close_within(pool: Pool, timeout: float, *, broken: bool = False) -> bool:
     t.start()
     t.join(timeout)
     if t.is_alive():
+        _log.warning("closing %s hung %.0f s: killing its workers", type(pool).__name__, timeout)
+        reap_strays()
+        t.join(5.0)
+    if t.is_alive():
         ABANDONED.append(type(pool).__name__)
         return False
     if error:
         _log.warning("closing %s raised %r", type(pool).__name__, error[0])
     return True
+
+
+def reap_strays() -> list[int]:
+    """Kill child processes that outlived their pools (an abandoned pool's
+    workers); multiprocessing's own helpers (forkserver, resource trackers) are
+    left alone: they end with this process. Returns the pids killed."""
+    import psutil
+
+    killed = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            if "forkserver" in cmd or "resource_tracker" in cmd:
+                continue
+            child.kill()
+            killed.append(child.pid)
+        except psutil.Error:
+            pass
+    if killed:
+        _log.warning("killed %d process(es) left by abandoned pools: %s", len(killed), killed)
+    return killed

@@ -53,6 +53,14 @@ KILL_GRACE_S = 1.0
 #: Seconds one add_one may take after the kill for the pool to count as usable
 #: (a replacement worker may have to start first: loky's fork+exec takes ~1 s).
 USABLE_TIMEOUT_S = 2.0
+#: Seconds a broken pool gets to close before its workers are killed for it.
+BROKEN_CLEANUP_S = 15.0
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def _main_method(cs: Sequence[Contestant], families: Sequence[str]) -> list[Contestant]:
@@ -252,6 +260,7 @@ def _kill_round(
                 left = (n - i) * task_s / cfg.workers
                 deadline = time.monotonic() + 2 * left + KILL_GRACE_S
         check(killed_pid is not None, "the run ended before a worker could be killed")
+        coordinator_rss = _rss()
         recovery: float | None = None
         rerun_pid: int | None = None
         for i, h in enumerate(handles):
@@ -276,7 +285,9 @@ def _kill_round(
             rerun_on = "surviving worker" if rerun_pid in before else "replacement worker"
         broken = bool(errors)
     finally:
-        if not close_within(pool, CLEANUP_TIMEOUT_S, broken=broken):
+        # A pool the kill broke gets less time to close before its workers are
+        # killed for it (mpire's terminate() can wait for ever on a dead worker).
+        if not close_within(pool, BROKEN_CLEANUP_S if broken else CLEANUP_TIMEOUT_S, broken=broken):
             _log.error("%s: cleanup after the kill hung; abandoned", c.label)
     metrics: dict[str, float | None] = {
         "survived": float(len(answers)),
@@ -285,6 +296,7 @@ def _kill_round(
         "usable": usable,
     }
     notes = {
+        "coordinator_rss": coordinator_rss,
         "errors": dict(errors),
         "killed_pid": killed_pid,
         "rerun_pid": rerun_pid,

@@ -84,7 +84,8 @@ def _sweep(plt: Any, results: dict[str, WorkloadResult], cfg: BenchConfig) -> An
     keys: list[str] = []
     for p in points:
         keys += [k for k in p.cells if k not in keys]
-    for key in keys:
+    for index, key in enumerate(keys):
+        color = f"C{index}"  # the same colour for a contestant in both panels
         xs, rates, effs, eff_x = [], [], [], []
         label = key
         for x, p in zip(xs_all, points):
@@ -101,9 +102,9 @@ def _sweep(plt: Any, results: dict[str, WorkloadResult], cfg: BenchConfig) -> An
                 eff_x.append(x)
                 effs.append(seq_wall / (wall * cfg.workers))
         if xs:
-            ax1.plot(xs, rates, marker="o", label=label)
+            ax1.plot(xs, rates, marker="o", label=label, color=color)
         if effs:
-            ax2.plot(eff_x, effs, marker="o", label=label)
+            ax2.plot(eff_x, effs, marker="o", label=label, color=color)
     ax1.set(xscale="log", yscale="log", xlabel="task size (ms of CPU; leftmost: add_one)",
             ylabel="tasks/s (median)", title="Throughput against task size")  # fmt: skip
     ax2.set(xscale="log", xlabel="task size (ms of CPU)", ylabel="parallel efficiency",

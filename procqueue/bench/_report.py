@@ -22,7 +22,11 @@ from typing import Any
 
 from ._config import BenchConfig
 from ._measure import FAIL, NA, Cell, WorkloadResult
+from ._memprobe import BARE_FUTURE
 from ._targets import Target
+
+#: Contestants whose ``submit`` returns a ``concurrent.futures.Future``.
+FUTURE_HANDLES = ("ppe", "ProcQueue")
 
 PACKAGES = (
     "procqueue",
@@ -405,10 +409,20 @@ def table_memory(r: WorkloadResult) -> str:
         vals.sort()
         return f"{vals[len(vals) // 2] / 2**20:,.1f} MiB"
 
+    bare = r.cell(BARE_FUTURE)
+    future = bare.median("bytes_per_task") if bare is not None else None
+
+    def beyond(c: Cell) -> str:
+        mine = c.median("bytes_per_task")
+        if future is None or mine is None or c.contestant.split("/")[0] not in FUTURE_HANDLES:
+            return "—"
+        return fmt_rate(mine - future)
+
     return _table(
         r,
         [
             ("÷ PPE", "---:", lambda c: _ratio(r, c, "bytes_per_task")),
+            ("beyond a bare Future", "---:", beyond),
             (
                 "bytes per pending task median (min-max)",
                 "---:",
@@ -450,6 +464,10 @@ def table_kill(r: WorkloadResult) -> str:
         where = {n.get("rerun_on") for n in c.notes if n.get("rerun_on")}
         return ", ".join(sorted(str(w) for w in where)) or "—"
 
+    def rss(c: Cell) -> str:
+        vals = sorted(n["coordinator_rss"] for n in c.notes if n.get("coordinator_rss"))
+        return f"{vals[len(vals) // 2] / 2**20:,.0f} MiB" if vals else "—"
+
     def restarts(c: Cell) -> str:
         vals = [n["restarts"] for n in c.notes if n.get("restarts") is not None]
         return "—" if not vals else f"{min(vals)}-{max(vals)}"
@@ -474,10 +492,13 @@ def table_kill(r: WorkloadResult) -> str:
             ("pool usable after", "---", usable),
             ("errors seen (all rounds)", "---", errors),
             ("worker restarts", "---:", restarts),
+            ("coordinator RSS", "---:", rss),
         ],
         [
             "Times run from the kill to the task's own start (wall clock in the worker). "
-            "Lost results are what is measured here, not a FAIL; a wrong answer would be.",
+            "Lost results are what is measured here, not a FAIL; a wrong answer would be. "
+            "Under fork a replacement costs more the larger the coordinator (page tables "
+            "to copy): its RSS at the kill is in the last column.",
         ],
     )
 

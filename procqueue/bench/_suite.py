@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 from ._config import WORKLOADS, BenchConfig
 from ._contestants import Contestant, contestant_table
-from ._measure import FAIL, WorkloadResult
+from ._measure import ABANDONED, FAIL, WorkloadResult, reap_strays
 from ._phases import run_kill, run_memory, run_scale
 from ._plots import write_plots
 from ._report import context, loadavg, render
@@ -127,10 +128,18 @@ def run_suite(cfg: BenchConfig, command: Sequence[str] | None = None) -> SuiteRe
     if session or cfg.wants("startup"):
         results.update(run_sessions(cfg, contestants, session))
     _log.info("sessions done after %.1f s", time.perf_counter() - t0)
-    for key, phase in (("scale", run_scale), ("memory", run_memory), ("kill", run_kill)):
+    # Drop the sessions' inputs (payloads, call lists) before the kill: under
+    # fork a replacement worker's start costs time in proportion to this
+    # process's memory, so the kill runs on a lean coordinator, before scale.
+    del session
+    gc.collect()
+    for key, phase in (("kill", run_kill), ("memory", run_memory), ("scale", run_scale)):
         if cfg.wants(key):
             results[key] = phase(cfg, contestants)
             _log.info("%s done after %.1f s", key, time.perf_counter() - t0)
+    if ABANDONED:
+        ctx["abandoned_pools"] = list(ABANDONED)
+        ctx["stray_processes_killed"] = reap_strays()
     ordered = _report_order(results)
 
     ctx["wall_s"] = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._config import BenchConfig
 from ._measure import WorkloadResult
+from ._memprobe import BARE_FUTURE
 
 PQ = "ProcQueue"
 PPE = "ppe"
@@ -107,8 +108,12 @@ def evaluate(results: dict[str, WorkloadResult], cfg: BenchConfig) -> list[Targe
     seq = _median(results, "cpu", "sequential", "wall_s")
     if wall is not None and seq is not None:
         eff = seq / (wall * cfg.workers)
+        ceiling = _median(results, "cpu", "ceiling", "wall_s")
+        note = ""
+        if ceiling is not None:
+            note = f"; this machine's ceiling (bare processes) {seq / (ceiling * cfg.workers):.1%}"
         out.append(
-            Target("CPU-bound efficiency", goal, f"{eff:.1%} ({cfg.workers} workers)", eff,
+            Target("CPU-bound efficiency", goal, f"{eff:.1%} ({cfg.workers} workers{note})", eff,
                    eff >= 0.98)
         )  # fmt: skip
     else:
@@ -177,13 +182,26 @@ def evaluate(results: dict[str, WorkloadResult], cfg: BenchConfig) -> list[Targe
     goal = "<= 1 KB coordinator memory per pending task"
     mem = _median(results, "memory", PQ, "bytes_per_task")
     ppe_mem = _median(results, "memory", PPE, "bytes_per_task")
+    fut = _median(results, "memory", BARE_FUTURE, "bytes_per_task")
+    tq = _median(results, "memory", "TaskQueue", "bytes_per_task")
     if mem is not None:
         vs = f"; ProcessPoolExecutor {ppe_mem:,.0f} B" if ppe_mem is not None else ""
         out.append(
-            Target("memory per pending task", goal, f"{mem:,.0f} B{vs}", mem / 1024, mem <= 1024)
-        )
+            Target("memory per pending task", goal, f"ProcQueue {mem:,.0f} B, its Future "
+                   f"included{vs}", mem / 1024, mem <= 1024)
+        )  # fmt: skip
     else:
         missing("memory per pending task", goal)
+    own = "memory per pending task, the Future aside"
+    if mem is not None and fut is not None and tq is not None:
+        out.append(
+            Target(own, goal + " (ProcQueue beyond a bare Future; TaskQueue, whose handle is "
+                   "an int)", f"ProcQueue {mem - fut:,.0f} B beyond a {fut:,.0f} B Future; "
+                   f"TaskQueue {tq:,.0f} B", max(mem - fut, tq) / 1024,
+                   max(mem - fut, tq) <= 1024)
+        )  # fmt: skip
+    else:
+        missing(own, goal)
 
     # 9. recovery after a SIGKILL
     goal = f"killed task re-running within 50 ms ({cfg.start_method}); every result kept"
