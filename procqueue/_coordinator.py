@@ -52,6 +52,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from concurrent.futures._base import PENDING as _PENDING
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -285,11 +286,33 @@ class _Stop:
 
 class _TaskFuture(Future[Any]):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also tells the engine,
-    so the stats and the task table learn of it at once."""
+    so the stats and the task table learn of it at once.
+
+    Its ``threading.Condition`` (an RLock, a deque and five bound methods:
+    about 1.3 KB, most of a Future's size) is made on first use, which for a
+    task is when it is dispatched: a million pending tasks do not carry a
+    million idle Conditions. ``__init__`` sets the same fields as
+    ``Future.__init__`` (unchanged from 3.10 to 3.14) minus the Condition.
+    """
 
     _engine_ref: weakref.ref[Engine] | None = None
     _task_id = -1
     _cancel_notified = False
+
+    def __init__(self) -> None:  # deliberately not Future.__init__: see above
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond: threading.Condition | None = self.__dict__.get("_lazy_condition")
+        if cond is None:
+            # setdefault is atomic: two threads racing here share one Condition.
+            cond = self.__dict__.setdefault("_lazy_condition", threading.Condition())
+        return cond
 
     def set_running_or_notify_cancel(self) -> bool:
         running = super().set_running_or_notify_cancel()

@@ -31,6 +31,12 @@ def _run_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
 
+def _run_chunk1(fn: Callable[[Any], T], items: list[Any]) -> list[T]:
+    # map over one iterable: the items themselves cross, not 1-tuples of them
+    # (a third of the pickle, as multiprocessing.Pool's mapstar does).
+    return [fn(x) for x in items]
+
+
 class ProcQueue(Executor):
     """A ``ProcessPoolExecutor`` drop-in on procqueue's supervised engine.
 
@@ -180,11 +186,15 @@ class ProcQueue(Executor):
             raise InvalidArgumentError("buffersize must be None or an int >= 1.")
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple[Any, ...]] = zip(*iterables)
+        single = iter(iterables[0]) if len(iterables) == 1 and chunksize > 1 else None
 
         def submit_next() -> Future[Any] | None:
             if chunksize == 1:
                 args = next(calls, None)
                 return None if args is None else self.submit(fn, *args)
+            if single is not None:
+                items = list(itertools.islice(single, chunksize))
+                return self.submit(_run_chunk1, fn, items) if items else None
             chunk = list(itertools.islice(calls, chunksize))
             return self.submit(_run_chunk, fn, chunk) if chunk else None
 
