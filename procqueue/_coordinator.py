@@ -829,6 +829,11 @@ class Engine:
                 self._dispatch()
                 if self._stop is not None and self._finished_stopping():
                     return
+                # Commands and timers can finish tasks too (a cancel, a stop
+                # deadline): join() waiters must not wait for an event that may
+                # never come (all tasks cancelled before any worker started).
+                if self._idle_waiters and self._is_idle():
+                    self._release_idle_waiters()
                 timeout = self._next_timer(now)
             self._flush_resolutions()
             self._wake_on_submit = self._short_of_work()

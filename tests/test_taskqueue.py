@@ -377,3 +377,23 @@ def test_public_names_exported_once() -> None:
     for name in names:
         assert getattr(procqueue, name) is not None
         assert not name.startswith("_")
+
+
+def test_join_returns_when_every_task_was_cancelled_before_any_worker_started() -> None:
+    """Regression: the last task finished by a command (cancel), not by a worker
+    event, left join() waiting forever on a coordinator with nothing to do."""
+
+    async def main() -> None:
+        async with TaskQueue(num_workers=1) as q:
+            ids = [await q.submit(add, i) for i in range(3)]
+            joined = asyncio.ensure_future(q.join())
+            await asyncio.sleep(0)  # join() registers before the cancels land
+            for t in ids:
+                q.cancel(t)
+            await asyncio.wait_for(joined, 30)
+            assert {q.get_task_status(t).state for t in ids} <= {
+                TaskState.CANCELLED,
+                TaskState.COMPLETED,
+            }
+
+    run(main())
