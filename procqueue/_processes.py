@@ -154,18 +154,12 @@ class ProcessFigures:
         return total
 
     def read(self) -> tuple[int | None, float | None]:
+        """``(rss of the tree, CPU% of the worker since the last read)``."""
         proc = self._proc
         if proc is None:
             return None, None
         try:
-            with proc.oneshot():
-                rss = proc.memory_info().rss
-                cpu = proc.cpu_percent(None)
-            for child in proc.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
+            cpu = proc.cpu_percent(None)
         except psutil.Error:
             return None, None
-        return rss, cpu
+        return self.rss(), cpu
