@@ -1180,18 +1180,30 @@ class Engine:
     def _finish_cancelled(self, rec: _TaskRecord, *, notified: bool = False) -> None:
         """Move a non-running record to CANCELLED (from PENDING or RETRYING).
         ``notified``: its future already went through set_running_or_notify_cancel."""
+        err = TaskCancelledError(f"task {rec.task_id} was cancelled")
+        self._end_with_error(rec, TaskState.CANCELLED, err, None if notified else _CANCEL)
+
+    def _end_with_error(
+        self, rec: _TaskRecord, state: TaskState, err: BaseException, settle: int | None
+    ) -> None:
+        """Finish a record that will not run (again): CANCELLED, or FAILED
+        without a further attempt. ``settle``: how its future learns of it."""
+        counters = self._counters
         if rec.state is TaskState.RETRYING:
-            self._counters.retrying -= 1
-        rec.move(TaskState.CANCELLED)
+            counters.retrying -= 1
+        elif rec.state is TaskState.RUNNING:
+            counters.running -= 1
+        rec.move(state)
         rec.payload = None
         rec.finished_at = time.time()
-        err = TaskCancelledError(f"task {rec.task_id} was cancelled")
         rec.outcome = err
         rec.is_error = True
-        self._counters.cancelled += 1
-        fut = rec.future
-        if fut is not None and not notified:
-            self._to_resolve.append((fut, _CANCEL, err))
+        if state is TaskState.CANCELLED:
+            counters.cancelled += 1
+        else:
+            counters.failed += 1
+        if rec.future is not None and settle is not None:
+            self._to_resolve.append((rec.future, settle, err))
         self._finalise_bookkeeping(rec)
 
     def _finalise_bookkeeping(self, rec: _TaskRecord) -> None:
@@ -1594,17 +1606,8 @@ class Engine:
         )
 
     def _cancel_running(self, rec: _TaskRecord) -> None:
-        self._counters.running -= 1
-        rec.move(TaskState.CANCELLED)
-        rec.payload = None
-        rec.finished_at = time.time()
         err = TaskCancelledError(f"task {rec.task_id} was cancelled while running")
-        rec.outcome = err
-        rec.is_error = True
-        self._counters.cancelled += 1
-        if rec.future is not None:
-            self._to_resolve.append((rec.future, _ERROR, err))
-        self._finalise_bookkeeping(rec)
+        self._end_with_error(rec, TaskState.CANCELLED, err, _ERROR)
 
     def _requeue(self, rec: _TaskRecord) -> None:
         """Back to the heap, uncharged: it never ran, or its worker was killed for
@@ -1674,17 +1677,7 @@ class Engine:
             self._stop = _Stop(True, None)
 
     def _fail_unrun(self, rec: _TaskRecord, error: PoolBrokenError) -> None:
-        if rec.state is TaskState.RETRYING:
-            self._counters.retrying -= 1
-        rec.move(TaskState.FAILED)
-        rec.payload = None
-        rec.outcome = error
-        rec.is_error = True
-        rec.finished_at = time.time()
-        self._counters.failed += 1
-        if rec.future is not None:
-            self._to_resolve.append((rec.future, _ERROR, error))
-        self._finalise_bookkeeping(rec)
+        self._end_with_error(rec, TaskState.FAILED, error, _ERROR)
 
     def _shutdown_workers(self) -> None:
         """Tell every worker to exit, wait a bounded time, kill what is left."""
