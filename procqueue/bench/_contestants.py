@@ -330,27 +330,17 @@ class StaticSplitPool(Pool):
 # --- the rest ------------------------------------------------------------------------
 
 
-class MpPool(Pool):
-    """``multiprocessing.Pool``: ``apply_async`` one by one, ``imap`` for map."""
+class _ApplyAsyncPool(Pool):
+    """Pools with ``apply_async(fn, args).get(timeout)`` handles
+    (``multiprocessing.Pool`` and mpire share this shape)."""
 
-    def __init__(self, workers: int, start_method: str) -> None:
-        ctx = multiprocessing.get_context(start_method)
-        self.pool = ctx.Pool(processes=workers)
-        self.start_method = ctx.get_start_method()
+    pool: Any
 
     def run_all(self, fn: TaskFn, calls: Sequence[Call], timeout: float) -> list[Any]:
         apply_async = self.pool.apply_async
         handles = [apply_async(fn, args) for args in calls]
         deadline = _deadline(timeout)
         return [h.get(_remaining(deadline)) for h in handles]
-
-    def map(self, fn: TaskFn, items: Sequence[Any], chunksize: int, timeout: float) -> list[Any]:
-        it = self.pool.imap(fn, items, chunksize)
-        if chunksize > 1:
-            # imap then returns a plain generator over the chunks: no timeout.
-            return list(it)
-        deadline = _deadline(timeout)
-        return [it.next(_remaining(deadline)) for _ in range(len(items))]
 
     def round_trip(self, fn: TaskFn, args: Call, timeout: float) -> Any:
         return self.pool.apply_async(fn, args).get(timeout)
@@ -361,6 +351,23 @@ class MpPool(Pool):
 
     def wait(self, handle: Any, timeout: float) -> Any:
         return handle.get(timeout)
+
+
+class MpPool(_ApplyAsyncPool):
+    """``multiprocessing.Pool``: ``apply_async`` one by one, ``imap`` for map."""
+
+    def __init__(self, workers: int, start_method: str) -> None:
+        ctx = multiprocessing.get_context(start_method)
+        self.pool = ctx.Pool(processes=workers)
+        self.start_method = ctx.get_start_method()
+
+    def map(self, fn: TaskFn, items: Sequence[Any], chunksize: int, timeout: float) -> list[Any]:
+        it = self.pool.imap(fn, items, chunksize)
+        if chunksize > 1:
+            # imap then returns a plain generator over the chunks: no timeout.
+            return list(it)
+        deadline = _deadline(timeout)
+        return [it.next(_remaining(deadline)) for _ in range(len(items))]
 
     def close(self, *, broken: bool = False) -> None:
         if not broken:
@@ -535,7 +542,7 @@ class _InOrder:
         return self._seen[index]
 
 
-class MpirePool(Pool):
+class MpirePool(_ApplyAsyncPool):
     """mpire's ``WorkerPool`` (``keep_alive``): ``apply_async`` one by one,
     ``map(chunk_size=)``."""
 
@@ -544,24 +551,8 @@ class MpirePool(Pool):
         self.pool = mpire.WorkerPool(n_jobs=workers, start_method=start_method, keep_alive=True)
         self.start_method = start_method
 
-    def run_all(self, fn: TaskFn, calls: Sequence[Call], timeout: float) -> list[Any]:
-        apply_async = self.pool.apply_async
-        handles = [apply_async(fn, args) for args in calls]
-        deadline = _deadline(timeout)
-        return [h.get(_remaining(deadline)) for h in handles]
-
     def map(self, fn: TaskFn, items: Sequence[Any], chunksize: int, timeout: float) -> list[Any]:
         return list(self.pool.map(fn, items, chunk_size=chunksize, task_timeout=timeout))
-
-    def round_trip(self, fn: TaskFn, args: Call, timeout: float) -> Any:
-        return self.pool.apply_async(fn, args).get(timeout)
-
-    def submit_many(self, fn: TaskFn, calls: Sequence[Call]) -> list[Any]:
-        apply_async = self.pool.apply_async
-        return [apply_async(fn, args) for args in calls]
-
-    def wait(self, handle: Any, timeout: float) -> Any:
-        return handle.get(timeout)
 
     def close(self, *, broken: bool = False) -> None:
         if broken:

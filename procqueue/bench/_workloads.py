@@ -44,6 +44,10 @@ from ._measure import (
 _log = logging.getLogger("procqueue.bench")
 
 IN_PROCESS = frozenset({"sequential", "threads", "asyncio"})
+#: Every contestant that keeps a pool of workers (threads included).
+EVERY_POOL = frozenset(
+    {"threads", "ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble", "mpire"}
+)
 
 
 def calibrate(target_ms: float) -> tuple[int, float]:
@@ -98,10 +102,7 @@ def _expected_sum(n: int) -> int:
 
 class Latency(SessionWorkload):
     key = "latency"
-    families = frozenset(
-        {"threads", "ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble",
-         "mpire"}
-    )  # fmt: skip
+    families = EVERY_POOL
 
     def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
@@ -179,10 +180,7 @@ class MapChunks(SessionWorkload):
 
 class Payload(SessionWorkload):
     key = "payload"
-    families = frozenset(
-        {"threads", "ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble",
-         "mpire"}
-    )  # fmt: skip
+    families = EVERY_POOL
 
     def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
