@@ -329,6 +329,19 @@ class _TaskFuture(Future[Any]):
         return cancelled
 
 
+def _auto_prefetch(mean: float) -> int:
+    """Tasks to queue behind the running one for a callable whose mean run time
+    is ``mean``: enough for ``_PREFETCH_BUDGET``, at most ``_MAX_PREFETCH``.
+    0 for tasks over the budget: a pipe round trip (~0.1-0.2 ms) is lost in
+    them, and a task queued behind a long one could not go to a worker that
+    frees up first (the tail of a batch would be unbalanced)."""
+    return min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7)))
+
+
+def _cannot_pickle(name: str, e: Exception) -> SerializationError:
+    return SerializationError(f"cannot pickle the call {name}(...): {type(e).__name__}: {e}")
+
+
 def dumps_call(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[bytes, list[Any]]:
@@ -337,9 +350,7 @@ def dumps_call(
     try:
         return _wire.dump_callable(fn), _wire.dump_arguments(args, kwargs)
     except Exception as e:
-        raise SerializationError(
-            f"cannot pickle the call {_name_of(fn)}(...): {type(e).__name__}: {e}"
-        ) from e
+        raise _cannot_pickle(_name_of(fn), e) from e
 
 
 def _name_of(fn: Any) -> str:
@@ -523,15 +534,13 @@ class Engine:
         try:
             fn_blob = _wire.dump_callable(fn)
         except Exception as e:
-            raise SerializationError(f"cannot pickle {name}: {type(e).__name__}: {e}") from e
+            raise _cannot_pickle(name, e) from e
         records = []
         for args, fut in zip(calls, futures):
             try:
                 segments = _wire.dump_arguments(args, {})
             except Exception as e:
-                raise SerializationError(
-                    f"cannot pickle the call {name}(...): {type(e).__name__}: {e}"
-                ) from e
+                raise _cannot_pickle(name, e) from e
             records.append(self._record(name, 0, (fn_blob, segments), None, None, fut))
         with self._lock:
             self._check_open()
@@ -867,12 +876,10 @@ class Engine:
         fixed = self.config.prefetch
         if fixed is not None:
             depth = 1 + fixed
+        elif self._mean_run:
+            depth = 1 + _auto_prefetch(min(self._mean_run.values()))  # the deepest
         else:
-            learned = [
-                min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(m, 1e-7)))
-                for m in self._mean_run.values()
-            ]
-            depth = 1 + max(learned, default=0)
+            depth = 1
         any_ready = False
         for w in self._workers:
             if w is None:
@@ -984,10 +991,7 @@ class Engine:
         mean = self._mean_run.get(rec.payload[0]) if rec.payload is not None else None
         if mean is None:
             return 0
-        # 0 for tasks over the budget: a pipe round trip (~0.1-0.2 ms) is lost in
-        # them, and a task queued behind a long one could not go to a worker that
-        # frees up first (the tail of a batch would be unbalanced).
-        return min(_MAX_PREFETCH, int(_PREFETCH_BUDGET / max(mean, 1e-7)))
+        return _auto_prefetch(mean)
 
     def _start_attempt(self, rec: _TaskRecord, w: _Worker) -> bool:
         fut = rec.future
