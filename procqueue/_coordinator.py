@@ -7,7 +7,7 @@ How a task travels::
     submit(fn, *args) -- cloudpickle -->  command deque --+
                          (at the call,     + wake-up pipe  |
                           so bad input                     v
-                          fails here)              ready heap (-priority, seq)
+                          fails here)              ready heap (-priority, id)
                                            delayed heap (retry due time) --+
                                                            |               |
                                                   dispatch: RunBatch ---+--> tasks pipe --> run fn
@@ -778,10 +778,6 @@ class Engine:
                 self._listeners = [x for x in self._listeners if x is not listener]
 
         return unsubscribe
-
-    @property
-    def broken(self) -> PoolBrokenError | None:
-        return self._broken
 
     def _check_open(self) -> None:
         state = self.state

@@ -1,6 +1,7 @@
 """The ready heap (priority order) and the delayed heap (due-time order).
 
-Entries are tuples, compared element by element; the unique ``seq`` means the
+Entries are tuples, compared element by element; the unique task id (ids are
+handed out in submission order, so it is the FIFO sequence too) means the
 third element (the record) is never compared. Cancellation is lazy: the record's
 state changes and its stale entry is skipped when it reaches the top, so cancel
 is O(1) and push/pop stay O(log n).
@@ -24,7 +25,7 @@ class _ReadyHeap:
         self.live = 0
 
     def push(self, rec: _TaskRecord) -> None:
-        heapq.heappush(self._heap, (-rec.priority, rec.seq, rec))
+        heapq.heappush(self._heap, (-rec.priority, rec.task_id, rec))
         self.live += 1
 
     def discard(self, rec: _TaskRecord) -> None:
@@ -63,7 +64,7 @@ class _DelayedHeap:
         self._heap: list[tuple[float, int, _TaskRecord]] = []
 
     def push(self, due: float, rec: _TaskRecord) -> None:
-        heapq.heappush(self._heap, (due, rec.seq, rec))
+        heapq.heappush(self._heap, (due, rec.task_id, rec))
 
     def next_due(self) -> float | None:
         """Due time of the earliest live entry (stale ones are dropped)."""

@@ -121,7 +121,6 @@ class _TaskRecord:
 
     __slots__ = (
         "task_id",
-        "seq",
         "name",
         "priority",
         "payload",
@@ -153,7 +152,6 @@ class _TaskRecord:
         future: Future[Any] | None,
     ) -> None:
         self.task_id = task_id
-        self.seq = task_id
         self.name = name
         self.priority = priority
         # The pickled callable and the (args, kwargs) value-blob segments;

@@ -41,7 +41,7 @@ def test_ready_heap_pops_priority_then_fifo_and_skips_cancelled(
             heap.discard(r)
             r.move(TaskState.CANCELLED)
     expected = sorted(
-        (r for r, (_, c) in zip(recs, items) if not c), key=lambda r: (-r.priority, r.seq)
+        (r for r, (_, c) in zip(recs, items) if not c), key=lambda r: (-r.priority, r.task_id)
     )
     assert len(heap) == len(expected)
     got = []
