@@ -8,13 +8,14 @@ Two front doors over one engine:
 
 from __future__ import annotations
 
-from ._dlq import DeadLetter, DeadLetterQueue
+from ._core.deadletters import DeadLetter, DeadLetterQueue
+from ._core.records import AttemptError, TaskState, TaskStatus
 from ._policy import RetryPolicy, WorkerLimits
-from ._task import AttemptError, TaskState, TaskStatus
 from .errors import (
     InvalidArgumentError,
     InvalidCallableError,
     MemoryLimitExceeded,
+    OptionTypeError,
     PoolBrokenError,
     ProcQueueError,
     QueueClosedError,
@@ -23,6 +24,7 @@ from .errors import (
     RemoteTraceback,
     ResultSerializationError,
     SerializationError,
+    TaskAbortedError,
     TaskCancelledError,
     TaskNotFoundError,
     TaskTimeoutError,
@@ -57,6 +59,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidCallableError",
     "MemoryLimitExceeded",
+    "OptionTypeError",
     "PoolBrokenError",
     "ProcQueueError",
     "QueueClosedError",
@@ -65,6 +68,7 @@ __all__ = [
     "RemoteTraceback",
     "ResultSerializationError",
     "SerializationError",
+    "TaskAbortedError",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",

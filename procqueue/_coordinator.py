@@ -58,19 +58,19 @@ from typing import Any
 
 import cloudpickle
 
-from . import _wire
-from ._dlq import DeadLetter, _DeadLetterStore
-from ._heap import _DelayedHeap, _ReadyHeap
+from ._core.deadletters import DeadLetter, _DeadLetterStore
+from ._core.heaps import _DelayedHeap, _ReadyHeap
+from ._core.records import AttemptError, TaskState, TaskStatus, _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits
-from ._processes import (
+from ._runtime import wire as _wire
+from ._runtime.processes import (
     ProcessFigures,
     child_conn,
     describe_exit,
     kill_tree,
     start_process,
 )
-from ._task import AttemptError, TaskState, TaskStatus, _TaskRecord
-from ._worker import worker_main
+from ._runtime.worker import worker_main
 from .errors import (
     InvalidArgumentError,
     InvalidCallableError,

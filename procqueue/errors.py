@@ -34,7 +34,9 @@ __all__ = [
     "QueueNotStartedError",
     "RemoteTraceback",
     "ResultSerializationError",
+    "OptionTypeError",
     "SerializationError",
+    "TaskAbortedError",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -60,8 +62,14 @@ class InvalidArgumentError(ProcQueueError, ValueError):
 
 
 class InvalidCallableError(ProcQueueError, TypeError):
-    """An argument has the wrong type: ``submit`` got something that is not
-    callable, or ``priority`` is not an ``int``. Nothing was queued."""
+    """``submit`` (or ``map``, or an ``initializer``) got something that is not
+    callable. Nothing was queued."""
+
+
+class OptionTypeError(ProcQueueError, TypeError):
+    """An option or argument has the wrong type (``num_workers=2.5``,
+    ``priority="high"``, ``retry=3``). Raised at the call itself; nothing was
+    queued or started. Fix the type and call again."""
 
 
 class QueueNotStartedError(ProcQueueError, RuntimeError):
@@ -137,6 +145,25 @@ class QueueFullError(ProcQueueError, TimeoutError):
 class TaskTimeoutError(ProcQueueError, TimeoutError):
     """The attempt ran longer than its ``timeout``: its worker (and the worker's
     child processes) were killed and replaced. Retried if retries remain."""
+
+
+class TaskAbortedError(ProcQueueError):
+    """The task raised ``KeyboardInterrupt``, ``SystemExit`` (``sys.exit()``),
+    ``asyncio.CancelledError`` or another ``BaseException`` that is not an
+    ``Exception``. Raised by the asyncio front door (``TaskQueue``) in place of
+    the original, which is its ``__cause__``: asyncio re-raises those classes
+    out of the event loop, so letting them through would stop the caller's
+    program because of one task. The task's status keeps the original type
+    name (``builtins.SystemExit``). ``ProcQueue`` futures re-raise the original,
+    as ``ProcessPoolExecutor`` does.
+    """
+
+    def __init__(self, message: str, exc_type: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.exc_type))
 
 
 class TaskCancelledError(ProcQueueError, CancelledError):

@@ -15,10 +15,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._coordinator import Engine, _TaskFuture
-from ._dlq import DeadLetterQueue
-from ._options import build_config, task_options
+from ._core.deadletters import DeadLetterQueue
+from ._core.records import TaskStatus
+from ._frontdoor import build_config, task_options
 from ._policy import RetryPolicy, WorkerLimits
-from ._task import TaskStatus
 from .errors import InvalidArgumentError
 from .stats import QueueStats
 

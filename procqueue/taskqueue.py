@@ -12,10 +12,10 @@ from typing import Any
 
 from ._asyncbridge import to_asyncio
 from ._coordinator import Engine, EngineState
-from ._dlq import DeadLetterQueue
-from ._options import build_config, task_options
+from ._core.deadletters import DeadLetterQueue
+from ._core.records import TaskStatus
+from ._frontdoor import build_config, task_options
 from ._policy import RetryPolicy, WorkerLimits
-from ._task import TaskStatus
 from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
 from .stats import QueueStats
 

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from procqueue import InvalidArgumentError, InvalidCallableError, RetryPolicy, TaskState
-from procqueue._heap import _DelayedHeap, _ReadyHeap
-from procqueue._task import _IllegalTransitionError, _TaskRecord
-from procqueue._wire import (
+from procqueue._core.heaps import _DelayedHeap, _ReadyHeap
+from procqueue._core.records import _IllegalTransitionError, _TaskRecord
+from procqueue._runtime.wire import (
     Hello,
     RunBatch,
     _FrameReader,

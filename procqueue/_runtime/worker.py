@@ -28,9 +28,9 @@ from typing import Any
 
 import cloudpickle
 
-from . import _wire
-from ._processes import kill_children, kill_own_group_and_exit, set_parent_death_signal
-from .errors import ResultSerializationError
+from ..errors import ResultSerializationError
+from . import wire as _wire
+from .processes import kill_children, kill_own_group_and_exit, set_parent_death_signal
 
 # The worker's own log lines; task code logs through its own loggers.
 _log = logging.getLogger("procqueue.worker")

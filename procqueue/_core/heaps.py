@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 
-from ._task import TaskState, _TaskRecord
+from .records import TaskState, _TaskRecord
 
 
 class _ReadyHeap:

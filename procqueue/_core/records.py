@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from ._policy import RetryPolicy
+from .._policy import RetryPolicy
 
 __all__ = ["AttemptError", "TaskState", "TaskStatus"]
 

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._policy import RetryPolicy
-from ._task import AttemptError, _TaskRecord
+from .._policy import RetryPolicy
+from .records import AttemptError, _TaskRecord
 
 if TYPE_CHECKING:
-    from ._coordinator import Engine
+    from .._coordinator import Engine
 
 __all__ = ["DeadLetter", "DeadLetterQueue"]
 
