@@ -8,8 +8,9 @@ Two front doors over one engine:
 
 from __future__ import annotations
 
-from ._core.deadletters import DeadLetter, DeadLetterQueue
+from ._core.deadletters import DeadLetter
 from ._core.records import AttemptError, TaskState, TaskStatus
+from ._frontdoor import DeadLetterQueue
 from ._policy import RetryPolicy, WorkerLimits
 from .errors import (
     InvalidArgumentError,

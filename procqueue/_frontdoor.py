@@ -1,56 +1,81 @@
-"""Keyword handling shared by both front doors, so neither writes it twice."""
+"""What both front doors share: options -> one ``QueueConfig`` -> an engine;
+validating and pickling a call into a record; the dead letter queue object.
+
+The queue-wide keywords are declared once, as :class:`CommonOptions` (both
+doors) and :class:`TaskQueueOptions`; their defaults and validation live in
+``QueueConfig`` (``_core/config.py``); the README's configuration table
+documents each.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, TypedDict
 
-from ._coordinator import EngineConfig, check_timeout, default_start_method
+from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
+from ._core.deadletters import DeadLetter
+from ._core.records import _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits, resolve_policy
+from ._runtime import wire
+from ._runtime.engine import Engine
+from ._runtime.futures import _TaskFuture
+from ._runtime.local import LocalTransport
+from .errors import InvalidCallableError, OptionTypeError, SerializationError
+
+__all__ = ["CommonOptions", "DeadLetterQueue", "TaskQueueOptions"]
 
 #: Keyword names ``submit`` keeps for itself; anything else goes to the callable.
 #: To pass one of these to your function, use ``functools.partial``.
 RESERVED_OPTIONS = frozenset({"priority", "max_retries", "timeout", "retry"})
 
 
-def build_config(
-    num_workers: int,
-    *,
-    start_method: str | None,
-    retry: RetryPolicy | None,
-    max_retries: int | None,
-    timeout: float | None,
-    prefetch: int | None,
-    retain_finished: int,
-    keep_unclaimed: bool,
-    limits: WorkerLimits | None,
-    dead_letters: int,
-    max_pending: int | None,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-    forward_logs: bool,
-    rand: Callable[[], float] | None = None,
-) -> EngineConfig:
-    policy = resolve_policy(RetryPolicy() if retry is None else retry, max_retries, None)
-    return EngineConfig(
-        num_workers=num_workers,
-        start_method=start_method or default_start_method(),
-        retry=policy,
-        timeout=timeout,
-        prefetch=prefetch,
-        retain_finished=retain_finished,
-        keep_unclaimed=keep_unclaimed,
-        limits=WorkerLimits() if limits is None else limits,
-        dead_letters=dead_letters,
-        max_pending=max_pending,
-        initializer=initializer,
-        initargs=tuple(initargs),
-        forward_logs=forward_logs,
-        rand=rand,
-    )
+class CommonOptions(TypedDict, total=False):
+    """Queue-wide keywords of both ``ProcQueue`` and ``TaskQueue``."""
+
+    start_method: str | None
+    retry: RetryPolicy | None
+    max_retries: int | None
+    timeout: float | None
+    prefetch: int | None
+    limits: WorkerLimits | None
+    max_pending: int | None
+    dead_letters: int
+    retain_finished: int
+    forward_logs: bool
+    rand: Callable[[], float] | None
 
 
-def task_options(
+class TaskQueueOptions(CommonOptions, total=False):
+    """``TaskQueue``'s keywords (``ProcQueue`` takes the stdlib's positional
+    ``initializer``/``initargs``, and its futures hold the results)."""
+
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    keep_unclaimed: bool
+
+
+def make_engine(owner: str, num_workers: int, options: dict[str, Any]) -> Engine:
+    """Validate ``options`` (the front door's keywords) into one config."""
+    options = dict[str, Any](options)
+    unknown = sorted(set(options) - OPTION_NAMES - {"max_retries"})
+    if unknown:
+        raise OptionTypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    retry = options.pop("retry", None)
+    max_retries = options.pop("max_retries", None)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise OptionTypeError(f"retry must be a RetryPolicy, got {retry!r}")
+    options["retry"] = resolve_policy(retry or RetryPolicy(), max_retries, None)
+    if options.get("limits") is None:
+        options["limits"] = WorkerLimits()
+    if options.get("initargs") is not None:
+        options["initargs"] = tuple(options["initargs"])
+    config = QueueConfig(num_workers=num_workers, **options)
+    transport = LocalTransport(config)
+    return Engine(replace(config, start_method=transport.start_method), transport)
+
+
+def task_policy(
     base: RetryPolicy,
     max_retries: int | None,
     retry: RetryPolicy | None,
@@ -59,3 +84,108 @@ def task_options(
     """Validate per-task options; returns the task's retry policy."""
     check_timeout(timeout)
     return resolve_policy(base, max_retries, retry)
+
+
+def name_of(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        func = getattr(fn, "func", None)  # functools.partial
+        name = getattr(func, "__qualname__", None) or type(fn).__qualname__
+    return str(name)
+
+
+def _cannot_pickle(name: str, e: Exception) -> SerializationError:
+    return SerializationError(f"cannot pickle the call {name}(...): {type(e).__name__}: {e}")
+
+
+def prepare(
+    engine: Engine,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    priority: int = 0,
+    policy: RetryPolicy | None = None,
+    timeout: float | None = None,
+    future: _TaskFuture | None = None,
+) -> _TaskRecord:
+    """Validate and pickle a call into a record (not queued yet): a typed
+    error at the call, and nothing queued, for a non-callable, a bad priority,
+    a closed queue or anything that refuses to pickle."""
+    if not callable(fn):
+        raise InvalidCallableError(f"{fn!r} is not callable")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise OptionTypeError(f"priority must be an int, got {priority!r}")
+    engine.check_open()
+    name = name_of(fn)
+    try:
+        payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)
+    except Exception as e:
+        raise _cannot_pickle(name, e) from e
+    return engine.new_record(name, priority, payload, policy, timeout, future)
+
+
+def prepare_many(
+    engine: Engine, fn: Callable[..., Any], calls: list[tuple[Any, ...]], futures: list[_TaskFuture]
+) -> list[_TaskRecord]:
+    """``map``'s fast path: one validation and one pickling of ``fn``."""
+    if not callable(fn):
+        raise InvalidCallableError(f"{fn!r} is not callable")
+    engine.check_open()
+    name = name_of(fn)
+    try:
+        fn_blob = wire.dump_callable(fn)
+    except Exception as e:
+        raise _cannot_pickle(name, e) from e
+    records = []
+    for args, fut in zip(calls, futures):
+        try:
+            segments = wire.dump_arguments(args, {})
+        except Exception as e:
+            raise _cannot_pickle(name, e) from e
+        records.append(engine.new_record(name, 0, (fn_blob, segments), None, None, fut))
+    return records
+
+
+class DeadLetterQueue:
+    """The dead letter queue of one queue, as ``queue.dlq``.
+
+    Every task that ends ``failed`` (retries exhausted, or an error that is not
+    retried) lands here with its full history, up to ``dead_letters`` entries
+    (default 1000; when full the oldest entry is dropped and counted in
+    ``get_stats().dead_letters_dropped``; 0 turns the DLQ off). Tasks failed
+    because the whole pool broke are not dead-lettered.
+
+    >>> for letter in queue.dlq.list():              # doctest: +SKIP
+    ...     print(letter.task_id, letter.error.exc_type)
+    >>> new_id = queue.dlq.requeue(letter.task_id)     # doctest: +SKIP
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def list(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        return self._engine.dead_letters()
+
+    def get(self, task_id: int) -> DeadLetter:
+        """One dead letter; ``TaskNotFoundError`` if absent."""
+        return self._engine.dead_letter(task_id)
+
+    def requeue(
+        self, task_id: int, *, max_retries: int | None = None, priority: int | None = None
+    ) -> int:
+        """Run the task again as a new task (new id, returned) with a fresh retry
+        budget (its own ``max_retries`` unless given). The letter leaves the DLQ."""
+        return self._engine.requeue_dead_letter(task_id, max_retries, priority)
+
+    def purge(self, task_ids: Iterable[int] | None = None) -> int:
+        """Drop the given dead letters (all by default); returns how many."""
+        return self._engine.purge_dead_letters(task_ids)
+
+    @property
+    def dropped(self) -> int:
+        """Entries pushed out because the DLQ was full."""
+        return self._engine.dead_letters_dropped
+
+    def __len__(self) -> int:
+        return len(self._engine.dead_letters())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from .errors import InvalidArgumentError, InvalidCallableError
+from .errors import InvalidArgumentError, OptionTypeError
 
 __all__ = ["RetryPolicy", "WorkerLimits"]
 
@@ -42,7 +42,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise InvalidCallableError(f"max_retries must be an int, got {self.max_retries!r}")
+            raise OptionTypeError(f"max_retries must be an int, got {self.max_retries!r}")
         _check_non_negative("max_retries", self.max_retries)
         _check_non_negative("backoff_base", self.backoff_base)
         _check_non_negative("backoff_max", self.backoff_max)
@@ -51,7 +51,7 @@ class RetryPolicy:
         if not 0 <= self.jitter <= 1:
             raise InvalidArgumentError(f"jitter must be within [0, 1], got {self.jitter!r}")
         if not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.retry_on):
-            raise InvalidCallableError("retry_on must be a tuple of exception classes")
+            raise OptionTypeError("retry_on must be a tuple of exception classes")
 
     def delay(self, retry_number: int, rand: Callable[[], float]) -> float:
         """Seconds to wait before retry number ``retry_number`` (1-based).
@@ -80,14 +80,14 @@ def resolve_policy(
     overrides just the budget. Replaced policies are cached: submit is hot."""
     policy = base if retry is None else retry
     if retry is not None and not isinstance(retry, RetryPolicy):
-        raise InvalidCallableError(f"retry must be a RetryPolicy, got {retry!r}")
+        raise OptionTypeError(f"retry must be a RetryPolicy, got {retry!r}")
     if max_retries is None or max_retries == policy.max_retries:
         return policy
     key = (policy, max_retries)
     cached = _replaced.get(key)
     if cached is None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-            raise InvalidCallableError(f"max_retries must be an int, got {max_retries!r}")
+            raise OptionTypeError(f"max_retries must be an int, got {max_retries!r}")
         cached = replace(policy, max_retries=max_retries)
         if len(_replaced) > 256:
             _replaced.clear()
@@ -129,7 +129,7 @@ class WorkerLimits:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidCallableError(f"{name} must be an int or None, got {value!r}")
+                raise OptionTypeError(f"{name} must be an int or None, got {value!r}")
             if value < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {value!r}")
         if self.idle_timeout is not None and not self.idle_timeout > 0:

@@ -12,15 +12,24 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import replace
 from multiprocessing.context import BaseContext
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._coordinator import Engine, _TaskFuture
-from ._core.deadletters import DeadLetterQueue
 from ._core.records import TaskStatus
-from ._frontdoor import build_config, task_options
+from ._frontdoor import (
+    CommonOptions,
+    DeadLetterQueue,
+    make_engine,
+    prepare,
+    prepare_many,
+    task_policy,
+)
 from ._policy import RetryPolicy, WorkerLimits
+from ._runtime.futures import _TaskFuture
 from .errors import InvalidArgumentError
 from .stats import QueueStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ProcQueue"]
 
@@ -64,45 +73,28 @@ class ProcQueue(Executor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
-        start_method: str | None = None,
-        retry: RetryPolicy | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        limits: WorkerLimits | None = None,
-        max_pending: int | None = None,
-        dead_letters: int = 1000,
-        prefetch: int | None = None,
-        retain_finished: int = 10_000,
-        forward_logs: bool = True,
-        rand: Callable[[], float] | None = None,
+        **options: Unpack[CommonOptions],
     ) -> None:
+        """Queue-wide ``options`` (``start_method``, ``retry``, ``max_retries``,
+        ``timeout``, ``limits``, ``max_pending``, ``dead_letters``, ``prefetch``,
+        ``retain_finished``, ``forward_logs``, ``rand``): see the README's
+        configuration table."""
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        elif max_workers <= 0:
+        elif (
+            isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0
+        ):
             raise InvalidArgumentError("max_workers must be greater than 0")
-        if mp_context is not None and start_method is None:
-            start_method = mp_context.get_start_method()
+        extra: dict[str, Any] = dict(options)
+        if mp_context is not None and extra.get("start_method") is None:
+            extra["start_method"] = mp_context.get_start_method()
         if max_tasks_per_child is not None:
             # The stdlib keyword; any start method works here.
-            limits = replace(limits or WorkerLimits(), max_tasks_per_child=max_tasks_per_child)
-        config = build_config(
-            max_workers,
-            start_method=start_method,
-            retry=retry,
-            max_retries=max_retries,
-            timeout=timeout,
-            prefetch=prefetch,
-            retain_finished=retain_finished,
-            keep_unclaimed=False,  # the caller's futures hold the results
-            limits=limits,
-            dead_letters=dead_letters,
-            max_pending=max_pending,
-            initializer=initializer,
-            initargs=initargs,
-            forward_logs=forward_logs,
-            rand=rand,
-        )
-        self._engine = Engine(config)
+            limits = extra.get("limits") or WorkerLimits()
+            extra["limits"] = replace(limits, max_tasks_per_child=max_tasks_per_child)
+        extra.update(initializer=initializer, initargs=initargs, keep_unclaimed=False)
+        # keep_unclaimed=False: the caller's futures hold the results.
+        self._engine = make_engine("ProcQueue", max_workers, extra)
         self._engine.start()
         # Dropped without shutdown(): finish the accepted work, then stop (as a
         # garbage-collected ProcessPoolExecutor does).
@@ -117,13 +109,13 @@ class ProcQueue(Executor):
     @property
     def start_method(self) -> str:
         """``fork``, ``forkserver`` or ``spawn``: how workers are started."""
-        return self._engine.config.start_method
+        return str(self._engine.config.start_method)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns its future. With
         ``max_pending`` set, blocks while that many tasks are unfinished."""
-        fut: _TaskFuture = _TaskFuture()
-        self._engine.submit(fn, args, kwargs, future=fut)
+        fut = _TaskFuture()
+        self._engine.enqueue(prepare(self._engine, fn, args, kwargs, future=fut))
         return fut
 
     def submit_task(
@@ -145,18 +137,10 @@ class ProcQueue(Executor):
         ``QueueFullError``. ``procqueue.task_id(fut)`` names the task for
         :meth:`get_task_status`."""
         engine = self._engine
-        policy = task_options(engine.config.retry, max_retries, retry, timeout)
-        fut: _TaskFuture = _TaskFuture()
-        engine.submit(
-            fn,
-            args,
-            kwargs,
-            priority=priority,
-            policy=policy,
-            timeout=timeout,
-            future=fut,
-            wait=block_timeout,
-        )
+        policy = task_policy(engine.config.retry, max_retries, retry, timeout)
+        fut = _TaskFuture()
+        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut)
+        engine.enqueue(rec, wait=block_timeout)
         return fut
 
     def future(self, task_id: int) -> Future[Any]:
@@ -209,7 +193,7 @@ class ProcQueue(Executor):
                 return _results(futures, deadline, flatten=True)
             while batch := list(itertools.islice(calls, 64)):
                 batch_futures = [_TaskFuture() for _ in batch]
-                self._engine.submit_many(fn, batch, batch_futures)
+                self._engine.enqueue_many(prepare_many(self._engine, fn, batch, batch_futures))
                 futures += batch_futures
             return _results(futures, deadline, flatten=False)
         futures = []

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["LatencySummary", "QueueStats", "WorkerStats"]
+from ._core.records import TaskState
+from ._core.tally import Tally
 
-_SAMPLES = 10_000  # recent samples kept for percentiles
-_WINDOW = 10  # seconds of history behind ``throughput``
+__all__ = ["LatencySummary", "QueueStats", "WorkerStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +50,9 @@ class QueueStats:
     counts entries pushed out because it was full).
     ``success_rate`` is ``completed / (completed + failed)`` (``None`` before any
     task ended). ``throughput`` is completed tasks per second over the last
-    ten seconds.
+    ten seconds. ``startup_deaths`` counts workers killed by a signal from
+    outside (an operator, the OOM killer) while they were starting; each was
+    restarted with backoff (see "Supervision" in the README).
     """
 
     submitted: int
@@ -70,6 +71,7 @@ class QueueStats:
     run_time: LatencySummary
     uptime: float
     workers: tuple[WorkerStats, ...]
+    startup_deaths: int = 0
 
     def format_table(self) -> str:
         """A plain-text table, as the demo prints it."""
@@ -114,77 +116,36 @@ def _percentiles(samples: deque[float]) -> LatencySummary:
     return LatencySummary(pick(0.50), pick(0.95), pick(0.99), n)
 
 
-class _Counters:
-    """Mutable counters owned by the coordinator thread (read under its lock)."""
-
-    __slots__ = (
-        "running",
-        "retrying",
-        "completed",
-        "failed",
-        "cancelled",
-        "retried",
-        "wait_samples",
-        "run_samples",
-        "_buckets",
-        "started",
+def build_stats(
+    tally: Tally,
+    now: float,
+    workers: tuple[WorkerStats, ...],
+    *,
+    dead_letters: int,
+    dead_letters_dropped: int,
+    startup_deaths: int,
+) -> QueueStats:
+    """A snapshot from the scheduler's tally (``now``: the same monotonic clock)."""
+    counts = tally.by_state
+    completed = counts[TaskState.COMPLETED.ordinal]
+    failed = counts[TaskState.FAILED.ordinal]
+    ended = completed + failed
+    return QueueStats(
+        submitted=tally.submitted,
+        pending=counts[TaskState.PENDING.ordinal],
+        running=counts[TaskState.RUNNING.ordinal],
+        retrying=counts[TaskState.RETRYING.ordinal],
+        completed=completed,
+        failed=failed,
+        cancelled=counts[TaskState.CANCELLED.ordinal],
+        retried=tally.retried,
+        dead_letters=dead_letters,
+        dead_letters_dropped=dead_letters_dropped,
+        success_rate=(completed / ended) if ended else None,
+        throughput=tally.throughput(now),
+        queue_wait=_percentiles(tally.wait_samples),
+        run_time=_percentiles(tally.run_samples),
+        uptime=now - tally.started,
+        workers=workers,
+        startup_deaths=startup_deaths,
     )
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.retrying = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
-        self.retried = 0
-        self.wait_samples: deque[float] = deque(maxlen=_SAMPLES)
-        self.run_samples: deque[float] = deque(maxlen=_SAMPLES)
-        self._buckets: deque[list[int]] = deque()
-        self.started = time.monotonic()
-
-    def count_completion(self, now: float) -> None:
-        sec = int(now)
-        buckets = self._buckets
-        if buckets and buckets[-1][0] == sec:
-            buckets[-1][1] += 1
-        else:
-            buckets.append([sec, 1])
-            while len(buckets) > _WINDOW + 1:
-                buckets.popleft()
-
-    def throughput(self, now: float) -> float:
-        horizon = int(now) - _WINDOW
-        total = sum(c for s, c in self._buckets if s > horizon)
-        span = min(float(_WINDOW), max(now - self.started, 1e-9))
-        return total / span
-
-    def snapshot(
-        self,
-        submitted: int,
-        workers: tuple[WorkerStats, ...],
-        dead_letters: int = 0,
-        dead_letters_dropped: int = 0,
-    ) -> QueueStats:
-        now = time.monotonic()
-        ended = self.completed + self.failed
-        pending = (
-            submitted - self.running - self.retrying - self.completed - self.failed - self.cancelled
-        )
-        return QueueStats(
-            submitted=submitted,
-            pending=pending,
-            running=self.running,
-            retrying=self.retrying,
-            completed=self.completed,
-            failed=self.failed,
-            cancelled=self.cancelled,
-            retried=self.retried,
-            dead_letters=dead_letters,
-            dead_letters_dropped=dead_letters_dropped,
-            success_rate=(self.completed / ended) if ended else None,
-            throughput=self.throughput(now),
-            queue_wait=_percentiles(self.wait_samples),
-            run_time=_percentiles(self.run_samples),
-            uptime=now - self.started,
-            workers=workers,
-        )

@@ -8,16 +8,18 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._asyncbridge import to_asyncio
-from ._coordinator import Engine, EngineState
-from ._core.deadletters import DeadLetterQueue
 from ._core.records import TaskStatus
-from ._frontdoor import build_config, task_options
-from ._policy import RetryPolicy, WorkerLimits
+from ._frontdoor import DeadLetterQueue, TaskQueueOptions, make_engine, prepare, task_policy
+from ._policy import RetryPolicy
+from ._runtime.state import EngineState
 from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
 from .stats import QueueStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["TaskQueue"]
 
@@ -39,43 +41,13 @@ class TaskQueue:
     one of those four to your function, bind it with ``functools.partial``.
     """
 
-    def __init__(
-        self,
-        num_workers: int | None = None,
-        *,
-        start_method: str | None = None,
-        retry: RetryPolicy | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        prefetch: int | None = None,
-        limits: WorkerLimits | None = None,
-        max_pending: int | None = None,
-        dead_letters: int = 1000,
-        retain_finished: int = 10_000,
-        keep_unclaimed: bool = True,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-        forward_logs: bool = True,
-        rand: Callable[[], float] | None = None,
-    ) -> None:
-        config = build_config(
-            os.cpu_count() or 1 if num_workers is None else num_workers,
-            start_method=start_method,
-            retry=retry,
-            max_retries=max_retries,
-            timeout=timeout,
-            prefetch=prefetch,
-            retain_finished=retain_finished,
-            keep_unclaimed=keep_unclaimed,
-            limits=limits,
-            dead_letters=dead_letters,
-            max_pending=max_pending,
-            initializer=initializer,
-            initargs=initargs,
-            forward_logs=forward_logs,
-            rand=rand,
-        )
-        self._engine = Engine(config)
+    def __init__(self, num_workers: int | None = None, **options: Unpack[TaskQueueOptions]) -> None:
+        """Queue-wide ``options`` (``start_method``, ``retry``, ``max_retries``,
+        ``timeout``, ``prefetch``, ``limits``, ``max_pending``, ``dead_letters``,
+        ``retain_finished``, ``keep_unclaimed``, ``initializer``, ``initargs``,
+        ``forward_logs``, ``rand``): see the README's configuration table."""
+        workers = os.cpu_count() or 1 if num_workers is None else num_workers
+        self._engine = make_engine("TaskQueue", workers, dict(options))
         # Dropped without stop(): finish the accepted work, then stop.
         weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
         #: The dead letter queue: tasks that failed for good, with their history.
@@ -88,7 +60,7 @@ class TaskQueue:
     @property
     def start_method(self) -> str:
         """``fork``, ``forkserver`` or ``spawn``: how workers are started."""
-        return self._engine.config.start_method
+        return str(self._engine.config.start_method)
 
     async def start(self) -> None:
         """Start the coordinator. Workers start on demand, one per waiting task
@@ -120,8 +92,8 @@ class TaskQueue:
         engine = self._engine
         if engine.state is EngineState.NEW:
             raise QueueNotStartedError("call 'await queue.start()' before submitting")
-        policy = task_options(engine.config.retry, max_retries, retry, timeout)
-        rec = engine.prepare(fn, args, kwargs, priority, policy, timeout)
+        policy = task_policy(engine.config.retry, max_retries, retry, timeout)
+        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout)
         # Back-pressure (max_pending): wait without blocking the event loop.
         while True:
             try:

@@ -14,6 +14,7 @@ import procqueue
 from procqueue import (
     InvalidArgumentError,
     InvalidCallableError,
+    OptionTypeError,
     QueueClosedError,
     QueueNotStartedError,
     RemoteTraceback,
@@ -103,9 +104,9 @@ def test_bad_input_is_rejected_at_the_call() -> None:
         async with q:
             with pytest.raises(InvalidCallableError):
                 await q.submit(42)  # type: ignore[arg-type]
-            with pytest.raises(InvalidCallableError):
+            with pytest.raises(OptionTypeError):
                 await q.submit(add, 1, priority="high")  # type: ignore[arg-type]
-            with pytest.raises(InvalidCallableError):
+            with pytest.raises(OptionTypeError):
                 await q.submit(add, 1, priority=1.5)  # type: ignore[arg-type]
             with pytest.raises(InvalidArgumentError):
                 await q.submit(add, 1, max_retries=-1)
@@ -123,8 +124,16 @@ def test_bad_input_is_rejected_at_the_call() -> None:
     run(main())
     with pytest.raises(InvalidArgumentError):
         TaskQueue(num_workers=0)
-    with pytest.raises(InvalidCallableError):
+    # The wrong type of an option is a TypeError (OptionTypeError), not a
+    # complaint about a callable (#7).
+    with pytest.raises(OptionTypeError):
         TaskQueue(num_workers=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        TaskQueue(num_workers=1, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_workers'"):
+        TaskQueue(max_workers=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        TaskQueue(num_workers=1, prefetch=-1)
     with pytest.raises(InvalidArgumentError):
         TaskQueue(num_workers=1, max_retries=-2)
     with pytest.raises(InvalidArgumentError):
@@ -340,7 +349,7 @@ def test_retention_bounds_fire_and_forget_runs() -> None:
             with pytest.raises(TaskNotFoundError):
                 q.get_task_status(ids[0])
             assert await q.result(ids[-1]) == 19
-            assert len(q._engine._tasks) <= 5
+            assert len(q._engine.core.tasks) <= 5
 
     run(main())
 

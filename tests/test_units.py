@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procqueue import InvalidArgumentError, InvalidCallableError, RetryPolicy, TaskState
+from procqueue import InvalidArgumentError, OptionTypeError, RetryPolicy, TaskState
 from procqueue._core.heaps import _DelayedHeap, _ReadyHeap
 from procqueue._core.records import _IllegalTransitionError, _TaskRecord
 from procqueue._runtime.wire import (
@@ -95,13 +95,13 @@ def test_backoff_formula() -> None:
 def test_retry_policy_validation() -> None:
     with pytest.raises(InvalidArgumentError):
         RetryPolicy(max_retries=-1)
-    with pytest.raises(InvalidCallableError):
+    with pytest.raises(OptionTypeError):
         RetryPolicy(max_retries=1.5)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         RetryPolicy(jitter=2)
     with pytest.raises(InvalidArgumentError):
         RetryPolicy(backoff_factor=0.5)
-    with pytest.raises(InvalidCallableError):
+    with pytest.raises(OptionTypeError):
         RetryPolicy(retry_on=(int,))  # type: ignore[arg-type]
 
 

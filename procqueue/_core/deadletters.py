@@ -1,6 +1,6 @@
 """The dead letter queue: tasks that failed for good, kept with their history.
 
-The store belongs to the engine and is touched only under the engine lock. It is
+The store belongs to the scheduler and is touched only under the engine lock. It is
 bounded: when full, the oldest entry is dropped (and counted), so a night-long
 batch with a systematic failure cannot grow memory without limit.
 """
@@ -8,17 +8,13 @@ batch with a systematic failure cannot grow memory without limit.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._policy import RetryPolicy
 from .records import AttemptError, _TaskRecord
 
-if TYPE_CHECKING:
-    from .._coordinator import Engine
-
-__all__ = ["DeadLetter", "DeadLetterQueue"]
+__all__ = ["DeadLetter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,48 +80,3 @@ class _DeadLetterStore:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-
-class DeadLetterQueue:
-    """The dead letter queue of one queue, as ``queue.dlq``.
-
-    Every task that ends ``failed`` (retries exhausted, or an error that is not
-    retried) lands here with its full history, up to ``dead_letters`` entries
-    (default 1000; when full the oldest entry is dropped and counted in
-    ``get_stats().dead_letters_dropped``; 0 turns the DLQ off). Tasks failed
-    because the whole pool broke are not dead-lettered.
-
-    >>> for letter in queue.dlq.list():              # doctest: +SKIP
-    ...     print(letter.task_id, letter.error.exc_type)
-    >>> new_id = queue.dlq.requeue(letter.task_id)     # doctest: +SKIP
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def list(self) -> list[DeadLetter]:
-        """Every dead letter, oldest first."""
-        return self._engine.dead_letters()
-
-    def get(self, task_id: int) -> DeadLetter:
-        """One dead letter; ``TaskNotFoundError`` if absent."""
-        return self._engine.dead_letter(task_id)
-
-    def requeue(
-        self, task_id: int, *, max_retries: int | None = None, priority: int | None = None
-    ) -> int:
-        """Run the task again as a new task (new id, returned) with a fresh retry
-        budget (its own ``max_retries`` unless given). The letter leaves the DLQ."""
-        return self._engine.requeue_dead_letter(task_id, max_retries, priority)
-
-    def purge(self, task_ids: Iterable[int] | None = None) -> int:
-        """Drop the given dead letters (all by default); returns how many."""
-        return self._engine.purge_dead_letters(task_ids)
-
-    @property
-    def dropped(self) -> int:
-        """Entries pushed out because the DLQ was full."""
-        return self._engine.dead_letters_dropped
-
-    def __len__(self) -> int:
-        return len(self._engine.dead_letters())

@@ -1,7 +1,8 @@
-"""The coordinator's record of a task, its states, and the snapshots users see.
+"""The scheduler's record of a task, its states, and the snapshots users see.
 
-Only the coordinator thread calls :meth:`_TaskRecord.move`; every other thread
-reads immutable :class:`TaskStatus` snapshots taken under the engine lock.
+Only the scheduler (``scheduler.Scheduler._move``) calls :meth:`_TaskRecord.move`,
+and it keeps the counts by state in the same call; every other thread reads
+immutable :class:`TaskStatus` snapshots taken under the engine lock.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from .._policy import RetryPolicy
 __all__ = ["AttemptError", "TaskState", "TaskStatus"]
 
 
+_ORDER = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+
+
 class TaskState(str, enum.Enum):
     """Where a task is in its life. String-valued, so it compares equal to
     ``"completed"`` and serialises as plain text."""
+
+    ordinal: int
 
     PENDING = "pending"
     """In the ready heap, waiting for a free worker."""
@@ -35,13 +41,17 @@ class TaskState(str, enum.Enum):
     CANCELLED = "cancelled"
     """Final: cancelled before it could complete."""
 
+    def __init__(self, value: str) -> None:
+        # A small int per state: the scheduler counts tasks by state in a list.
+        self.ordinal = _ORDER.index(value)
+
     @property
     def is_final(self) -> bool:
         """True for ``completed``, ``failed`` and ``cancelled``."""
         return self in _FINAL
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 _FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
@@ -65,6 +75,13 @@ _TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),
 }
+
+
+# The same table by state index, for the hot path (int hashing is C; an enum's
+# __hash__ is Python code).
+_ALLOWED: tuple[frozenset[int], ...] = tuple(
+    frozenset(t.ordinal for t in _TRANSITIONS[s]) for s in TaskState
+)
 
 
 class _IllegalTransitionError(RuntimeError):
@@ -117,7 +134,11 @@ class TaskStatus:
 
 
 class _TaskRecord:
-    """The coordinator's own record of one task. Never crosses a pipe."""
+    """The scheduler's own record of one task. Never crosses a pipe.
+
+    ``future`` is an opaque handle to the scheduler (see ``scheduler.Handle``):
+    it only asks it ``set_running_or_notify_cancel()`` and ``cancelled()``.
+    """
 
     __slots__ = (
         "task_id",
@@ -138,6 +159,7 @@ class _TaskRecord:
         "is_error",
         "dispatched",
         "external",
+        "slot",
     )
 
     def __init__(
@@ -174,10 +196,12 @@ class _TaskRecord:
         self.dispatched = False
         # ``future`` belongs to the caller (ProcQueue): dropped once final.
         self.external = False
+        # The worker slot holding it while RUNNING, else -1.
+        self.slot = -1
 
     def move(self, new: TaskState) -> None:
         """Apply one transition; raise on a move the table forbids."""
-        if new not in _TRANSITIONS[self.state]:
+        if new.ordinal not in _ALLOWED[self.state.ordinal]:
             raise _IllegalTransitionError(f"task {self.task_id}: {self.state.value} -> {new.value}")
         self.state = new
 

@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -89,24 +91,6 @@ def kill_tree(pid: int) -> None:
         pass
 
 
-def describe_exit(exitcode: int | None) -> str:
-    """'exit code 3', 'killed by signal 9 (SIGKILL)', as loky words it."""
-    if exitcode is None:
-        return "exit status unknown"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "unknown signal"
-        hint = ""
-        if -exitcode == signal.SIGSEGV:
-            hint = " - a segmentation fault in the task"
-        elif -exitcode == signal.SIGKILL:
-            hint = " - killed from outside, or by the kernel's OOM killer"
-        return f"killed by signal {-exitcode} ({name}){hint}"
-    return f"exit code {exitcode}"
-
-
 def start_process(
     ctx: BaseContext,
     target: Any,
@@ -163,3 +147,33 @@ class ProcessFigures:
         except psutil.Error:
             return None, None
         return self.rss(), cpu
+
+
+class FiguresCache:
+    """Worker figures for ``get_stats()``: read at most every ``max_age``
+    seconds per worker, by whichever thread asks, under this cache's own lock
+    and never under the engine's (psutil walks ``/proc``: a dashboard polling
+    stats must not stall dispatch)."""
+
+    def __init__(self, max_age: float = 0.25) -> None:
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[float, ProcessFigures, int | None, float | None]] = {}
+
+    def read(self, pid: int | None) -> tuple[int | None, float | None]:
+        if pid is None:
+            return None, None
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(pid)
+            if entry is not None and now - entry[0] < self._max_age:
+                return entry[2], entry[3]
+            figures = entry[1] if entry is not None else ProcessFigures(pid)
+            rss, cpu = figures.read()
+            if entry is None and len(self._entries) > 64:
+                # Forget workers not asked about lately (they are gone).
+                self._entries = {
+                    k: v for k, v in self._entries.items() if now - v[0] < 10 * self._max_age
+                }
+            self._entries[pid] = (now, figures, rss, cpu)
+            return rss, cpu

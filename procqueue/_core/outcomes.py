@@ -1,0 +1,138 @@
+"""How a task's attempt or life ends: retry with backoff, fail (to the dead
+letter queue), cancel, requeue uncharged; and how long a finished record stays."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import TaskCancelledError, TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError
+from .events import CANCEL, ERROR
+from .records import AttemptError, TaskState, _TaskRecord
+from .state import CoreState
+
+_log = logging.getLogger("procqueue.coordinator")
+
+_PENDING, _RETRYING = TaskState.PENDING, TaskState.RETRYING
+_FAILED, _CANCELLED = TaskState.FAILED, TaskState.CANCELLED
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Outcomes(CoreState):
+    """Settling tasks. Every final state is reached here, and only here."""
+
+    def _attempt_failed(
+        self,
+        rec: _TaskRecord,
+        exc: BaseException,
+        pid: int | None,
+        exitcode: int | None,
+        tb: str,
+        now: float,
+    ) -> None:
+        """An attempt of the ``RUNNING`` ``rec`` ended with ``exc``: retry or fail it."""
+        wall = now + self.wall_offset
+        rec.finished_at = wall
+        exc_type = exc.exc_type if isinstance(exc, UnpicklableTaskError) else _qualname(type(exc))
+        rec.add_error(
+            AttemptError(
+                attempt=rec.attempts,
+                exc_type=exc_type,
+                message=str(exc),
+                traceback=tb,
+                worker_pid=pid,
+                exitcode=exitcode,
+                started_at=rec.started_at,
+                finished_at=wall,
+            )
+        )
+        policy = rec.policy
+        if not self.cancel_pending and policy.should_retry(exc, rec.attempts):
+            delay = policy.delay(rec.attempts, self.rand)
+            _log.info(
+                "task %d (%s) attempt %d failed with %s; retrying in %.3fs",
+                rec.task_id,
+                rec.name,
+                rec.attempts,
+                exc_type,
+                delay,
+            )
+            self._move(rec, _RETRYING)
+            if delay <= 0:
+                self._move(rec, _PENDING)
+                self.heap.push(rec)
+            else:
+                self.delayed.push(now + delay, rec)
+            self._emit(rec)
+            return
+        self._move(rec, _FAILED)
+        self.dlq.add(rec, wall)
+        rec.payload = None
+        rec.outcome = exc
+        rec.is_error = True
+        log = _log.warning if isinstance(exc, (WorkerCrashedError, TaskTimeoutError)) else _log.info
+        log("task %d (%s) failed after %d attempt(s): %s: %s", rec.task_id, rec.name, rec.attempts,
+            exc_type, exc)  # fmt: skip
+        if rec.future is not None:
+            self.settlements.append((rec.future, ERROR, exc))
+        self._bookkeep(rec)
+
+    def _finish_cancelled(self, rec: _TaskRecord, now: float) -> None:
+        """A ``PENDING`` or ``RETRYING`` record ends ``CANCELLED``."""
+        err = TaskCancelledError(f"task {rec.task_id} was cancelled")
+        self._end(rec, _CANCELLED, err, now, CANCEL)
+
+    def _cancel_running(self, rec: _TaskRecord, now: float) -> None:
+        err = TaskCancelledError(f"task {rec.task_id} was cancelled while running")
+        self._end(rec, _CANCELLED, err, now, ERROR)
+
+    def _end(
+        self,
+        rec: _TaskRecord,
+        state: TaskState,
+        err: BaseException,
+        now: float,
+        settle: int | None = None,
+    ) -> None:
+        """Finish a record that will not run (again): ``CANCELLED``, or ``FAILED``
+        without a further attempt. ``settle``: how its future learns of it."""
+        self._move(rec, state)
+        rec.payload = None
+        rec.finished_at = now + self.wall_offset
+        rec.outcome = err
+        rec.is_error = True
+        if rec.future is not None and settle is not None:
+            self.settlements.append((rec.future, settle, err))
+        self._bookkeep(rec)
+
+    def _bookkeep(self, rec: _TaskRecord) -> None:
+        if self.config.max_pending is not None:
+            self.space_freed = True
+        if rec.future is not None:
+            # The future carries the outcome; the record must not keep the value
+            # alive after the caller dropped it (the stdlib's map frees each
+            # result as it is yielded). A caller's own future is not ours to keep.
+            rec.outcome = None
+            if rec.external:
+                rec.future = None
+        if rec.future is not None or not self.config.keep_unclaimed:
+            self.make_evictable(rec.task_id)
+        self._emit(rec)
+
+    def _requeue(self, rec: _TaskRecord, now: float) -> None:
+        """Back to the heap, uncharged: it never ran, or its worker was killed for
+        another task's sake."""
+        rec.attempts -= 1
+        self._move(rec, _PENDING)
+        if self.cancel_pending:
+            self._finish_cancelled(rec, now)
+        else:
+            self.heap.push(rec)
+
+    def _cancel_queued(self, now: float) -> None:
+        for rec in self.heap.drain():
+            self._finish_cancelled(rec, now)
+        for rec in self.delayed.drain():
+            self._finish_cancelled(rec, now)

@@ -1,0 +1,115 @@
+"""The scheduler's state, and the two moves everything else builds on.
+
+``Scheduler`` (``scheduler.py``) is built in layers, one concern a module:
+``CoreState`` (this: records, heaps, slots, outboxes) <- ``Outcomes``
+(``outcomes.py``: retry, fail, cancel, retention) <- ``Supervision``
+(``supervisor.py``: worker slots: start, ready, exit, kill, limits, breaking)
+<- ``Scheduler`` (admission, commands, events, timers, dispatch).
+Pure: no OS calls and no clock; ``now`` is always handed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import PoolBrokenError
+from .config import QueueConfig
+from .deadletters import _DeadLetterStore
+from .events import Action
+from .heaps import _DelayedHeap, _ReadyHeap
+from .records import TaskState, TaskStatus, _TaskRecord
+from .slots import Slot
+from .supervision import StartupGuard
+from .tally import Tally
+
+_RETRYING = TaskState.RETRYING
+
+
+class Handle(Protocol):
+    """What the scheduler asks of a task's future (a ``concurrent.futures.Future``)."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+
+class CoreState:
+    """Everything the scheduler knows. Invariants: a record is in ``heap`` iff
+    it is ``PENDING`` (stale heap entries aside, skipped on pop); in
+    ``delayed`` iff ``RETRYING``; in exactly one slot's ``inflight`` iff
+    ``RUNNING``; ``tally`` counts every record of ``tasks`` (and evicted
+    finals) by state."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        *,
+        now: float,
+        rand: Callable[[], float],
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.rand = rand
+        #: Added to ``now`` to stamp records with wall-clock times.
+        self.wall_offset = wall_offset
+        self.tasks: dict[int, _TaskRecord] = {}
+        self.heap = _ReadyHeap()
+        self.delayed = _DelayedHeap()
+        self.slots = [Slot(i) for i in range(config.num_workers)]
+        self.tally = Tally(now)
+        self.dlq = _DeadLetterStore(config.dead_letters)
+        self.guard = StartupGuard(config.restart)
+        #: Set once the pool cannot go on; every later submit raises it.
+        self.broken: PoolBrokenError | None = None
+        self.stopping = False
+        self.cancel_pending = False
+        self.stop_deadline: float | None = None
+        #: Publish a status on every transition (someone subscribed).
+        self.observed = False
+        # --- outboxes, emptied by the shell
+        self.actions: list[Action] = []
+        self.settlements: list[tuple[Any, int, Any]] = []
+        self.statuses: list[TaskStatus] = []
+        #: A task became final and ``max_pending`` is set: wake blocked submitters.
+        self.space_freed = False
+        # Retention of claimed records; run-time means per callable (prefetch).
+        self._finished: deque[int] = deque()
+        self._mean_run: dict[bytes, float] = {}
+        self._next_memory_check = now
+
+    def _move(self, rec: _TaskRecord, new: TaskState) -> None:
+        """The one place a task changes state; the counts follow."""
+        old = rec.state
+        rec.move(new)
+        self.tally.move(old, new)
+
+    def _emit(self, rec: _TaskRecord) -> None:
+        if self.observed:
+            self.statuses.append(rec.snapshot())
+
+    def make_evictable(self, task_id: int) -> None:
+        """Retention: a finished record whose result was claimed joins the
+        bounded FIFO of ``retain_finished`` records; unclaimed ones are kept
+        (``keep_unclaimed``) so submit-all-then-gather never loses a result."""
+        finished = self._finished
+        finished.append(task_id)
+        retain = self.config.retain_finished
+        while len(finished) > retain:
+            self.tasks.pop(finished.popleft(), None)
+
+    def _needs_workers(self) -> bool:
+        if not self.stopping:
+            return True
+        return bool(
+            self.heap.live or self.tally.count(_RETRYING) or any(s.inflight for s in self.slots)
+        )
+
+    def is_idle(self) -> bool:
+        """Every task submitted so far is final."""
+        return self.tally.unfinished == 0
+
+    def take_actions(self) -> list[Action]:
+        actions, self.actions = self.actions, []
+        return actions

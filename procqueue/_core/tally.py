@@ -1,0 +1,80 @@
+"""Counts by state, kept in one place: every move of a task passes through
+:meth:`Tally.move`, so the counts always add up to ``submitted``."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .records import TaskState
+
+#: Recent samples kept for percentiles.
+SAMPLES = 10_000
+#: Seconds of history behind ``throughput``.
+WINDOW = 10
+
+_PENDING = TaskState.PENDING.ordinal
+_RETRYING = TaskState.RETRYING
+
+
+class Tally:
+    """Task counts by state, retries, latency samples and a completion histogram.
+
+    Invariant: ``sum(by_state) == submitted``. ``now`` values are the
+    scheduler's monotonic clock."""
+
+    __slots__ = (
+        "by_state",
+        "submitted",
+        "retried",
+        "wait_samples",
+        "run_samples",
+        "_buckets",
+        "started",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.by_state = [0] * len(TaskState)
+        self.submitted = 0
+        self.retried = 0
+        self.wait_samples: deque[float] = deque(maxlen=SAMPLES)
+        self.run_samples: deque[float] = deque(maxlen=SAMPLES)
+        self._buckets: deque[list[int]] = deque()
+        self.started = now
+
+    def admit(self, n: int = 1) -> None:
+        """``n`` new tasks, born ``pending``."""
+        self.submitted += n
+        self.by_state[_PENDING] += n
+
+    def move(self, old: TaskState, new: TaskState) -> None:
+        counts = self.by_state
+        counts[old.ordinal] -= 1
+        counts[new.ordinal] += 1
+        if new is _RETRYING:
+            self.retried += 1
+
+    def count(self, state: TaskState) -> int:
+        return self.by_state[state.ordinal]
+
+    @property
+    def unfinished(self) -> int:
+        """Tasks not yet in a final state."""
+        c = self.by_state
+        return c[0] + c[1] + c[2]
+
+    def count_completion(self, now: float) -> None:
+        sec = int(now)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == sec:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([sec, 1])
+            while len(buckets) > WINDOW + 1:
+                buckets.popleft()
+
+    def throughput(self, now: float) -> float:
+        """Completed tasks per second over the last ``WINDOW`` seconds."""
+        horizon = int(now) - WINDOW
+        total = sum(c for s, c in self._buckets if s > horizon)
+        span = min(float(WINDOW), max(now - self.started, 1e-9))
+        return total / span

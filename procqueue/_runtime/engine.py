@@ -1,0 +1,454 @@
+"""The runtime shell: one coordinator thread that feeds the scheduler and
+carries out what it decides.
+
+How a task travels::
+
+    front door (any thread)              coordinator thread                        transport
+    -----------------------              ------------------                        ---------
+    submit(fn, *args)                    +-------- Scheduler (pure, _core/) -----+
+      pickle (errors here) -- admit -->  | ready heap (-priority, id, record)    |
+      + 1 byte on the wake-up pipe       | delayed heap (backoff due time)       |
+                                         | slots, tally, dead letters            |
+    cancel / stop -- command deque -->   +-- events in ---------- actions out ---+
+                                              ^                        |
+                                              |                        v
+    Future / TaskStatus <-- settle <--  Done / Exited / Ready    SendTasks / StartWorker /
+      (outside the lock)                  (decoded outside        KillWorker / RetireWorker /
+                                           the lock)              ReadMemory  --> worker slots
+
+**Front doors** (``ProcQueue``, ``TaskQueue``) validate and pickle in the
+caller's thread (``_frontdoor.py``), then :meth:`Engine.enqueue` admits the
+record under the lock and, if the coordinator sleeps and a worker is short of
+work, writes one byte to the wake-up pipe. Cancel and stop go through the
+command deque. Status and stats are snapshots taken under the lock; worker
+figures (psutil) are read outside it.
+
+**The coordinator thread** (:meth:`Engine._loop`) repeats one step: under the
+lock, feed the events read since the last step and the commands to the
+scheduler, let it fire its timers and dispatch, take its actions; outside the
+lock, carry the actions out through the transport, settle futures and call
+listeners (user code); then wait in one ``select`` over the wake-up pipe and
+whatever the transport watches (result pipes, process sentinels), with the
+scheduler's next deadline as the timeout. No polling.
+
+**The transport** (``transport.py``; ``local.py`` for local processes) starts,
+feeds, kills and measures workers and reports events; it decides nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import replace
+
+from .._core.config import QueueConfig
+from .._core.events import (
+    Action,
+    Done,
+    Event,
+    KillWorker,
+    ReadMemory,
+    RetireWorker,
+    SendTasks,
+    StartWorker,
+)
+from .._core.records import _TaskRecord
+from .._core.scheduler import Scheduler
+from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
+from .state import EngineState, ReadSide
+from .transport import OnReady, Poller, Transport
+
+_log = logging.getLogger("procqueue.coordinator")
+
+#: Seconds workers get to exit after ``Shutdown`` before they are killed.
+_EXIT_GRACE = 5.0
+
+
+class _Cancel:
+    __slots__ = ("task_id",)
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+
+
+class _Stop:
+    __slots__ = ("cancel_pending", "deadline")
+
+    def __init__(self, cancel_pending: bool, deadline: float | None) -> None:
+        self.cancel_pending = cancel_pending
+        self.deadline = deadline
+
+
+class _SelectorPoller(Poller):
+    def __init__(self, selector: selectors.BaseSelector, own: tuple[int, ...]) -> None:
+        self._sel = selector
+        self._own = own
+
+    def watch(self, fd: int, on_readable: OnReady) -> None:
+        self._sel.register(fd, selectors.EVENT_READ, on_readable)
+
+    def watch_writable(self, fd: int, on_writable: OnReady) -> None:
+        self._sel.register(fd, selectors.EVENT_WRITE, on_writable)
+
+    def unwatch(self, fd: int) -> None:
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def own_fds(self) -> tuple[int, ...]:
+        fileno = getattr(self._sel, "fileno", None)
+        return (*self._own, fileno()) if fileno is not None else self._own
+
+
+class Engine(ReadSide):
+    """The one engine behind both front doors. Thread-safe public methods:
+    :meth:`start`, :meth:`enqueue`, :meth:`request_cancel`,
+    :meth:`request_stop`, and the read side (:class:`~.state.ReadSide`)."""
+
+    def __init__(self, config: QueueConfig, transport: Transport) -> None:
+        rand = config.rand
+        if rand is None:
+            import random
+
+            rand = random.Random().random
+        core = Scheduler(config, now=time.monotonic(), rand=rand)
+        super().__init__(config, core, transport)
+        self._commands: deque[_Cancel | _Stop] = deque()
+        self._sleeping = False
+        # Whether a submit must wake the coordinator: only when some worker is
+        # short of work. Otherwise the next result wakes it anyway.
+        self._wake_on_submit = True
+        self._wake_pending = False
+        # Admitted since the coordinator's last step. A submitter sets it, then
+        # reads _sleeping; the coordinator sets _sleeping, then reads it: one of
+        # them sees the other, so no wake-up is lost.
+        self._fresh = False
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._soft_limit = config.limits.memory_soft is not None
+
+    # ------------------------------------------------------------------ front doors
+
+    def start(self) -> None:
+        check = getattr(self.transport, "check_main", None)
+        if check is not None:
+            check()
+        with self._lock:
+            if self.state is not EngineState.NEW:
+                raise QueueClosedError("a queue can be started only once")
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+            now = time.monotonic()
+            self.core.tally.started = now
+            self.core.wall_offset = time.time() - now
+            self.transport.open(_SelectorPoller(self._selector, (self._wake_r, self._wake_w)))
+            self.state = EngineState.RUNNING
+            self._thread = threading.Thread(
+                target=self._run, name="procqueue-coordinator", daemon=True
+            )
+            _live_engines.add(self)
+            self._thread.start()
+
+    def enqueue(self, rec: _TaskRecord, *, block: bool = True, wait: float | None = None) -> int:
+        """Admit a prepared record, honouring ``max_pending``: wait up to
+        ``wait`` seconds for room (``block=False``: not at all), then raise
+        ``QueueFullError``."""
+        limit = self.config.max_pending
+        with self._lock:
+            if limit is not None and self.core.tally.unfinished >= limit:
+                self._wait_for_room(limit, block, wait)
+            self.check_open()  # under the lock: stop() may have begun since
+            self.core.admit(rec)
+            self._fresh = True  # before reading _sleeping: see _loop
+        if self._sleeping and self._wake_on_submit and not self._wake_pending:
+            self._wake()
+        return rec.task_id
+
+    def enqueue_many(self, records: list[_TaskRecord]) -> None:
+        """``map``'s fast path: one lock round for a batch (no ``max_pending``)."""
+        with self._lock:
+            self.check_open()
+            self.core.admit_many(records)
+            self._fresh = True
+        if self._sleeping and self._wake_on_submit and not self._wake_pending:
+            self._wake()
+
+    def _wait_for_room(self, limit: int, block: bool, wait: float | None) -> None:
+        if not block:
+            raise QueueFullError(f"{limit} tasks are already pending (max_pending)")
+        deadline = None if wait is None else time.monotonic() + wait
+        while self.core.tally.unfinished >= limit and self.state is EngineState.RUNNING:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFullError(f"no room under max_pending={limit} within {wait}s")
+            self._space.wait(remaining)
+
+    def requeue_dead_letter(
+        self, task_id: int, max_retries: int | None = None, priority: int | None = None
+    ) -> int:
+        """Run a dead letter again as a new task with a fresh retry budget."""
+        with self._lock:
+            self.check_open()
+            entry = self.core.dlq.entries.pop(task_id, None)
+        if entry is None:
+            raise TaskNotFoundError(task_id)
+        letter = entry.letter
+        policy = entry.policy
+        if max_retries is not None:
+            policy = replace(policy, max_retries=max_retries)
+        prio = letter.priority if priority is None else priority
+        rec = self.new_record(letter.name, prio, entry.payload, policy, entry.timeout, None)
+        try:
+            return self.enqueue(rec)
+        except BaseException:
+            with self._lock:
+                self.core.dlq.entries[task_id] = entry  # not lost if it cannot be queued
+            raise
+
+    def request_cancel(self, task_id: int) -> bool:
+        """Ask the coordinator to cancel; True if the task was not final yet."""
+        with self._lock:
+            rec = self.core.tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            if rec.state.is_final:
+                return False
+            self._commands.append(_Cancel(task_id))
+        self._wake()
+        return True
+
+    def request_stop(self, *, cancel_pending: bool, timeout: float | None) -> None:
+        """Begin stopping (idempotent). ``timeout``: seconds after which running
+        tasks' workers are killed; ``None`` waits for them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self.state is EngineState.NEW:
+                self.state = EngineState.STOPPED
+                self._stopped.set()
+                self.stopped_future.set_result(None)
+                return
+            if self.state in (EngineState.RUNNING, EngineState.BROKEN):
+                if self.state is EngineState.RUNNING:
+                    self.state = EngineState.STOPPING
+                self._space.notify_all()
+                for fut in self._space_waiters:
+                    fut.set_result(None)
+                self._space_waiters = []
+            elif not cancel_pending and timeout is None:
+                return
+            self._commands.append(_Stop(cancel_pending, deadline))
+        self._wake()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        if not self._stopped.wait(timeout):
+            return False
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return True
+
+    def _wake(self) -> None:
+        # One byte per sleep is enough: a burst of submits costs one syscall.
+        self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (already awake) or closed (already stopped)
+
+    def _drain_wake(self) -> list[Event]:
+        self._wake_pending = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        return []
+
+    # ------------------------------------------------------------------ coordinator
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            _log.exception("procqueue coordinator crashed; failing every task")
+            with self._lock:
+                self.core._break(PoolBrokenError("the procqueue coordinator thread crashed"))
+                self._after_step()
+                pub = self._take_publication()
+            self._publish(pub)
+        finally:
+            try:
+                self._shutdown_workers()
+            finally:
+                self._finish()
+
+    def _loop(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        events: list[Event] = []
+        while True:
+            done, deadline, events = self._step(events)
+            if done:
+                return
+            if events:
+                continue
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._sleeping = True
+            if self._commands or (self._fresh and self._wake_on_submit):
+                timeout = 0.0
+            ready = selector.select(timeout)
+            self._sleeping = False
+            for key, _ in ready:
+                events += key.data()
+            if self._soft_limit and events:
+                # The soft memory limit is checked after each result, before
+                # more work goes to that worker (psutil: outside the lock).
+                finished = {ev.slot for ev in events if type(ev) is Done}
+                events += [self.transport.read_memory(slot) for slot in finished]
+
+    def _step(self, events: list[Event]) -> tuple[bool, float | None, list[Event]]:
+        """One step: feed ``events`` and the commands to the scheduler, let it
+        fire timers and dispatch (under the lock); carry out its actions and
+        publish (outside). Returns whether the loop is over, the next deadline
+        and the events the actions produced. No local outlives the step, so a
+        result is never kept alive here after its future is settled."""
+        with self._lock:
+            now = time.monotonic()
+            core = self.core
+            self._fresh = False
+            for ev in events:
+                core.feed(ev, now)
+            events.clear()
+            self._apply_commands(now)
+            core.tick(now)
+            actions = core.take_actions()
+            done = core.finished_stopping()
+            deadline = core.next_deadline(now)
+            self._wake_on_submit = core.short_of_work()
+            self._after_step()
+            pub = self._take_publication()
+        new_events = self._carry_out(actions)
+        self._publish(pub)
+        return done, deadline, new_events
+
+    def _apply_commands(self, now: float) -> None:
+        commands = self._commands
+        while commands:
+            cmd = commands.popleft()
+            if type(cmd) is _Cancel:
+                self.core.cancel(cmd.task_id, now)
+            elif type(cmd) is _Stop:
+                self.core.stop(cancel_pending=cmd.cancel_pending, deadline=cmd.deadline, now=now)
+
+    def _carry_out(self, actions: list[Action]) -> list[Event]:
+        """Do what the scheduler decided (outside the lock); returns the events
+        the doing produced (start failures, memory readings)."""
+        events: list[Event] = []
+        transport = self.transport
+        for action in actions:
+            if type(action) is SendTasks:
+                transport.send(action.slot, action.tasks)
+            elif type(action) is StartWorker:
+                events += transport.start_worker(action.slot)
+            elif type(action) is KillWorker:
+                transport.kill(action.slot)
+            elif type(action) is RetireWorker:
+                transport.retire(action.slot)
+            elif type(action) is ReadMemory:
+                events += [transport.read_memory(slot) for slot in action.slots]
+        return events
+
+    def _shutdown_workers(self) -> None:
+        """Every worker leaves: idle ones are told to, others are killed; wait a
+        bounded time, kill what is left, settle what any held."""
+        with self._lock:
+            self.core.shutdown()
+            actions = self.core.take_actions()
+        self._carry_out(actions)
+        events = self.transport.wait_all(_EXIT_GRACE)
+        with self._lock:
+            now = time.monotonic()
+            for ev in events:
+                self.core.feed(ev, now)
+            self.core.take_actions()  # nothing is started any more
+            self._after_step()
+            pub = self._take_publication()
+        self._publish(pub)
+
+    def _finish(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
+        self.transport.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+        with self._lock:
+            if self.state is not EngineState.BROKEN:
+                self.state = EngineState.STOPPED
+            self._release_idle_waiters()
+            pub = self._take_publication()
+        self._publish(pub)
+        _live_engines.discard(self)
+        self._stopped.set()
+        self.stopped_future.set_result(None)
+        _log.debug("coordinator stopped")
+
+
+# Engines still running at interpreter exit are stopped hard, so that no worker
+# outlives the script and multiprocessing's exit hook never waits on one.
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_engines_in_child() -> None:
+    # A forked child (a fork-started worker, or a task that forks) holds a copy
+    # of the parent's engines; they are not its to stop at exit.
+    _live_engines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines_in_child)
+
+
+def _stop_all_at_exit() -> None:
+    """Interpreter exit with queues still running. After a normal end of the
+    script, accepted work runs to completion (as the stdlib executor does);
+    after an uncaught Ctrl-C, queued work is cancelled and running tasks killed."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    for engine in list(_live_engines):
+        if interrupted:
+            engine.request_stop(cancel_pending=True, timeout=0)
+        else:
+            engine.request_stop(cancel_pending=False, timeout=None)
+    for engine in list(_live_engines):
+        engine.wait_stopped()
+
+
+def _install_exit_hook() -> None:
+    # threading's hook runs before non-daemon threads are joined and before
+    # multiprocessing's own atexit (CPython's concurrent/futures/process.py does
+    # the same with _python_exit).
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_stop_all_at_exit)
+    else:  # pragma: no cover
+        import atexit
+
+        atexit.register(_stop_all_at_exit)
+
+
+_install_exit_hook()

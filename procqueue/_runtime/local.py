@@ -1,0 +1,323 @@
+"""The local transport: one OS process per slot, on this machine.
+
+Each worker has two one-way pipes (tasks in, results out; ``wire.py``), a
+process sentinel that becomes readable when it exits, and a read end of the
+*lifeline* pipe whose write end only the coordinator holds (EOF there tells a
+worker its coordinator is gone; ``worker.py``). Everything the loop waits on
+is registered with the :class:`~.transport.Poller`, so one ``select`` covers
+every worker. Results are decoded (unpickled) here, in the coordinator thread
+but outside the engine lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.spawn
+import os
+import pickle
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+
+from .._core.config import QueueConfig
+from .._core.events import Done, Event, Exited, InitFailed, Memory, Ready, Started, StartFailed
+from .._core.records import _TaskRecord
+from ..errors import (
+    InvalidArgumentError,
+    RemoteTraceback,
+    ResultSerializationError,
+    SerializationError,
+    UnpicklableTaskError,
+)
+from . import wire
+from .processes import FiguresCache, ProcessFigures, child_conn, kill_tree, start_process
+from .transport import Poller, Transport
+from .worker import worker_main
+
+_log = logging.getLogger("procqueue.coordinator")
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn``.
+
+    Not ``fork``: the coordinator is a thread, so every replacement worker would
+    be forked from a multi-threaded process, which can deadlock the child on a
+    lock some other thread held (the reason CPython 3.14 moved its own default).
+    The forkserver forks from a clean single-threaded process and costs a few
+    milliseconds per worker, paid once per worker, not per task.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def check_start_method(method: str) -> None:
+    if method not in START_METHODS:
+        raise InvalidArgumentError(f"start_method must be one of {START_METHODS}, got {method!r}")
+    if method not in multiprocessing.get_all_start_methods():
+        raise InvalidArgumentError(f"start method {method!r} is not available here")
+
+
+class _Proc:
+    """One live worker process and its pipe ends (coordinator side)."""
+
+    __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "sentinel", "writer", "reader",
+                 "writing", "figures", "closed")  # fmt: skip
+
+    def __init__(self, slot: int, proc: Any, tasks_fd: int, results_fd: int) -> None:
+        self.slot = slot
+        self.proc = proc
+        self.pid: int = proc.pid
+        self.tasks_fd = tasks_fd
+        self.results_fd = results_fd
+        self.sentinel: int = proc.sentinel
+        self.writer = wire._FrameWriter(tasks_fd)
+        self.reader = wire._FrameReader(results_fd)
+        self.writing = False
+        self.figures: ProcessFigures | None = None
+        self.closed = False
+
+
+class LocalTransport(Transport):
+    """Worker processes started with a ``multiprocessing`` context."""
+
+    def __init__(self, config: QueueConfig) -> None:
+        method = config.start_method or default_start_method()
+        check_start_method(method)
+        self.start_method = method
+        self._ctx = multiprocessing.get_context(method)
+        self._forward_logs = config.forward_logs
+        self._procs: dict[int, _Proc] = {}
+        self._poller: Poller | None = None
+        self._lifeline_r = self._lifeline_w = -1
+        self._figures = FiguresCache()
+        self._init_blob: bytes | None = None
+        if config.initializer is not None:
+            try:
+                self._init_blob = cloudpickle.dumps((config.initializer, config.initargs))
+            except Exception as e:
+                raise SerializationError(f"cannot pickle the initializer: {e}") from e
+
+    def check_main(self) -> None:
+        """A script without ``if __name__ == "__main__":`` re-runs in every
+        spawned worker; say so in the caller's thread, as the stdlib does
+        (``multiprocessing.spawn._check_not_importing_main``)."""
+        if self.start_method != "fork":
+            check = getattr(multiprocessing.spawn, "_check_not_importing_main", None)
+            if check is not None:
+                check()
+
+    def open(self, poller: Poller) -> None:
+        self._poller = poller
+        self._lifeline_r, self._lifeline_w = os.pipe()
+
+    # ------------------------------------------------------------------ starting
+
+    def start_worker(self, slot: int) -> list[Event]:
+        poller = self._poller
+        assert poller is not None
+        tasks_r, tasks_w = os.pipe()
+        results_r, results_w = os.pipe()
+        for fd in (tasks_w, results_r):
+            wire.enlarge_pipe(fd)
+        inherited: tuple[int, ...] = ()
+        if self.start_method == "fork":
+            inherited = (*poller.own_fds(), *self._fds(), self._lifeline_w, tasks_w, results_r)
+        level = logging.getLogger().getEffectiveLevel() if self._forward_logs else None
+        # The child's ends travel as Connection objects (any start method can pass
+        # those); our copies are closed once the child has them.
+        child_ends = (
+            child_conn(tasks_r, readable=True),
+            child_conn(results_w, readable=False),
+            child_conn(os.dup(self._lifeline_r), readable=True),
+        )
+        args = (*child_ends, inherited, self._init_blob, level, os.getpid())
+        try:
+            proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
+        except Exception as e:
+            for fd in (tasks_w, results_r):
+                os.close(fd)
+            return [StartFailed(slot, f"{type(e).__name__}: {e}")]
+        finally:
+            for conn in child_ends:
+                conn.close()
+        os.set_blocking(tasks_w, False)
+        os.set_blocking(results_r, False)
+        p = _Proc(slot, proc, tasks_w, results_r)
+        self._procs[slot] = p
+        poller.watch(results_r, lambda: self._on_readable(p))
+        poller.watch(p.sentinel, lambda: self._on_exit(p))
+        _log.debug("started worker %d in slot %d (%s)", p.pid, slot, self.start_method)
+        return [Started(slot, p.pid)]
+
+    def _fds(self) -> list[int]:
+        fds = [self._lifeline_r]
+        for p in self._procs.values():
+            fds += (p.tasks_fd, p.results_fd)
+        return fds
+
+    # ------------------------------------------------------------------ traffic
+
+    def send(self, slot: int, tasks: Sequence[_TaskRecord]) -> None:
+        p = self._procs[slot]
+        blobs: list[Any] = []
+        sizes: list[int] = []
+        for r in tasks:
+            assert r.payload is not None
+            fn_blob, arg_segments = r.payload
+            blobs.append(fn_blob)
+            blobs += arg_segments
+            sizes.append(len(fn_blob))
+            sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
+        msg = wire.RunBatch(tuple(r.task_id for r in tasks), tuple(sizes))
+        self._write(p, wire.encode(msg, blobs))
+
+    def retire(self, slot: int) -> None:
+        self._write(self._procs[slot], wire.encode(wire.Shutdown()))
+
+    def _write(self, p: _Proc, buffers: list[Any]) -> None:
+        if not p.writer.write(buffers) and not p.writing:
+            p.writing = True
+            assert self._poller is not None
+            self._poller.watch_writable(p.tasks_fd, lambda: self._on_writable(p))
+
+    def _on_writable(self, p: _Proc) -> list[Event]:
+        if not p.closed and p.writer.flush():
+            p.writing = False
+            assert self._poller is not None
+            self._poller.unwatch(p.tasks_fd)
+        return []
+
+    def _on_readable(self, p: _Proc) -> list[Event]:
+        if p.closed:
+            return []
+        try:
+            frames = p.reader.read_frames()
+        except (EOFError, OSError):
+            frames = None
+        if frames is None:
+            return []  # EOF: the sentinel reports the exit
+        events: list[Event] = []
+        for frame in frames:
+            msg, blob = wire.decode(frame)
+            if type(msg) is wire.Result:
+                events.append(_done(p, msg, blob))
+            elif type(msg) is wire.LogMessage:
+                _forward_log(msg.record)
+            elif type(msg) is wire.Hello:
+                err = None
+                if msg.version != wire.PROTOCOL_VERSION:
+                    err = f"worker speaks protocol {msg.version}, expected {wire.PROTOCOL_VERSION}"
+                else:
+                    p.figures = ProcessFigures(p.pid)
+                events.append(Ready(p.slot, err))
+            elif type(msg) is wire.InitFailed:
+                detail = f"{msg.exc_type}: {msg.message}\n{msg.traceback}"
+                events.append(InitFailed(p.slot, detail))
+        return events
+
+    def _on_exit(self, p: _Proc) -> list[Event]:
+        if p.closed:
+            return []
+        events = self._on_readable(p)  # what it wrote before dying comes first
+        p.proc.join(1.0)
+        events.append(Exited(p.slot, p.proc.exitcode))
+        self._release(p)
+        return events
+
+    def _release(self, p: _Proc) -> None:
+        """Forget a dead worker's fds and reap it."""
+        p.closed = True
+        poller = self._poller
+        assert poller is not None
+        for fd in (p.results_fd, p.sentinel, p.tasks_fd):
+            poller.unwatch(fd)
+        for fd in (p.tasks_fd, p.results_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            p.proc.close()
+        except ValueError:
+            pass  # still running: only possible if join timed out
+        if self._procs.get(p.slot) is p:
+            del self._procs[p.slot]
+
+    # ------------------------------------------------------------------ control
+
+    def kill(self, slot: int) -> None:
+        p = self._procs.get(slot)
+        if p is not None and not p.closed:
+            kill_tree(p.pid)
+
+    def read_memory(self, slot: int) -> Event:
+        p = self._procs.get(slot)
+        figures = p.figures if p is not None else None
+        return Memory(slot, figures.rss() if figures is not None else None)
+
+    def figures(self, slot: int, pid: int | None) -> tuple[int | None, float | None]:
+        return self._figures.read(pid)
+
+    def wait_all(self, grace: float) -> list[Event]:
+        events: list[Event] = []
+        deadline = time.monotonic() + grace
+        for p in list(self._procs.values()):
+            p.proc.join(max(0.0, deadline - time.monotonic()))
+            if p.proc.exitcode is None:
+                # Only while it is not yet reaped is its pid surely still ours.
+                _log.warning("worker %d did not exit in time; killing it", p.pid)
+                kill_tree(p.pid)
+                p.proc.join(1.0)
+            events += self._on_exit(p)
+        return events
+
+    def close(self) -> None:
+        for fd in (self._lifeline_r, self._lifeline_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._lifeline_r = self._lifeline_w = -1
+
+
+def _done(p: _Proc, msg: wire.Result, blob: memoryview) -> Done:
+    tb = ""
+    if msg.ok:
+        try:
+            value: Any = wire.load_value(blob)
+        except BaseException as e:  # user data: __setstate__ may raise anything
+            value = ResultSerializationError(
+                f"the result of task {msg.task_id} could not be unpickled: {type(e).__name__}: {e}"
+            )
+            return Done(p.slot, msg.task_id, False, value, tb, msg.started, msg.finished)
+    else:
+        value, tb = _rebuild_error(blob)
+    return Done(p.slot, msg.task_id, msg.ok, value, tb, msg.started, msg.finished)
+
+
+def _rebuild_error(blob: memoryview) -> tuple[BaseException, str]:
+    """The task's exception from an ErrorInfo blob, remote traceback attached."""
+    info: wire.ErrorInfo = pickle.loads(blob)
+    exc: BaseException | None = None
+    if info.exc is not None:
+        try:
+            exc = pickle.loads(info.exc)
+        except BaseException:  # user data: its __setstate__ may raise anything
+            exc = None
+    if exc is None:
+        exc = UnpicklableTaskError(info.exc_type, info.message)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{info.traceback}"""')
+    return exc, info.traceback
+
+
+def _forward_log(d: dict[str, object]) -> None:
+    record = logging.makeLogRecord(d)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)

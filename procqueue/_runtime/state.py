@@ -1,0 +1,281 @@
+"""The engine's read side: the lock, snapshots, futures on demand, listeners,
+and handing settled work to callers outside the lock.
+
+``Engine`` (``engine.py``) adds the coordinator loop and the write side.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+from .._core.config import QueueConfig
+from .._core.deadletters import DeadLetter
+from .._core.events import OK
+from .._core.records import TaskStatus, _TaskRecord
+from .._core.scheduler import Scheduler
+from .._policy import RetryPolicy
+from ..errors import QueueClosedError, TaskNotFoundError
+from ..stats import QueueStats, WorkerStats, build_stats
+from .futures import _TaskFuture, deliver, resolve_now
+from .transport import Transport
+
+_log = logging.getLogger("procqueue.coordinator")
+
+
+class EngineState(str, enum.Enum):
+    """Life of the engine (and so of a queue)."""
+
+    NEW = "new"
+    """Built, not started: takes no task yet."""
+    RUNNING = "running"
+    """Takes and runs tasks."""
+    STOPPING = "stopping"
+    """Stop requested: takes no new task, finishes (or cancels) the rest."""
+    STOPPED = "stopped"
+    """Coordinator gone, no worker left."""
+    BROKEN = "broken"
+    """Workers cannot start (or the coordinator crashed): every task failed."""
+
+
+class Publication(NamedTuple):
+    """What one step hands to the outside world, once the lock is released."""
+
+    settlements: list[tuple[Any, int, Any]]
+    statuses: list[TaskStatus]
+    listeners: list[Callable[[TaskStatus], None]]
+
+
+class ReadSide:
+    """State shared by every thread, and the reads of it."""
+
+    def __init__(self, config: QueueConfig, core: Scheduler, transport: Transport) -> None:
+        self.config = config
+        self.core = core
+        self.transport = transport
+        self._lock = threading.RLock()
+        self.state = EngineState.NEW
+        self._ids = itertools.count(1)
+        # Back-pressure (max_pending): sync submitters wait on the condition,
+        # async ones on futures; both are woken as tasks become final.
+        self._space = threading.Condition(self._lock)
+        self._space_waiters: list[Future[None]] = []
+        self._idle_waiters: list[Future[None]] = []
+        self._listeners: list[Callable[[TaskStatus], None]] = []
+        self._stopped = threading.Event()
+        #: Resolved (``None``) once the coordinator thread has finished.
+        self.stopped_future: Future[None] = Future()
+        # One weak hook for every future's cancel(): futures never keep us alive.
+        self._cancel_ref: Callable[[], Callable[[int], bool] | None] = weakref.WeakMethod(
+            self.request_cancel
+        )
+
+    def request_cancel(self, task_id: int) -> bool:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ records
+
+    def new_record(
+        self,
+        name: str,
+        priority: int,
+        payload: tuple[bytes, list[Any]],
+        policy: RetryPolicy | None,
+        timeout: float | None,
+        future: _TaskFuture | None,
+    ) -> _TaskRecord:
+        """A ``pending`` record with a fresh id (not admitted yet)."""
+        task_id = next(self._ids)
+        rec = _TaskRecord(
+            task_id,
+            name,
+            priority,
+            payload,
+            policy if policy is not None else self.config.retry,
+            timeout if timeout is not None else self.config.timeout,
+            time.time(),
+            future,
+        )
+        if future is not None:
+            future.bind(self._cancel_ref, task_id)
+            rec.external = True
+        return rec
+
+    def check_open(self) -> None:
+        state = self.state
+        if state is EngineState.RUNNING:
+            return
+        broken = self.core.broken
+        if state is EngineState.BROKEN and broken is not None:
+            raise broken
+        if state is EngineState.NEW:
+            raise QueueClosedError("the queue is not started")
+        raise QueueClosedError("cannot submit new tasks: the queue is stopping or stopped")
+
+    # ------------------------------------------------------------------ reads
+
+    def status(self, task_id: int) -> TaskStatus:
+        with self._lock:
+            rec = self.core.tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            return rec.snapshot()
+
+    def future_for(self, task_id: int) -> Future[Any]:
+        """The task's future (made on demand; already resolved if it is final)."""
+        with self._lock:
+            rec = self.core.tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            fut = rec.future
+            if fut is None:
+                fut = rec.future = _TaskFuture()
+                fut.bind(self._cancel_ref, task_id)
+                if rec.state.is_final:
+                    resolve_now(fut, rec)
+                    if self.config.keep_unclaimed:
+                        self.core.make_evictable(task_id)
+            return fut
+
+    def idle_future(self) -> Future[None]:
+        """Resolved once every task submitted so far is final."""
+        fut: Future[None] = Future()
+        with self._lock:
+            if self.core.is_idle() or self._stopped.is_set():
+                fut.set_result(None)
+            else:
+                self._idle_waiters.append(fut)
+        return fut
+
+    def has_room(self) -> bool:
+        limit = self.config.max_pending
+        return limit is None or self.core.tally.unfinished < limit
+
+    def space_future(self) -> Future[None]:
+        """Resolved when ``max_pending`` leaves room (or the queue stops)."""
+        fut: Future[None] = Future()
+        with self._lock:
+            if self.has_room() or self.state is not EngineState.RUNNING:
+                fut.set_result(None)
+            else:
+                self._space_waiters.append(fut)
+        return fut
+
+    def stats(self) -> QueueStats:
+        """A consistent snapshot; worker figures (psutil) are read after the
+        lock is released, from a cache refreshed at most every 0.25 s."""
+        core = self.core
+        with self._lock:
+            slots = [
+                (s.index, s.pid, s.state.value, s.tasks_done, s.restarts, s.recycled,
+                 s.inflight[0].task_id if s.inflight else None)
+                for s in core.slots
+            ]  # fmt: skip
+            snap = build_stats(
+                core.tally,
+                time.monotonic(),
+                (),
+                dead_letters=len(core.dlq),
+                dead_letters_dropped=core.dlq.dropped,
+                startup_deaths=core.guard.total_deaths,
+            )
+        workers = []
+        for index, pid, state, done, restarts, recycled, head in slots:
+            rss, cpu = self.transport.figures(index, pid)
+            workers.append(WorkerStats(index, pid, state, done, restarts, recycled, head, rss, cpu))
+        return replace(snap, workers=tuple(workers))
+
+    def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
+        """Call ``listener(status)`` (in the coordinator thread, outside the
+        engine lock) on every state change. Returns a function that
+        unsubscribes. A listener that raises is logged; it never stops the engine."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+            self.core.observed = True
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = [x for x in self._listeners if x is not listener]
+                self.core.observed = bool(self._listeners)
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return [e.letter for e in self.core.dlq.entries.values()]
+
+    def dead_letter(self, task_id: int) -> DeadLetter:
+        with self._lock:
+            entry = self.core.dlq.entries.get(task_id)
+            if entry is None:
+                raise TaskNotFoundError(task_id)
+            return entry.letter
+
+    def purge_dead_letters(self, task_ids: Iterable[int] | None = None) -> int:
+        with self._lock:
+            entries = self.core.dlq.entries
+            if task_ids is None:
+                n = len(entries)
+                entries.clear()
+                return n
+            return sum(entries.pop(t, None) is not None for t in task_ids)
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        return self.core.dlq.dropped
+
+    # ------------------------------------------------------------------ publishing
+
+    def _after_step(self) -> None:
+        """Under the lock, after the scheduler moved: state, back-pressure, join."""
+        core = self.core
+        if core.broken is not None and self.state in (EngineState.RUNNING, EngineState.STOPPING):
+            self.state = EngineState.BROKEN
+        if core.space_freed:
+            core.space_freed = False
+            self._space.notify_all()
+            if self._space_waiters:
+                for fut in self._space_waiters:
+                    core.settlements.append((fut, OK, None))
+                self._space_waiters = []
+        if self._idle_waiters and core.is_idle():
+            self._release_idle_waiters()
+
+    def _release_idle_waiters(self) -> None:
+        for fut in self._idle_waiters:
+            self.core.settlements.append((fut, OK, None))
+        self._idle_waiters = []
+
+    def _take_publication(self) -> Publication | None:
+        core = self.core
+        if not core.settlements and not core.statuses:
+            return None
+        pub = Publication(core.settlements, core.statuses, self._listeners)
+        core.settlements = []
+        core.statuses = []
+        return pub
+
+    @staticmethod
+    def _publish(pub: Publication | None) -> None:
+        """Outside the lock: settle futures (done-callbacks are user code), then
+        tell listeners."""
+        if pub is None:
+            return
+        for fut, kind, value in pub.settlements:
+            deliver(fut, kind, value)
+        for status in pub.statuses:
+            for listener in pub.listeners:
+                try:
+                    listener(status)
+                except Exception:
+                    _log.exception("a procqueue listener raised; ignored")
