@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -203,37 +204,54 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
             # Shutdown: leave no process a task started behind us.
             kill_children(os.getpid())
             return
+        task_ids, sizes = msg
         pos = 0
-        sizes = msg.sizes
-        for i, task_id in enumerate(msg.task_ids):
+        for i, task_id in enumerate(task_ids):
             fn_size = sizes[2 * i]
             arg_size = sizes[2 * i + 1]
-            fn_blob = blob[pos : pos + fn_size]
-            pos += fn_size
-            arg_blob = blob[pos : pos + arg_size]
-            pos += arg_size
             started = now()
-            try:
-                fn, args, kwargs = load(fn_blob, arg_blob)
-                value = fn(*args, **kwargs)
-            except BaseException as e:  # task code may raise anything
-                if os.getpid() != me:
-                    os._exit(1)  # a child forked by the task
-                send(Result(task_id, False, started, now()), (_error_info(e),))
-                continue
-            if os.getpid() != me:
-                os._exit(0)
-            try:
-                segments = _wire.dump_value(value)
-            except Exception as e:
-                err = ResultSerializationError(
-                    f"result of type {type(value).__qualname__} cannot be pickled: {e}"
-                )
-                send(Result(task_id, False, started, now()), (_error_info(err),))
-                continue
-            except BaseException as e:
-                # SystemExit & co. raised while pickling the result end the task,
-                # as in CPython's process pool, not the worker.
-                send(Result(task_id, False, started, now()), (_error_info(e),))
-                continue
-            send(Result(task_id, True, started, now()), segments)
+            ok, segments = _run_call(
+                load, blob[pos : pos + fn_size], blob[pos + fn_size : pos + fn_size + arg_size], me
+            )
+            pos += fn_size + arg_size
+            send(Result(task_id, ok, started, now()), segments)
+            # A result's out-of-band buffers are views of the value.
+            del segments
+        # Out-of-band arguments (numpy arrays) are views of the batch frame.
+        del msg, blob
+
+
+def _run_call(
+    load: Callable[[memoryview, memoryview], tuple[Any, Any, Any]],
+    fn_blob: memoryview,
+    arg_blob: memoryview,
+    me: int,
+) -> tuple[bool, list[Any]]:
+    """Run one call; its outcome as ``(ok, value-blob segments)``.
+
+    One frame per call, so that its callable, arguments, result and exception
+    (whose traceback's frames hold the arguments) all go when it returns: an idle
+    worker must not keep a finished task's 2 GB argument alive. CPython's pool
+    frees them too (``test_ressources_gced_in_workers``). ``except ... as e``
+    unbinds ``e`` on the way out, so no cycle is left for the garbage collector.
+    """
+    try:
+        fn, args, kwargs = load(fn_blob, arg_blob)
+        value = fn(*args, **kwargs)
+    except BaseException as e:  # task code may raise anything
+        if os.getpid() != me:
+            os._exit(1)  # a child forked by the task
+        return False, [_error_info(e)]
+    if os.getpid() != me:
+        os._exit(0)
+    try:
+        return True, _wire.dump_value(value)
+    except Exception as e:
+        err = ResultSerializationError(
+            f"result of type {type(value).__qualname__} cannot be pickled: {e}"
+        )
+        return False, [_error_info(err)]
+    except BaseException as e:
+        # SystemExit & co. raised while pickling the result end the task,
+        # as in CPython's process pool, not the worker.
+        return False, [_error_info(e)]
