@@ -6,7 +6,10 @@ Two things differ from ``asyncio.wrap_future``:
   task alone, so cancelling the awaiting side never cancels the task;
 * completions are coalesced per event loop: the coordinator thread settles
   futures in bursts, and one ``call_soon_threadsafe`` (one write to the loop's
-  self-pipe) carries a whole burst instead of one wake-up per task.
+  self-pipe) carries a whole burst instead of one wake-up per task;
+* a task's ``BaseException`` that is not an ``Exception`` (``SystemExit``,
+  ``KeyboardInterrupt``, ``asyncio.CancelledError``) arrives as
+  :class:`~procqueue.errors.TaskAbortedError`, the original as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .errors import TaskCancelledError
+from .errors import TaskAbortedError, TaskCancelledError
 
 
 class _Relay:
@@ -68,9 +71,27 @@ def _copy(cf: Future[Any], af: asyncio.Future[Any]) -> None:
         return
     exc = cf.exception()
     if exc is not None:
-        af.set_exception(exc)
+        af.set_exception(_for_asyncio(exc))
     else:
         af.set_result(cf.result())
+
+
+def _for_asyncio(exc: BaseException) -> BaseException:
+    """``exc``, or a TaskAbortedError standing in for it where asyncio would
+    misread it: a Task re-raises ``SystemExit``/``KeyboardInterrupt`` out of
+    ``run_forever`` (stopping the caller's program), and ``CancelledError``
+    would make the awaiting task look cancelled."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc  # StopIteration: asyncio futures refuse it (TypeError), so it too
+    cls = type(exc)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        text = str(exc)
+    except BaseException:  # user code: a hostile __str__ must not stall the relay
+        text = ""
+    err = TaskAbortedError(f"the task raised {name}" + (f": {text}" if text else ""), name)
+    err.__cause__ = exc
+    return err
 
 
 def to_asyncio(cf: Future[Any]) -> asyncio.Future[Any]:
