@@ -506,7 +506,13 @@ class CallLoader:
         fn = self._fns.get(key)
         if fn is None:
             fn = pickle.loads(key)
-            if len(key) < 512:  # by-reference functions are short; keep those
+            # Keep short plain functions only: a partial, a bound method or a
+            # closure would keep its bound arguments alive in an idle worker.
+            if (
+                len(key) < 512
+                and type(fn) in _CACHEABLE
+                and getattr(fn, "__closure__", None) is None
+            ):
                 if len(self._fns) >= _FN_CACHE_MAX:
                     self._fns.clear()
                 self._fns[key] = fn
