@@ -403,6 +403,7 @@ class Engine(ReadSide):
             self._release_idle_waiters()
             pub = self._take_publication()
         self._publish(pub)
+        self._notifier.close()
         _live_engines.discard(self)
         self._stopped.set()
         self.stopped_future.set_result(None)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -54,6 +55,65 @@ class Publication(NamedTuple):
     listeners: list[Callable[[TaskStatus], None]]
 
 
+class _Notifier:
+    """Calls listeners in a thread of their own, in order, so a slow listener
+    never holds up dispatch or submits. The backlog is bounded: past
+    ``max_backlog`` statuses the oldest are dropped (counted and logged)."""
+
+    def __init__(self, max_backlog: int = 100_000) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._backlog: deque[tuple[TaskStatus, list[Callable[[TaskStatus], None]]]] = deque()
+        self._max = max_backlog
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        #: Statuses dropped because listeners fell too far behind.
+        self.dropped = 0
+
+    def push(
+        self, statuses: list[TaskStatus], listeners: list[Callable[[TaskStatus], None]]
+    ) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="procqueue-listeners", daemon=True
+                )
+                self._thread.start()
+            backlog = self._backlog
+            backlog.extend((status, listeners) for status in statuses)
+            excess = len(backlog) - self._max
+            if excess > 0:
+                for _ in range(excess):
+                    backlog.popleft()
+                if self.dropped == 0:
+                    _log.warning("procqueue listeners fell %d statuses behind; dropping", excess)
+                self.dropped += excess
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._backlog and not self._closed:
+                    self._cond.wait()
+                if not self._backlog:
+                    return
+                batch, self._backlog = self._backlog, deque()
+            for status, listeners in batch:
+                for listener in listeners:
+                    try:
+                        listener(status)
+                    except Exception:
+                        _log.exception("a procqueue listener raised; ignored")
+
+    def close(self) -> None:
+        """Deliver what is queued, then end the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
 class ReadSide:
     """State shared by every thread, and the reads of it."""
 
@@ -70,6 +130,7 @@ class ReadSide:
         self._space_waiters: list[Future[None]] = []
         self._idle_waiters: list[Future[None]] = []
         self._listeners: list[Callable[[TaskStatus], None]] = []
+        self._notifier = _Notifier()
         self._stopped = threading.Event()
         #: Resolved (``None``) once the coordinator thread has finished.
         self.stopped_future: Future[None] = Future()
@@ -194,8 +255,9 @@ class ReadSide:
         return replace(snap, workers=tuple(workers))
 
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
-        """Call ``listener(status)`` (in the coordinator thread, outside the
-        engine lock) on every state change. Returns a function that
+        """Call ``listener(status)`` on every state change, in order, in a
+        thread of listeners' own (``procqueue-listeners``): a slow listener lags
+        behind but never holds up the engine. Returns a function that
         unsubscribes. A listener that raises is logged; it never stops the engine."""
         with self._lock:
             self._listeners = [*self._listeners, listener]
@@ -265,17 +327,12 @@ class ReadSide:
         core.statuses = []
         return pub
 
-    @staticmethod
-    def _publish(pub: Publication | None) -> None:
+    def _publish(self, pub: Publication | None) -> None:
         """Outside the lock: settle futures (done-callbacks are user code), then
-        tell listeners."""
+        queue the statuses for the listeners' thread."""
         if pub is None:
             return
         for fut, kind, value in pub.settlements:
             deliver(fut, kind, value)
-        for status in pub.statuses:
-            for listener in pub.listeners:
-                try:
-                    listener(status)
-                except Exception:
-                    _log.exception("a procqueue listener raised; ignored")
+        if pub.statuses and pub.listeners:
+            self._notifier.push(pub.statuses, pub.listeners)
