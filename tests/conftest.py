@@ -27,11 +27,15 @@ def _helper(proc: psutil.Process) -> bool:
 
 
 def stray_processes() -> list[psutil.Process]:
+    """Our descendants other than multiprocessing's helpers. The helpers are
+    our direct children; a forkserver's own children (workers) carry its
+    command line too, so they are judged by their parent, not their name."""
     me = psutil.Process()
     out = []
     for child in me.children(recursive=True):
         try:
-            if child.status() == psutil.STATUS_ZOMBIE or not _helper(child):
+            helper = child.ppid() == me.pid and _helper(child)
+            if child.status() == psutil.STATUS_ZOMBIE or not helper:
                 out.append(child)
         except psutil.NoSuchProcess:
             pass

@@ -60,7 +60,7 @@ class CoreState:
         self.slots = [Slot(i) for i in range(config.num_workers)]
         self.tally = Tally(now)
         self.dlq = _DeadLetterStore(config.dead_letters)
-        self.guard = StartupGuard(config.restart)
+        self.guard = StartupGuard(config.restart, config.num_workers)
         #: Set once the pool cannot go on; every later submit raises it.
         self.broken: PoolBrokenError | None = None
         self.stopping = False

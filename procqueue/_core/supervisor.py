@@ -133,7 +133,7 @@ class Supervision(Outcomes):
             if backoff is None:
                 self._break(
                     WorkerStartupError(
-                        f"{self.guard.policy.intensity + 1} workers were killed while starting "
+                        f"{self.guard.budget + 1} workers were killed while starting "
                         f"within {self.guard.policy.period:g}s, none came up; the last: {how}"
                     )
                 )
@@ -144,7 +144,7 @@ class Supervision(Outcomes):
                 how,
                 backoff,
             )
-            if self.broken is None and self._needs_workers():
+            if backoff > 0 and self.broken is None and self._needs_workers():
                 slot.restarts += 1
                 slot.respawn_at = now + backoff
             return True
