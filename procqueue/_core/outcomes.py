@@ -31,8 +31,12 @@ class Outcomes(CoreState):
         exitcode: int | None,
         tb: str,
         now: float,
+        *,
+        cancelled: bool = False,
     ) -> None:
-        """An attempt of the ``RUNNING`` ``rec`` ended with ``exc``: retry or fail it."""
+        """An attempt of the ``RUNNING`` ``rec`` ended with ``exc``: retry or fail
+        it. ``cancelled``: the task was cancelled while this attempt ran (the
+        kill lost the race): it ends cancelled, its error kept in the history."""
         wall = now + self.wall_offset
         rec.finished_at = wall
         exc_type = exc.exc_type if isinstance(exc, UnpicklableTaskError) else _qualname(type(exc))
@@ -48,6 +52,9 @@ class Outcomes(CoreState):
                 finished_at=wall,
             )
         )
+        if cancelled:
+            self._cancel_running(rec, now)
+            return
         policy = rec.policy
         if not self.cancel_pending and policy.should_retry(exc, rec.attempts):
             delay = policy.delay(rec.attempts, self.rand)
@@ -130,6 +137,7 @@ class Outcomes(CoreState):
             self._finish_cancelled(rec, now)
         else:
             self.heap.push(rec)
+            self._emit(rec)
 
     def _cancel_queued(self, now: float) -> None:
         for rec in self.heap.drain():

@@ -134,6 +134,8 @@ class Scheduler(Supervision):
     def _on_done(self, ev: Done, now: float) -> None:
         slot = self.slots[ev.slot]
         inflight = slot.inflight
+        if not inflight:
+            return  # a late result of a task the pool's break already failed
         rec = inflight.popleft()
         if rec.task_id != ev.task_id:  # pragma: no cover - protocol violation
             raise RuntimeError(f"worker {slot.pid} answered {ev.task_id}, expected {rec.task_id}")
@@ -167,7 +169,8 @@ class Scheduler(Supervision):
                 self.settlements.append((rec.future, OK, ev.value))
             self._bookkeep(rec)
         else:
-            self._attempt_failed(rec, ev.value, slot.pid, None, ev.tb, now)
+            cancelled = rec.task_id in slot.cancelled
+            self._attempt_failed(rec, ev.value, slot.pid, None, ev.tb, now, cancelled=cancelled)
         self._check_recycle(slot)
 
     # ------------------------------------------------------------------ time
@@ -181,6 +184,9 @@ class Scheduler(Supervision):
         """When :meth:`tick` is next needed (``None``: only on an event)."""
         due = self.delayed.next_due()
         limits = self.config.limits
+        # Idle workers retire only while nothing waits and we are not stopping
+        # (as in _fire_timers): otherwise a past idle deadline would spin the loop.
+        idle = None if self.heap.live or self.stopping else limits.idle_timeout
         busy = False
         for slot in self.slots:
             for t in (slot.deadline, slot.respawn_at):
@@ -189,8 +195,8 @@ class Scheduler(Supervision):
             if slot.state is _READY:
                 if slot.inflight:
                     busy = True
-                elif limits.idle_timeout is not None:
-                    t = slot.idle_since + limits.idle_timeout
+                elif idle is not None:
+                    t = slot.idle_since + idle
                     if due is None or t < due:
                         due = t
         if busy and limits.memory_hard is not None:
@@ -242,7 +248,9 @@ class Scheduler(Supervision):
                     _log.debug("worker %s idle; letting it exit", slot.pid)
                     self._retire(slot, KillReason.IDLE)
         if self.stop_deadline is not None and self.stop_deadline <= now:
+            # Past the deadline nothing runs again: no retry, no requeue.
             self.stop_deadline = None
+            self.cancel_pending = True
             for slot in self.slots:
                 if slot.inflight:
                     self._kill(slot, KillReason.STOP)

@@ -92,6 +92,8 @@ class Slot:
         "recycled",
         "init_error",
         "respawn_at",
+        "cancelled",
+        "cancel_all",
     )
 
     def __init__(self, index: int) -> None:
@@ -116,6 +118,10 @@ class Slot:
         self.init_error: str | None = None
         # Waiting out a restart backoff: start again at this time.
         self.respawn_at: float | None = None
+        # Kills add up: tasks cancelled while it is dying end cancelled whatever
+        # the first reason was; after a STOP/SHUTDOWN kill, everything it holds does.
+        self.cancelled: set[int] = set()
+        self.cancel_all = False
 
     def move(self, new: WorkerState) -> None:
         if new not in _WORKER_MOVES[self.state]:
@@ -136,6 +142,8 @@ class Slot:
         self.idle_since = now
         self.init_error = None
         self.respawn_at = None
+        self.cancelled = set()
+        self.cancel_all = False
 
     @property
     def serving(self) -> bool:

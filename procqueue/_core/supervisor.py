@@ -79,7 +79,7 @@ class Supervision(Outcomes):
         slot.deadline = None
         for rec in held:
             rec.slot = -1
-        if why is KillReason.STOP or why is KillReason.SHUTDOWN:
+        if slot.cancel_all:
             for rec in held:
                 self._cancel_running(rec, now)
         elif held:
@@ -106,7 +106,9 @@ class Supervision(Outcomes):
         head = held[0]
         target = slot.kill_target if why is not None else head
         for rec in held:
-            if rec is not target:
+            if rec.task_id in slot.cancelled:
+                self._cancel_running(rec, now)
+            elif rec is not target:
                 self._requeue(rec, now)
             elif why is None:
                 how = describe_exit(code)
@@ -118,8 +120,6 @@ class Supervision(Outcomes):
                     task_id=rec.task_id,
                 )
                 self._attempt_failed(rec, err, pid, code, "", now)
-            elif why is KillReason.CANCEL:
-                self._cancel_running(rec, now)
             elif rec is head and slot.kill_error is not None:
                 self._attempt_failed(rec, slot.kill_error, pid, code, "", now)
             else:
@@ -193,6 +193,10 @@ class Supervision(Outcomes):
         has exited, what happens to the tasks it held."""
         if slot.state is _STOPPED:
             return
+        if reason is KillReason.CANCEL and target is not None:
+            slot.cancelled.add(target.task_id)
+        elif reason is KillReason.STOP or reason is KillReason.SHUTDOWN:
+            slot.cancel_all = True
         if slot.kill is None:
             slot.kill, slot.kill_target, slot.kill_error = reason, target, error
         if slot.state is not _STOPPING:
@@ -234,6 +238,7 @@ class Supervision(Outcomes):
                 self._end(rec, _FAILED, error, now, ERROR)
             slot.inflight.clear()
             slot.respawn_at = None
+            slot.deadline = None
             self._kill(slot, KillReason.BROKEN)
         if not self.stopping:
             self.stopping = self.cancel_pending = True
