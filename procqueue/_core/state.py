@@ -100,11 +100,10 @@ class CoreState:
             self.tasks.pop(finished.popleft(), None)
 
     def _needs_workers(self) -> bool:
-        if not self.stopping:
-            return True
-        return bool(
-            self.heap.live or self.tally.count(_RETRYING) or any(s.inflight for s in self.slots)
-        )
+        """Whether a lost worker is replaced now. While stopping, only for
+        tasks waiting in the heap; a retry that comes due later, or a task
+        requeued from another worker, starts one on demand (``_dispatch``)."""
+        return not self.stopping or bool(self.heap.live)
 
     def is_idle(self) -> bool:
         """Every task submitted so far is final."""

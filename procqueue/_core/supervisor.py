@@ -28,7 +28,7 @@ class Supervision(Outcomes):
         if error is not None:
             slot.init_error = error
             self._kill(slot, KillReason.BROKEN)
-            self._start_failure(slot, error)
+            self._start_failure(slot, error, now)
             return
         slot.move(_READY)
         slot.idle_since = now
@@ -135,23 +135,24 @@ class Supervision(Outcomes):
                     WorkerStartupError(
                         f"{self.guard.budget + 1} workers were killed while starting "
                         f"within {self.guard.policy.period:g}s, none came up; the last: {how}"
-                    )
+                    ),
+                    now,
                 )
                 return False
             _log.warning(
-                "worker %s was killed while starting (%s); restarting it in %.2fs",
+                "worker %s was killed while starting (%s); restarting it %s",
                 slot.pid,
                 how,
-                backoff,
+                f"in {backoff:.2f}s" if backoff else "at once",
             )
             if backoff > 0 and self.broken is None and self._needs_workers():
                 slot.restarts += 1
                 slot.respawn_at = now + backoff
             return True
         detail = slot.init_error or describe_exit(exitcode)
-        return self._start_failure(slot, detail)
+        return self._start_failure(slot, detail, now)
 
-    def _start_failure(self, slot: Slot, detail: str) -> bool:
+    def _start_failure(self, slot: Slot, detail: str, now: float) -> bool:
         """A deterministic start-up failure. False if the pool broke."""
         _log.error("worker %s failed to start: %s", slot.pid, detail)
         if self.guard.failed():
@@ -159,7 +160,8 @@ class Supervision(Outcomes):
                 WorkerStartupError(
                     f"{self.guard.failures} workers in a row died before they could take "
                     f"a task; the last cause: {detail}"
-                )
+                ),
+                now,
             )
             return False
         return True
@@ -173,7 +175,8 @@ class Supervision(Outcomes):
             self._break(
                 WorkerStartupError(
                     f"could not start a worker process ({self.guard.failures} tries): {detail}"
-                )
+                ),
+                now,
             )
         elif self._needs_workers():
             self._start(slot, now)  # nothing else would try again
@@ -221,13 +224,12 @@ class Supervision(Outcomes):
         if slot.retiring and not slot.inflight and slot.state is _READY:
             self._retire(slot, KillReason.RECYCLE)
 
-    def _break(self, error: PoolBrokenError) -> None:
+    def _break(self, error: PoolBrokenError, now: float) -> None:
         """The pool cannot go on: fail everything not final, refuse new work."""
         if self.broken is not None:
             return
         _log.error("procqueue pool broken: %s", error)
         self.broken = error
-        now = self.tally.started  # only stamps finished_at of tasks that never ran
         for rec in self.heap.drain() + self.delayed.drain():
             self._end(rec, _FAILED, error, now, ERROR)
         for slot in self.slots:

@@ -283,7 +283,8 @@ class Engine(ReadSide):
         except BaseException:
             _log.exception("procqueue coordinator crashed; failing every task")
             with self._lock:
-                self.core._break(PoolBrokenError("the procqueue coordinator thread crashed"))
+                crash = PoolBrokenError("the procqueue coordinator thread crashed")
+                self.core._break(crash, time.monotonic())
                 self._after_step()
                 pub = self._take_publication()
             self._publish(pub)
