@@ -25,7 +25,7 @@ from .._core.records import TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
 from ..errors import QueueClosedError, TaskNotFoundError
-from ..stats import QueueStats, WorkerStats, build_stats
+from ..stats import LatencyCache, QueueStats, WorkerStats, build_stats
 from .futures import _TaskFuture, deliver, resolve_now
 from .transport import Transport
 
@@ -131,6 +131,7 @@ class ReadSide:
         self._idle_waiters: list[Future[None]] = []
         self._listeners: list[Callable[[TaskStatus], None]] = []
         self._notifier = _Notifier()
+        self._latencies = LatencyCache()
         self._stopped = threading.Event()
         #: Resolved (``None``) once the coordinator thread has finished.
         self.stopped_future: Future[None] = Future()
@@ -231,10 +232,16 @@ class ReadSide:
         return fut
 
     def stats(self) -> QueueStats:
-        """A consistent snapshot; worker figures (psutil) are read after the
-        lock is released, from a cache refreshed at most every 0.25 s."""
+        """A consistent snapshot of the counts. Worker figures (psutil) and
+        latency percentiles are computed after the lock is released, each
+        refreshed at most every 0.25 s."""
         core = self.core
+        latencies = self._latencies
+        samples = None
         with self._lock:
+            now = time.monotonic()
+            if latencies.due(now):
+                samples = list(core.tally.wait_samples), list(core.tally.run_samples)
             slots = [
                 (s.index, s.pid, s.state.value, s.tasks_done, s.restarts, s.recycled,
                  s.inflight[0].task_id if s.inflight else None)
@@ -242,17 +249,20 @@ class ReadSide:
             ]  # fmt: skip
             snap = build_stats(
                 core.tally,
-                time.monotonic(),
+                now,
                 (),
                 dead_letters=len(core.dlq),
                 dead_letters_dropped=core.dlq.dropped,
                 startup_deaths=core.guard.total_deaths,
             )
+        if samples is not None:
+            latencies.update(now, *samples)
+        queue_wait, run_time = latencies.value
         workers = []
         for index, pid, state, done, restarts, recycled, head in slots:
             rss, cpu = self.transport.figures(index, pid)
             workers.append(WorkerStats(index, pid, state, done, restarts, recycled, head, rss, cpu))
-        return replace(snap, workers=tuple(workers))
+        return replace(snap, workers=tuple(workers), queue_wait=queue_wait, run_time=run_time)
 
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
         """Call ``listener(status)`` on every state change, in order, in a
