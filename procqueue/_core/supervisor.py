@@ -179,7 +179,10 @@ class Supervision(Outcomes):
                 now,
             )
         elif self._needs_workers():
-            self._start(slot, now)  # nothing else would try again
+            # Often transient (EAGAIN, out of fds): try again after a short
+            # backoff rather than three times within one step.
+            p = self.guard.policy
+            slot.respawn_at = now + p.backoff_base * 2.0 ** (self.guard.failures - 1)
 
     def _start(self, slot: Slot, now: float) -> None:
         slot.begin(None, now)
