@@ -9,8 +9,10 @@ documents each.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, TypedDict
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
@@ -21,13 +23,13 @@ from ._runtime import wire
 from ._runtime.engine import Engine
 from ._runtime.futures import _TaskFuture
 from ._runtime.local import LocalTransport
-from .errors import InvalidCallableError, OptionTypeError, SerializationError
+from .errors import InvalidArgumentError, InvalidCallableError, OptionTypeError, SerializationError
 
 __all__ = ["CommonOptions", "DeadLetterQueue", "TaskQueueOptions"]
 
 #: Keyword names ``submit`` keeps for itself; anything else goes to the callable.
 #: To pass one of these to your function, use ``functools.partial``.
-RESERVED_OPTIONS = frozenset({"priority", "max_retries", "timeout", "retry"})
+RESERVED_OPTIONS = frozenset({"priority", "max_retries", "timeout", "retry", "delay", "eta"})
 
 
 class CommonOptions(TypedDict, total=False):
@@ -86,6 +88,35 @@ def task_policy(
     return resolve_policy(base, max_retries, retry)
 
 
+def due_of(delay: float | None, eta: datetime | None) -> tuple[float, float] | None:
+    """When a task submitted with ``delay`` (seconds) or ``eta`` (a
+    timezone-aware datetime) becomes due: ``(monotonic, wall clock)``, or
+    ``None`` when it is due at once. The monotonic time drives the scheduler,
+    so changing the system clock after submit moves no due time."""
+    if delay is not None and eta is not None:
+        raise InvalidArgumentError("give delay or eta, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise OptionTypeError(f"delay must be a number of seconds, got {delay!r}")
+        if not delay >= 0 or delay == float("inf"):
+            raise InvalidArgumentError(f"delay must be a finite number >= 0, got {delay!r}")
+        seconds = float(delay)
+    elif eta is not None:
+        if not isinstance(eta, datetime):
+            raise OptionTypeError(f"eta must be a datetime, got {eta!r}")
+        if eta.tzinfo is None or eta.utcoffset() is None:
+            raise InvalidArgumentError(
+                "eta must be timezone-aware (a naive datetime is ambiguous): "
+                "use datetime.now(timezone.utc) + ..., or attach a ZoneInfo"
+            )
+        seconds = (eta - datetime.now(timezone.utc)).total_seconds()
+    else:
+        return None
+    if seconds <= 0:
+        return None
+    return time.monotonic() + seconds, time.time() + seconds
+
+
 def name_of(fn: Any) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None:
@@ -107,10 +138,12 @@ def prepare(
     policy: RetryPolicy | None = None,
     timeout: float | None = None,
     future: _TaskFuture | None = None,
+    due: tuple[float, float] | None = None,
 ) -> _TaskRecord:
     """Validate and pickle a call into a record (not queued yet): a typed
     error at the call, and nothing queued, for a non-callable, a bad priority,
-    a closed queue or anything that refuses to pickle."""
+    a closed queue or anything that refuses to pickle. ``due``: from
+    :func:`due_of`."""
     if not callable(fn):
         raise InvalidCallableError(f"{fn!r} is not callable")
     if isinstance(priority, bool) or not isinstance(priority, int):
@@ -121,7 +154,10 @@ def prepare(
         payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)
     except Exception as e:
         raise _cannot_pickle(name, e) from e
-    return engine.new_record(name, priority, payload, policy, timeout, future)
+    rec = engine.new_record(name, priority, payload, policy, timeout, future)
+    if due is not None:
+        rec.schedule(*due)
+    return rec
 
 
 def prepare_many(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import replace
+from datetime import datetime
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +19,7 @@ from ._core.records import TaskStatus
 from ._frontdoor import (
     CommonOptions,
     DeadLetterQueue,
+    due_of,
     make_engine,
     prepare,
     prepare_many,
@@ -128,18 +130,22 @@ class ProcQueue(Executor):
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         block_timeout: float | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
         **kwargs: Any,
     ) -> Future[T]:
         """Like :meth:`submit`, with per-task options. ``priority``: higher runs
         first; ``max_retries``/``retry`` override the queue's retry policy;
         ``timeout``: seconds one attempt may run before its worker is killed;
         ``block_timeout``: with ``max_pending``, seconds to wait for room before
-        ``QueueFullError``. ``procqueue.task_id(fut)`` names the task for
-        :meth:`get_task_status`."""
+        ``QueueFullError``. ``delay`` (seconds) or ``eta`` (a timezone-aware
+        datetime): the task is ``scheduled`` until then, blocking nobody.
+        ``procqueue.task_id(fut)`` names the task for :meth:`get_task_status`."""
         engine = self._engine
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
+        due = due_of(delay, eta)
         fut = _TaskFuture()
-        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut)
+        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut, due)
         engine.enqueue(rec, wait=block_timeout)
         return fut
 

@@ -7,12 +7,20 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._asyncbridge import to_asyncio
 from ._core.records import TaskStatus
-from ._frontdoor import DeadLetterQueue, TaskQueueOptions, make_engine, prepare, task_policy
+from ._frontdoor import (
+    DeadLetterQueue,
+    TaskQueueOptions,
+    due_of,
+    make_engine,
+    prepare,
+    task_policy,
+)
 from ._policy import RetryPolicy
 from ._runtime.state import EngineState
 from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
@@ -77,6 +85,8 @@ class TaskQueue:
         max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
         **kwargs: Any,
     ) -> int:
         """Queue ``fn(*args, **kwargs)``; returns the task id.
@@ -84,6 +94,8 @@ class TaskQueue:
         ``priority``: higher runs first, FIFO among equals. ``max_retries``:
         retries after the first attempt (queue default otherwise). ``retry``: a
         whole :class:`RetryPolicy`. ``timeout``: seconds per attempt.
+        ``delay`` (seconds) or ``eta`` (a timezone-aware datetime): the task is
+        ``scheduled`` until then, off the ready heap, then runs in priority order.
         With ``max_pending`` set, waits (without blocking the event loop) while
         that many tasks are unfinished.
         Raises at once (nothing queued) for a non-callable, a bad option or an
@@ -93,7 +105,8 @@ class TaskQueue:
         if engine.state is EngineState.NEW:
             raise QueueNotStartedError("call 'await queue.start()' before submitting")
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
-        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout)
+        due = due_of(delay, eta)
+        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, due=due)
         # Back-pressure (max_pending): wait without blocking the event loop.
         while True:
             try:

@@ -117,7 +117,15 @@ def test_stats_add_up_while_running(n: int, workers: int) -> None:
             for i in range(n):
                 await q.submit(record_order, i)
                 s = q.get_stats()
-                total = s.pending + s.running + s.retrying + s.completed + s.failed + s.cancelled
+                total = (
+                    s.scheduled
+                    + s.pending
+                    + s.running
+                    + s.retrying
+                    + s.completed
+                    + s.failed
+                    + s.cancelled
+                )
                 assert total == s.submitted == i + 1
             await q.join()
             s = q.get_stats()

@@ -55,8 +55,14 @@ class _ReadyHeap:
         return out
 
 
+#: The states of a record waiting for its time in the delayed heap.
+_WAITING_FOR_TIME = frozenset({TaskState.RETRYING.ordinal, TaskState.SCHEDULED.ordinal})
+
+
 class _DelayedHeap:
-    """Records waiting out a retry backoff, earliest due first."""
+    """Records waiting for a time, earliest due first: a retry's backoff
+    (``RETRYING``) or a ``delay``/``eta`` (``SCHEDULED``). An entry whose record
+    left those states (cancelled, failed) is stale and skipped."""
 
     __slots__ = ("_heap",)
 
@@ -69,7 +75,7 @@ class _DelayedHeap:
     def next_due(self) -> float | None:
         """Due time of the earliest live entry (stale ones are dropped)."""
         heap = self._heap
-        while heap and heap[0][2].state is not TaskState.RETRYING:
+        while heap and heap[0][2].state.ordinal not in _WAITING_FOR_TIME:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -78,11 +84,11 @@ class _DelayedHeap:
         heap = self._heap
         while heap and heap[0][0] <= now:
             rec = heapq.heappop(heap)[2]
-            if rec.state is TaskState.RETRYING:
+            if rec.state.ordinal in _WAITING_FOR_TIME:
                 out.append(rec)
         return out
 
     def drain(self) -> list[_TaskRecord]:
-        out = [e[2] for e in sorted(self._heap) if e[2].state is TaskState.RETRYING]
+        out = [e[2] for e in sorted(self._heap) if e[2].state.ordinal in _WAITING_FOR_TIME]
         self._heap.clear()
         return out

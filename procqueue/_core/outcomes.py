@@ -87,7 +87,7 @@ class Outcomes(CoreState):
         self._bookkeep(rec)
 
     def _finish_cancelled(self, rec: _TaskRecord, now: float) -> None:
-        """A ``PENDING`` or ``RETRYING`` record ends ``CANCELLED``."""
+        """A ``PENDING``, ``RETRYING`` or ``SCHEDULED`` record ends ``CANCELLED``."""
         err = TaskCancelledError(f"task {rec.task_id} was cancelled")
         self._end(rec, _CANCELLED, err, now, CANCEL)
 

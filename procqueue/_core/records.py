@@ -17,7 +17,7 @@ from .._policy import RetryPolicy
 __all__ = ["AttemptError", "TaskState", "TaskStatus"]
 
 
-_ORDER = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+_ORDER = ("scheduled", "pending", "running", "retrying", "completed", "failed", "cancelled")
 
 
 class TaskState(str, enum.Enum):
@@ -26,6 +26,9 @@ class TaskState(str, enum.Enum):
 
     ordinal: int
 
+    SCHEDULED = "scheduled"
+    """Not due yet (``delay``/``eta``): off the ready heap, blocking nobody; it
+    enters the heap at its due time, in priority order."""
     PENDING = "pending"
     """In the ready heap, waiting for a free worker."""
     RUNNING = "running"
@@ -58,8 +61,9 @@ _FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
 
 #: The one transition table. ``RUNNING -> PENDING`` is a requeue that charges no
 #: attempt: the task sat behind a crashed task in a dead worker's pipe.
-#: ``PENDING/RETRYING -> FAILED`` happens only when the pool breaks.
+#: ``SCHEDULED/PENDING/RETRYING -> FAILED`` happens only when the pool breaks.
 _TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.SCHEDULED: frozenset({TaskState.PENDING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
         {
@@ -117,6 +121,8 @@ class TaskStatus:
     ``time.time()`` values; ``started_at`` is the start of the latest attempt.
     ``error`` is the final error of a ``failed`` task (``None`` otherwise);
     ``errors`` holds every failed attempt's error in order, retried ones included.
+    ``due_at`` is when a task submitted with ``delay``/``eta`` becomes due
+    (``None`` for one due at once).
     """
 
     task_id: int
@@ -131,6 +137,7 @@ class TaskStatus:
     worker_pid: int | None
     error: AttemptError | None
     errors: tuple[AttemptError, ...]
+    due_at: float | None = None
 
 
 class _TaskRecord:
@@ -160,6 +167,8 @@ class _TaskRecord:
         "dispatched",
         "external",
         "slot",
+        "due",
+        "due_at",
     )
 
     def __init__(
@@ -198,6 +207,16 @@ class _TaskRecord:
         self.external = False
         # The worker slot holding it while RUNNING, else -1.
         self.slot = -1
+        # Due time (monotonic, and wall clock for statuses) of a delayed task.
+        self.due: float | None = None
+        self.due_at: float | None = None
+
+    def schedule(self, due: float, due_at: float) -> None:
+        """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:
+        the same instant on the wall clock). Only before admission."""
+        self.state = TaskState.SCHEDULED
+        self.due = due
+        self.due_at = due_at
 
     def move(self, new: TaskState) -> None:
         """Apply one transition; raise on a move the table forbids."""
@@ -226,4 +245,5 @@ class _TaskRecord:
             worker_pid=self.worker_pid,
             error=errors[-1] if errors and self.state is TaskState.FAILED else None,
             errors=errors,
+            due_at=self.due_at,
         )

@@ -40,6 +40,7 @@ PREFETCH_BUDGET = 0.002
 MAX_PREFETCH = 256
 
 _PENDING, _RUNNING, _RETRYING = TaskState.PENDING, TaskState.RUNNING, TaskState.RETRYING
+_SCHEDULED = TaskState.SCHEDULED
 _COMPLETED, _CANCELLED = TaskState.COMPLETED, TaskState.CANCELLED
 _STARTING, _READY, _STOPPED = WorkerState.STARTING, WorkerState.READY, WorkerState.STOPPED
 
@@ -59,10 +60,14 @@ class Scheduler(Supervision):
     # ------------------------------------------------------------------ admission
 
     def admit(self, rec: _TaskRecord) -> None:
-        """A new ``pending`` task (any thread, under the engine lock)."""
+        """A new ``pending`` or ``scheduled`` task (any thread, under the engine lock)."""
         self.tasks[rec.task_id] = rec
-        self.tally.admit()
-        self.heap.push(rec)
+        if rec.due is None:
+            self.tally.admit()
+            self.heap.push(rec)
+        else:
+            self.tally.admit(1, _SCHEDULED)
+            self.delayed.push(rec.due, rec)
         if self.observed:
             self.statuses.append(rec.snapshot())
 
@@ -84,7 +89,7 @@ class Scheduler(Supervision):
         if rec.state is _PENDING:
             self.heap.discard(rec)
             self._finish_cancelled(rec, now)
-        elif rec.state is _RETRYING:
+        elif rec.state is _RETRYING or rec.state is _SCHEDULED:
             self._finish_cancelled(rec, now)
         elif rec.state is _RUNNING:
             slot = self.slots[rec.slot]
@@ -364,5 +369,6 @@ class Scheduler(Supervision):
             self.stopping
             and not self.heap.live
             and not self.tally.count(_RETRYING)
+            and not self.tally.count(_SCHEDULED)
             and not any(s.inflight for s in self.slots)
         )

@@ -38,7 +38,7 @@ class Handle(Protocol):
 class CoreState:
     """Everything the scheduler knows. Invariants: a record is in ``heap`` iff
     it is ``PENDING`` (stale heap entries aside, skipped on pop); in
-    ``delayed`` iff ``RETRYING``; in exactly one slot's ``inflight`` iff
+    ``delayed`` iff ``RETRYING`` or ``SCHEDULED``; in exactly one slot's ``inflight`` iff
     ``RUNNING``; ``tally`` counts every record of ``tasks`` (and evicted
     finals) by state."""
 

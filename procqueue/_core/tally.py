@@ -12,7 +12,7 @@ SAMPLES = 10_000
 #: Seconds of history behind ``throughput``.
 WINDOW = 10
 
-_PENDING = TaskState.PENDING.ordinal
+_FINAL = tuple(s.ordinal for s in TaskState if s.is_final)
 _RETRYING = TaskState.RETRYING
 
 
@@ -41,10 +41,10 @@ class Tally:
         self._buckets: deque[list[int]] = deque()
         self.started = now
 
-    def admit(self, n: int = 1) -> None:
-        """``n`` new tasks, born ``pending``."""
+    def admit(self, n: int = 1, state: TaskState = TaskState.PENDING) -> None:
+        """``n`` new tasks, born ``state`` (``pending`` or ``scheduled``)."""
         self.submitted += n
-        self.by_state[_PENDING] += n
+        self.by_state[state.ordinal] += n
 
     def move(self, old: TaskState, new: TaskState) -> None:
         counts = self.by_state
@@ -60,7 +60,7 @@ class Tally:
     def unfinished(self) -> int:
         """Tasks not yet in a final state."""
         c = self.by_state
-        return c[0] + c[1] + c[2]
+        return self.submitted - sum(c[i] for i in _FINAL)
 
     def count_completion(self, now: float) -> None:
         sec = int(now)
