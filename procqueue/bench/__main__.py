@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,14 +35,48 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+#: The size options (their defaults depend on ``--quick``): flag, parser,
+#: metavar and help (``None``: argparse's default).
+_SIZE_OPTIONS: tuple[tuple[str, Callable[[str], object], str | None, str | None], ...] = (
+    ("--tiny-tasks", int, None, None),
+    ("--map-tasks", int, None, None),
+    ("--chunksizes", _ints, "N,N", "map chunk sizes (1,1000)"),
+    ("--cpu-tasks-per-worker", int, None, None),
+    ("--task-ms", float, None, "sequential ms of one CPU task (20)"),
+    ("--io-tasks", int, None, None),
+    ("--io-ms", float, None, "sleep of one I/O task (10)"),
+    ("--payload-mb", float, None, "MB each way per payload task (4)"),
+    ("--payload-tasks", int, None, None),
+    ("--latency-trips", int, None, "round trips per round (200)"),
+    ("--sweep-task-ms", _floats, "MS,MS", None),
+    ("--scale-sizes", _ints, "N,N", "task counts (10000,100000,1000000)"),
+    ("--scale-peer-max", int, None, "largest scale size for the stdlib pools (100000)"),
+    ("--memory-tasks", int, None, "pending tasks in the memory probe"),
+    ("--kill-tasks", int, None, None),
+)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     """The command line as a :class:`BenchConfig` (``--quick`` picks the base)."""
+    p = _parser()
+    return _config(p, p.parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m procqueue.bench",
         description="procqueue next to the standard library and its peers, in one run.",
         epilog="workloads: " + "; ".join(f"{k}: {WORKLOAD_TITLES[k]}" for k in WORKLOADS),
     )
-    methods = multiprocessing.get_all_start_methods()
+    _add_run_options(p)
+    sizes = p.add_argument_group("sizes (defaults depend on --quick)")
+    for flag, parse, metavar, help_text in _SIZE_OPTIONS:
+        sizes.add_argument(flag, type=parse, metavar=metavar, help=help_text)
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Every option but the sizes: mode, pools, contestants, workloads, output."""
     p.add_argument(
         "--quick",
         action="store_true",
@@ -51,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--workers", type=int, help="workers in every pool (default 2)")
     p.add_argument(
         "--start-method",
-        choices=methods,
+        choices=multiprocessing.get_all_start_methods(),
         help="start method of every process pool that lets you choose (default fork)",
     )
     p.add_argument(
@@ -85,28 +119,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         help="seconds one run may take before it counts as hung (default 300)",
     )
     p.add_argument("--prefetch", type=int, help="procqueue prefetch (default: adaptive)")
-    sizes = p.add_argument_group("sizes (defaults depend on --quick)")
-    sizes.add_argument("--tiny-tasks", type=int)
-    sizes.add_argument("--map-tasks", type=int)
-    sizes.add_argument("--chunksizes", type=_ints, metavar="N,N", help="map chunk sizes (1,1000)")
-    sizes.add_argument("--cpu-tasks-per-worker", type=int)
-    sizes.add_argument("--task-ms", type=float, help="sequential ms of one CPU task (20)")
-    sizes.add_argument("--io-tasks", type=int)
-    sizes.add_argument("--io-ms", type=float, help="sleep of one I/O task (10)")
-    sizes.add_argument("--payload-mb", type=float, help="MB each way per payload task (4)")
-    sizes.add_argument("--payload-tasks", type=int)
-    sizes.add_argument("--latency-trips", type=int, help="round trips per round (200)")
-    sizes.add_argument("--sweep-task-ms", type=_floats, metavar="MS,MS")
-    sizes.add_argument(
-        "--scale-sizes", type=_ints, metavar="N,N", help="task counts (10000,100000,1000000)"
-    )
-    sizes.add_argument(
-        "--scale-peer-max", type=int, help="largest scale size for the stdlib pools (100000)"
-    )
-    sizes.add_argument("--memory-tasks", type=int, help="pending tasks in the memory probe")
-    sizes.add_argument("--kill-tasks", type=int)  # fmt: skip
-    a = p.parse_args(argv)
 
+
+def _config(p: argparse.ArgumentParser, a: argparse.Namespace) -> BenchConfig:
+    """The base config of ``--quick`` or full, with every option given on top;
+    a bad combination ends the program through ``p.error``."""
     cfg = BenchConfig.quick() if a.quick else BenchConfig.full()
     changes = {
         name: value

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _tasks
-from ._contestants import Pool
+from ._pool import Pool
 
 _log = logging.getLogger("procqueue.bench")
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from ._measure import (
     warm_workers,
 )
 from ._memprobe import BARE_FUTURE
+from ._pool import Pool
 
 _log = logging.getLogger("procqueue.bench")
 
@@ -224,6 +226,47 @@ def run_kill(cfg: BenchConfig, contestants: Sequence[Contestant]) -> WorkloadRes
     return result
 
 
+@dataclass
+class _Killing:
+    """What one kill round saw, filled in step by step."""
+
+    #: Pids of the workers that answered before any task was submitted.
+    before: set[int]
+    handles: list[Any]
+    task_s: float
+    answers: dict[int, tuple[int, int, float]] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    killed_pid: int | None = None
+    t_kill: float = 0.0
+    coordinator_rss: int = 0
+    recovery: float | None = None
+    rerun_pid: int | None = None
+    replaced: list[float] = field(default_factory=list)
+    usable: float = 0.0
+    restarts: int | None = None
+
+    def metrics(self) -> dict[str, float | None]:
+        return {
+            "survived": float(len(self.answers)),
+            "recovery_ms": None if self.recovery is None else self.recovery * 1000,
+            "replacement_ms": min(self.replaced) * 1000 if self.replaced else None,
+            "usable": self.usable,
+        }
+
+    def notes(self) -> dict[str, Any]:
+        rerun_on = None
+        if self.rerun_pid is not None:
+            rerun_on = "surviving worker" if self.rerun_pid in self.before else "replacement worker"
+        return {
+            "coordinator_rss": self.coordinator_rss,
+            "errors": dict(self.errors),
+            "killed_pid": self.killed_pid,
+            "rerun_pid": self.rerun_pid,
+            "rerun_on": rerun_on,
+            "restarts": self.restarts,
+        }
+
+
 def _kill_round(
     cfg: BenchConfig, c: Contestant, n: int, k: int, cell: Cell
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
@@ -237,70 +280,65 @@ def _kill_round(
         before = warm_workers(pool, cfg.workers, cfg.timeout)
         task_s = cfg.kill_task_ms / 1000
         handles = pool.submit_many(_tasks.tagged_sleep, [(i, task_s) for i in range(n)])
-        deadline = time.monotonic() + cfg.timeout
-        answers: dict[int, tuple[int, int, float]] = {}
-        errors: Counter[str] = Counter()
-        killed_pid: int | None = None
-        t_kill = 0.0
-        for i, h in enumerate(handles):
-            try:
-                answer = pool.wait(h, max(0.0, deadline - time.monotonic()))
-            except Exception as e:
-                errors[type(e).__name__] += 1
-                continue
-            value, pid, _started = answer
-            check(value == i + 1, f"task {i} answered {value!r}")
-            answers[i] = answer
-            if killed_pid is None and len(answers) == k:
-                os.kill(pid, signal.SIGKILL)
-                t_kill = time.time()
-                killed_pid = pid
-                # From now on a task still missing once the rest of the work had
-                # time to finish is counted lost (mp.Pool never answers it).
-                left = (n - i) * task_s / cfg.workers
-                deadline = time.monotonic() + 2 * left + KILL_GRACE_S
-        check(killed_pid is not None, "the run ended before a worker could be killed")
-        coordinator_rss = _rss()
-        recovery: float | None = None
-        rerun_pid: int | None = None
-        for i, h in enumerate(handles):
-            tries = pool.attempts(h) if i in answers else None
-            if tries is not None and tries > 1:
-                recovery = answers[i][2] - t_kill
-                rerun_pid = answers[i][1]
-        replaced = [
-            started - t_kill
-            for _v, pid, started in answers.values()
-            if pid not in before and pid != killed_pid and started >= t_kill
-        ]
-        usable = 0.0
-        try:
-            answer = pool.round_trip(_tasks.add_one, (1,), USABLE_TIMEOUT_S)
-            usable = 1.0 if answer == 2 else 0.0
-        except Exception as e:
-            errors[f"afterwards: {type(e).__name__}"] += 1
-        restarts = pool.restarts()
-        rerun_on = None
-        if rerun_pid is not None:
-            rerun_on = "surviving worker" if rerun_pid in before else "replacement worker"
-        broken = bool(errors)
+        run = _Killing(before, handles, task_s)
+        _collect_and_kill(pool, cfg, run, k)
+        check(run.killed_pid is not None, "the run ended before a worker could be killed")
+        run.coordinator_rss = _rss()
+        _find_rerun(pool, run)
+        _check_usable(pool, run)
+        run.restarts = pool.restarts()
+        broken = bool(run.errors)
     finally:
         # A pool the kill broke gets less time to close before its workers are
         # killed for it (mpire's terminate() can wait for ever on a dead worker).
         if not close_within(pool, BROKEN_CLEANUP_S if broken else CLEANUP_TIMEOUT_S, broken=broken):
             _log.error("%s: cleanup after the kill hung; abandoned", c.label)
-    metrics: dict[str, float | None] = {
-        "survived": float(len(answers)),
-        "recovery_ms": None if recovery is None else recovery * 1000,
-        "replacement_ms": min(replaced) * 1000 if replaced else None,
-        "usable": usable,
-    }
-    notes = {
-        "coordinator_rss": coordinator_rss,
-        "errors": dict(errors),
-        "killed_pid": killed_pid,
-        "rerun_pid": rerun_pid,
-        "rerun_on": rerun_on,
-        "restarts": restarts,
-    }
-    return metrics, notes
+    return run.metrics(), run.notes()
+
+
+def _collect_and_kill(pool: Pool, cfg: BenchConfig, run: _Killing, k: int) -> None:
+    """Wait for every task in order; once ``k`` have answered, SIGKILL the worker
+    that answered the ``k``-th (it is running the next one by then)."""
+    n = len(run.handles)
+    deadline = time.monotonic() + cfg.timeout
+    for i, h in enumerate(run.handles):
+        try:
+            answer = pool.wait(h, max(0.0, deadline - time.monotonic()))
+        except Exception as e:
+            run.errors[type(e).__name__] += 1
+            continue
+        value, pid, _started = answer
+        check(value == i + 1, f"task {i} answered {value!r}")
+        run.answers[i] = answer
+        if run.killed_pid is None and len(run.answers) == k:
+            os.kill(pid, signal.SIGKILL)
+            run.t_kill = time.time()
+            run.killed_pid = pid
+            # From now on a task still missing once the rest of the work had
+            # time to finish is counted lost (mp.Pool never answers it).
+            left = (n - i) * run.task_s / cfg.workers
+            deadline = time.monotonic() + 2 * left + KILL_GRACE_S
+
+
+def _find_rerun(pool: Pool, run: _Killing) -> None:
+    """The killed task's second start (from its attempts, procqueue only) and the
+    starts of tasks on replacement workers, both counted from the kill."""
+    for i, h in enumerate(run.handles):
+        tries = pool.attempts(h) if i in run.answers else None
+        if tries is not None and tries > 1:
+            run.recovery = run.answers[i][2] - run.t_kill
+            run.rerun_pid = run.answers[i][1]
+    run.replaced = [
+        started - run.t_kill
+        for _v, pid, started in run.answers.values()
+        if pid not in run.before and pid != run.killed_pid and started >= run.t_kill
+    ]
+
+
+def _check_usable(pool: Pool, run: _Killing) -> None:
+    """Whether one more task gets its answer in time after the kill."""
+    try:
+        answer = pool.round_trip(_tasks.add_one, (1,), USABLE_TIMEOUT_S)
+        run.usable = 1.0 if answer == 2 else 0.0
+    except Exception as e:
+        run.errors[f"afterwards: {type(e).__name__}"] += 1

@@ -1,4 +1,5 @@
-"""Markdown tables, the JSON record and the run's context.
+"""The markdown report: a header with the run's context, the targets, a table
+per workload and a footer.
 
 Every table puts the ratio against ProcessPoolExecutor first (the PPE row on
 the same start method; the main one for libraries that offer no choice), then
@@ -9,15 +10,8 @@ that workload.
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 import platform
-import shlex
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ._config import BenchConfig
@@ -27,76 +21,6 @@ from ._targets import Target
 
 #: Contestants whose ``submit`` returns a ``concurrent.futures.Future``.
 FUTURE_HANDLES = ("ppe", "ProcQueue")
-
-PACKAGES = (
-    "procqueue",
-    "cloudpickle",
-    "psutil",
-    "loky",
-    "joblib",
-    "pebble",
-    "mpire",
-    "matplotlib",
-)
-
-
-# --- context -------------------------------------------------------------------------
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _git_commit() -> str | None:
-    """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=40"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def loadavg() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def context(cfg: BenchConfig, started: datetime, command: Sequence[str]) -> dict[str, Any]:
-    """Date, exact command, Python, nproc, load, start methods, versions, commit."""
-    try:
-        usable: int | None = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
-    return {
-        "date": started.isoformat(timespec="seconds"),
-        "command": shlex.join(command),
-        "cwd": os.getcwd(),
-        "python": sys.version,
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "nproc": os.cpu_count(),
-        "cpus_usable": usable,
-        "loadavg_at_start": loadavg(),
-        "workers": cfg.workers,
-        "start_method": cfg.start_method,
-        "extra_start_methods": list(cfg.extra_start_methods),
-        "packages": _versions(),
-        "git": _git_commit(),
-        "config": cfg.as_dict(),
-    }
-
 
 # --- number formats ------------------------------------------------------------------
 
@@ -438,61 +362,63 @@ def table_memory(r: WorkloadResult) -> str:
     )
 
 
-def table_kill(r: WorkloadResult) -> str:
-    n = r.params["tasks"]
-
-    def survived(c: Cell) -> str:
+def _kill_survived(n: int) -> Callable[[Cell], str]:
+    def text(c: Cell) -> str:
         vals = c.values("survived")
         if not vals or not c.ok:
             return _status(c) if not c.ok else "—"
         return f"{min(vals):.0f}-{max(vals):.0f} of {n}"
 
-    def errors(c: Cell) -> str:
-        seen: dict[str, int] = {}
-        for note in c.notes:
-            for k, v in note.get("errors", {}).items():
-                seen[k] = seen.get(k, 0) + v
-        return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items())) or "none"
+    return text
 
-    def usable(c: Cell) -> str:
-        vals = c.values("usable")
-        if not vals:
-            return "—"
-        return "yes" if min(vals) == 1 else "no" if max(vals) == 0 else "sometimes"
 
-    def rerun_on(c: Cell) -> str:
-        where = {n.get("rerun_on") for n in c.notes if n.get("rerun_on")}
-        return ", ".join(sorted(str(w) for w in where)) or "—"
+def _spread_if_measured(metric: str) -> Callable[[Cell], str]:
+    """``median (min-max)`` of ``metric`` in ms; ``—`` where no round measured it."""
+    return lambda c: _spread(c, metric, fmt_ms) if c.values(metric) else "—"
 
-    def rss(c: Cell) -> str:
-        vals = sorted(n["coordinator_rss"] for n in c.notes if n.get("coordinator_rss"))
-        return f"{vals[len(vals) // 2] / 2**20:,.0f} MiB" if vals else "—"
 
-    def restarts(c: Cell) -> str:
-        vals = [n["restarts"] for n in c.notes if n.get("restarts") is not None]
-        return "—" if not vals else f"{min(vals)}-{max(vals)}"
+def _kill_errors(c: Cell) -> str:
+    seen: dict[str, int] = {}
+    for note in c.notes:
+        for k, v in note.get("errors", {}).items():
+            seen[k] = seen.get(k, 0) + v
+    return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items())) or "none"
 
+
+def _kill_usable(c: Cell) -> str:
+    vals = c.values("usable")
+    if not vals:
+        return "—"
+    return "yes" if min(vals) == 1 else "no" if max(vals) == 0 else "sometimes"
+
+
+def _kill_rerun_on(c: Cell) -> str:
+    where = {n.get("rerun_on") for n in c.notes if n.get("rerun_on")}
+    return ", ".join(sorted(str(w) for w in where)) or "—"
+
+
+def _kill_rss(c: Cell) -> str:
+    vals = sorted(n["coordinator_rss"] for n in c.notes if n.get("coordinator_rss"))
+    return f"{vals[len(vals) // 2] / 2**20:,.0f} MiB" if vals else "—"
+
+
+def _kill_restarts(c: Cell) -> str:
+    vals = [n["restarts"] for n in c.notes if n.get("restarts") is not None]
+    return "—" if not vals else f"{min(vals)}-{max(vals)}"
+
+
+def table_kill(r: WorkloadResult) -> str:
     return _table(
         r,
         [
-            ("results kept (min-max)", "---:", survived),
-            (
-                "killed task ran again after, ms",
-                "---:",
-                lambda c: _spread(c, "recovery_ms", fmt_ms) if c.values("recovery_ms") else "—",
-            ),
-            ("re-ran on", "---", rerun_on),
-            (
-                "first task on a replacement, ms",
-                "---:",
-                lambda c: (
-                    _spread(c, "replacement_ms", fmt_ms) if c.values("replacement_ms") else "—"
-                ),
-            ),
-            ("pool usable after", "---", usable),
-            ("errors seen (all rounds)", "---", errors),
-            ("worker restarts", "---:", restarts),
-            ("coordinator RSS", "---:", rss),
+            ("results kept (min-max)", "---:", _kill_survived(r.params["tasks"])),
+            ("killed task ran again after, ms", "---:", _spread_if_measured("recovery_ms")),
+            ("re-ran on", "---", _kill_rerun_on),
+            ("first task on a replacement, ms", "---:", _spread_if_measured("replacement_ms")),
+            ("pool usable after", "---", _kill_usable),
+            ("errors seen (all rounds)", "---", _kill_errors),
+            ("worker restarts", "---:", _kill_restarts),
+            ("coordinator RSS", "---:", _kill_rss),
         ],
         [
             "Times run from the kill to the task's own start (wall clock in the worker). "
@@ -519,19 +445,12 @@ def table_targets(targets: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
-def render(
-    results: dict[str, WorkloadResult],
-    targets: Sequence[Target],
-    cfg: BenchConfig,
-    ctx: dict[str, Any],
-    failed: Sequence[str],
-) -> str:
-    """The whole markdown report."""
+def _header(cfg: BenchConfig, ctx: dict[str, Any]) -> list[str]:
+    """The title, the run's context in one paragraph, and the command."""
     pk = ctx["packages"]
     peers = ", ".join(f"{p} {pk[p]}" for p in ("loky", "joblib", "pebble", "mpire") if pk.get(p))
     extra = ", ".join(m for m in cfg.extra_start_methods if m != cfg.start_method)
     prefetch = "adaptive" if cfg.prefetch is None else str(cfg.prefetch)
-    load0, load1 = ctx.get("loadavg_at_start"), ctx.get("loadavg_at_end")
     lines = [
         f"## procqueue comparative benchmark ({ctx['date']})",
         "",
@@ -550,8 +469,12 @@ def render(
     ]
     if ctx.get("not_installed"):
         lines += [f"Not installed, skipped: {', '.join(ctx['not_installed'])}.", ""]
-    lines += [table_targets(targets), ""]
-    renderers: dict[str, Callable[[WorkloadResult], str]] = {
+    return lines
+
+
+def _renderers(cfg: BenchConfig) -> dict[str, Callable[[WorkloadResult], str]]:
+    """The table of each workload with a fixed key (map and sweep keys vary)."""
+    return {
         "latency": table_latency,
         "startup": table_startup,
         "tiny": lambda r: _rate_table(r, "tasks_per_s", "tasks/s"),
@@ -564,8 +487,14 @@ def render(
         "memory": table_memory,
         "kill": table_kill,
     }
+
+
+def _workload_tables(results: dict[str, WorkloadResult], cfg: BenchConfig) -> list[str]:
+    """A table per workload, in ``results`` order; the sweep points share one."""
+    renderers = _renderers(cfg)
     sweep = [r for k, r in results.items() if k.startswith("sweep@")]
     done_sweep = False
+    lines: list[str] = []
     for key, r in results.items():
         if key.startswith("map"):
             lines += [table_map(r), ""]
@@ -575,13 +504,32 @@ def render(
                 done_sweep = True
         elif key in renderers:
             lines += [renderers[key](r), ""]
+    return lines
+
+
+def _footer(ctx: dict[str, Any], failed: Sequence[str]) -> str:
+    """Total wall time, the load, and whether every answer was right."""
+    load0, load1 = ctx.get("loadavg_at_start"), ctx.get("loadavg_at_end")
     load = (
         f"load average (1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at end"
         if load0 and load1
         else "load average n/a"
     )
-    lines.append(
-        f"Total wall time {ctx.get('wall_s', 0):.1f} s; {load} on {ctx['nproc']} CPUs. "
-        + (f"FAIL: {', '.join(failed)}." if failed else "Every answer checked: all correct.")
+    return f"Total wall time {ctx.get('wall_s', 0):.1f} s; {load} on {ctx['nproc']} CPUs. " + (
+        f"FAIL: {', '.join(failed)}." if failed else "Every answer checked: all correct."
     )
+
+
+def render(
+    results: dict[str, WorkloadResult],
+    targets: Sequence[Target],
+    cfg: BenchConfig,
+    ctx: dict[str, Any],
+    failed: Sequence[str],
+) -> str:
+    """The whole markdown report."""
+    lines = _header(cfg, ctx)
+    lines += [table_targets(targets), ""]
+    lines += _workload_tables(results, cfg)
+    lines.append(_footer(ctx, failed))
     return "\n".join(lines)

@@ -15,10 +15,11 @@ from typing import Any
 
 from ._config import WORKLOADS, BenchConfig
 from ._contestants import Contestant, contestant_table
+from ._context import context, loadavg
 from ._measure import ABANDONED, FAIL, WorkloadResult, reap_strays
 from ._phases import run_kill, run_memory, run_scale
 from ._plots import write_plots
-from ._report import context, loadavg, render
+from ._report import render
 from ._targets import Target, evaluate
 from ._workloads import calibrate, run_sessions, session_workloads
 

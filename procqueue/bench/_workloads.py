@@ -28,7 +28,7 @@ from typing import Any
 
 from . import _tasks
 from ._config import BenchConfig
-from ._contestants import Contestant, Pool, Unsupported
+from ._contestants import Contestant
 from ._measure import (
     CLEANUP_TIMEOUT_S,
     Cell,
@@ -40,6 +40,7 @@ from ._measure import (
     timed,
     warm_workers,
 )
+from ._pool import Pool, Unsupported
 
 _log = logging.getLogger("procqueue.bench")
 
@@ -357,65 +358,99 @@ def _session(
         start_cell = None
     if not todo and start_cell is None:
         return
-    warm_up = rnd == 0
-    pool: Pool | None = None
-    clean = True  # no failure in this session: the shutdown time counts
-    try:
-        t0 = time.perf_counter()
-        pool = c.open(cfg.workers, cfg.pq_options())
-        first_s: float | None = None
-        if start_cell is not None:
-            value = pool.round_trip(_tasks.add_one, (41,), cfg.timeout)
-            first_s = time.perf_counter() - t0
-            check(value == 42, f"first result {value!r}, expected 42")
-            start_cell.start_method = pool.start_method
-        seen = warm_workers(pool, cfg.workers, cfg.timeout)
-        if start_cell is not None and pool.is_process_pool:
-            start_cell.notes.append({"round": rnd, "workers_seen": len(seen)})
-    except Exception as e:
-        _log.exception("%s: start-up failed in round %d", c.label, rnd)
-        for wl in todo:
-            results[wl.key].cells[c.key].fail(f"round {rnd}, start-up", e)
-        if start_cell is not None:
-            start_cell.fail(f"round {rnd}, start-up", e)
-        if pool is not None:
-            close_within(pool, CLEANUP_TIMEOUT_S, broken=True)
+    session = _Session(cfg, c, rnd, start_cell)
+    cells = [results[wl.key].cells[c.key] for wl in todo]
+    if not session.open(cells):
         return
+    for wl, cell in zip(todo, cells):
+        session.run(wl, cell)
+    session.close()
 
-    for wl in todo:
-        cell = results[wl.key].cells[c.key]
-        if pool is None:  # the last workload broke it
-            try:
-                pool = c.open(cfg.workers, cfg.pq_options())
-                warm_workers(pool, cfg.workers, cfg.timeout)
-            except Exception as e:
-                cell.fail(f"round {rnd}, reopening after a failure", e)
-                pool = None
-                continue
+
+class _Session:
+    """The pool one contestant holds through one session, and what its start-up
+    and shutdown figures need. ``start_cell`` is ``None`` when start-up is not
+    timed for this contestant (or it FAILed before)."""
+
+    def __init__(self, cfg: BenchConfig, c: Contestant, rnd: int, start_cell: Cell | None) -> None:
+        self.cfg = cfg
+        self.c = c
+        self.rnd = rnd
+        self.start_cell = start_cell
+        self.pool: Pool | None = None
+        self.first_s: float | None = None
+        self.clean = True  # no failure in this session: the shutdown time counts
+
+    def open(self, cells: Sequence[Cell]) -> bool:
+        """Open the pool, time its first result, warm every worker. On failure
+        every cell of the session FAILs and ``False`` comes back."""
+        cfg, start_cell = self.cfg, self.start_cell
+        try:
+            t0 = time.perf_counter()
+            self.pool = pool = self.c.open(cfg.workers, cfg.pq_options())
+            if start_cell is not None:
+                value = pool.round_trip(_tasks.add_one, (41,), cfg.timeout)
+                self.first_s = time.perf_counter() - t0
+                check(value == 42, f"first result {value!r}, expected 42")
+                start_cell.start_method = pool.start_method
+            seen = warm_workers(pool, cfg.workers, cfg.timeout)
+            if start_cell is not None and pool.is_process_pool:
+                start_cell.notes.append({"round": self.rnd, "workers_seen": len(seen)})
+        except Exception as e:
+            _log.exception("%s: start-up failed in round %d", self.c.label, self.rnd)
+            for cell in [*cells, *([start_cell] if start_cell is not None else [])]:
+                cell.fail(f"round {self.rnd}, start-up", e)
+            if self.pool is not None:
+                close_within(self.pool, CLEANUP_TIMEOUT_S, broken=True)
+            return False
+        return True
+
+    def _reopen(self, cell: Cell) -> Pool | None:
+        """A fresh pool after the last workload broke the old one (``None``, and
+        ``cell`` FAILed, if that fails too)."""
+        try:
+            pool = self.c.open(self.cfg.workers, self.cfg.pq_options())
+            warm_workers(pool, self.cfg.workers, self.cfg.timeout)
+        except Exception as e:
+            cell.fail(f"round {self.rnd}, reopening after a failure", e)
+            return None
+        return pool
+
+    def run(self, wl: SessionWorkload, cell: Cell) -> None:
+        """One repetition of ``wl`` into ``cell``; a failure closes the pool."""
+        if self.pool is None:  # the last workload broke it
+            self.pool = self._reopen(cell)
+            if self.pool is None:
+                return
+        pool = self.pool
         cell.start_method = pool.start_method
         try:
             metrics = wl.run(pool)
         except Unsupported as e:
             cell.not_applicable(str(e))
-            continue
+            return
         except Exception as e:
-            _log.exception("%s: %s failed in round %d", c.label, wl.key, rnd)
-            cell.fail(f"round {rnd}, {wl.key}", e)
-            clean = False
+            _log.exception("%s: %s failed in round %d", self.c.label, wl.key, self.rnd)
+            cell.fail(f"round {self.rnd}, {wl.key}", e)
+            self.clean = False
             if not close_within(pool, CLEANUP_TIMEOUT_S, broken=True):
-                _log.error("%s: cleanup hung; abandoned", c.label)
-            pool = None
-            continue
-        cell.add(metrics, warm_up=warm_up)
+                _log.error("%s: cleanup hung; abandoned", self.c.label)
+            self.pool = None
+            return
+        cell.add(metrics, warm_up=self.rnd == 0)
 
-    if pool is None:
-        return
-    t0 = time.perf_counter()
-    closed = close_within(pool, CLEANUP_TIMEOUT_S)
-    shutdown_s = time.perf_counter() - t0
-    if start_cell is None:
-        return
-    if not closed:
-        start_cell.fail(f"round {rnd}, shutdown", TimeoutError("shutdown hung"))
-    elif clean and first_s is not None:
-        start_cell.add({"start_s": first_s, "shutdown_s": shutdown_s}, warm_up=warm_up)
+    def close(self) -> None:
+        """Close the pool, timing the shutdown for the start-up table."""
+        if self.pool is None:
+            return
+        t0 = time.perf_counter()
+        closed = close_within(self.pool, CLEANUP_TIMEOUT_S)
+        shutdown_s = time.perf_counter() - t0
+        start_cell = self.start_cell
+        if start_cell is None:
+            return
+        if not closed:
+            start_cell.fail(f"round {self.rnd}, shutdown", TimeoutError("shutdown hung"))
+        elif self.clean and self.first_s is not None:
+            metrics: dict[str, float | None] = {"start_s": self.first_s, "shutdown_s": shutdown_s}
+            start_cell.add(metrics, warm_up=self.rnd == 0)
