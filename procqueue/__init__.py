@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._core.deadletters import DeadLetter
 from ._core.records import AttemptError, TaskState, TaskStatus
-from ._frontdoor import DeadLetterQueue
+from ._frontdoor import DeadLetterQueue, result_of
 from ._policy import RetryPolicy, WorkerLimits
 from .errors import (
     InvalidArgumentError,
@@ -30,6 +30,7 @@ from .errors import (
     TaskNotFoundError,
     TaskTimeoutError,
     UnpicklableTaskError,
+    UpstreamFailedError,
     WorkerCrashedError,
     WorkerStartupError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "WorkerLimits",
     "WorkerStats",
     # functions
+    "result_of",
     "task_id",
     # errors
     "InvalidArgumentError",
@@ -74,6 +76,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskTimeoutError",
     "UnpicklableTaskError",
+    "UpstreamFailedError",
     "WorkerCrashedError",
     "WorkerStartupError",
 ]

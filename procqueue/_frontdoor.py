@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
+from ._core.deps import ResultOf, find_markers, replace_markers
 from ._core.records import _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits, resolve_policy
 from ._runtime import wire
@@ -29,7 +31,84 @@ __all__ = ["CommonOptions", "DeadLetterQueue", "TaskQueueOptions"]
 
 #: Keyword names ``submit`` keeps for itself; anything else goes to the callable.
 #: To pass one of these to your function, use ``functools.partial``.
-RESERVED_OPTIONS = frozenset({"priority", "max_retries", "timeout", "retry", "delay", "eta"})
+RESERVED_OPTIONS = frozenset(
+    {"priority", "max_retries", "timeout", "retry", "delay", "eta", "after", "trigger"}
+)
+TRIGGERS = ("all_success", "all_done")
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def result_of(task: int | Future[Any]) -> ResultOf:
+    """A placeholder for ``task``'s result in another task's arguments.
+
+    ``await queue.submit(total, [result_of(a), result_of(b)])`` runs ``total``
+    once ``a`` and ``b`` have completed, with their results in place of the
+    placeholders. A placeholder counts at the top level of the arguments
+    (positional or keyword) or inside a ``list``, ``tuple`` or ``dict``, at any
+    depth; it implies ``after=[task]``. ``task``: a task id, or a future of a
+    ``ProcQueue`` (where passing the future itself does the same).
+    """
+    if isinstance(task, Future):
+        tid = getattr(task, "_task_id", -1)
+        if tid < 0:
+            raise InvalidArgumentError("this future was not returned by a procqueue ProcQueue")
+        return ResultOf(int(tid))
+    if isinstance(task, bool) or not isinstance(task, int):
+        raise OptionTypeError(f"result_of takes a task id or a ProcQueue future, got {task!r}")
+    return ResultOf(task)
+
+
+def _link_call(
+    engine: Engine,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    after: Iterable[int | Future[Any]] | None,
+    trigger: str,
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], set[int]]:
+    """Dependencies of a call: the upstream ids (``after`` and ``result_of``
+    markers) and those whose results it takes. A ``ProcQueue`` future of this
+    queue in the arguments stands for its result: a completed one is passed as
+    its value at once, any other becomes a marker."""
+    if trigger not in TRIGGERS:
+        raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+    ids: list[int] = []
+    if after is not None:
+        if isinstance(after, (str, bytes, int, Future)):
+            raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
+        ids = [_upstream_id(engine, a) for a in after]
+    if any(type(v) not in _ATOMIC for v in args) or any(
+        type(v) not in _ATOMIC for v in kwargs.values()
+    ):
+        swap = _future_swapper(engine)
+        args = tuple(replace_markers(v, swap) for v in args)
+        kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
+    needed: set[int] = set()
+    find_markers(args, kwargs, needed)
+    upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
+    return args, kwargs, upstream, needed
+
+
+def _upstream_id(engine: Engine, item: int | Future[Any]) -> int:
+    if isinstance(item, Future):
+        if getattr(item, "_cancel_hook", None) is not engine._cancel_ref:
+            raise InvalidArgumentError(f"{item!r} is not a future of this queue")
+        return int(getattr(item, "_task_id", -1))
+    if isinstance(item, bool) or not isinstance(item, int):
+        raise OptionTypeError(f"after takes task ids or futures, got {item!r}")
+    return item
+
+
+def _future_swapper(engine: Engine) -> Callable[[Any], Any]:
+    hook = engine._cancel_ref
+
+    def swap(v: Any) -> Any:
+        if type(v) is not _TaskFuture or v._cancel_hook is not hook:
+            return v
+        if v.done() and not v.cancelled() and v.exception() is None:
+            return v.result()
+        return ResultOf(v._task_id)
+
+    return swap
 
 
 class CommonOptions(TypedDict, total=False):
@@ -139,16 +218,19 @@ def prepare(
     timeout: float | None = None,
     future: _TaskFuture | None = None,
     due: tuple[float, float] | None = None,
+    after: Iterable[int | Future[Any]] | None = None,
+    trigger: str = "all_success",
 ) -> _TaskRecord:
     """Validate and pickle a call into a record (not queued yet): a typed
     error at the call, and nothing queued, for a non-callable, a bad priority,
     a closed queue or anything that refuses to pickle. ``due``: from
-    :func:`due_of`."""
+    :func:`due_of`. ``after``/``trigger``: dependencies (see :func:`result_of`)."""
     if not callable(fn):
         raise InvalidCallableError(f"{fn!r} is not callable")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise OptionTypeError(f"priority must be an int, got {priority!r}")
     engine.check_open()
+    args, kwargs, upstream, needed = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
         payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)
@@ -157,6 +239,11 @@ def prepare(
     rec = engine.new_record(name, priority, payload, policy, timeout, future)
     if due is not None:
         rec.schedule(*due)
+    if upstream:
+        rec.upstream = upstream
+        rec.all_done = trigger == "all_done"
+        if needed:
+            rec.inputs = dict.fromkeys(needed)
     return rec
 
 

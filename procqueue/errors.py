@@ -41,6 +41,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskTimeoutError",
     "UnpicklableTaskError",
+    "UpstreamFailedError",
     "WorkerCrashedError",
     "WorkerStartupError",
 ]
@@ -164,6 +165,20 @@ class TaskAbortedError(ProcQueueError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (str(self), self.exc_type))
+
+
+class UpstreamFailedError(ProcQueueError):
+    """A task this one depends on (``after=``, ``result_of``) failed for good,
+    so this one never ran (trigger ``all_success``, the default). Names the
+    upstream task (``upstream_id``); its error is ``__cause__``. Failure
+    propagates: the dependents of this task end the same way."""
+
+    def __init__(self, message: str, upstream_id: int = -1) -> None:
+        super().__init__(message)
+        self.upstream_id = upstream_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.upstream_id))
 
 
 class TaskCancelledError(ProcQueueError, CancelledError):

@@ -132,6 +132,8 @@ class ProcQueue(Executor):
         block_timeout: float | None = None,
         delay: float | None = None,
         eta: datetime | None = None,
+        after: Iterable[Future[Any] | int] | None = None,
+        trigger: str = "all_success",
         **kwargs: Any,
     ) -> Future[T]:
         """Like :meth:`submit`, with per-task options. ``priority``: higher runs
@@ -140,12 +142,16 @@ class ProcQueue(Executor):
         ``block_timeout``: with ``max_pending``, seconds to wait for room before
         ``QueueFullError``. ``delay`` (seconds) or ``eta`` (a timezone-aware
         datetime): the task is ``scheduled`` until then, blocking nobody.
+        ``after``: futures (of this pool) or task ids to wait for; a future of
+        this pool among the arguments (top level, or in a list, tuple or dict)
+        passes its result and implies it. ``trigger``: ``"all_success"`` or
+        ``"all_done"`` (see ``TaskQueue.submit``).
         ``procqueue.task_id(fut)`` names the task for :meth:`get_task_status`."""
         engine = self._engine
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
         due = due_of(delay, eta)
         fut = _TaskFuture()
-        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut, due)
+        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut, due, after, trigger)
         engine.enqueue(rec, wait=block_timeout)
         return fut
 

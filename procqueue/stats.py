@@ -43,9 +43,10 @@ class WorkerStats:
 class QueueStats:
     """A consistent snapshot of the queue.
 
-    The task counts always add up: ``submitted == scheduled + pending + running
-    + retrying + completed + failed + cancelled`` (``scheduled``: submitted with
-    a ``delay``/``eta`` and not due yet).
+    The task counts always add up: ``submitted == waiting + scheduled + pending
+    + running + retrying + completed + failed + cancelled`` (``waiting``: for
+    upstream tasks; ``scheduled``: submitted with a ``delay``/``eta`` and not due
+    yet).
     ``retried`` counts attempts that failed and were tried again.
     ``dead_letters`` is the size of the dead letter queue (``dead_letters_dropped``
     counts entries pushed out because it was full).
@@ -74,6 +75,7 @@ class QueueStats:
     workers: tuple[WorkerStats, ...]
     startup_deaths: int = 0
     scheduled: int = 0
+    waiting: int = 0
 
     def format_table(self) -> str:
         """A plain-text table, as the demo prints it."""
@@ -83,8 +85,8 @@ class QueueStats:
 
         rate = "-" if self.success_rate is None else f"{self.success_rate:.1%}"
         lines = [
-            f"submitted {self.submitted}  scheduled {self.scheduled}  pending {self.pending}  "
-            f"running {self.running}  retrying {self.retrying}",
+            f"submitted {self.submitted}  waiting {self.waiting}  scheduled {self.scheduled}  "
+            f"pending {self.pending}  running {self.running}  retrying {self.retrying}",
             f"completed {self.completed}  failed {self.failed}  cancelled {self.cancelled}  "
             f"retried {self.retried}  success {rate}  dead letters {self.dead_letters}",
             f"throughput {self.throughput:.1f}/s  uptime {self.uptime:.1f}s",
@@ -179,4 +181,5 @@ def build_stats(
         workers=workers,
         startup_deaths=startup_deaths,
         scheduled=counts[TaskState.SCHEDULED.ordinal],
+        waiting=counts[TaskState.WAITING.ordinal],
     )

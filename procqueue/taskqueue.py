@@ -87,6 +87,8 @@ class TaskQueue:
         timeout: float | None = None,
         delay: float | None = None,
         eta: datetime | None = None,
+        after: Iterable[int] | None = None,
+        trigger: str = "all_success",
         **kwargs: Any,
     ) -> int:
         """Queue ``fn(*args, **kwargs)``; returns the task id.
@@ -96,6 +98,11 @@ class TaskQueue:
         whole :class:`RetryPolicy`. ``timeout``: seconds per attempt.
         ``delay`` (seconds) or ``eta`` (a timezone-aware datetime): the task is
         ``scheduled`` until then, off the ready heap, then runs in priority order.
+        ``after``: task ids this one waits for (``waiting`` until they have
+        ended); ``procqueue.result_of(id)`` in the arguments passes that task's
+        result and implies it. ``trigger``: ``"all_success"`` (default: a failed
+        upstream fails this task with ``UpstreamFailedError``, a cancelled one
+        cancels it) or ``"all_done"`` (runs whatever they ended with).
         With ``max_pending`` set, waits (without blocking the event loop) while
         that many tasks are unfinished.
         Raises at once (nothing queued) for a non-callable, a bad option or an
@@ -106,7 +113,9 @@ class TaskQueue:
             raise QueueNotStartedError("call 'await queue.start()' before submitting")
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
         due = due_of(delay, eta)
-        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, due=due)
+        rec = prepare(
+            engine, fn, args, kwargs, priority, policy, timeout, None, due, after, trigger
+        )
         # Back-pressure (max_pending): wait without blocking the event loop.
         while True:
             try:

@@ -84,7 +84,7 @@ class Outcomes(CoreState):
             exc_type, exc)  # fmt: skip
         if rec.future is not None:
             self.settlements.append((rec.future, ERROR, exc))
-        self._bookkeep(rec)
+        self._bookkeep(rec, now)
 
     def _finish_cancelled(self, rec: _TaskRecord, now: float) -> None:
         """A ``PENDING``, ``RETRYING`` or ``SCHEDULED`` record ends ``CANCELLED``."""
@@ -112,9 +112,13 @@ class Outcomes(CoreState):
         rec.is_error = True
         if rec.future is not None and settle is not None:
             self.settlements.append((rec.future, settle, err))
-        self._bookkeep(rec)
+        self._bookkeep(rec, now)
 
-    def _bookkeep(self, rec: _TaskRecord) -> None:
+    def _bookkeep(self, rec: _TaskRecord, now: float) -> None:
+        """``rec`` just became final: tell its dependents, wake submitters,
+        retention, publish."""
+        if rec.dependents:
+            self._on_final(rec, now)
         if self.config.max_pending is not None:
             self.space_freed = True
         if rec.future is not None:
@@ -127,6 +131,13 @@ class Outcomes(CoreState):
         if rec.future is not None or not self.config.keep_unclaimed:
             self.make_evictable(rec.task_id)
         self._emit(rec)
+
+    def _on_final(self, rec: _TaskRecord, now: float) -> None:
+        """Hook: ``rec`` ended and has dependents (``dependencies.py``)."""
+
+    def _waiting_records(self) -> list[_TaskRecord]:
+        """Hook: every ``WAITING`` record (``dependencies.py``)."""
+        return []
 
     def _requeue(self, rec: _TaskRecord, now: float) -> None:
         """Back to the heap, uncharged: it never ran, or its worker was killed for
@@ -144,3 +155,6 @@ class Outcomes(CoreState):
             self._finish_cancelled(rec, now)
         for rec in self.delayed.drain():
             self._finish_cancelled(rec, now)
+        for rec in self._waiting_records():
+            if not rec.state.is_final:  # a cascade may have ended it already
+                self._finish_cancelled(rec, now)

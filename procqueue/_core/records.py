@@ -17,7 +17,16 @@ from .._policy import RetryPolicy
 __all__ = ["AttemptError", "TaskState", "TaskStatus"]
 
 
-_ORDER = ("scheduled", "pending", "running", "retrying", "completed", "failed", "cancelled")
+_ORDER = (
+    "waiting",
+    "scheduled",
+    "pending",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
 
 
 class TaskState(str, enum.Enum):
@@ -26,6 +35,9 @@ class TaskState(str, enum.Enum):
 
     ordinal: int
 
+    WAITING = "waiting"
+    """Its upstream tasks (``after=``, ``result_of``) have not all ended yet;
+    off the ready heap. It moves on once they have, or ends with them."""
     SCHEDULED = "scheduled"
     """Not due yet (``delay``/``eta``): off the ready heap, blocking nobody; it
     enters the heap at its due time, in priority order."""
@@ -63,6 +75,9 @@ _FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
 #: attempt: the task sat behind a crashed task in a dead worker's pipe.
 #: ``SCHEDULED/PENDING/RETRYING -> FAILED`` happens only when the pool breaks.
 _TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.WAITING: frozenset(
+        {TaskState.PENDING, TaskState.SCHEDULED, TaskState.CANCELLED, TaskState.FAILED}
+    ),
     TaskState.SCHEDULED: frozenset({TaskState.PENDING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
@@ -122,7 +137,7 @@ class TaskStatus:
     ``error`` is the final error of a ``failed`` task (``None`` otherwise);
     ``errors`` holds every failed attempt's error in order, retried ones included.
     ``due_at`` is when a task submitted with ``delay``/``eta`` becomes due
-    (``None`` for one due at once).
+    (``None`` for one due at once); ``after`` the upstream task ids it waits for.
     """
 
     task_id: int
@@ -138,6 +153,7 @@ class TaskStatus:
     error: AttemptError | None
     errors: tuple[AttemptError, ...]
     due_at: float | None = None
+    after: tuple[int, ...] = ()
 
 
 class _TaskRecord:
@@ -169,6 +185,11 @@ class _TaskRecord:
         "slot",
         "due",
         "due_at",
+        "upstream",
+        "waiting_on",
+        "dependents",
+        "all_done",
+        "inputs",
     )
 
     def __init__(
@@ -210,6 +231,14 @@ class _TaskRecord:
         # Due time (monotonic, and wall clock for statuses) of a delayed task.
         self.due: float | None = None
         self.due_at: float | None = None
+        # Dependencies: the upstream ids (set before admission), how many have
+        # not ended, the records waiting on this one, the trigger, and the
+        # upstream values to bind into the arguments ({id: value}).
+        self.upstream: tuple[int, ...] = ()
+        self.waiting_on = 0
+        self.dependents: list[_TaskRecord] | None = None
+        self.all_done = False
+        self.inputs: dict[int, Any] | None = None
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:
@@ -246,4 +275,5 @@ class _TaskRecord:
             error=errors[-1] if errors and self.state is TaskState.FAILED else None,
             errors=errors,
             due_at=self.due_at,
+            after=self.upstream,
         )

@@ -40,7 +40,7 @@ PREFETCH_BUDGET = 0.002
 MAX_PREFETCH = 256
 
 _PENDING, _RUNNING, _RETRYING = TaskState.PENDING, TaskState.RUNNING, TaskState.RETRYING
-_SCHEDULED = TaskState.SCHEDULED
+_SCHEDULED, _WAITING = TaskState.SCHEDULED, TaskState.WAITING
 _COMPLETED, _CANCELLED = TaskState.COMPLETED, TaskState.CANCELLED
 _STARTING, _READY, _STOPPED = WorkerState.STARTING, WorkerState.READY, WorkerState.STOPPED
 
@@ -59,8 +59,13 @@ class Scheduler(Supervision):
 
     # ------------------------------------------------------------------ admission
 
-    def admit(self, rec: _TaskRecord) -> None:
-        """A new ``pending`` or ``scheduled`` task (any thread, under the engine lock)."""
+    def admit(self, rec: _TaskRecord, now: float = 0.0) -> None:
+        """A new task, born ``pending``, ``scheduled`` or, with upstream tasks,
+        ``waiting`` (any thread, under the engine lock). Raises, admitting
+        nothing, for an unknown upstream task."""
+        if rec.upstream:
+            self._link(rec, now)
+            return
         self.tasks[rec.task_id] = rec
         if rec.due is None:
             self.tally.admit()
@@ -89,7 +94,7 @@ class Scheduler(Supervision):
         if rec.state is _PENDING:
             self.heap.discard(rec)
             self._finish_cancelled(rec, now)
-        elif rec.state is _RETRYING or rec.state is _SCHEDULED:
+        elif rec.state is _RETRYING or rec.state is _SCHEDULED or rec.state is _WAITING:
             self._finish_cancelled(rec, now)
         elif rec.state is _RUNNING:
             slot = self.slots[rec.slot]
@@ -172,7 +177,7 @@ class Scheduler(Supervision):
             tally.count_completion(now)
             if rec.future is not None:
                 self.settlements.append((rec.future, OK, ev.value))
-            self._bookkeep(rec)
+            self._bookkeep(rec, now)
         else:
             cancelled = rec.task_id in slot.cancelled
             self._attempt_failed(rec, ev.value, slot.pid, None, ev.tb, now, cancelled=cancelled)
@@ -370,5 +375,6 @@ class Scheduler(Supervision):
             and not self.heap.live
             and not self.tally.count(_RETRYING)
             and not self.tally.count(_SCHEDULED)
+            and not self.tally.count(_WAITING)
             and not any(s.inflight for s in self.slots)
         )

@@ -49,9 +49,13 @@ class CoreState:
         now: float,
         rand: Callable[[], float],
         wall_offset: float = 0.0,
+        bind_inputs: Callable[[Any, dict[int, Any]], Any] | None = None,
     ) -> None:
         self.config = config
         self.rand = rand
+        #: Rebuilds a payload with upstream results bound in (the codec is the
+        #: shell's: the core never pickles).
+        self.bind_inputs = bind_inputs
         #: Added to ``now`` to stamp records with wall-clock times.
         self.wall_offset = wall_offset
         self.tasks: dict[int, _TaskRecord] = {}
@@ -74,6 +78,10 @@ class CoreState:
         self.statuses: list[TaskStatus] = []
         #: A task became final and ``max_pending`` is set: wake blocked submitters.
         self.space_freed = False
+        # Dependencies: upstream records that ended, with their outcome, whose
+        # dependents are still to be told (a worklist: chains are not recursion).
+        self._finals: list[tuple[_TaskRecord, Any]] = []
+        self._cascading = False
         # Retention of claimed records; run-time means per callable (prefetch).
         self._finished: deque[int] = deque()
         self._mean_run: dict[bytes, float] = {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import MemoryLimitExceeded, PoolBrokenError, WorkerCrashedError, WorkerStartupError
+from .dependencies import Dependencies
 from .events import ERROR, KillWorker, RetireWorker, StartWorker
-from .outcomes import Outcomes
 from .records import TaskState, _TaskRecord
 from .slots import KillReason, Slot, WorkerState, describe_exit
 
@@ -19,7 +19,7 @@ _STARTING, _READY, _STOPPING = WorkerState.STARTING, WorkerState.READY, WorkerSt
 _STOPPED = WorkerState.STOPPED
 
 
-class Supervision(Outcomes):
+class Supervision(Dependencies):
     """What happens to worker slots, and to the tasks a lost worker held."""
 
     def _on_ready(self, slot: Slot, error: str | None, now: float) -> None:
@@ -233,8 +233,9 @@ class Supervision(Outcomes):
             return
         _log.error("procqueue pool broken: %s", error)
         self.broken = error
-        for rec in self.heap.drain() + self.delayed.drain():
-            self._end(rec, _FAILED, error, now, ERROR)
+        for rec in self.heap.drain() + self.delayed.drain() + self._waiting_records():
+            if not rec.state.is_final:  # a cascade may have ended it already
+                self._end(rec, _FAILED, error, now, ERROR)
         for slot in self.slots:
             for rec in list(slot.inflight):
                 rec.attempts -= 1

@@ -63,6 +63,7 @@ from .._core.scheduler import Scheduler
 from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
 from .state import EngineState, ReadSide
 from .transport import OnReady, Poller, Transport
+from .wire import bind_inputs
 
 _log = logging.getLogger("procqueue.coordinator")
 
@@ -118,7 +119,7 @@ class Engine(ReadSide):
             import random
 
             rand = random.Random().random
-        core = Scheduler(config, now=time.monotonic(), rand=rand)
+        core = Scheduler(config, now=time.monotonic(), rand=rand, bind_inputs=bind_inputs)
         super().__init__(config, core, transport)
         self._commands: deque[_Cancel | _Stop] = deque()
         self._sleeping = False
@@ -169,9 +170,13 @@ class Engine(ReadSide):
             if limit is not None and self.core.tally.unfinished >= limit:
                 self._wait_for_room(limit, block, wait)
             self.check_open()  # under the lock: stop() may have begun since
-            self.core.admit(rec)
+            core = self.core
+            core.admit(rec, time.monotonic())
             self._fresh = True  # before reading _sleeping: see _loop
-        if self._sleeping and self._wake_on_submit and not self._wake_pending:
+            # Admission settled something (a dependent of a task that had
+            # already failed): the coordinator must publish it now.
+            settled = bool(core.settlements)
+        if settled or (self._sleeping and self._wake_on_submit and not self._wake_pending):
             self._wake()
         return rec.task_id
 

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from .._core.deps import bind
+
 PROTOCOL_VERSION = 3
 
 _LEN = struct.Struct("<Q")
@@ -518,3 +520,16 @@ class CallLoader:
                 self._fns[key] = fn
         args, kwargs = load_value(arg_blob)
         return fn, args, kwargs
+
+
+def bind_inputs(
+    payload: tuple[bytes, list[Any]], values: dict[int, Any]
+) -> tuple[bytes, list[Any]]:
+    """A call's payload with upstream results bound in place of its
+    ``result_of`` markers: the arguments are unpickled (they were pickled here,
+    from the caller's own objects), bound, and pickled again. Once per
+    dependent task, when its upstream tasks have ended."""
+    fn_blob, segments = payload
+    blob = memoryview(b"".join(bytes(memoryview(seg)) for seg in segments))
+    args, kwargs = load_value(blob)
+    return fn_blob, dump_arguments(bind(tuple(args), values), bind(dict(kwargs), values))

@@ -1,0 +1,154 @@
+"""Task dependencies: a task waits (``WAITING``) until its upstream tasks have
+ended, then runs with their results bound into its arguments, or ends with
+them.
+
+Triggers: ``all_success`` (default) runs the task once every upstream
+completed; an upstream that fails for good fails it with
+``UpstreamFailedError`` (the upstream's error as ``__cause__``), one that is
+cancelled cancels it, and so on down the graph. ``all_done`` runs it once every
+upstream ended, whatever the outcome; a failed upstream's value is its
+exception. Retries of an upstream are invisible downstream: only final states
+count. Cycles cannot be built: a task can only depend on tasks that already
+exist.
+
+Bookkeeping is O(edges): each edge is touched when the dependent is admitted
+and once when its upstream ends. Chains are walked with a worklist, not
+recursion, so depth costs no stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import (
+    InvalidArgumentError,
+    SerializationError,
+    TaskCancelledError,
+    TaskNotFoundError,
+    UpstreamFailedError,
+)
+from .events import CANCEL, ERROR
+from .outcomes import Outcomes
+from .records import TaskState, _TaskRecord
+
+_WAITING, _SCHEDULED, _PENDING = TaskState.WAITING, TaskState.SCHEDULED, TaskState.PENDING
+_COMPLETED, _FAILED, _CANCELLED = TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED
+
+
+class Dependencies(Outcomes):
+    """Linking a new task to its upstream, and releasing or ending dependents."""
+
+    def _link(self, rec: _TaskRecord, now: float) -> None:
+        """Admit ``rec`` (born ``WAITING``) under its upstream tasks. Raises,
+        before changing anything, for an unknown upstream or a result that is
+        no longer held."""
+        ups = []
+        for tid in rec.upstream:
+            up = self.tasks.get(tid)
+            if up is None:
+                raise TaskNotFoundError(
+                    f"upstream task {tid} is unknown to this queue (never submitted here, "
+                    "or dropped by retain_finished)"
+                )
+            needed = rec.inputs is not None and tid in rec.inputs
+            if needed and up.state is _COMPLETED and up.external and up.future is None:
+                raise InvalidArgumentError(
+                    f"the result of task {tid} is no longer held (its future was "
+                    "settled and released): pass the future itself"
+                )
+            ups.append(up)
+        rec.state = _WAITING
+        rec.waiting_on = len(ups)
+        self.tasks[rec.task_id] = rec
+        self.tally.admit(1, _WAITING)
+        self._emit(rec)
+        for up in ups:
+            if rec.state is not _WAITING:
+                break  # ended by an upstream that had already failed
+            if up.state.is_final:
+                self._upstream_ended(rec, up, _outcome_of(up), now)
+            elif up.dependents is None:
+                up.dependents = [rec]
+            else:
+                up.dependents.append(rec)
+
+    def _on_final(self, rec: _TaskRecord, now: float) -> None:
+        # The outcome is taken now: retention may drop it from the record next.
+        self._finals.append((rec, rec.outcome))
+        if self._cascading:
+            return  # an outer call is walking the worklist
+        self._cascading = True
+        try:
+            while self._finals:
+                up, outcome = self._finals.pop()
+                dependents, up.dependents = up.dependents, None
+                for dep in dependents or ():
+                    if dep.state is _WAITING:
+                        self._upstream_ended(dep, up, outcome, now)
+        finally:
+            self._cascading = False
+
+    def _upstream_ended(self, dep: _TaskRecord, up: _TaskRecord, outcome: Any, now: float) -> None:
+        state = up.state
+        if state is _COMPLETED or dep.all_done:
+            if dep.inputs is not None and up.task_id in dep.inputs:
+                if state is _CANCELLED and not isinstance(outcome, BaseException):
+                    outcome = TaskCancelledError(f"task {up.task_id} was cancelled")
+                dep.inputs[up.task_id] = outcome
+            dep.waiting_on -= 1
+            if dep.waiting_on == 0:
+                self._release(dep, now)
+        elif state is _FAILED:
+            detail = f"{type(outcome).__name__}: {outcome}" if outcome is not None else "failed"
+            err = UpstreamFailedError(
+                f"task {dep.task_id} ({dep.name}) did not run: its upstream task "
+                f"{up.task_id} ({up.name}) failed with {detail}",
+                up.task_id,
+            )
+            if isinstance(outcome, BaseException):
+                err.__cause__ = outcome
+            self._end(dep, _FAILED, err, now, ERROR)
+        else:
+            err2 = TaskCancelledError(
+                f"task {dep.task_id} was cancelled: its upstream task {up.task_id} was"
+            )
+            self._end(dep, _CANCELLED, err2, now, CANCEL)
+
+    def _release(self, rec: _TaskRecord, now: float) -> None:
+        """Every upstream ended as the trigger wants: bind their results into
+        the arguments, then on to the heap (or the delayed heap, if not due)."""
+        if self.cancel_pending:
+            self._finish_cancelled(rec, now)
+            return
+        if rec.inputs:
+            try:
+                assert self.bind_inputs is not None and rec.payload is not None
+                rec.payload = self.bind_inputs(rec.payload, rec.inputs)
+            except Exception as e:
+                err = SerializationError(
+                    f"cannot pass the upstream results to task {rec.task_id} ({rec.name}): "
+                    f"{type(e).__name__}: {e}"
+                )
+                self._end(rec, _FAILED, err, now, ERROR)
+                return
+        rec.inputs = None
+        if rec.due is not None and rec.due > now:
+            self._move(rec, _SCHEDULED)
+            self.delayed.push(rec.due, rec)
+        else:
+            self._move(rec, _PENDING)
+            self.heap.push(rec)
+        self._emit(rec)
+
+    def _waiting_records(self) -> list[_TaskRecord]:
+        """Every ``WAITING`` record, in id order (a scan: only for stop and break)."""
+        return [r for r in self.tasks.values() if r.state is _WAITING]
+
+
+def _outcome_of(up: _TaskRecord) -> Any:
+    """A final record's value or exception (also once a future holds it)."""
+    fut = up.future
+    if fut is not None and fut.done() and not fut.cancelled():
+        exc = fut.exception()
+        return exc if exc is not None else fut.result()
+    return up.outcome
