@@ -9,6 +9,7 @@ Two front doors over one engine:
 from __future__ import annotations
 
 from ._core.deadletters import DeadLetter
+from ._core.limits import Concurrency, RateLimit
 from ._core.records import AttemptError, TaskState, TaskStatus
 from ._frontdoor import DeadLetterQueue, result_of
 from ._policy import RetryPolicy, WorkerLimits
@@ -29,6 +30,7 @@ from .errors import (
     TaskCancelledError,
     TaskNotFoundError,
     TaskTimeoutError,
+    Throttle,
     UnpicklableTaskError,
     UpstreamFailedError,
     WorkerCrashedError,
@@ -46,10 +48,12 @@ __all__ = [
     "TaskQueue",
     # values and snapshots
     "AttemptError",
+    "Concurrency",
     "DeadLetter",
     "DeadLetterQueue",
     "LatencySummary",
     "QueueStats",
+    "RateLimit",
     "RetryPolicy",
     "TaskState",
     "TaskStatus",
@@ -75,6 +79,7 @@ __all__ = [
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",
+    "Throttle",
     "UnpicklableTaskError",
     "UpstreamFailedError",
     "WorkerCrashedError",

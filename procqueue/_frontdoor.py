@@ -10,7 +10,7 @@ documents each.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
 from ._core.deps import ResultOf, find_markers, replace_markers
+from ._core.limits import Concurrency, RateLimit
 from ._core.records import _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits, resolve_policy
 from ._runtime import wire
@@ -32,7 +33,7 @@ __all__ = ["CommonOptions", "DeadLetterQueue", "TaskQueueOptions"]
 #: Keyword names ``submit`` keeps for itself; anything else goes to the callable.
 #: To pass one of these to your function, use ``functools.partial``.
 RESERVED_OPTIONS = frozenset(
-    {"priority", "max_retries", "timeout", "retry", "delay", "eta", "after", "trigger"}
+    {"priority", "max_retries", "timeout", "retry", "delay", "eta", "after", "trigger", "limit_key"}
 )
 TRIGGERS = ("all_success", "all_done")
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -125,6 +126,8 @@ class CommonOptions(TypedDict, total=False):
     retain_finished: int
     forward_logs: bool
     rand: Callable[[], float] | None
+    key_limits: Mapping[str, RateLimit | Concurrency | Sequence[RateLimit | Concurrency]] | None
+    max_throttles: int
 
 
 class TaskQueueOptions(CommonOptions, total=False):
@@ -220,6 +223,7 @@ def prepare(
     due: tuple[float, float] | None = None,
     after: Iterable[int | Future[Any]] | None = None,
     trigger: str = "all_success",
+    limit_key: str | None = None,
 ) -> _TaskRecord:
     """Validate and pickle a call into a record (not queued yet): a typed
     error at the call, and nothing queued, for a non-callable, a bad priority,
@@ -230,6 +234,10 @@ def prepare(
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise OptionTypeError(f"priority must be an int, got {priority!r}")
     engine.check_open()
+    if limit_key is not None:
+        if not isinstance(limit_key, str):
+            raise OptionTypeError(f"limit_key must be a str, got {limit_key!r}")
+        engine.core.keys.check(limit_key)
     args, kwargs, upstream, needed = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
@@ -239,6 +247,7 @@ def prepare(
     rec = engine.new_record(name, priority, payload, policy, timeout, future)
     if due is not None:
         rec.schedule(*due)
+    rec.limit_key = limit_key
     if upstream:
         rec.upstream = upstream
         rec.all_done = trigger == "all_done"

@@ -40,6 +40,7 @@ __all__ = [
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",
+    "Throttle",
     "UnpicklableTaskError",
     "UpstreamFailedError",
     "WorkerCrashedError",
@@ -165,6 +166,23 @@ class TaskAbortedError(ProcQueueError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (str(self), self.exc_type))
+
+
+class Throttle(ProcQueueError):
+    """Raise it in a task to say "not now" (an HTTP 429, say): the task goes
+    back to wait ``retry_after`` seconds without using an attempt and without
+    counting as a failure, at most ``max_throttles`` times (20 by default,
+    per task), after which it fails with this error.
+
+    >>> raise procqueue.Throttle(retry_after=2.5)   # doctest: +SKIP
+    """
+
+    def __init__(self, retry_after: float = 1.0, message: str = "") -> None:
+        super().__init__(message or f"throttled: retry after {retry_after}s")
+        self.retry_after = float(retry_after)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.retry_after, str(self)))
 
 
 class UpstreamFailedError(ProcQueueError):

@@ -134,6 +134,7 @@ class ProcQueue(Executor):
         eta: datetime | None = None,
         after: Iterable[Future[Any] | int] | None = None,
         trigger: str = "all_success",
+        limit_key: str | None = None,
         **kwargs: Any,
     ) -> Future[T]:
         """Like :meth:`submit`, with per-task options. ``priority``: higher runs
@@ -145,13 +146,16 @@ class ProcQueue(Executor):
         ``after``: futures (of this pool) or task ids to wait for; a future of
         this pool among the arguments (top level, or in a list, tuple or dict)
         passes its result and implies it. ``trigger``: ``"all_success"`` or
-        ``"all_done"`` (see ``TaskQueue.submit``).
+        ``"all_done"`` (see ``TaskQueue.submit``). ``limit_key``: the
+        ``key_limits`` entry (or pattern) that throttles it.
         ``procqueue.task_id(fut)`` names the task for :meth:`get_task_status`."""
         engine = self._engine
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
         due = due_of(delay, eta)
         fut = _TaskFuture()
-        rec = prepare(engine, fn, args, kwargs, priority, policy, timeout, fut, due, after, trigger)
+        rec = prepare(
+            engine, fn, args, kwargs, priority, policy, timeout, fut, due, after, trigger, limit_key
+        )
         engine.enqueue(rec, wait=block_timeout)
         return fut
 

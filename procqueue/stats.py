@@ -46,7 +46,8 @@ class QueueStats:
     The task counts always add up: ``submitted == waiting + scheduled + pending
     + running + retrying + completed + failed + cancelled`` (``waiting``: for
     upstream tasks; ``scheduled``: submitted with a ``delay``/``eta`` and not due
-    yet).
+    yet). ``throttled`` counts the ``pending`` tasks parked by a rate or
+    concurrency limit (``key_limits``).
     ``retried`` counts attempts that failed and were tried again.
     ``dead_letters`` is the size of the dead letter queue (``dead_letters_dropped``
     counts entries pushed out because it was full).
@@ -76,6 +77,7 @@ class QueueStats:
     startup_deaths: int = 0
     scheduled: int = 0
     waiting: int = 0
+    throttled: int = 0
 
     def format_table(self) -> str:
         """A plain-text table, as the demo prints it."""
@@ -155,6 +157,7 @@ def build_stats(
     dead_letters: int,
     dead_letters_dropped: int,
     startup_deaths: int,
+    throttled: int = 0,
 ) -> QueueStats:
     """A snapshot from the scheduler's tally (``now``: the same monotonic
     clock); latency percentiles and workers are filled in by the caller."""
@@ -182,4 +185,5 @@ def build_stats(
         startup_deaths=startup_deaths,
         scheduled=counts[TaskState.SCHEDULED.ordinal],
         waiting=counts[TaskState.WAITING.ordinal],
+        throttled=throttled,
     )

@@ -89,6 +89,7 @@ class TaskQueue:
         eta: datetime | None = None,
         after: Iterable[int] | None = None,
         trigger: str = "all_success",
+        limit_key: str | None = None,
         **kwargs: Any,
     ) -> int:
         """Queue ``fn(*args, **kwargs)``; returns the task id.
@@ -103,6 +104,7 @@ class TaskQueue:
         result and implies it. ``trigger``: ``"all_success"`` (default: a failed
         upstream fails this task with ``UpstreamFailedError``, a cancelled one
         cancels it) or ``"all_done"`` (runs whatever they ended with).
+        ``limit_key``: the ``key_limits`` entry (or pattern) that throttles it.
         With ``max_pending`` set, waits (without blocking the event loop) while
         that many tasks are unfinished.
         Raises at once (nothing queued) for a non-callable, a bad option or an
@@ -114,7 +116,18 @@ class TaskQueue:
         policy = task_policy(engine.config.retry, max_retries, retry, timeout)
         due = due_of(delay, eta)
         rec = prepare(
-            engine, fn, args, kwargs, priority, policy, timeout, None, due, after, trigger
+            engine,
+            fn,
+            args,
+            kwargs,
+            priority,
+            policy,
+            timeout,
+            None,
+            due,
+            after,
+            trigger,
+            limit_key,
         )
         # Back-pressure (max_pending): wait without blocking the event loop.
         while True:

@@ -3,7 +3,7 @@ keywords (``procqueue._frontdoor``) and validated here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -50,6 +50,8 @@ class QueueConfig:
     max_pending: int | None = None
     rand: Callable[[], float] | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    key_limits: Mapping[str, Any] | None = None
+    max_throttles: int = 20
     # --- local workers (the runtime)
     start_method: str | None = None
     initializer: Callable[..., object] | None = None
@@ -69,6 +71,9 @@ class QueueConfig:
             raise OptionTypeError(f"limits must be a WorkerLimits, got {self.limits!r}")
         _int("dead_letters", self.dead_letters, low=0)
         _int("max_pending", self.max_pending, low=1, optional=True)
+        _int("max_throttles", self.max_throttles, low=0)
+        if self.key_limits is not None and not isinstance(self.key_limits, Mapping):
+            raise OptionTypeError(f"key_limits must be a mapping, got {self.key_limits!r}")
         if self.rand is not None and not callable(self.rand):
             raise OptionTypeError("rand must be a callable returning a float in [0, 1)")
         if self.start_method is not None and not isinstance(self.start_method, str):

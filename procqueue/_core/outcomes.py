@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import TaskCancelledError, TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError
+from ..errors import (
+    TaskCancelledError,
+    TaskTimeoutError,
+    Throttle,
+    UnpicklableTaskError,
+    WorkerCrashedError,
+)
 from .events import CANCEL, ERROR
 from .records import AttemptError, TaskState, _TaskRecord
 from .state import CoreState
@@ -54,6 +60,14 @@ class Outcomes(CoreState):
         )
         if cancelled:
             self._cancel_running(rec, now)
+            return
+        if isinstance(exc, Throttle) and rec.throttles < self.config.max_throttles:
+            # "Not now": back to wait, without using an attempt.
+            rec.throttles += 1
+            rec.attempts -= 1
+            self._move(rec, _RETRYING)
+            self.delayed.push(now + max(0.0, exc.retry_after), rec)
+            self._emit(rec)
             return
         policy = rec.policy
         if not self.cancel_pending and policy.should_retry(exc, rec.attempts):
@@ -150,8 +164,21 @@ class Outcomes(CoreState):
             self.heap.push(rec)
             self._emit(rec)
 
+    def _unpark_all(self) -> list[_TaskRecord]:
+        """Every parked (throttled) task, taken out of its key's FIFO."""
+        out = []
+        for lim in self._blocked:
+            while lim.parked:
+                rec = lim.parked.popleft()
+                if rec.parked:
+                    rec.parked = False
+                    out.append(rec)
+        self._blocked.clear()
+        self.parked = 0
+        return out
+
     def _cancel_queued(self, now: float) -> None:
-        for rec in self.heap.drain():
+        for rec in self.heap.drain() + self._unpark_all():
             self._finish_cancelled(rec, now)
         for rec in self.delayed.drain():
             self._finish_cancelled(rec, now)

@@ -190,6 +190,9 @@ class _TaskRecord:
         "dependents",
         "all_done",
         "inputs",
+        "limit_key",
+        "parked",
+        "throttles",
     )
 
     def __init__(
@@ -239,6 +242,11 @@ class _TaskRecord:
         self.dependents: list[_TaskRecord] | None = None
         self.all_done = False
         self.inputs: dict[int, Any] | None = None
+        # Rate/concurrency limits: its key; parked in the key's FIFO (PENDING
+        # but off the heap); times it raised Throttle.
+        self.limit_key: str | None = None
+        self.parked = False
+        self.throttles = 0
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:

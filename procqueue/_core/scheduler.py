@@ -92,7 +92,13 @@ class Scheduler(Supervision):
         if rec is None or rec.state.is_final:
             return
         if rec.state is _PENDING:
-            self.heap.discard(rec)
+            if rec.parked:
+                assert rec.limit_key is not None
+                self.keys.limiters[rec.limit_key].parked.remove(rec)
+                rec.parked = False
+                self.parked -= 1
+            else:
+                self.heap.discard(rec)
             self._finish_cancelled(rec, now)
         elif rec.state is _RETRYING or rec.state is _SCHEDULED or rec.state is _WAITING:
             self._finish_cancelled(rec, now)
@@ -216,9 +222,15 @@ class Scheduler(Supervision):
         t2 = self.stop_deadline
         if t2 is not None and (due is None or t2 < due):
             due = t2
+        for lim in self._blocked:
+            t3 = lim.next_room(now)
+            if t3 is not None and (due is None or t3 < due):
+                due = t3
         return due
 
     def _fire_timers(self, now: float) -> None:
+        if self._blocked:
+            self._unpark(now)
         for rec in self.delayed.pop_due(now):
             self._move(rec, _PENDING)
             self.heap.push(rec)
@@ -298,6 +310,8 @@ class Scheduler(Supervision):
                     heap.push(rec)
                     ready.remove(slot)
                     continue
+                if rec.limit_key is not None and self._throttled(rec, now):
+                    continue  # parked in its key's FIFO; the worker takes the next
                 if self._start_attempt(rec, slot, now):
                     batches.setdefault(slot.index, []).append(rec)
         for index, recs in batches.items():
@@ -305,6 +319,41 @@ class Scheduler(Supervision):
             if slot.deadline is None and slot.inflight[0] is recs[0] and recs[0].timeout:
                 slot.deadline = now + recs[0].timeout
             self.actions.append(SendTasks(index, recs))
+
+    def _throttled(self, rec: _TaskRecord, now: float) -> bool:
+        """Park ``rec`` if its key has no room now (it stays ``PENDING``)."""
+        assert rec.limit_key is not None
+        lim = self.keys.limiter(rec.limit_key, now)
+        if rec.task_id in lim.released:
+            lim.released.discard(rec.task_id)
+            if lim.room(now) >= 1:
+                return False
+            lim.parked.appendleft(rec)  # its room went to another: first in line again
+        elif not lim.parked and lim.room(now) >= 1:
+            return False
+        else:
+            lim.parked.append(rec)  # behind those already parked: FIFO within a key
+        rec.parked = True
+        self.parked += 1
+        self._blocked.add(lim)
+        return True
+
+    def _unpark(self, now: float) -> None:
+        """Back to the heap, in their order, as many parked tasks as each
+        blocked key has room for now."""
+        for lim in list(self._blocked):
+            room = lim.room(now)
+            while room > 0 and lim.parked:
+                rec = lim.parked.popleft()
+                if not rec.parked:
+                    continue
+                rec.parked = False
+                self.parked -= 1
+                lim.released.add(rec.task_id)
+                self.heap.push(rec)
+                room -= 1
+            if not lim.parked:
+                self._blocked.discard(lim)
 
     def _prefetch(self, rec: _TaskRecord) -> int:
         """Tasks a worker may hold beyond the one it runs, for ``rec`` to join
@@ -322,6 +371,8 @@ class Scheduler(Supervision):
             self._end(rec, _CANCELLED, TaskCancelledError(f"task {rec.task_id} was cancelled"), now)
             return False
         rec.dispatched = True
+        if rec.limit_key is not None:
+            self.keys.limiters[rec.limit_key].take(now)
         self._move(rec, _RUNNING)
         rec.attempts += 1
         rec.worker_pid = slot.pid
@@ -376,5 +427,6 @@ class Scheduler(Supervision):
             and not self.tally.count(_RETRYING)
             and not self.tally.count(_SCHEDULED)
             and not self.tally.count(_WAITING)
+            and not self.parked
             and not any(s.inflight for s in self.slots)
         )

@@ -19,12 +19,13 @@ from .config import QueueConfig
 from .deadletters import _DeadLetterStore
 from .events import Action
 from .heaps import _DelayedHeap, _ReadyHeap
+from .limits import KeyLimits, Limiter
 from .records import TaskState, TaskStatus, _TaskRecord
 from .slots import Slot
 from .supervision import StartupGuard
 from .tally import Tally
 
-_RETRYING = TaskState.RETRYING
+_RETRYING, _RUNNING = TaskState.RETRYING, TaskState.RUNNING
 
 
 class Handle(Protocol):
@@ -65,6 +66,10 @@ class CoreState:
         self.tally = Tally(now)
         self.dlq = _DeadLetterStore(config.dead_letters)
         self.guard = StartupGuard(config.restart, config.num_workers)
+        self.keys = KeyLimits(config.key_limits)
+        # Limiters with parked tasks, and how many tasks are parked in all.
+        self._blocked: set[Limiter] = set()
+        self.parked = 0
         #: Set once the pool cannot go on; every later submit raises it.
         self.broken: PoolBrokenError | None = None
         self.stopping = False
@@ -92,6 +97,11 @@ class CoreState:
         old = rec.state
         rec.move(new)
         self.tally.move(old, new)
+        if old is _RUNNING and rec.limit_key is not None:
+            lim = self.keys.limiters[rec.limit_key]
+            lim.running -= 1
+            if lim.parked:
+                self._blocked.add(lim)
 
     def _emit(self, rec: _TaskRecord) -> None:
         if self.observed:

@@ -233,7 +233,8 @@ class Supervision(Dependencies):
             return
         _log.error("procqueue pool broken: %s", error)
         self.broken = error
-        for rec in self.heap.drain() + self.delayed.drain() + self._waiting_records():
+        queued = self.heap.drain() + self._unpark_all() + self.delayed.drain()
+        for rec in queued + self._waiting_records():
             if not rec.state.is_final:  # a cascade may have ended it already
                 self._end(rec, _FAILED, error, now, ERROR)
         for slot in self.slots:

@@ -254,6 +254,7 @@ class ReadSide:
                 dead_letters=len(core.dlq),
                 dead_letters_dropped=core.dlq.dropped,
                 startup_deaths=core.guard.total_deaths,
+                throttled=core.parked,
             )
         if samples is not None:
             latencies.update(now, *samples)

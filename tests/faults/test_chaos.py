@@ -51,6 +51,11 @@ def _worker_pids(pool: ProcQueue) -> tuple[set[int], set[int]]:
     return tree, booting & tree
 
 
+#: Booting workers the chaos test kills in a row at most (the old engine broke
+#: the pool at 3; the new one restarts them).
+_BOOT_KILLS_IN_A_ROW = 5
+
+
 def test_chaos_random_sigkills_lose_nothing() -> None:
     """Random SIGKILLs on any worker, booting or not, under the default start
     method: a death by a signal from outside during start-up is not a broken
@@ -75,8 +80,16 @@ def test_chaos_random_sigkills_lose_nothing() -> None:
 
         def killer() -> None:
             rng = random.Random(1234)
+            streak = 0  # booting workers killed since one was last seen up
             while not stop.wait(0.05):  # load generator: one kill every ~50 ms
                 pids, booting = _worker_pids(pool)
+                if pids - booting:
+                    streak = 0
+                elif streak >= _BOOT_KILLS_IN_A_ROW:
+                    # Let one worker up: on a machine whose workers boot slower
+                    # than a kill every 50 ms, none ever could, and breaking
+                    # the pool is then the designed answer (see supervision.py).
+                    pids = set()
                 if not pids:
                     empty_ticks.append(time.monotonic())
                 else:
@@ -88,6 +101,7 @@ def test_chaos_random_sigkills_lose_nothing() -> None:
                     kills.append(time.monotonic())
                     if victim in booting:
                         booting_kills.append(kills[-1])
+                        streak += 1
 
         futs = []
         for i in range(n):

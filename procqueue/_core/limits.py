@@ -1,0 +1,164 @@
+"""Rate and concurrency limits per key, enforced at dispatch.
+
+``RateLimit("20/s;5000/h", burst=1)`` is one token bucket per window: tokens
+refill continuously at ``count / period`` and a bucket holds at most ``burst``
+(default 1: tasks are spaced evenly, as in GCRA); a task starts only when every
+window has a token. ``Concurrency(4)``: at most 4 tasks of the key running
+(prefetched ones count) across all of the queue's workers. A pattern key
+(``"tenant:*"``, shell-style) gives each concrete key its own limiter.
+
+A throttled task waits *off* the ready heap, parked in its key's FIFO: it holds
+no worker, uses no attempt, is no failure, and blocks no other key (no
+head-of-line blocking). Parked tasks go back to the heap, in their order, as
+their key frees up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import InvalidArgumentError, OptionTypeError
+from .records import _TaskRecord
+
+__all__ = ["Concurrency", "RateLimit"]
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` task starts per period, for each ``count/unit``
+    window of ``spec`` (``;``-separated; units ``s``, ``m``, ``h``, ``d``, with
+    an optional multiplier: ``"100/10s"``). ``burst``: starts allowed back to
+    back (default 1: evenly spaced)."""
+
+    spec: str
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, str):
+            raise OptionTypeError(f"RateLimit takes a string like '20/s;5000/h', got {self.spec!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise InvalidArgumentError(f"burst must be an int >= 1, got {self.burst!r}")
+        self.windows()
+
+    def windows(self) -> list[tuple[float, float]]:
+        """``(rate per second, bucket capacity)`` per window."""
+        out = []
+        for part in self.spec.split(";"):
+            m = _WINDOW.match(part.lower())
+            if m is None or m.group(3) not in _UNITS:
+                raise InvalidArgumentError(f"bad rate {part!r} in {self.spec!r}: use e.g. '20/s'")
+            count, mult, unit = int(m.group(1)), m.group(2), m.group(3)
+            period = (float(mult) if mult else 1.0) * _UNITS[unit]
+            if count < 1 or period <= 0:
+                raise InvalidArgumentError(f"bad rate {part!r}: count and period must be > 0")
+            out.append((count / period, float(min(self.burst, count))))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """At most ``limit`` tasks of the key running at once, across all workers."""
+
+    limit: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise InvalidArgumentError(f"Concurrency takes an int >= 1, got {self.limit!r}")
+
+
+Spec = RateLimit | Concurrency
+
+
+class Limiter:
+    """The state of one concrete key."""
+
+    __slots__ = ("key", "buckets", "max_running", "running", "parked", "released")
+
+    def __init__(self, key: str, specs: Sequence[Spec], now: float) -> None:
+        self.key = key
+        # [rate per second, capacity, tokens, last refill]
+        self.buckets: list[list[float]] = []
+        self.max_running = math.inf
+        for spec in specs:
+            if isinstance(spec, RateLimit):
+                self.buckets += [[rate, cap, cap, now] for rate, cap in spec.windows()]
+            else:
+                self.max_running = min(self.max_running, spec.limit)
+        self.running = 0
+        self.parked: deque[_TaskRecord] = deque()
+        # Ids taken off ``parked`` for the room there was: they go before any
+        # task still parked (FIFO within the key).
+        self.released: set[int] = set()
+
+    def _refill(self, now: float) -> None:
+        for b in self.buckets:
+            b[2] = min(b[1], b[2] + (now - b[3]) * b[0])
+            b[3] = now
+
+    def room(self, now: float) -> int:
+        """How many tasks could start now."""
+        self._refill(now)
+        room = self.max_running - self.running
+        for b in self.buckets:
+            room = min(room, math.floor(b[2] + 1e-9))
+        return int(max(0, min(room, 1 << 30)))
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        for b in self.buckets:
+            b[2] -= 1.0
+        self.running += 1
+
+    def next_room(self, now: float) -> float | None:
+        """When a token is next due (``None``: only a running task ending frees room)."""
+        if self.running >= self.max_running:
+            return None
+        due = now
+        for b in self.buckets:
+            if b[2] < 1.0:
+                due = max(due, b[3] + (1.0 - b[2]) / b[0])
+        return due
+
+
+class KeyLimits:
+    """Every key's limits (exact keys first, then patterns in order)."""
+
+    def __init__(self, config: Mapping[str, Spec | Sequence[Spec]] | None) -> None:
+        self.exact: dict[str, list[Spec]] = {}
+        self.patterns: list[tuple[str, list[Spec]]] = []
+        self.limiters: dict[str, Limiter] = {}
+        for key, value in (config or {}).items():
+            if not isinstance(key, str):
+                raise OptionTypeError(f"limit keys are strings, got {key!r}")
+            raw = list(value) if isinstance(value, (list, tuple)) else [value]
+            specs: list[Spec] = [s for s in raw if isinstance(s, (RateLimit, Concurrency))]
+            if not specs or len(specs) != len(raw):
+                raise OptionTypeError(
+                    f"limits for {key!r} must be RateLimit/Concurrency values, got {value!r}"
+                )
+            if any(c in key for c in "*?["):
+                self.patterns.append((key, specs))
+            else:
+                self.exact[key] = specs
+
+    def check(self, key: str) -> None:
+        """Raise for a key no limit matches (a typo would otherwise run unlimited)."""
+        if key not in self.exact and not any(fnmatch.fnmatchcase(key, p) for p, _ in self.patterns):
+            raise InvalidArgumentError(f"no limit is configured for limit_key {key!r}")
+
+    def limiter(self, key: str, now: float) -> Limiter:
+        lim = self.limiters.get(key)
+        if lim is None:
+            specs = self.exact.get(key)
+            if specs is None:
+                specs = next(s for p, s in self.patterns if fnmatch.fnmatchcase(key, p))
+            lim = self.limiters[key] = Limiter(key, specs, now)
+        return lim

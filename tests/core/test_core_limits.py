@@ -1,0 +1,126 @@
+"""Rate and concurrency limits in the pure core, with a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from test_scheduler_machine import Shell, sent
+
+from procqueue import Concurrency, InvalidArgumentError, RateLimit, RetryPolicy, Throttle
+from procqueue._core.events import Done
+from procqueue._core.records import TaskState, _TaskRecord
+
+
+def keyed(shell: Shell, key: str | None, priority: int = 0) -> _TaskRecord:
+    rec = _TaskRecord(
+        shell.next_id, f"t{shell.next_id}", priority, (b"f", []), RetryPolicy(), None, 0.0, None
+    )
+    shell.next_id += 1
+    rec.limit_key = key
+    shell.sched.admit(rec, 0.0)
+    return rec
+
+
+def run_all(shell: Shell, until: float, step: float, workers: int) -> list[tuple[float, int]]:
+    """Answer every task at once; returns (start time, id) in dispatch order."""
+    starts: list[tuple[float, int]] = []
+    now = 0.0
+    actions = shell.turn(0.0)
+    for w in range(workers):
+        actions += shell.boot(w, 0.0)
+    while now <= until:
+        starts += [(now, t) for t in sent(actions)]
+        actions = []
+        for slot in shell.sched.slots:
+            while slot.inflight:
+                rec = slot.inflight[0]
+                actions += shell.turn(now, Done(slot.index, rec.task_id, True, 1, "", now, now))
+                starts += [(now, t) for t in sent(actions)]
+                actions = []
+        now = round(now + step, 6)
+        actions += shell.turn(now)
+    return starts
+
+
+def test_a_rate_holds_and_other_keys_run_at_full_speed() -> None:
+    shell = Shell(workers=2, prefetch=0, key_limits={"api": RateLimit("10/s")})
+    api = [keyed(shell, "api") for _ in range(30)]
+    for _ in range(30):
+        keyed(shell, None)
+    starts = run_all(shell, until=2.0, step=0.01, workers=2)
+    api_ids = {r.task_id for r in api}
+    api_times = [t for t, tid in starts if tid in api_ids]
+    free_times = [t for t, tid in starts if tid not in api_ids]
+    assert len(free_times) == 30 and max(free_times) == 0.0  # no head-of-line blocking
+    assert len(api_times) == 21  # burst 1 at 0, then 10/s for 2 s
+    gaps = [b - a for a, b in itertools.pairwise(api_times)]
+    assert all(g >= 0.1 - 1e-6 for g in gaps)  # evenly spaced, never faster
+    order = [tid for _, tid in starts if tid in api_ids]
+    assert order == sorted(order)  # FIFO within the key
+    assert all(r.attempts <= 1 for r in api)  # a throttled task uses no attempt
+    assert shell.sched.parked == 9
+
+
+def test_concurrency_never_exceeded_and_released_on_every_outcome() -> None:
+    shell = Shell(workers=3, prefetch=2, key_limits={"db": Concurrency(1)})
+    recs = [keyed(shell, "db") for _ in range(4)]
+    shell.turn(0.0)
+    actions = []
+    for w in range(3):
+        actions += shell.boot(w, 0.0)
+    assert sent(actions) == [recs[0].task_id]  # one at a time, even with prefetch
+    running = [s for s in shell.sched.slots if s.inflight]
+    assert len(running) == 1
+    slot = running[0]
+    # A failure frees the key like a success does.
+    done = Done(slot.index, recs[0].task_id, False, ValueError("x"), "", 0.0, 0.0)
+    assert len(sent(shell.turn(0.1, done))) == 1
+    assert shell.sched.keys.limiters["db"].running == 1
+
+
+def test_patterns_give_each_key_its_own_limiter() -> None:
+    shell = Shell(workers=2, prefetch=0, key_limits={"tenant:*": Concurrency(1)})
+    a1, a2, b1 = keyed(shell, "tenant:a"), keyed(shell, "tenant:a"), keyed(shell, "tenant:b")
+    shell.turn(0.0)
+    actions = shell.boot(0) + shell.boot(1)
+    assert sorted(sent(actions)) == [a1.task_id, b1.task_id]
+    assert a2.state is TaskState.PENDING and a2.parked
+    with pytest.raises(InvalidArgumentError):
+        shell.sched.keys.check("other")
+
+
+def test_throttle_waits_without_using_an_attempt_then_gives_up() -> None:
+    shell = Shell(prefetch=0, max_throttles=2)
+    rec = shell.submit(0)
+    shell.turn(0.0)
+    shell.boot(0)
+    for n, now in enumerate((1.0, 4.0), start=1):
+        shell.turn(now, Done(0, rec.task_id, False, Throttle(retry_after=2.0), "", now, now))
+        assert rec.state is TaskState.RETRYING and rec.attempts == 0 and rec.throttles == n
+        assert shell.sched.next_deadline(now) == now + 2.0
+        assert sent(shell.turn(now + 2.0)) == [rec.task_id]
+    shell.turn(7.0, Done(0, rec.task_id, False, Throttle(retry_after=2.0), "", 7.0, 7.0))
+    assert rec.state is TaskState.FAILED  # past max_throttles, and no retries left
+
+
+def test_cancel_and_stop_reach_parked_tasks() -> None:
+    shell = Shell(workers=2, prefetch=0, key_limits={"k": Concurrency(1)})
+    recs = [keyed(shell, "k") for _ in range(3)]
+    shell.turn(0.0)
+    shell.boot(0)
+    shell.boot(1)
+    assert recs[1].parked and recs[2].parked
+    shell.sched.cancel(recs[1].task_id, 0.0)
+    assert recs[1].state is TaskState.CANCELLED and shell.sched.parked == 1
+    shell.sched.stop(cancel_pending=True, deadline=None, now=0.0)
+    assert recs[2].state is TaskState.CANCELLED and shell.sched.parked == 0
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(InvalidArgumentError):
+        RateLimit("20 per second")
+    with pytest.raises(InvalidArgumentError):
+        Concurrency(0)
+    with pytest.raises(TypeError):
+        Shell(key_limits={"x": 5})
