@@ -66,6 +66,7 @@ class Outcomes(CoreState):
             rec.throttles += 1
             rec.attempts -= 1
             self._move(rec, _RETRYING)
+            self.tally.retried -= 1  # waiting out a throttle is no retry
             self.delayed.push(now + max(0.0, exc.retry_after), rec)
             self._emit(rec)
             return
