@@ -195,6 +195,22 @@ class Scheduler(Supervision):
         """Fire what is due at ``now``, then hand out work."""
         self._fire_timers(now)
         self._dispatch(now)
+        self._retire_idle(now)
+
+    def _retire_idle(self, now: float) -> None:
+        """Idle workers past ``idle_timeout`` exit, while nothing waits. After
+        dispatch: a task coming due must not keep another idle worker overdue."""
+        limits = self.config.limits
+        if limits.idle_timeout is None or self.heap.live or self.stopping:
+            return
+        for slot in self.slots:
+            if (
+                slot.state is _READY
+                and not slot.inflight
+                and now - slot.idle_since >= limits.idle_timeout
+            ):
+                _log.debug("worker %s idle; letting it exit", slot.pid)
+                self._retire(slot, KillReason.IDLE)
 
     def next_deadline(self, now: float) -> float | None:
         """When :meth:`tick` is next needed (``None``: only on an event)."""
@@ -260,15 +276,6 @@ class Scheduler(Supervision):
             busy = tuple(s.index for s in self.slots if s.inflight and s.kill is None)
             if busy:
                 self.actions.append(ReadMemory(busy))
-        if limits.idle_timeout is not None and not self.heap.live and not self.stopping:
-            for slot in self.slots:
-                if (
-                    slot.state is _READY
-                    and not slot.inflight
-                    and now - slot.idle_since >= limits.idle_timeout
-                ):
-                    _log.debug("worker %s idle; letting it exit", slot.pid)
-                    self._retire(slot, KillReason.IDLE)
         if self.stop_deadline is not None and self.stop_deadline <= now:
             # Past the deadline nothing runs again: no retry, no requeue.
             self.stop_deadline = None

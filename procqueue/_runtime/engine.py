@@ -175,7 +175,9 @@ class Engine(ReadSide):
             self._fresh = True  # before reading _sleeping: see _loop
             # Admission settled something (a dependent of a task that had
             # already failed): the coordinator must publish it now.
-            settled = bool(core.settlements)
+            # A scheduled task may be due before the coordinator's current
+            # timeout: it must recompute it.
+            settled = bool(core.settlements) or rec.due is not None
         if settled or (self._sleeping and self._wake_on_submit and not self._wake_pending):
             self._wake()
         return rec.task_id
