@@ -70,6 +70,8 @@ def _link_call(
     markers) and those whose results it takes. A ``ProcQueue`` future of this
     queue in the arguments stands for its result: a completed one is passed as
     its value at once, any other becomes a marker."""
+    if after is None and trigger == "all_success" and _all_atomic(args, kwargs):
+        return args, kwargs, (), set()  # the hot path: nothing to look into
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
@@ -77,9 +79,7 @@ def _link_call(
         if isinstance(after, (str, bytes, int, Future)):
             raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
         ids = [_upstream_id(engine, a) for a in after]
-    if any(type(v) not in _ATOMIC for v in args) or any(
-        type(v) not in _ATOMIC for v in kwargs.values()
-    ):
+    if not _all_atomic(args, kwargs):
         swap = _future_swapper(engine)
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
@@ -87,6 +87,17 @@ def _link_call(
     find_markers(args, kwargs, needed)
     upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
     return args, kwargs, upstream, needed
+
+
+def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for v in args:
+        if type(v) not in _ATOMIC:
+            return False
+    if kwargs:
+        for v in kwargs.values():
+            if type(v) not in _ATOMIC:
+                return False
+    return True
 
 
 def _upstream_id(engine: Engine, item: int | Future[Any]) -> int:
@@ -224,6 +235,7 @@ def prepare(
     after: Iterable[int | Future[Any]] | None = None,
     trigger: str = "all_success",
     limit_key: str | None = None,
+    link: bool = True,
 ) -> _TaskRecord:
     """Validate and pickle a call into a record (not queued yet): a typed
     error at the call, and nothing queued, for a non-callable, a bad priority,
@@ -238,7 +250,10 @@ def prepare(
         if not isinstance(limit_key, str):
             raise OptionTypeError(f"limit_key must be a str, got {limit_key!r}")
         engine.core.keys.check(limit_key)
-    args, kwargs, upstream, needed = _link_call(engine, args, kwargs, after, trigger)
+    upstream: tuple[int, ...] = ()
+    needed: set[int] = set()
+    if link:  # map's own chunks hold items, never futures: not walked
+        args, kwargs, upstream, needed = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
         payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)

@@ -194,9 +194,9 @@ class ProcQueue(Executor):
                 return None if args is None else self.submit(fn, *args)
             if single is not None:
                 items = list(itertools.islice(single, chunksize))
-                return self.submit(_run_chunk1, fn, items) if items else None
+                return self._submit_chunk(_run_chunk1, fn, items) if items else None
             chunk = list(itertools.islice(calls, chunksize))
-            return self.submit(_run_chunk, fn, chunk) if chunk else None
+            return self._submit_chunk(_run_chunk, fn, chunk) if chunk else None
 
         window = buffersize if buffersize is not None else self._engine.config.max_pending
         if window is None:
@@ -219,6 +219,15 @@ class ProcQueue(Executor):
                 break
             futures.append(fut)
         return _results(futures, deadline, flatten=chunksize > 1, refill=submit_next)
+
+    def _submit_chunk(
+        self, runner: Callable[..., Any], fn: Callable[..., Any], chunk: Any
+    ) -> Future[Any]:
+        """One ``map`` chunk: its items are not searched for futures (as the
+        standard library's ``map`` passes them through as they are)."""
+        fut = _TaskFuture()
+        self._engine.enqueue(prepare(self._engine, runner, (fn, chunk), {}, future=fut, link=False))
+        return fut
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
