@@ -43,6 +43,43 @@ class Outcomes(CoreState):
         """An attempt of the ``RUNNING`` ``rec`` ended with ``exc``: retry or fail
         it. ``cancelled``: the task was cancelled while this attempt ran (the
         kill lost the race): it ends cancelled, its error kept in the history."""
+        exc_type = self._record_error(rec, exc, pid, exitcode, tb, now)
+        if cancelled:
+            self._cancel_running(rec, now)
+        elif (
+            isinstance(exc, Throttle)
+            and not self.cancel_pending
+            and rec.throttles < self.config.max_throttles
+        ):
+            # "Not now": back to wait, without using an attempt; not a retry.
+            rec.throttles += 1
+            rec.attempts -= 1
+            self._retry_later(rec, exc.retry_after, now)
+            self.tally.retried -= 1
+        elif not self.cancel_pending and rec.policy.should_retry(exc, rec.attempts):
+            delay = rec.policy.delay(rec.attempts, self.rand)
+            _log.info(
+                "task %d (%s) attempt %d failed with %s; retrying in %.3fs",
+                rec.task_id,
+                rec.name,
+                rec.attempts,
+                exc_type,
+                delay,
+            )
+            self._retry_later(rec, delay, now)
+        else:
+            self._fail(rec, exc, exc_type, now)
+
+    def _record_error(
+        self,
+        rec: _TaskRecord,
+        exc: BaseException,
+        pid: int | None,
+        exitcode: int | None,
+        tb: str,
+        now: float,
+    ) -> str:
+        """Add the attempt's error to the task's history; returns its type name."""
         wall = now + self.wall_offset
         rec.finished_at = wall
         exc_type = exc.exc_type if isinstance(exc, UnpicklableTaskError) else _qualname(type(exc))
@@ -58,39 +95,22 @@ class Outcomes(CoreState):
                 finished_at=wall,
             )
         )
-        if cancelled:
-            self._cancel_running(rec, now)
-            return
-        if isinstance(exc, Throttle) and rec.throttles < self.config.max_throttles:
-            # "Not now": back to wait, without using an attempt.
-            rec.throttles += 1
-            rec.attempts -= 1
-            self._move(rec, _RETRYING)
-            self.tally.retried -= 1  # waiting out a throttle is no retry
-            self.delayed.push(now + max(0.0, exc.retry_after), rec)
-            self._emit(rec)
-            return
-        policy = rec.policy
-        if not self.cancel_pending and policy.should_retry(exc, rec.attempts):
-            delay = policy.delay(rec.attempts, self.rand)
-            _log.info(
-                "task %d (%s) attempt %d failed with %s; retrying in %.3fs",
-                rec.task_id,
-                rec.name,
-                rec.attempts,
-                exc_type,
-                delay,
-            )
-            self._move(rec, _RETRYING)
-            if delay <= 0:
-                self._move(rec, _PENDING)
-                self.heap.push(rec)
-            else:
-                self.delayed.push(now + delay, rec)
-            self._emit(rec)
-            return
+        return exc_type
+
+    def _retry_later(self, rec: _TaskRecord, delay: float, now: float) -> None:
+        """``RUNNING`` -> ``RETRYING``: back to the heap after ``delay`` seconds."""
+        self._move(rec, _RETRYING)
+        if delay <= 0:
+            self._move(rec, _PENDING)
+            self.heap.push(rec)
+        else:
+            self.delayed.push(now + delay, rec)
+        self._emit(rec)
+
+    def _fail(self, rec: _TaskRecord, exc: BaseException, exc_type: str, now: float) -> None:
+        """No retry left: ``FAILED``, into the dead letter queue."""
         self._move(rec, _FAILED)
-        self.dlq.add(rec, wall)
+        self.dlq.add(rec, now + self.wall_offset)
         rec.payload = None
         rec.outcome = exc
         rec.is_error = True
