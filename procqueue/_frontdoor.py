@@ -65,13 +65,13 @@ def _link_call(
     kwargs: dict[str, Any],
     after: Iterable[int | Future[Any]] | None,
     trigger: str,
-) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], set[int]]:
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], set[int], dict[int, Future[Any]]]:
     """Dependencies of a call: the upstream ids (``after`` and ``result_of``
     markers) and those whose results it takes. A ``ProcQueue`` future of this
     queue in the arguments stands for its result: a completed one is passed as
     its value at once, any other becomes a marker."""
     if after is None and trigger == "all_success" and _all_atomic(args, kwargs):
-        return args, kwargs, (), set()  # the hot path: nothing to look into
+        return args, kwargs, (), set(), {}  # the hot path: nothing to look into
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
@@ -79,14 +79,15 @@ def _link_call(
         if isinstance(after, (str, bytes, int, Future)):
             raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
         ids = [_upstream_id(engine, a) for a in after]
+    futures: dict[int, Future[Any]] = {}
     if not _all_atomic(args, kwargs):
-        swap = _future_swapper(engine)
+        swap = _future_swapper(engine, futures)
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
     needed: set[int] = set()
     find_markers(args, kwargs, needed)
     upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
-    return args, kwargs, upstream, needed
+    return args, kwargs, upstream, needed, futures
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -110,7 +111,7 @@ def _upstream_id(engine: Engine, item: int | Future[Any]) -> int:
     return item
 
 
-def _future_swapper(engine: Engine) -> Callable[[Any], Any]:
+def _future_swapper(engine: Engine, futures: dict[int, Future[Any]]) -> Callable[[Any], Any]:
     hook = engine._cancel_ref
 
     def swap(v: Any) -> Any:
@@ -118,6 +119,9 @@ def _future_swapper(engine: Engine) -> Callable[[Any], Any]:
             return v
         if v.done() and not v.cancelled() and v.exception() is None:
             return v.result()
+        # Not settled yet: a marker, and the future itself to read it from
+        # should the scheduler have released its copy meanwhile.
+        futures[v._task_id] = v
         return ResultOf(v._task_id)
 
     return swap
@@ -252,8 +256,9 @@ def prepare(
         engine.core.keys.check(limit_key)
     upstream: tuple[int, ...] = ()
     needed: set[int] = set()
+    futures: dict[int, Future[Any]] = {}
     if link:  # map's own chunks hold items, never futures: not walked
-        args, kwargs, upstream, needed = _link_call(engine, args, kwargs, after, trigger)
+        args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
         payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)
@@ -267,7 +272,7 @@ def prepare(
         rec.upstream = upstream
         rec.all_done = trigger == "all_done"
         if needed:
-            rec.inputs = dict.fromkeys(needed)
+            rec.inputs = {tid: futures.get(tid) for tid in needed}
     return rec
 
 

@@ -18,6 +18,7 @@ recursion, so depth costs no stack.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 from ..errors import (
@@ -29,7 +30,7 @@ from ..errors import (
 )
 from .events import CANCEL, ERROR
 from .outcomes import Outcomes
-from .records import TaskState, _TaskRecord
+from .records import RELEASED, TaskState, _TaskRecord
 
 _WAITING, _SCHEDULED, _PENDING = TaskState.WAITING, TaskState.SCHEDULED, TaskState.PENDING
 _COMPLETED, _FAILED, _CANCELLED = TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED
@@ -51,7 +52,8 @@ class Dependencies(Outcomes):
                     "or dropped by retain_finished)"
                 )
             needed = rec.inputs is not None and tid in rec.inputs
-            if needed and up.state is _COMPLETED and up.external and up.future is None:
+            wanted = needed and (up.state is _COMPLETED or (rec.all_done and up.state.is_final))
+            if wanted and _outcome_of(up, rec) is RELEASED:
                 raise InvalidArgumentError(
                     f"the result of task {tid} is no longer held (its future was "
                     "settled and released): pass the future itself"
@@ -66,7 +68,7 @@ class Dependencies(Outcomes):
             if rec.state is not _WAITING:
                 break  # ended by an upstream that had already failed
             if up.state.is_final:
-                self._upstream_ended(rec, up, _outcome_of(up), now)
+                self._upstream_ended(rec, up, _outcome_of(up, rec), now)
             elif up.dependents is None:
                 up.dependents = [rec]
             else:
@@ -90,6 +92,9 @@ class Dependencies(Outcomes):
 
     def _upstream_ended(self, dep: _TaskRecord, up: _TaskRecord, outcome: Any, now: float) -> None:
         state = up.state
+        if outcome is RELEASED:  # only a failed upstream under all_success gets here
+            errors = up.errors or ()
+            outcome = UpstreamFailedError(errors[-1].message) if errors else None
         if state is _COMPLETED or dep.all_done:
             if dep.inputs is not None and up.task_id in dep.inputs:
                 if state is _CANCELLED and not isinstance(outcome, BaseException):
@@ -117,6 +122,9 @@ class Dependencies(Outcomes):
     def _release(self, rec: _TaskRecord, now: float) -> None:
         """Every upstream ended as the trigger wants: bind their results into
         the arguments, then on to the heap (or the delayed heap, if not due)."""
+        if self.broken is not None:
+            self._end(rec, _FAILED, self.broken, now, ERROR)
+            return
         if self.cancel_pending:
             self._finish_cancelled(rec, now)
             return
@@ -145,10 +153,13 @@ class Dependencies(Outcomes):
         return [r for r in self.tasks.values() if r.state is _WAITING]
 
 
-def _outcome_of(up: _TaskRecord) -> Any:
-    """A final record's value or exception (also once a future holds it)."""
-    fut = up.future
-    if fut is not None and fut.done() and not fut.cancelled():
-        exc = fut.exception()
-        return exc if exc is not None else fut.result()
-    return up.outcome
+def _outcome_of(up: _TaskRecord, dep: _TaskRecord) -> Any:
+    """A final record's value or exception. Once released to a ProcQueue
+    future, from that future if the dependent was handed it (``inputs``)."""
+    outcome = up.outcome
+    if outcome is RELEASED and dep.inputs is not None:
+        fut = dep.inputs.get(up.task_id)
+        if isinstance(fut, Future) and fut.done() and not fut.cancelled():
+            exc = fut.exception()
+            return exc if exc is not None else fut.result()
+    return outcome

@@ -104,11 +104,13 @@ class Limiter:
             b[3] = now
 
     def room(self, now: float) -> int:
-        """How many tasks could start now."""
+        """How many more tasks could start now (those already released from
+        ``parked`` to the heap count as started)."""
         self._refill(now)
-        room = self.max_running - self.running
+        claimed = len(self.released)
+        room = self.max_running - self.running - claimed
         for b in self.buckets:
-            room = min(room, math.floor(b[2] + 1e-9))
+            room = min(room, math.floor(b[2] + 1e-9) - claimed)
         return int(max(0, min(room, 1 << 30)))
 
     def take(self, now: float) -> None:
@@ -119,12 +121,14 @@ class Limiter:
 
     def next_room(self, now: float) -> float | None:
         """When a token is next due (``None``: only a running task ending frees room)."""
-        if self.running >= self.max_running:
+        claimed = len(self.released)
+        if self.running + claimed >= self.max_running:
             return None
+        need = 1.0 + claimed
         due = now
         for b in self.buckets:
-            if b[2] < 1.0:
-                due = max(due, b[3] + (1.0 - b[2]) / b[0])
+            if b[2] < need:
+                due = max(due, b[3] + (need - b[2]) / b[0])
         return due
 
 

@@ -156,13 +156,15 @@ class Outcomes(CoreState):
             self._on_final(rec, now)
         if self.config.max_pending is not None:
             self.space_freed = True
-        if rec.future is not None:
-            # The future carries the outcome; the record must not keep the value
-            # alive after the caller dropped it (the stdlib's map frees each
-            # result as it is yielded). A caller's own future is not ours to keep.
-            rec.outcome = None
-            if rec.external:
-                rec.future = None
+        if rec.future is not None and rec.external:
+            # A caller's own future (ProcQueue) carries the outcome; the record
+            # must not keep the value alive once the caller dropped it (the
+            # stdlib's map frees each result as it is yielded). It is released
+            # once the future is settled (outside the lock: a dependent admitted
+            # meanwhile still finds it here). Our own futures (TaskQueue) hold
+            # the same object as the record: nothing to release.
+            rec.future = None
+            self.released.append(rec)
         if rec.future is not None or not self.config.keep_unclaimed:
             self.make_evictable(rec.task_id)
         self._emit(rec)

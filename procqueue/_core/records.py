@@ -103,6 +103,18 @@ _ALLOWED: tuple[frozenset[int], ...] = tuple(
 )
 
 
+class _Released:
+    """The outcome of a task whose caller's future now holds it alone."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<released>"
+
+
+RELEASED: Any = _Released()
+
+
 class _IllegalTransitionError(RuntimeError):
     """A bug in procqueue: the coordinator tried a move the table forbids."""
 

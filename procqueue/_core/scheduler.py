@@ -99,6 +99,9 @@ class Scheduler(Supervision):
                 self.parked -= 1
             else:
                 self.heap.discard(rec)
+                lim = self.keys.limiters.get(rec.limit_key) if rec.limit_key else None
+                if lim is not None:
+                    lim.released.discard(rec.task_id)
             self._finish_cancelled(rec, now)
         elif rec.state is _RETRYING or rec.state is _SCHEDULED or rec.state is _WAITING:
             self._finish_cancelled(rec, now)
@@ -333,10 +336,10 @@ class Scheduler(Supervision):
         lim = self.keys.limiter(rec.limit_key, now)
         if rec.task_id in lim.released:
             lim.released.discard(rec.task_id)
-            if lim.room(now) >= 1:
+            if lim.room(now) >= 1:  # the room it was released for
                 return False
             lim.parked.appendleft(rec)  # its room went to another: first in line again
-        elif not lim.parked and lim.room(now) >= 1:
+        elif not lim.parked and not lim.released and lim.room(now) >= 1:
             return False
         else:
             lim.parked.append(rec)  # behind those already parked: FIFO within a key

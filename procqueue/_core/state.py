@@ -81,6 +81,8 @@ class CoreState:
         self.actions: list[Action] = []
         self.settlements: list[tuple[Any, int, Any]] = []
         self.statuses: list[TaskStatus] = []
+        #: Records whose outcome the shell drops once their futures are settled.
+        self.released: list[_TaskRecord] = []
         #: A task became final and ``max_pending`` is set: wake blocked submitters.
         self.space_freed = False
         # Dependencies: upstream records that ended, with their outcome, whose

@@ -11,7 +11,7 @@ from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
 from .._core.events import CANCEL, ERROR, OK
-from .._core.records import TaskState, _TaskRecord
+from .._core.records import RELEASED, TaskState, _TaskRecord
 
 _log = logging.getLogger("procqueue.coordinator")
 
@@ -92,7 +92,8 @@ def deliver(fut: Future[Any], kind: int, value: Any) -> None:
 
 def resolve_now(fut: Future[Any], rec: _TaskRecord) -> None:
     """Settle ``fut`` from a record that is already final."""
+    outcome = None if rec.outcome is RELEASED else rec.outcome
     if rec.state is TaskState.CANCELLED:
-        deliver(fut, CANCEL, rec.outcome)
+        deliver(fut, CANCEL, outcome)
     else:
-        deliver(fut, ERROR if rec.is_error else OK, rec.outcome)
+        deliver(fut, ERROR if rec.is_error else OK, outcome)

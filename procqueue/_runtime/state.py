@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from .._core.config import QueueConfig
 from .._core.deadletters import DeadLetter
 from .._core.events import OK
-from .._core.records import TaskStatus, _TaskRecord
+from .._core.records import RELEASED, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
 from ..errors import QueueClosedError, TaskNotFoundError
@@ -53,6 +53,7 @@ class Publication(NamedTuple):
     settlements: list[tuple[Any, int, Any]]
     statuses: list[TaskStatus]
     listeners: list[Callable[[TaskStatus], None]]
+    released: list[_TaskRecord]
 
 
 class _Notifier:
@@ -331,11 +332,12 @@ class ReadSide:
 
     def _take_publication(self) -> Publication | None:
         core = self.core
-        if not core.settlements and not core.statuses:
+        if not core.settlements and not core.statuses and not core.released:
             return None
-        pub = Publication(core.settlements, core.statuses, self._listeners)
+        pub = Publication(core.settlements, core.statuses, self._listeners, core.released)
         core.settlements = []
         core.statuses = []
+        core.released = []
         return pub
 
     def _publish(self, pub: Publication | None) -> None:
@@ -345,5 +347,7 @@ class ReadSide:
             return
         for fut, kind, value in pub.settlements:
             deliver(fut, kind, value)
+        for rec in pub.released:
+            rec.outcome = RELEASED  # its future holds it now
         if pub.statuses and pub.listeners:
             self._notifier.push(pub.statuses, pub.listeners)
