@@ -2,7 +2,8 @@
 
 ``RateLimit("20/s;5000/h", burst=1)`` is one token bucket per window: tokens
 refill continuously at ``count / period`` and a bucket holds at most ``burst``
-(default 1: tasks are spaced evenly, as in GCRA); a task starts only when every
+(default 1: tasks are spaced evenly, as in GCRA), plus 10 ms worth of slack so
+that a late wake-up or a long loop step is made up rather than lost; a task starts only when every
 window has a token. ``Concurrency(4)``: at most 4 tasks of the key running
 (prefetched ones count) across all of the queue's workers. A pattern key
 (``"tenant:*"``, shell-style) gives each concrete key its own limiter.
@@ -27,6 +28,8 @@ from .records import _TaskRecord
 
 __all__ = ["Concurrency", "RateLimit"]
 
+#: Seconds of lateness (a late wake-up, a long loop step) a bucket absorbs.
+_TIMER_SLACK = 0.01
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _WINDOW = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
 
@@ -59,7 +62,14 @@ class RateLimit:
             period = (float(mult) if mult else 1.0) * _UNITS[unit]
             if count < 1 or period <= 0:
                 raise InvalidArgumentError(f"bad rate {part!r}: count and period must be > 0")
-            out.append((count / period, float(min(self.burst, count))))
+            rate = count / period
+            # A bucket holds `burst` tokens plus 10 ms worth of slack: the loop
+            # wakes a timer tick late (epoll counts whole milliseconds) and,
+            # under load, a step can take milliseconds; a bucket capped at
+            # exactly one token drops that lateness on every start (1000/s came
+            # out at 800/s idle and 350/s under load).
+            slack = rate * _TIMER_SLACK
+            out.append((rate, float(min(self.burst, count)) + slack))
         return out
 
 

@@ -55,7 +55,10 @@ def test_a_rate_holds_and_other_keys_run_at_full_speed() -> None:
     assert len(free_times) == 30 and max(free_times) == 0.0  # no head-of-line blocking
     assert len(api_times) == 21  # burst 1 at 0, then 10/s for 2 s
     gaps = [b - a for a, b in itertools.pairwise(api_times)]
-    assert all(g >= 0.1 - 1e-6 for g in gaps)  # evenly spaced, never faster
+    # Evenly spaced: never faster than the rate, less the 10 ms of slack a
+    # bucket keeps for a late wake-up.
+    assert all(g >= 0.1 - 0.01 - 1e-6 for g in gaps)
+    assert api_times[-1] - api_times[0] >= 20 * 0.1 - 0.01
     order = [tid for _, tid in starts if tid in api_ids]
     assert order == sorted(order)  # FIFO within the key
     assert all(r.attempts <= 1 for r in api)  # a throttled task uses no attempt
