@@ -15,22 +15,17 @@ import asyncio
 import gc
 import itertools
 import logging
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import procqueue
 from procqueue import TaskQueue, result_of
 from procqueue.bench import _tasks
+from procqueue.bench._context import footer
 
 _log = logging.getLogger("dag_overhead")
 GRAPHS = ("none", "after", "result_of")
@@ -161,17 +156,6 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{med:{fmt}} ({lo:{fmt}} to {hi:{fmt}})"
 
 
-def git_commit() -> str:
-    """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
-    cmd = ["git", "describe", "--always", "--dirty", "--abbrev=40"]
-    here = Path(procqueue.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=10, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "n/a (not a git checkout)"
-
-
 async def rounds(
     args: argparse.Namespace, names: tuple[str, ...], run: Callable[[str], Any], unit: str
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
@@ -245,13 +229,7 @@ async def report(args: argparse.Namespace, started: datetime) -> int:
             verdict = "met" if extra <= 1024 else "NOT met"
             print(f"Target: <= 1 KB per waiting task beyond a pending one, {LABELS[h]}: ", end="")
             print(f"{verdict} ({extra:+,.0f} B).")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(
-        f"\nContext: {started.isoformat(timespec='seconds')}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); nproc {os.cpu_count()}; load {load}; "
-        f"procqueue {procqueue.__version__} from {Path(procqueue.__file__).parent}; "
-        f"git {git_commit()}.\nCommand: {shlex.join([sys.executable, *sys.argv])}"
-    )
+    print(footer(started))
     return 1 if failed or mem_failed else 0
 
 

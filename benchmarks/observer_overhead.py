@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timezone
-from pathlib import Path
 
-import procqueue
 from procqueue import ProcQueue, TaskStatus
 from procqueue.bench import _tasks
+from procqueue.bench._context import footer
 
 _log = logging.getLogger("observer_overhead")
 VARIANTS = ("none", "ticker", "get_stats", "slow listener")
@@ -128,17 +123,6 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{med:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
 
 
-def git_commit() -> str:
-    """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
-    cmd = ["git", "describe", "--always", "--dirty", "--abbrev=40"]
-    here = Path(procqueue.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "n/a (not a git checkout)"
-    return out.stdout.strip()
-
-
 def measure(args: argparse.Namespace) -> tuple[dict[str, list[Metrics]], dict[str, str], str]:
     """Every round's metrics per variant (warm-up left out), the FAILs, the start method."""
     fn = _tasks.add_one if args.importable else add_one
@@ -231,14 +215,7 @@ def report(args: argparse.Namespace, started: datetime) -> int:
                 f"Of which any thread waking at 100 Hz costs {1 - statistics.median(ticks):.1%} "
                 "(the ticker row): the rest is get_stats() itself."
             )
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(
-        f"\nContext: {started.isoformat(timespec='seconds')}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); nproc {os.cpu_count()}; load {load}; "
-        f"procqueue {procqueue.__version__} from {Path(procqueue.__file__).parent}; "
-        f"git {git_commit()}.\n"
-        f"Command: {shlex.join([sys.executable, *sys.argv])}"
-    )
+    print(footer(started))
     return 1 if failed else 0
 
 

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-import procqueue
 from procqueue import ProcQueue, RateLimit
+from procqueue.bench._context import footer
 
 _log = logging.getLogger("rate_limit_precision")
 BATCH = 500  # unkeyed tasks in flight per batch
@@ -101,17 +96,6 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{med:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
 
 
-def git_commit() -> str:
-    """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
-    cmd = ["git", "describe", "--always", "--dirty", "--abbrev=40"]
-    here = Path(procqueue.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "n/a (not a git checkout)"
-    return out.stdout.strip()
-
-
 def measure(args: argparse.Namespace) -> tuple[list[Metrics], str | None, str]:
     """Every round's figures, the first FAIL (or ``None``), the start method."""
     rounds: list[Metrics] = []
@@ -178,14 +162,7 @@ def report(args: argparse.Namespace, started: datetime) -> int:
             "The unkeyed stream shares the workers with the keyed tasks, so 'during' is "
             "below 'alone' by about the keyed tasks' share of worker time."
         )
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(
-        f"\nContext: {started.isoformat(timespec='seconds')}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); nproc {os.cpu_count()}; load {load}; "
-        f"procqueue {procqueue.__version__} from {Path(procqueue.__file__).parent}; "
-        f"git {git_commit()}.\n"
-        f"Command: {shlex.join([sys.executable, *sys.argv])}"
-    )
+    print(footer(started))
     return 1 if failed else 0
 
 

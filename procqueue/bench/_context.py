@@ -16,7 +16,7 @@ from typing import Any
 
 from ._config import BenchConfig
 
-__all__ = ["PACKAGES", "context", "loadavg"]
+__all__ = ["PACKAGES", "context", "footer", "git_commit", "loadavg"]
 
 PACKAGES = (
     "procqueue",
@@ -40,7 +40,7 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The commit of the procqueue checkout being measured (``-dirty`` if changed)."""
     repo = Path(__file__).resolve().parents[2]
     try:
@@ -80,6 +80,26 @@ def context(cfg: BenchConfig, started: datetime, command: Sequence[str]) -> dict
         "start_method": cfg.start_method,
         "extra_start_methods": list(cfg.extra_start_methods),
         "packages": _versions(),
-        "git": _git_commit(),
+        "git": git_commit(),
         "config": cfg.as_dict(),
     }
+
+
+def footer(started: datetime) -> str:
+    """The context lines the standalone scripts in ``benchmarks/`` end their
+    report with: date, Python, nproc, load, procqueue, commit, exact command."""
+    import platform
+    import shlex
+    import sys
+
+    import procqueue
+
+    load = loadavg()
+    loads = " ".join(f"{x:.2f}" for x in load) if load is not None else "n/a"
+    commit = git_commit() or "n/a (not a git checkout)"
+    return (
+        f"\nContext: {started.isoformat(timespec='seconds')}; Python {platform.python_version()} "
+        f"({platform.python_implementation()}); nproc {os.cpu_count()}; load {loads}; "
+        f"procqueue {procqueue.__version__} from {Path(procqueue.__file__).parent}; "
+        f"git {commit}.\nCommand: {shlex.join([sys.executable, *sys.argv])}"
+    )
