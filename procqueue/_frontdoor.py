@@ -36,7 +36,6 @@ RESERVED_OPTIONS = frozenset(
     {"priority", "max_retries", "timeout", "retry", "delay", "eta", "after", "trigger", "limit_key"}
 )
 TRIGGERS = ("all_success", "all_done")
-_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def result_of(task: int | Future[Any]) -> ResultOf:
@@ -50,10 +49,7 @@ def result_of(task: int | Future[Any]) -> ResultOf:
     ``ProcQueue`` (where passing the future itself does the same).
     """
     if isinstance(task, Future):
-        tid = getattr(task, "_task_id", -1)
-        if tid < 0:
-            raise InvalidArgumentError("this future was not returned by a procqueue ProcQueue")
-        return ResultOf(int(tid))
+        return ResultOf(task_id(task))
     if isinstance(task, bool) or not isinstance(task, int):
         raise OptionTypeError(f"result_of takes a task id or a ProcQueue future, got {task!r}")
     return ResultOf(task)
@@ -91,14 +87,15 @@ def _link_call(
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    for v in args:
-        if type(v) not in _ATOMIC:
-            return False
-    if kwargs:
-        for v in kwargs.values():
-            if type(v) not in _ATOMIC:
-                return False
-    return True
+    return wire.all_plain(args) and (not kwargs or wire.all_plain(kwargs.values()))
+
+
+def task_id(future: Future[Any]) -> int:
+    """The task id behind a future returned by :class:`~procqueue.ProcQueue`."""
+    tid = getattr(future, "_task_id", -1)
+    if tid < 0:
+        raise InvalidArgumentError("this future was not returned by a procqueue ProcQueue")
+    return int(tid)
 
 
 def _upstream_id(engine: Engine, item: int | Future[Any]) -> int:

@@ -23,6 +23,7 @@ from ._frontdoor import (
     make_engine,
     prepare,
     prepare_many,
+    task_id,
     task_policy,
 )
 from ._policy import RetryPolicy, WorkerLimits
@@ -33,7 +34,7 @@ from .stats import QueueStats
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["ProcQueue"]
+__all__ = ["ProcQueue", "task_id"]
 
 T = TypeVar("T")
 
@@ -264,14 +265,6 @@ class ProcQueue(Executor):
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
         """Call ``listener`` with a :class:`TaskStatus` on every state change."""
         return self._engine.subscribe(listener)
-
-
-def task_id(future: Future[Any]) -> int:
-    """The task id behind a future returned by :class:`ProcQueue`."""
-    tid = getattr(future, "_task_id", -1)
-    if tid < 0:
-        raise InvalidArgumentError("this future was not returned by a procqueue ProcQueue")
-    return int(tid)
 
 
 def _results(

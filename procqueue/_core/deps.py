@@ -9,6 +9,7 @@ your own object is not seen, and reaches the task as the marker itself).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["ResultOf", "bind", "find_markers"]
@@ -34,25 +35,16 @@ class ResultOf:
 
 def find_markers(args: tuple[Any, ...], kwargs: dict[str, Any], out: set[int]) -> None:
     """Add the task ids of every marker in the arguments to ``out``."""
-    for v in args:
-        if type(v) is ResultOf:
-            out.add(v.task_id)
-        elif type(v) in _CONTAINERS:
-            _find(v, out)
-    for v in kwargs.values():
-        if type(v) is ResultOf:
-            out.add(v.task_id)
-        elif type(v) in _CONTAINERS:
-            _find(v, out)
+    _find(args, out)
+    _find(kwargs.values(), out)
 
 
-def _find(value: Any, out: set[int]) -> None:
-    items = value.values() if type(value) is dict else value
+def _find(items: Iterable[Any], out: set[int]) -> None:
     for v in items:
         if type(v) is ResultOf:
             out.add(v.task_id)
         elif type(v) in _CONTAINERS:
-            _find(v, out)
+            _find(v.values() if type(v) is dict else v, out)
 
 
 def bind(value: Any, values: dict[int, Any]) -> Any:

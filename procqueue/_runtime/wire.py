@@ -406,7 +406,8 @@ def _is_big(v: object) -> bool:
     return type(v) is bytes and len(v) >= _BIG
 
 
-def _plain(values: Iterable[object]) -> bool:
+def all_plain(values: Iterable[object]) -> bool:
+    """Only small builtin scalars: nothing a marker or a future could hide in."""
     atomic = _ATOMIC
     for v in values:  # a plain loop: this runs on every submit
         t = type(v)
@@ -456,7 +457,7 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[
     cloudpickle for lambdas, closures and classes defined in ``__main__`` or a
     notebook. Top-level large ``bytes``, and whatever supports pickle protocol 5
     buffers (numpy arrays, bytearray), travel out of band."""
-    if _plain(args) and (not kwargs or _plain(kwargs.values())):
+    if all_plain(args) and (not kwargs or all_plain(kwargs.values())):
         return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
     if kwargs:
         keys = tuple(kwargs)
