@@ -200,11 +200,15 @@ class Outcomes(CoreState):
         self.parked = 0
         return out
 
+    def _take_queued(self) -> list[_TaskRecord]:
+        """Every task not running yet, taken off the heaps and the limiters'
+        FIFOs: pending, parked, retrying, scheduled and waiting. Ending one may
+        end others by cascade, so callers skip those already final."""
+        return (
+            self.heap.drain() + self._unpark_all() + self.delayed.drain() + self._waiting_records()
+        )
+
     def _cancel_queued(self, now: float) -> None:
-        for rec in self.heap.drain() + self._unpark_all():
-            self._finish_cancelled(rec, now)
-        for rec in self.delayed.drain():
-            self._finish_cancelled(rec, now)
-        for rec in self._waiting_records():
-            if not rec.state.is_final:  # a cascade may have ended it already
+        for rec in self._take_queued():
+            if not rec.state.is_final:
                 self._finish_cancelled(rec, now)

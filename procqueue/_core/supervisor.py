@@ -233,9 +233,8 @@ class Supervision(Dependencies):
             return
         _log.error("procqueue pool broken: %s", error)
         self.broken = error
-        queued = self.heap.drain() + self._unpark_all() + self.delayed.drain()
-        for rec in queued + self._waiting_records():
-            if not rec.state.is_final:  # a cascade may have ended it already
+        for rec in self._take_queued():
+            if not rec.state.is_final:
                 self._end(rec, _FAILED, error, now, ERROR)
         for slot in self.slots:
             for rec in list(slot.inflight):
