@@ -61,6 +61,7 @@ from .._core.events import (
 from .._core.records import _TaskRecord
 from .._core.scheduler import Scheduler
 from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
+from .processes import close_fds
 from .state import EngineState, ReadSide
 from .transport import OnReady, Poller, Transport
 from .wire import bind_inputs
@@ -398,12 +399,7 @@ class Engine(ReadSide):
         if self._selector is not None:
             self._selector.close()
         self.transport.close()
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         with self._lock:
             if self.state is not EngineState.BROKEN:

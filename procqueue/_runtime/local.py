@@ -33,7 +33,7 @@ from ..errors import (
     UnpicklableTaskError,
 )
 from . import wire
-from .processes import FiguresCache, ProcessFigures, child_conn, kill_tree, start_process
+from .processes import FiguresCache, ProcessFigures, child_conn, close_fds, kill_tree, start_process
 from .transport import Poller, Transport
 from .worker import worker_main
 
@@ -139,8 +139,7 @@ class LocalTransport(Transport):
         try:
             proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
         except Exception as e:
-            for fd in (tasks_w, results_r):
-                os.close(fd)
+            close_fds(tasks_w, results_r)
             return [StartFailed(slot, f"{type(e).__name__}: {e}")]
         finally:
             for conn in child_ends:
@@ -236,11 +235,7 @@ class LocalTransport(Transport):
         assert poller is not None
         for fd in (p.results_fd, p.sentinel, p.tasks_fd):
             poller.unwatch(fd)
-        for fd in (p.tasks_fd, p.results_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(p.tasks_fd, p.results_fd)
         try:
             p.proc.close()
         except ValueError:
@@ -277,12 +272,7 @@ class LocalTransport(Transport):
         return events
 
     def close(self) -> None:
-        for fd in (self._lifeline_r, self._lifeline_w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self._lifeline_r, self._lifeline_w)
         self._lifeline_r = self._lifeline_w = -1
 
 

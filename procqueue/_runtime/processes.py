@@ -91,6 +91,16 @@ def kill_tree(pid: int) -> None:
         pass
 
 
+def close_fds(*fds: int) -> None:
+    """Close each fd that is open (>= 0), ignoring one already closed."""
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def start_process(
     ctx: BaseContext,
     target: Any,

@@ -31,7 +31,7 @@ import cloudpickle
 
 from ..errors import ResultSerializationError
 from . import wire as _wire
-from .processes import kill_children, kill_own_group_and_exit, set_parent_death_signal
+from .processes import close_fds, kill_children, kill_own_group_and_exit, set_parent_death_signal
 
 # The worker's own log lines; task code logs through its own loggers.
 _log = logging.getLogger("procqueue.worker")
@@ -120,14 +120,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
     kill_own_group_and_exit()
 
 
-def _close_inherited(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 def _take_fd(conn: Any) -> int:
     """The raw fd behind a ``Connection`` (which has no ``detach``)."""
     fd = os.dup(conn.fileno())
@@ -150,7 +142,7 @@ def worker_main(
     every start method can pass them; we take their raw fds. ``inherited`` lists
     the coordinator's own fds that a forked child must close.
     """
-    _close_inherited(inherited)
+    close_fds(*inherited)
     tasks, results, lifeline = (_take_fd(c) for c in (tasks_fd, results_fd, lifeline_fd))
     # Own process group: a terminal's Ctrl-C goes to the coordinator, which stops
     # us cleanly, instead of raising KeyboardInterrupt in every running task.
