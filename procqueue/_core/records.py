@@ -171,8 +171,9 @@ class TaskStatus:
 class _TaskRecord:
     """The scheduler's own record of one task. Never crosses a pipe.
 
-    ``future`` is an opaque handle to the scheduler (see ``scheduler.Handle``):
-    it only asks it ``set_running_or_notify_cancel()`` and ``cancelled()``.
+    ``future`` is opaque to the scheduler: it only calls
+    ``set_running_or_notify_cancel()`` on it at dispatch, and (dependencies)
+    reads a settled one's outcome; the shell settles it.
     """
 
     __slots__ = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import PoolBrokenError
 from .config import QueueConfig
@@ -26,14 +26,6 @@ from .supervision import StartupGuard
 from .tally import Tally
 
 _RETRYING, _RUNNING = TaskState.RETRYING, TaskState.RUNNING
-
-
-class Handle(Protocol):
-    """What the scheduler asks of a task's future (a ``concurrent.futures.Future``)."""
-
-    def set_running_or_notify_cancel(self) -> bool: ...
-
-    def cancelled(self) -> bool: ...
 
 
 class CoreState:
