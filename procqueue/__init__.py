@@ -13,10 +13,12 @@ from ._core.limits import Concurrency, RateLimit
 from ._core.records import AttemptError, TaskState, TaskStatus
 from ._frontdoor import DeadLetterQueue, result_of
 from ._policy import RetryPolicy, WorkerLimits
+from ._schedules import Schedule
 from .errors import (
     InvalidArgumentError,
     InvalidCallableError,
     MemoryLimitExceeded,
+    MissingExtraError,
     OptionTypeError,
     PoolBrokenError,
     ProcQueueError,
@@ -55,6 +57,7 @@ __all__ = [
     "QueueStats",
     "RateLimit",
     "RetryPolicy",
+    "Schedule",
     "TaskState",
     "TaskStatus",
     "WorkerLimits",
@@ -66,6 +69,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidCallableError",
     "MemoryLimitExceeded",
+    "MissingExtraError",
     "OptionTypeError",
     "PoolBrokenError",
     "ProcQueueError",

@@ -27,6 +27,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidCallableError",
     "MemoryLimitExceeded",
+    "MissingExtraError",
     "PoolBrokenError",
     "ProcQueueError",
     "QueueClosedError",
@@ -72,6 +73,12 @@ class OptionTypeError(ProcQueueError, TypeError):
     """An option or argument has the wrong type (``num_workers=2.5``,
     ``priority="high"``, ``retry=3``). Raised at the call itself; nothing was
     queued or started. Fix the type and call again."""
+
+
+class MissingExtraError(ProcQueueError, ImportError):
+    """A feature needs an optional package that is not installed (cron
+    schedules need ``cronsim``). The message names the extra to install, e.g.
+    ``pip install 'procqueue[cron]'``."""
 
 
 class QueueNotStartedError(ProcQueueError, RuntimeError):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +28,7 @@ from ._frontdoor import (
 )
 from ._policy import RetryPolicy, WorkerLimits
 from ._runtime.futures import _TaskFuture
+from ._schedules import Schedule, make_schedule, schedules_of
 from .errors import InvalidArgumentError
 from .stats import QueueStats
 
@@ -159,6 +160,52 @@ class ProcQueue(Executor):
         )
         engine.enqueue(rec, wait=block_timeout)
         return fut
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        tz: str | tzinfo | None = None,
+        misfire_grace: float | None = 60.0,
+        catchup: str = "latest",
+        overlap: str = "skip",
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        limit_key: str | None = None,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a cron expression or every so many
+        seconds; returns its :class:`~procqueue.Schedule` (see
+        ``TaskQueue.schedule`` for every option). Each run's future is
+        ``pool.future(task_id)`` for an id in ``schedule.task_ids``."""
+        return make_schedule(
+            self._engine,
+            fn,
+            args,
+            kwargs,
+            cron=cron,
+            every=every,
+            name=name,
+            tz=tz,
+            misfire_grace=misfire_grace,
+            catchup=catchup,
+            overlap=overlap,
+            priority=priority,
+            max_retries=max_retries,
+            retry=retry,
+            timeout=timeout,
+            limit_key=limit_key,
+        )
+
+    def schedules(self) -> list[Schedule]:
+        """The pool's schedules (not cancelled), in the order they were added."""
+        return schedules_of(self._engine)
 
     def future(self, task_id: int) -> Future[Any]:
         """A future for any task of this queue by id (e.g. one requeued from the

@@ -7,7 +7,7 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from ._frontdoor import (
 )
 from ._policy import RetryPolicy
 from ._runtime.state import EngineState
+from ._schedules import Schedule, make_schedule, schedules_of
 from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
 from .stats import QueueStats
 
@@ -135,6 +136,68 @@ class TaskQueue:
                 return engine.enqueue(rec, block=False)
             except QueueFullError:
                 await to_asyncio(engine.space_future())
+
+    async def schedule(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        tz: str | tzinfo | None = None,
+        misfire_grace: float | None = 60.0,
+        catchup: str = "latest",
+        overlap: str = "skip",
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        limit_key: str | None = None,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a schedule; returns its :class:`Schedule`.
+
+        ``cron``: a cron expression (five fields, or six with seconds first),
+        evaluated on the wall clock in ``tz`` (a zone name or tzinfo; default:
+        the local zone); needs the ``cron`` extra. ``every``: seconds or a
+        ``timedelta``, on the monotonic clock (first run one interval from
+        now). ``name``: unique in this queue (default: the callable's name).
+        ``misfire_grace``: seconds a run may be late before it is skipped
+        (``None``: never). ``catchup``: ``"latest"`` runs the newest of several
+        missed ticks, ``"all"`` each of them, ``"none"`` none.
+        ``overlap``: when the previous run is still going, ``"skip"`` this one
+        (logged, counted), ``"queue"`` it behind, or ``"allow"`` both.
+        ``priority``, ``max_retries``, ``retry``, ``limit_key``: as for
+        :meth:`submit`; ``timeout`` defaults to the queue's, else to the
+        interval (the gap to the next cron tick), so a hung run cannot hold its
+        schedule forever. Raises at once for bad input (the call is pickled
+        here, once)."""
+        engine = self._engine
+        if engine.state is EngineState.NEW:
+            raise QueueNotStartedError("call 'await queue.start()' before scheduling")
+        return make_schedule(
+            engine,
+            fn,
+            args,
+            kwargs,
+            cron=cron,
+            every=every,
+            name=name,
+            tz=tz,
+            misfire_grace=misfire_grace,
+            catchup=catchup,
+            overlap=overlap,
+            priority=priority,
+            max_retries=max_retries,
+            retry=retry,
+            timeout=timeout,
+            limit_key=limit_key,
+        )
+
+    def schedules(self) -> list[Schedule]:
+        """The queue's schedules (not cancelled), in the order they were added."""
+        return schedules_of(self._engine)
 
     def get_task_status(self, task_id: int) -> TaskStatus:
         """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an

@@ -165,7 +165,7 @@ class Outcomes(CoreState):
             # the same object as the record: nothing to release.
             rec.future = None
             self.released.append(rec)
-        if rec.future is not None or not self.config.keep_unclaimed:
+        if rec.future is not None or rec.fired_by is not None or not self.config.keep_unclaimed:
             self.make_evictable(rec.task_id)
         self._emit(rec)
 

@@ -149,7 +149,8 @@ class TaskStatus:
     ``error`` is the final error of a ``failed`` task (``None`` otherwise);
     ``errors`` holds every failed attempt's error in order, retried ones included.
     ``due_at`` is when a task submitted with ``delay``/``eta`` becomes due
-    (``None`` for one due at once); ``after`` the upstream task ids it waits for.
+    (``None`` for one due at once); ``after`` the upstream task ids it waits for;
+    ``schedule`` the name of the schedule that fired it, if one did.
     """
 
     task_id: int
@@ -166,6 +167,7 @@ class TaskStatus:
     errors: tuple[AttemptError, ...]
     due_at: float | None = None
     after: tuple[int, ...] = ()
+    schedule: str | None = None
 
 
 class _TaskRecord:
@@ -206,6 +208,7 @@ class _TaskRecord:
         "limit_key",
         "parked",
         "throttles",
+        "fired_by",
     )
 
     def __init__(
@@ -260,6 +263,9 @@ class _TaskRecord:
         self.limit_key: str | None = None
         self.parked = False
         self.throttles = 0
+        # The schedule that fired it: such a run is fire-and-forget, kept only
+        # within ``retain_finished`` once final (nobody holds its future).
+        self.fired_by: str | None = None
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:
@@ -297,4 +303,5 @@ class _TaskRecord:
             errors=errors,
             due_at=self.due_at,
             after=self.upstream,
+            schedule=self.fired_by,
         )

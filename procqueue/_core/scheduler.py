@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import TaskCancelledError, TaskTimeoutError
+from ..errors import InvalidArgumentError, TaskCancelledError, TaskTimeoutError
 from .events import (
     OK,
     Done,
@@ -29,6 +29,7 @@ from .events import (
     Started,
 )
 from .records import TaskState, _TaskRecord
+from .schedules import ScheduleEntry
 from .slots import KillReason, Slot, WorkerState
 from .supervisor import Supervision
 
@@ -38,6 +39,9 @@ _log = logging.getLogger("procqueue.coordinator")
 #: it runs, and a hard cap on the count.
 PREFETCH_BUDGET = 0.002
 MAX_PREFETCH = 256
+#: Seconds between looks at the wall clock while a cron schedule waits: a
+#: clock step or a suspension moves its next tick in monotonic time.
+WALL_RECHECK = 30.0
 
 _PENDING, _RUNNING, _RETRYING = TaskState.PENDING, TaskState.RUNNING, TaskState.RETRYING
 _SCHEDULED, _WAITING = TaskState.SCHEDULED, TaskState.WAITING
@@ -84,6 +88,62 @@ class Scheduler(Supervision):
         self.tally.admit(len(records))
         if self.observed:
             self.statuses += [r.snapshot() for r in records]
+
+    # ------------------------------------------------------------------ schedules
+
+    def add_schedule(self, entry: ScheduleEntry) -> None:
+        if entry.name in self.schedules:
+            raise InvalidArgumentError(f"a schedule named {entry.name!r} already exists")
+        self.schedules[entry.name] = entry
+
+    def run_now(self, entry: ScheduleEntry, now: float) -> int:
+        """Fire one run of ``entry`` at once (its ticks are unchanged). An
+        explicit request: ``overlap="skip"`` does not apply, ``"queue"`` does."""
+        task_id = self._fire(entry, entry.next_tick, now, forced=True)
+        assert task_id is not None
+        return task_id
+
+    def _fire_schedules(self, now: float) -> None:
+        if self.stopping or self.broken is not None:
+            return
+        off = self.wall_offset
+        for entry in list(self.schedules.values()):
+            if entry.paused:
+                continue
+            clock = entry.clock(now, off)
+            if entry.next_tick <= clock:
+                for tick in entry.take_due(clock).run:
+                    self._fire(entry, tick, now)
+
+    def _fire(
+        self, entry: ScheduleEntry, tick: float, now: float, forced: bool = False
+    ) -> int | None:
+        """One run of ``entry`` for ``tick``, unless ``overlap`` says no."""
+        prev = self.tasks.get(entry.last_id) if entry.last_id is not None else None
+        busy = prev is not None and not prev.state.is_final
+        after = None
+        if busy:
+            assert prev is not None
+            if entry.overlap == "skip" and not forced:
+                entry.skipped_overlap += 1
+                _log.warning(
+                    "schedule %r: run skipped, the previous run (task %d) is still %s "
+                    "(overlap='skip')",
+                    entry.name,
+                    prev.task_id,
+                    prev.state.value,
+                )
+                return None
+            if entry.overlap == "queue":
+                after = prev.task_id
+        rec = entry.make(entry.default_timeout(tick))
+        rec.fired_by = entry.name
+        if after is not None:  # overlap="queue": runs once the previous run has ended
+            rec.upstream = (after,)
+            rec.all_done = True
+        self.admit(rec, now)
+        entry.record_fired(rec.task_id)
+        return int(rec.task_id)
 
     # ------------------------------------------------------------------ commands
 
@@ -196,6 +256,8 @@ class Scheduler(Supervision):
 
     def tick(self, now: float) -> None:
         """Fire what is due at ``now``, then hand out work."""
+        if self.schedules:
+            self._fire_schedules(now)
         self._fire_timers(now)
         self._dispatch(now)
         self._retire_idle(now)
@@ -238,6 +300,16 @@ class Scheduler(Supervision):
             t = self._next_memory_check
             if due is None or t < due:
                 due = t
+        if self.schedules and not self.stopping and self.broken is None:
+            off = self.wall_offset
+            for entry in self.schedules.values():
+                if entry.paused:
+                    continue
+                t4 = entry.deadline(now, off)
+                if entry.trigger.wall:
+                    t4 = min(t4, now + WALL_RECHECK)
+                if due is None or t4 < due:
+                    due = t4
         t2 = self.stop_deadline
         if t2 is not None and (due is None or t2 < due):
             due = t2

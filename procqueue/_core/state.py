@@ -21,6 +21,7 @@ from .events import Action
 from .heaps import _DelayedHeap, _ReadyHeap
 from .limits import KeyLimits, Limiter
 from .records import TaskState, TaskStatus, _TaskRecord
+from .schedules import ScheduleEntry
 from .slots import Slot
 from .supervision import StartupGuard
 from .tally import Tally
@@ -62,6 +63,8 @@ class CoreState:
         # Limiters with parked tasks, and how many tasks are parked in all.
         self._blocked: set[Limiter] = set()
         self.parked = 0
+        #: Recurring schedules by name (``schedules.py``).
+        self.schedules: dict[str, ScheduleEntry] = {}
         #: Set once the pool cannot go on; every later submit raises it.
         self.broken: PoolBrokenError | None = None
         self.stopping = False

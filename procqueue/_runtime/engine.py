@@ -45,6 +45,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 
 from .._core.config import QueueConfig
@@ -60,6 +61,7 @@ from .._core.events import (
 )
 from .._core.records import _TaskRecord
 from .._core.scheduler import Scheduler
+from .._core.schedules import ScheduleEntry
 from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
 from .processes import close_fds
 from .state import EngineState, ReadSide
@@ -224,6 +226,45 @@ class Engine(ReadSide):
                 self.core.dlq.entries[task_id] = entry  # not lost if it cannot be queued
             raise
 
+    def add_schedule(
+        self, build: Callable[[float, float, set[str]], ScheduleEntry]
+    ) -> ScheduleEntry:
+        """Register the entry ``build(now, wall_offset, names taken)`` makes."""
+        with self._lock:
+            self.check_open()
+            now = time.monotonic()
+            core = self.core
+            core.wall_offset = time.time() - now
+            entry = build(now, core.wall_offset, set(core.schedules))
+            core.add_schedule(entry)
+        self._wake()  # its first tick may come before the coordinator's timeout
+        return entry
+
+    def control_schedule(self, entry: ScheduleEntry, op: str) -> int | None:
+        """``pause``, ``resume``, ``cancel`` or ``run_now`` (returns the task id)."""
+        task_id = None
+        with self._lock:
+            core = self.core
+            live = core.schedules.get(entry.name) is entry
+            if op == "cancel":
+                if live:
+                    del core.schedules[entry.name]
+                return None
+            if not live:
+                raise QueueClosedError(f"schedule {entry.name!r} was cancelled")
+            now = time.monotonic()
+            if op == "pause":
+                entry.paused = True
+            elif op == "resume":
+                if entry.paused:
+                    entry.resume(now, core.wall_offset)
+            else:
+                self.check_open()
+                task_id = core.run_now(entry, now)
+                self._fresh = True
+        self._wake()
+        return task_id
+
     def request_cancel(self, task_id: int) -> bool:
         """Ask the coordinator to cancel; True if the task was not final yet."""
         with self._lock:
@@ -335,6 +376,7 @@ class Engine(ReadSide):
         with self._lock:
             now = time.monotonic()
             core = self.core
+            core.wall_offset = time.time() - now  # follows clock steps (cron, stamps)
             self._fresh = False
             for ev in events:
                 core.feed(ev, now)
