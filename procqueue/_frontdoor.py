@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, overload
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
@@ -320,12 +320,44 @@ class DeadLetterQueue:
         """One dead letter; ``TaskNotFoundError`` if absent."""
         return self._engine.dead_letter(task_id)
 
+    @overload
     def requeue(
-        self, task_id: int, *, max_retries: int | None = None, priority: int | None = None
-    ) -> int:
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = ...,
+        priority: int | None = ...,
+        cascade: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    def requeue(
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = ...,
+        priority: int | None = ...,
+        cascade: Literal[True],
+    ) -> dict[int, int]: ...
+
+    def requeue(
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        cascade: bool = False,
+    ) -> int | dict[int, int]:
         """Run the task again as a new task (new id, returned) with a fresh retry
-        budget (its own ``max_retries`` unless given). The letter leaves the DLQ."""
-        return self._engine.requeue_dead_letter(task_id, max_retries, priority)
+        budget (its own ``max_retries`` unless given). The letter leaves the DLQ.
+
+        ``cascade=True`` also re-arms the dependents its failure ended (with
+        ``UpstreamFailedError``), transitively, as new tasks waiting on the new
+        ones (``result_of`` markers follow); it returns ``{old id: new id}`` for
+        every task it queued. Without it, those dependents stay failed.
+        """
+        ids = self._engine.requeue_dead_letter(task_id, max_retries, priority, cascade)
+        return ids if cascade else ids[task_id]
 
     def purge(self, task_ids: Iterable[int] | None = None) -> int:
         """Drop the given dead letters (all by default); returns how many."""

@@ -37,8 +37,43 @@ class DeadLetter:
         return self.errors[-1] if self.errors else None
 
 
+class _Dormant:
+    """A dependent that ended with ``UpstreamFailedError`` because a dead
+    letter (or a dependent of one) failed: what it takes to re-arm it with
+    ``requeue(..., cascade=True)``. Its payload still holds its ``result_of``
+    markers, unbound. Kept in its dead letter's tree, so it goes with it."""
+
+    __slots__ = (
+        "all_done",
+        "dependents",
+        "limit_key",
+        "name",
+        "needed",
+        "payload",
+        "policy",
+        "priority",
+        "task_id",
+        "timeout",
+        "upstream",
+    )
+
+    def __init__(self, rec: _TaskRecord) -> None:
+        assert rec.payload is not None
+        self.task_id = rec.task_id
+        self.name = rec.name
+        self.priority = rec.priority
+        self.payload = rec.payload
+        self.policy = rec.policy
+        self.timeout = rec.timeout
+        self.limit_key = rec.limit_key
+        self.upstream = rec.upstream
+        self.needed = tuple(rec.inputs) if rec.inputs else ()
+        self.all_done = rec.all_done
+        self.dependents: list[_Dormant] = []
+
+
 class _Entry:
-    __slots__ = ("letter", "payload", "policy", "timeout")
+    __slots__ = ("dependents", "letter", "payload", "policy", "timeout")
 
     def __init__(
         self,
@@ -51,6 +86,8 @@ class _Entry:
         self.payload = payload
         self.policy = policy
         self.timeout = timeout
+        #: Dependents it took down with it (``_Dormant``), for a cascade.
+        self.dependents: list[_Dormant] = []
 
 
 class _DeadLetterStore:
@@ -77,6 +114,22 @@ class _DeadLetterStore:
         while len(self.entries) > self.max_size:
             self.entries.popitem(last=False)
             self.dropped += 1
+
+    def keep_dependent(self, up: _TaskRecord, dep: _TaskRecord) -> None:
+        """``dep`` is ending because ``up`` failed: keep it dormant under
+        ``up``'s letter (or under ``up``'s own dormant copy, down a chain)."""
+        if dep.payload is None:
+            return
+        parent = up.dormant
+        if parent is None:
+            entry = self.entries.get(up.task_id)
+            if entry is None:
+                return  # not dead-lettered (DLQ off, or dropped): nothing to re-arm
+            children = entry.dependents
+        else:
+            children = parent.dependents
+        dep.dormant = node = _Dormant(dep)
+        children.append(node)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -112,6 +112,7 @@ class Dependencies(Outcomes):
             )
             if isinstance(outcome, BaseException):
                 err.__cause__ = outcome
+            self.dlq.keep_dependent(up, dep)
             self._end(dep, _FAILED, err, now, ERROR)
         else:
             err2 = TaskCancelledError(

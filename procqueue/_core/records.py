@@ -209,6 +209,7 @@ class _TaskRecord:
         "parked",
         "throttles",
         "fired_by",
+        "dormant",
     )
 
     def __init__(
@@ -266,6 +267,9 @@ class _TaskRecord:
         # The schedule that fired it: such a run is fire-and-forget, kept only
         # within ``retain_finished`` once final (nobody holds its future).
         self.fired_by: str | None = None
+        # Its copy in a dead letter's tree, when an upstream failure ended it
+        # (``requeue(..., cascade=True)``); dependents of it attach below.
+        self.dormant: Any = None
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:

@@ -47,8 +47,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from .._core.config import QueueConfig
+from .._core.deps import ResultOf
 from .._core.events import (
     Action,
     Done,
@@ -205,9 +207,15 @@ class Engine(ReadSide):
             self._space.wait(remaining)
 
     def requeue_dead_letter(
-        self, task_id: int, max_retries: int | None = None, priority: int | None = None
-    ) -> int:
-        """Run a dead letter again as a new task with a fresh retry budget."""
+        self,
+        task_id: int,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        cascade: bool = False,
+    ) -> dict[int, int]:
+        """Run a dead letter again as a new task with a fresh retry budget;
+        ``cascade``: re-arm, as new tasks, the dependents its failure ended
+        (transitively), waiting on the new ids. Returns ``{old id: new id}``."""
         with self._lock:
             self.check_open()
             entry = self.core.dlq.entries.pop(task_id, None)
@@ -219,12 +227,63 @@ class Engine(ReadSide):
             policy = replace(policy, max_retries=max_retries)
         prio = letter.priority if priority is None else priority
         rec = self.new_record(letter.name, prio, entry.payload, policy, entry.timeout, None)
+        records = [rec]
+        ids = {task_id: rec.task_id}
         try:
-            return self.enqueue(rec)
+            if cascade:
+                records += self._rearm(entry.dependents, ids)
+            with self._lock:
+                self.check_open()
+                for r in records[1:]:  # the others' upstream must still be known
+                    for up in r.upstream:
+                        if up not in self.core.tasks and up not in ids.values():
+                            raise TaskNotFoundError(
+                                f"cannot re-arm task {r.name}: its upstream task {up} is no "
+                                "longer known (dropped by retain_finished)"
+                            )
+            if len(records) == 1:
+                self.enqueue(rec)
+            else:
+                self.enqueue_linked(records)
         except BaseException:
             with self._lock:
                 self.core.dlq.entries[task_id] = entry  # not lost if it cannot be queued
             raise
+        return ids
+
+    def _rearm(self, roots: list[Any], ids: dict[int, int]) -> list[_TaskRecord]:
+        """New records for the dormant dependents below a dead letter, parents
+        first, their upstream ids (and ``result_of`` markers) moved to the new
+        tasks in ``ids`` (which this fills in)."""
+        out = []
+        todo = deque(roots)
+        while todo:
+            node = todo.popleft()
+            moved = {old: ResultOf(ids[old]) for old in node.needed if old in ids}
+            payload = bind_inputs(node.payload, moved) if moved else node.payload
+            rec = self.new_record(
+                node.name, node.priority, payload, node.policy, node.timeout, None
+            )
+            rec.upstream = tuple(ids.get(u, u) for u in node.upstream)
+            rec.all_done = node.all_done
+            rec.limit_key = node.limit_key
+            if node.needed:
+                rec.inputs = {ids.get(u, u): None for u in node.needed}
+            ids[node.task_id] = rec.task_id
+            out.append(rec)
+            todo.extend(node.dependents)
+        return out
+
+    def enqueue_linked(self, records: list[_TaskRecord]) -> None:
+        """Admit records that may depend on one another, in order, under one
+        lock round (an operator's requeue: ``max_pending`` does not apply)."""
+        with self._lock:
+            self.check_open()
+            now = time.monotonic()
+            for rec in records:
+                self.core.admit(rec, now)
+            self._fresh = True
+        self._wake()
 
     def add_schedule(
         self, build: Callable[[float, float, set[str]], ScheduleEntry]

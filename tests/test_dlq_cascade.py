@@ -1,0 +1,88 @@
+"""``dlq.requeue(..., cascade=True)``: a dead letter's dependents, ended with
+``UpstreamFailedError`` by its failure, come back as new tasks waiting on the
+new ids, with their ``result_of`` markers moved along; without ``cascade``
+they stay failed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from _tasks import add, fail_times, ident
+
+from procqueue import (
+    ProcQueue,
+    RetryPolicy,
+    TaskNotFoundError,
+    TaskQueue,
+    TaskState,
+    UpstreamFailedError,
+    result_of,
+    task_id,
+)
+
+NO_WAIT = RetryPolicy(backoff_base=0)
+
+
+def test_cascade_rearms_a_chain_with_its_results_and_leaves_all_done_tasks_alone(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with TaskQueue(num_workers=2, retry=NO_WAIT) as q:
+            root = await q.submit(fail_times, str(tmp_path / "c"), 1, 10, max_retries=0)
+            a = await q.submit(add, result_of(root), 1)  # 11 once root gives 10
+            b = await q.submit(ident, {"v": [result_of(a)]}, after=[root])  # nested marker
+            cleanup = await q.submit(ident, "cleaned", after=[root], trigger="all_done")
+            with pytest.raises(UpstreamFailedError):
+                await q.result(b)
+            assert await q.result(cleanup) == "cleaned"
+
+            ids = q.dlq.requeue(root, cascade=True)
+            assert set(ids) == {root, a, b}  # the all_done task ran: not re-armed
+            assert await q.result(ids[b]) == {"v": [11]}
+            assert await q.result(ids[root]) == 10
+            assert q.get_task_status(ids[b]).after == (ids[root], ids[a])
+            # The old tasks stay as they ended; the letter left the DLQ.
+            assert q.get_task_status(a).state is TaskState.FAILED
+            assert q.dlq.list() == []
+
+    asyncio.run(main())
+
+
+def test_without_cascade_the_dependents_stay_failed(tmp_path: Path) -> None:
+    with ProcQueue(max_workers=1, retry=NO_WAIT) as pool:
+        root = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 5, max_retries=0)
+        dep = pool.submit(add, root, 1)  # a future of the pool passes its result
+        with pytest.raises(UpstreamFailedError):
+            dep.result()
+        new = pool.dlq.requeue(task_id(root))
+        assert isinstance(new, int)
+        assert pool.future(new).result() == 5
+        assert pool.get_task_status(task_id(dep)).state is TaskState.FAILED
+
+
+def test_cascade_on_procqueue_gives_new_futures_by_id(tmp_path: Path) -> None:
+    with ProcQueue(max_workers=1, retry=NO_WAIT) as pool:
+        root = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 5, max_retries=0)
+        mid = pool.submit(add, root, 1)
+        leaf = pool.submit(add, mid, 1)
+        with pytest.raises(UpstreamFailedError):
+            leaf.result()
+        ids = pool.dlq.requeue(task_id(root), cascade=True)
+        assert pool.future(ids[task_id(leaf)]).result() == 7
+
+
+def test_cascade_refuses_when_another_upstream_was_dropped(tmp_path: Path) -> None:
+    with ProcQueue(max_workers=1, retry=NO_WAIT, retain_finished=2) as pool:
+        other = pool.submit(add, 1, 1)
+        assert other.result() == 2
+        root = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 5, max_retries=0)
+        dep = pool.submit_task(add, root, 1, after=[other])
+        with pytest.raises(UpstreamFailedError):
+            dep.result()
+        for i in range(3):  # push `other` out of the retention window
+            assert pool.submit(add, i).result() == i
+        with pytest.raises(TaskNotFoundError, match="no longer known"):
+            pool.dlq.requeue(task_id(root), cascade=True)
+        assert [d.task_id for d in pool.dlq.list()] == [task_id(root)]  # not lost
