@@ -1,0 +1,225 @@
+"""``Broker``: the Redis side of one queue, as typed calls over the scripts in
+``_scripts.py``. Every blob it writes is sealed and every blob it reads is
+opened (``_signing.py``) before anyone unpickles it; it never unpickles itself.
+
+Not thread-safe per instance beyond what redis-py's connection pool gives;
+each node and client holds its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .._policy import RetryPolicy
+from ..errors import InvalidArgumentError, MissingExtraError
+from . import _scripts
+from ._keys import Keys
+from ._signing import SignatureError, Signer
+
+__all__ = ["Broker", "Claimed", "connect"]
+
+_log = logging.getLogger("procqueue.redis")
+
+#: Priorities must fit the ready score (``-priority * 2**32 + seq`` in a double).
+MAX_PRIORITY = 2**20
+#: Ids reserved per ``INCRBY`` round trip.
+ID_BLOCK = 256
+TASK, RESULT = b"task", b"result"
+
+
+def connect(url: str) -> Any:
+    """A redis-py client for ``url`` (``redis://`` or ``rediss://``)."""
+    try:
+        import redis
+    except ImportError as e:
+        raise MissingExtraError(
+            "the Redis broker needs the optional 'redis' package: pip install 'procqueue[redis]'"
+        ) from e
+    return redis.Redis.from_url(url)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task a node has leased: run it, then :meth:`Broker.finish` with the token.
+    ``payload`` is verified (``None`` with ``rejected`` set when it failed the
+    check: it was dead-lettered and must not be run)."""
+
+    task_id: int
+    token: int
+    attempts: int
+    payload: bytes | None
+    rejected: str | None = None
+
+
+class Broker:
+    """One queue on one Redis: submit, claim, renew, finish, cancel, reclaim."""
+
+    def __init__(self, client: Any, queue: str, signer: Signer, *, result_ttl: int = 3600) -> None:
+        if result_ttl < 1:
+            raise InvalidArgumentError("result_ttl must be at least 1 second")
+        self.r = client
+        self.keys = Keys(queue)
+        self.queue = queue
+        self.signer = signer
+        self.result_ttl = result_ttl
+        self._ids: list[int] = []
+        scripts = {
+            name: client.register_script(getattr(_scripts, name))
+            for name in ("SUBMIT", "CLAIM", "RENEW", "FINISH", "RECLAIM", "CANCEL")
+        }
+        self._s = scripts
+
+    # ------------------------------------------------------------------ ids
+
+    def new_id(self) -> int:
+        """A task id unique in the queue (reserved in blocks: one round trip
+        per ``ID_BLOCK`` submits)."""
+        if not self._ids:
+            top = int(self.r.incrby(self.keys.ids, ID_BLOCK))
+            self._ids = list(range(top, top - ID_BLOCK, -1))
+        return self._ids.pop()
+
+    # ------------------------------------------------------------------ client side
+
+    def submit(
+        self,
+        payload: bytes,
+        *,
+        name: str,
+        priority: int = 0,
+        policy: RetryPolicy | None = None,
+        delay: float = 0.0,
+        task_id: int | None = None,
+    ) -> int:
+        """Queue a pickled call (sealed here); returns its id."""
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
+        if abs(priority) >= MAX_PRIORITY:
+            raise InvalidArgumentError(f"on Redis, priority must lie within ±{MAX_PRIORITY - 1}")
+        policy = policy or RetryPolicy()
+        tid = self.new_id() if task_id is None else task_id
+        k = self.keys
+        meta = {
+            "name": name,
+            "max_retries": policy.max_retries,
+            "bb": policy.backoff_base * 1000.0,
+            "bf": policy.backoff_factor,
+            "bm": policy.backoff_max * 1000.0,
+        }
+        sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
+        self._s["SUBMIT"](
+            keys=[k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake],
+            args=[tid, priority, json.dumps(meta), sealed, max(0, int(delay * 1000))],
+        )
+        return tid
+
+    def cancel(self, task_id: int) -> int:
+        """1: cancelled now; 2: running, its owner is told; 0: unknown or final."""
+        k = self.keys
+        return int(
+            self._s["CANCEL"](
+                keys=[k.ready, k.delayed, k.leases, k.meta, k.payload, k.cancel, k.result(task_id)],
+                args=[task_id, self.result_ttl, k.done],
+            )
+        )
+
+    def outcome(self, task_id: int) -> tuple[str, bytes | None, str] | None:
+        """``(state, verified value or None, error)`` of a final task, or ``None``
+        while it is not final. A value with a bad signature raises
+        :class:`SignatureError` (it is never unpickled)."""
+        h = self.r.hgetall(self.keys.result(task_id))
+        if h:
+            state = h[b"state"].decode()
+            value = h.get(b"value") or b""
+            opened = (
+                self.signer.open(RESULT, self.queue, str(task_id), value)
+                if state == "completed"
+                else None
+            )
+            return state, opened, h.get(b"error", b"").decode()
+        raw = self.r.hget(self.keys.meta, task_id)
+        if raw is not None:
+            m = json.loads(raw)
+            if m["state"] == "failed":
+                return "failed", None, str(m.get("error", ""))
+        return None
+
+    def meta(self, task_id: int) -> dict[str, Any] | None:
+        raw = self.r.hget(self.keys.meta, task_id)
+        return None if raw is None else dict(json.loads(raw))
+
+    # ------------------------------------------------------------------ node side
+
+    def claim(self, k: int, lease: float, owner: str) -> list[Claimed]:
+        """Lease up to ``k`` tasks for ``lease`` seconds. A payload that fails
+        its signature check is dead-lettered with the reason, never returned
+        for running."""
+        keys = self.keys
+        rows = self._s["CLAIM"](
+            keys=[keys.ready, keys.delayed, keys.leases, keys.meta, keys.payload, keys.fence],
+            args=[k, int(lease * 1000), owner],
+        )
+        out = []
+        for tid_b, token, attempts, sealed in rows:
+            tid = int(tid_b)
+            try:
+                data = self.signer.open(TASK, self.queue, str(tid), sealed or b"")
+            except SignatureError as e:
+                _log.error("task %d rejected, never unpickled: %s", tid, e)
+                self.finish(tid, int(token), "failed", error=f"SignatureError: {e}")
+                out.append(Claimed(tid, int(token), int(attempts), None, str(e)))
+                continue
+            out.append(Claimed(tid, int(token), int(attempts), data))
+        return out
+
+    def renew(
+        self, owner: str, held: list[tuple[int, int]], lease: float
+    ) -> tuple[list[int], list[int]]:
+        """Extend the leases of ``held`` (``(id, token)``); returns the ids lost
+        (reclaimed meanwhile: stop reporting them) and those to cancel."""
+        if not held:
+            return [], []
+        k = self.keys
+        args: list[Any] = [int(lease * 1000), owner]
+        for tid, token in held:
+            args += [tid, token]
+        lost, cancels = self._s["RENEW"](keys=[k.leases, k.meta, k.cancel], args=args)
+        return [int(x) for x in lost], [int(x) for x in cancels]
+
+    def finish(
+        self,
+        task_id: int,
+        token: int,
+        outcome: str,
+        *,
+        value: bytes = b"",
+        error: str = "",
+    ) -> bool:
+        """Record an attempt's outcome (``completed``, ``retry``, ``failed``,
+        ``cancelled``), fenced by ``token``: False (and logged) when the lease
+        was lost, so each attempt has exactly one recorded outcome."""
+        if outcome not in ("completed", "retry", "failed", "cancelled"):
+            raise InvalidArgumentError(f"unknown outcome {outcome!r}")
+        k = self.keys
+        sealed = self.signer.seal(RESULT, self.queue, str(task_id), value) if value else b""
+        ok = self._s["FINISH"](
+            keys=[k.leases, k.delayed, k.meta, k.payload, k.dlq, k.cancel, k.result(task_id)],
+            args=[task_id, token, outcome, sealed, error, self.result_ttl, k.done],
+        )
+        if not ok:
+            _log.warning(
+                "late outcome of task %d (token %d) dropped: its lease was lost", task_id, token
+            )
+        return bool(ok)
+
+    def reclaim(self, limit: int = 100) -> tuple[list[int], list[int]]:
+        """Requeue (with backoff) or dead-letter tasks whose lease expired;
+        returns ``(requeued, dead-lettered)``. Safe to run from every node."""
+        k = self.keys
+        requeued, dead = self._s["RECLAIM"](
+            keys=[k.leases, k.delayed, k.meta, k.dlq], args=[limit, k.done]
+        )
+        return [int(x) for x in requeued], [int(x) for x in dead]
