@@ -1,4 +1,5 @@
-"""``python -m procqueue``: a few-second demo of what a script user gets.
+"""``python -m procqueue``: a few-second demo of what a script user gets
+(``python -m procqueue worker --broker ...`` runs a Redis node instead).
 
 Mixed priorities, a task that fails twice and then succeeds (watch the backoff
 in the log), a task whose worker dies and is replaced, a timeout, and the final
@@ -83,5 +84,16 @@ def main() -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m procqueue`` runs the demo; ``python -m procqueue worker ...``
+    (or the ``procqueue`` command) runs a Redis node."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        from .redis._cli import main as worker_main
+
+        return worker_main(argv[1:])
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

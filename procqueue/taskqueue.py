@@ -50,6 +50,15 @@ class TaskQueue:
     one of those four to your function, bind it with ``functools.partial``.
     """
 
+    def __new__(cls, num_workers: int | None = None, **options: Any) -> TaskQueue:
+        # ``broker=`` picks the Redis client front door (procqueue.redis): same
+        # asyncio API, no local workers.
+        if cls is TaskQueue and options.get("broker") is not None:
+            from .redis._client import RemoteTaskQueue
+
+            return super().__new__(RemoteTaskQueue)
+        return super().__new__(cls)
+
     def __init__(self, num_workers: int | None = None, **options: Unpack[TaskQueueOptions]) -> None:
         """Queue-wide ``options`` (``start_method``, ``retry``, ``max_retries``,
         ``timeout``, ``prefetch``, ``limits``, ``max_pending``, ``dead_letters``,

@@ -83,3 +83,22 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
 @pytest.fixture
 def counter(tmp_path: Path) -> str:
     return str(tmp_path / "calls")
+
+
+#: The Redis the broker tests use (each test takes its own queue name).
+REDIS_URL = os.environ.get("PROCQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> object:
+    """A connected redis-py client, or skip; with ``PROCQUEUE_REQUIRE_SERVICES=1``
+    (CI) a missing Redis fails the test instead."""
+    from procqueue.redis._protocol import connect
+
+    try:
+        client = connect(REDIS_URL)
+        client.ping()
+        return client
+    except Exception as e:
+        if os.environ.get("PROCQUEUE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Redis is required (PROCQUEUE_REQUIRE_SERVICES=1) but {REDIS_URL}: {e}")
+        pytest.skip(f"no Redis at {REDIS_URL}: {e}")

@@ -8,38 +8,26 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from conftest import REDIS_URL as URL
+from conftest import require_redis
 
 from procqueue import RetryPolicy
 from procqueue.errors import InvalidArgumentError
 from procqueue.redis._protocol import Broker, connect
 from procqueue.redis._signing import Signer
 
-URL = os.environ.get("PROCQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = b"s" * 32
 NO_WAIT = RetryPolicy(max_retries=0, backoff_base=0)
 
 
-def _client() -> Any:
-    try:
-        client = connect(URL)
-        client.ping()
-        return client
-    except Exception as e:
-        if os.environ.get("PROCQUEUE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis is required (PROCQUEUE_REQUIRE_SERVICES=1) but {URL}: {e}")
-        pytest.skip(f"no Redis at {URL}: {e}")
-
-
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    client = _client()
+    client = require_redis()
     b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
     yield b
     keys = list(client.scan_iter(match=f"{b.keys.tag}*", count=1000))

@@ -20,6 +20,7 @@ key                           type     holds
 ``{pq:Q}:dlq``                zset     dead-lettered ids; score = failed ms
 ``{pq:Q}:cancel``             set      ids whose owner must kill them
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
+``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
 ``{pq:Q}:r:<id>``             hash     a final task: state, signed result or error (TTL)
 ``{pq:Q}:done``               channel  ids of tasks that became final
 ============================  =======  ==============================================
@@ -94,6 +95,10 @@ class Keys:
     @property
     def wake(self) -> str:
         return self._k("wake")
+
+    @property
+    def nodes(self) -> str:
+        return self._k("nodes")
 
     @property
     def done(self) -> str:

@@ -52,6 +52,8 @@ class Claimed:
     attempts: int
     payload: bytes | None
     rejected: str | None = None
+    timeout: float | None = None
+    name: str = ""
 
 
 class Broker:
@@ -92,6 +94,7 @@ class Broker:
         priority: int = 0,
         policy: RetryPolicy | None = None,
         delay: float = 0.0,
+        timeout: float | None = None,
         task_id: int | None = None,
     ) -> int:
         """Queue a pickled call (sealed here); returns its id."""
@@ -109,6 +112,8 @@ class Broker:
             "bf": policy.backoff_factor,
             "bm": policy.backoff_max * 1000.0,
         }
+        if timeout is not None:
+            meta["timeout"] = float(timeout)
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
         self._s["SUBMIT"](
             keys=[k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake],
@@ -128,7 +133,8 @@ class Broker:
 
     def outcome(self, task_id: int) -> tuple[str, bytes | None, str] | None:
         """``(state, verified value or None, error)`` of a final task, or ``None``
-        while it is not final. A value with a bad signature raises
+        while it is not final. For a failed task the value is its pickled
+        exception, when the node could pickle it. A value with a bad signature raises
         :class:`SignatureError` (it is never unpickled)."""
         h = self.r.hgetall(self.keys.result(task_id))
         if h:
@@ -144,7 +150,13 @@ class Broker:
         if raw is not None:
             m = json.loads(raw)
             if m["state"] == "failed":
-                return "failed", None, str(m.get("error", ""))
+                sealed = self.r.hget(self.keys.payload, f"{task_id}:e")
+                exc = (
+                    self.signer.open(RESULT, self.queue, str(task_id), sealed)
+                    if sealed is not None
+                    else None
+                )
+                return "failed", exc, str(m.get("error", ""))
         return None
 
     def meta(self, task_id: int) -> dict[str, Any] | None:
@@ -163,8 +175,10 @@ class Broker:
             args=[k, int(lease * 1000), owner],
         )
         out = []
-        for tid_b, token, attempts, sealed in rows:
+        for tid_b, token, attempts, sealed, timeout_b, name_b in rows:
             tid = int(tid_b)
+            timeout = float(timeout_b) or None
+            name = name_b.decode() if isinstance(name_b, bytes) else str(name_b)
             try:
                 data = self.signer.open(TASK, self.queue, str(tid), sealed or b"")
             except SignatureError as e:
@@ -172,7 +186,7 @@ class Broker:
                 self.finish(tid, int(token), "failed", error=f"SignatureError: {e}")
                 out.append(Claimed(tid, int(token), int(attempts), None, str(e)))
                 continue
-            out.append(Claimed(tid, int(token), int(attempts), data))
+            out.append(Claimed(tid, int(token), int(attempts), data, None, timeout, name))
         return out
 
     def renew(
@@ -198,10 +212,11 @@ class Broker:
         value: bytes = b"",
         error: str = "",
     ) -> bool:
-        """Record an attempt's outcome (``completed``, ``retry``, ``failed``,
-        ``cancelled``), fenced by ``token``: False (and logged) when the lease
-        was lost, so each attempt has exactly one recorded outcome."""
-        if outcome not in ("completed", "retry", "failed", "cancelled"):
+        """Record an attempt's outcome (``completed``, ``error`` (retried while
+        attempts remain), ``retry``, ``failed``, ``cancelled``), fenced by
+        ``token``: False (and logged) when the lease was lost, so each attempt
+        has exactly one recorded outcome."""
+        if outcome not in ("completed", "error", "retry", "failed", "cancelled"):
             raise InvalidArgumentError(f"unknown outcome {outcome!r}")
         k = self.keys
         sealed = self.signer.seal(RESULT, self.queue, str(task_id), value) if value else b""

@@ -93,7 +93,8 @@ for i = 1, #popped, 2 do
     m.started = now
     redis.call('HSET', KEYS[4], id, cjson.encode(m))
     redis.call('ZADD', KEYS[3], now + lease, id)
-    out[#out + 1] = {id, m.token, m.attempts, redis.call('HGET', KEYS[5], id) or false}
+    local payload = redis.call('HGET', KEYS[5], id) or false
+    out[#out + 1] = {id, m.token, m.attempts, payload, tostring(m.timeout or 0), m.name}
   end
 end
 return out
@@ -127,7 +128,9 @@ return {lost, cancels}
 #: Record the outcome of one attempt, fenced: only while the lease exists and
 #: the token matches. ``completed``/``cancelled``: the result hash (with a
 #: TTL) and the task's fields go; ``retry``: back to ``delayed`` after its
-#: backoff; ``failed``: into the DLQ (meta and payload stay, for requeue).
+#: backoff; ``failed``: into the DLQ (meta and payload stay, for requeue; the
+#: sealed exception, if given, as payload field ``<id>:e``);
+#: ``error``: ``retry`` while attempts remain, else ``failed``.
 #: Returns 1, or 0 when fenced off (the late result is dropped).
 #: KEYS: leases delayed meta payload dlq cancel result
 #: ARGV: id token outcome value error ttl_s channel
@@ -144,6 +147,10 @@ redis.call('ZREM', KEYS[1], id)
 redis.call('SREM', KEYS[6], id)
 m.owner = nil
 m.token = nil
+if outcome == 'error' then
+  -- The attempt raised or crashed: retry while attempts (counted at claim) remain.
+  if m.attempts <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
+end
 if outcome == 'retry' then
   m.state = 'retrying'
   m.error = ARGV[5]
@@ -156,13 +163,14 @@ if outcome == 'failed' then
   m.error = ARGV[5]
   m.finished = now
   redis.call('HSET', KEYS[3], id, cjson.encode(m))
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], id .. ':e', ARGV[4]) end
   redis.call('ZADD', KEYS[5], now, id)
 else
   redis.call('HSET', KEYS[7], 'state', outcome, 'value', ARGV[4], 'error', ARGV[5],
              'attempts', m.attempts, 'name', m.name, 'finished', now)
   redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
   redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
+  redis.call('HDEL', KEYS[4], id, id .. ':e')
 end
 redis.call('PUBLISH', ARGV[7], id)
 return 1

@@ -1,0 +1,385 @@
+"""The client side of a Redis queue: ``TaskQueue(broker=..., queue=...)``.
+
+A client runs no workers: it seals and queues calls, and waits for outcomes.
+Completion is announced on the queue's ``done`` channel; one listener thread
+per client resolves the waiting futures, and re-reads every outstanding task
+once a second, so a missed message (the subscription was reconnecting) only
+delays a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .._asyncbridge import to_asyncio
+from .._core.records import AttemptError, TaskState, TaskStatus
+from .._frontdoor import due_of, name_of, task_policy
+from .._policy import RetryPolicy, resolve_policy
+from ..errors import (
+    InvalidCallableError,
+    OptionTypeError,
+    ProcQueueError,
+    QueueClosedError,
+    QueueNotStartedError,
+    SerializationError,
+    TaskCancelledError,
+    TaskNotFoundError,
+)
+from ..taskqueue import TaskQueue
+from ._cli import signer_for
+from ._codec import dump_call, load_outcome
+from ._protocol import Broker, connect
+from ._signing import SignatureError
+
+__all__ = ["ClusterStats", "NodeInfo", "RemoteTaskQueue"]
+
+_log = logging.getLogger("procqueue.redis")
+
+#: Seconds between re-reads of outstanding tasks (the pub/sub fallback).
+POLL = 1.0
+
+
+class RemoteTaskFailedError(ProcQueueError):
+    """A task failed on a node and its exception could not be brought back
+    (it did not pickle); the message is the node's text of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node serving the queue, from its last heartbeat."""
+
+    node: str
+    host: str
+    pid: int
+    workers: int
+    held: int
+    heartbeat_age: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStats:
+    """The queue across every node: tasks by where they are in Redis, and the
+    nodes (a node whose heartbeat is older than three leases is gone)."""
+
+    pending: int
+    scheduled: int
+    running: int
+    dead_letters: int
+    nodes: tuple[NodeInfo, ...]
+
+
+class RemoteTaskQueue(TaskQueue):
+    """``TaskQueue``'s asyncio API against a Redis broker (no local workers).
+
+    Built by ``TaskQueue(broker="redis://...", queue="default")``; the secret
+    comes from ``secret=``, ``secret_file=`` or ``$PROCQUEUE_SECRET`` (without
+    one it refuses to start; ``insecure=True`` for local experiments only).
+    Available so far: ``start``/``stop``, ``submit`` (``priority``,
+    ``max_retries``, ``retry``, ``timeout``, ``delay``, ``eta``), ``result``,
+    ``cancel``, ``get_task_status`` and a cluster-wide ``get_stats``.
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        *,
+        broker: str,
+        queue: str = "default",
+        secret: str | bytes | None = None,
+        secret_file: str | None = None,
+        insecure: bool = False,
+        result_ttl: int = 3600,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise OptionTypeError(
+                f"TaskQueue(broker=...) does not take {sorted(options)[0]!r} (yet): "
+                "worker options belong to the nodes (procqueue worker --help)"
+            )
+        if num_workers is not None:
+            raise OptionTypeError(
+                "a broker client runs no workers: start nodes with procqueue worker"
+            )
+        self._url = broker
+        self._queue = queue
+        self._signer = signer_for(secret, secret_file, insecure)  # refuses without a secret
+        self._result_ttl = result_ttl
+        self._retry = resolve_policy(retry or RetryPolicy(), max_retries, None)
+        self._timeout = timeout
+        self._broker: Broker | None = None
+        self._waiters: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect (raises at once if Redis does not answer) and listen."""
+        client = connect(self._url)
+        client.ping()
+        self._broker = Broker(client, self._queue, self._signer, result_ttl=self._result_ttl)
+        self._listener = threading.Thread(
+            target=self._listen, name="pq-redis-listener", daemon=True
+        )
+        self._listener.start()
+
+    async def stop(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """Stop listening and close the connection; queued tasks stay queued
+        (nodes serve them: the queue outlives its clients)."""
+        self._closed.set()
+        if self._listener is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._listener.join)
+        if self._broker is not None:
+            self._broker.r.close()
+        with self._lock:
+            waiters, self._waiters = self._waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(QueueClosedError("the client stopped before the result came"))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _b(self) -> Broker:
+        if self._closed.is_set():
+            raise QueueClosedError("this client is stopped")
+        if self._broker is None:
+            raise QueueNotStartedError("call 'await queue.start()' first")
+        return self._broker
+
+    # ------------------------------------------------------------------ tasks
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Seal and queue ``fn(*args, **kwargs)``; returns the task id. Raises at
+        once for a non-callable, a bad option or an unpicklable call."""
+        broker = self._b()
+        if not callable(fn):
+            raise InvalidCallableError(f"{fn!r} is not callable")
+        policy = task_policy(self._retry, max_retries, retry, timeout)
+        due = due_of(delay, eta)
+        seconds = 0.0 if due is None else max(0.0, due[0] - time.monotonic())
+        name = name_of(fn)
+        try:
+            payload = dump_call(fn, args, kwargs)
+        except Exception as e:
+            raise SerializationError(f"cannot pickle the call {name}(...): {e}") from e
+        return broker.submit(
+            payload,
+            name=name,
+            priority=priority,
+            policy=policy,
+            delay=seconds,
+            timeout=timeout if timeout is not None else self._timeout,
+        )
+
+    async def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The task's value, or raise its exception (as the node pickled it)."""
+        fut = self._waiter(task_id)
+        aw = to_asyncio(fut)
+        return await (aw if timeout is None else asyncio.wait_for(aw, timeout))
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel a queued or delayed task at once, or a running one on its node
+        (its process is killed there at the next lease renewal). False when it
+        had already ended."""
+        return self._b().cancel(task_id) != 0
+
+    def get_task_status(self, task_id: int) -> TaskStatus:
+        broker = self._b()
+        m = broker.meta(task_id)
+        if m is not None:
+            state = TaskState(m["state"])
+            err = None
+            if state is TaskState.FAILED:
+                err = AttemptError(
+                    attempt=int(m["attempts"]),
+                    exc_type=str(m.get("error", "")).split(":", 1)[0],
+                    message=str(m.get("error", "")),
+                    traceback="",
+                    worker_pid=None,
+                    exitcode=None,
+                    started_at=_sec(m.get("started")),
+                    finished_at=_sec(m.get("finished")) or 0.0,
+                )
+            return TaskStatus(
+                task_id=task_id,
+                name=str(m["name"]),
+                state=state,
+                priority=int(m["priority"]),
+                attempts=int(m["attempts"]),
+                max_retries=int(m["max_retries"]),
+                submitted_at=_sec(m.get("submitted")) or 0.0,
+                started_at=_sec(m.get("started")),
+                finished_at=_sec(m.get("finished")),
+                worker_pid=_pid(m.get("owner")),
+                error=err,
+                errors=(err,) if err else (),
+            )
+        h = broker.r.hgetall(broker.keys.result(task_id))
+        if not h:
+            raise TaskNotFoundError(task_id)
+        return TaskStatus(
+            task_id=task_id,
+            name=h.get(b"name", b"").decode(),
+            state=TaskState(h[b"state"].decode()),
+            priority=0,
+            attempts=int(h.get(b"attempts", 0)),
+            max_retries=0,
+            submitted_at=0.0,
+            started_at=None,
+            finished_at=_sec(int(h[b"finished"])) if b"finished" in h else None,
+            worker_pid=None,
+            error=None,
+            errors=(),
+        )
+
+    def get_stats(self) -> ClusterStats:  # type: ignore[override]
+        broker = self._b()
+        k = broker.keys
+        with broker.r.pipeline(transaction=False) as p:
+            p.zcard(k.ready)
+            p.zcard(k.delayed)
+            p.zcard(k.leases)
+            p.zcard(k.dlq)
+            p.hgetall(k.nodes)
+            p.time()
+            ready, delayed, leases, dlq, nodes, (sec, usec) = p.execute()
+        now = sec + usec / 1e6
+        infos = []
+        for node, raw in sorted(nodes.items()):
+            d = json.loads(raw)
+            infos.append(
+                NodeInfo(
+                    node=node.decode(),
+                    host=str(d["host"]),
+                    pid=int(d["pid"]),
+                    workers=int(d["workers"]),
+                    held=int(d["held"]),
+                    heartbeat_age=max(0.0, now - float(d["beat"])),
+                )
+            )
+        return ClusterStats(ready, delayed, leases, dlq, tuple(infos))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _waiter(self, task_id: int) -> Future[Any]:
+        broker = self._b()
+        with self._lock:
+            fut = self._waiters.get(task_id)
+            if fut is None:
+                fut = self._waiters[task_id] = Future()
+        # Already final (or unknown) before we waited: settle now, not on a message.
+        if (
+            not self._settle(task_id)
+            and broker.meta(task_id) is None
+            and not broker.r.exists(broker.keys.result(task_id))
+        ):
+            with self._lock:
+                self._waiters.pop(task_id, None)
+            fut.set_exception(TaskNotFoundError(task_id))
+        return fut
+
+    def _settle(self, task_id: int) -> bool:
+        """Resolve ``task_id``'s waiter if it is final; True if it was."""
+        broker = self._broker
+        assert broker is not None
+        try:
+            outcome = broker.outcome(task_id)
+        except SignatureError as e:
+            outcome = ("signature", None, str(e))
+            exc: BaseException | None = e
+        else:
+            exc = None
+        if outcome is None:
+            return False
+        with self._lock:
+            fut = self._waiters.pop(task_id, None)
+        if fut is None or fut.done():
+            return True
+        state, value, error = outcome
+        if exc is not None:
+            fut.set_exception(exc)
+        elif state == "completed":
+            fut.set_result(load_outcome(value) if value else None)
+        elif state == "cancelled":
+            fut.set_exception(TaskCancelledError(f"task {task_id} was cancelled"))
+        else:
+            remote = _load_exception(value) if value else None
+            fut.set_exception(remote or RemoteTaskFailedError(f"task {task_id} failed: {error}"))
+        return True
+
+    def _listen(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        pubsub = broker.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(broker.keys.done)
+        last_poll = time.monotonic()
+        try:
+            while not self._closed.is_set():
+                try:
+                    msg = pubsub.get_message(timeout=0.2)
+                    if msg is not None and self._waiters:
+                        tid = int(msg["data"])
+                        if tid in self._waiters:
+                            self._settle(tid)
+                    if time.monotonic() - last_poll >= POLL:
+                        last_poll = time.monotonic()
+                        with self._lock:
+                            outstanding = list(self._waiters)
+                        for tid in outstanding:
+                            self._settle(tid)
+                except Exception:
+                    if self._closed.is_set():
+                        return
+                    _log.exception("result listener: Redis error; retrying")
+                    self._closed.wait(POLL)
+        finally:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
+
+
+def _load_exception(data: bytes) -> BaseException | None:
+    try:
+        value = load_outcome(data)
+    except Exception:
+        return None
+    return value if isinstance(value, BaseException) else None
+
+
+def _sec(ms: Any) -> float | None:
+    return None if ms is None else float(ms) / 1000.0
+
+
+def _pid(owner: Any) -> int | None:
+    # An owner id is host:pid:nonce: the node's pid, not the worker's.
+    try:
+        return int(str(owner).split(":")[1])
+    except (IndexError, ValueError):
+        return None

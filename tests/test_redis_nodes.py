@@ -1,0 +1,191 @@
+"""Nodes started through the CLI (``python -m procqueue worker``) serving one
+Redis queue, and ``TaskQueue(broker=...)`` clients: results, global priority
+order, a node SIGKILLed mid-run, cancel of a running task, the secret rule.
+
+Real Redis and real processes; each test has its own queue and deletes its
+keys. Without Redis the tests skip, unless ``PROCQUEUE_REQUIRE_SERVICES=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from _tasks import Gate, add, gated, hang, raise_value_error, record_order
+from conftest import REDIS_URL as URL
+from conftest import require_redis
+
+from procqueue import InvalidArgumentError, TaskCancelledError, TaskQueue
+from procqueue.redis._client import ClusterStats
+
+SECRET = "n" * 40
+TESTS = str(Path(__file__).parent)
+
+
+class Cluster:
+    """Nodes of one queue, as processes; stopped and cleaned up at the end."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.queue = f"n-{uuid.uuid4().hex[:10]}"
+        self.nodes: list[subprocess.Popen[bytes]] = []
+
+    def node(
+        self, workers: int = 1, lease: float = 5.0, prefetch: int = 0
+    ) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PROCQUEUE_SECRET=SECRET, PYTHONPATH=TESTS)
+        cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", URL, "--queue", self.queue]
+        cmd += ["--workers", str(workers), "--lease", str(lease), "--prefetch", str(prefetch)]
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        self.nodes.append(proc)
+        return proc
+
+    def queue_client(self) -> TaskQueue:
+        return TaskQueue(broker=URL, queue=self.queue, secret=SECRET)
+
+    def close(self) -> None:
+        for proc in self.nodes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.nodes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
+                proc.wait()
+        keys = list(self.client.scan_iter(match=f"{{pq:{self.queue}}}*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(require_redis())
+    yield c
+    c.close()
+
+
+def test_three_nodes_serve_one_queue_and_report_in_stats(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.node(workers=1, prefetch=2)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            ids = [await q.submit(add, i, 1000) for i in range(30)]
+            assert [await q.result(t, timeout=30) for t in ids] == [i + 1000 for i in range(30)]
+            stats = q.get_stats()
+            assert isinstance(stats, ClusterStats)
+            assert len(stats.nodes) == 3 and all(n.workers == 1 for n in stats.nodes)
+            assert stats.pending == stats.running == 0
+            st = q.get_task_status(ids[0])
+            assert st.state == "completed" and st.attempts == 1
+
+    asyncio.run(main())
+
+
+def test_priority_then_fifo_holds_across_the_queue(cluster: Cluster) -> None:
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            prios = [0, 3, 1, 3, 0, 2, 1]
+            ids = [await q.submit(record_order, n, priority=p) for n, p in enumerate(prios)]
+            cluster.node(workers=1, prefetch=0)  # starts after everything is queued
+            results = [await q.result(t, timeout=30) for t in ids]
+            ran = [tag for tag, _ in sorted(results, key=lambda r: r[1])]
+            assert ran == [1, 3, 5, 2, 6, 0, 4]
+
+    asyncio.run(main())
+
+
+def test_a_failure_comes_back_as_the_task_s_own_exception_after_its_retries(
+    cluster: Cluster,
+) -> None:
+    cluster.node(workers=1)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            tid = await q.submit(raise_value_error, "nope", max_retries=1)
+            with pytest.raises(ValueError, match="nope"):
+                await q.result(tid, timeout=30)
+            st = q.get_task_status(tid)
+            assert st.state == "failed" and st.attempts == 2
+
+    asyncio.run(main())
+
+
+def test_a_node_killed_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    first = cluster.node(workers=2, lease=1.0)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            ids = [await q.submit(gated, gate.paths, n, max_retries=2) for n in range(2)]
+            for _ in ids:
+                gate.wait_started()
+            _kill_tree(first.pid)  # SIGKILL: the node and its workers, mid-run
+            cluster.node(workers=2, lease=1.0)  # reclaims the expired leases
+            for _ in ids:
+                gate.wait_started()  # each ran again on the new node
+            gate.release(2)
+            assert [await q.result(t, timeout=30) for t in ids] == [0, 1]
+            assert [q.get_task_status(t).attempts for t in ids] == [2, 2]
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()
+
+
+def test_cancel_kills_a_running_task_on_its_node(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.node(workers=1, lease=1.0)
+    gate = Gate(tmp_path)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            running = await q.submit(gated, gate.paths)
+            pid = gate.wait_started()
+            queued = await q.submit(hang)
+            assert q.cancel(queued) and q.cancel(running)
+            for tid in (queued, running):
+                with pytest.raises(TaskCancelledError):
+                    await q.result(tid, timeout=30)
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+            assert await q.result(await q.submit(add, 1, 1), timeout=30) == 2  # serves on
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()
+
+
+def test_no_secret_no_broker(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROCQUEUE_SECRET", raising=False)
+    with pytest.raises(InvalidArgumentError, match="PROCQUEUE_SECRET"):
+        TaskQueue(broker=URL, queue=cluster.queue)
+    env = {k: v for k, v in os.environ.items() if k != "PROCQUEUE_SECRET"}
+    cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", URL, "--queue", cluster.queue]
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2 and b"PROCQUEUE_SECRET" in done.stderr
