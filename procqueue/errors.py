@@ -37,6 +37,7 @@ __all__ = [
     "ResultSerializationError",
     "OptionTypeError",
     "SerializationError",
+    "SignatureError",
     "TaskAbortedError",
     "TaskCancelledError",
     "TaskNotFoundError",
@@ -107,6 +108,13 @@ class SerializationError(ProcQueueError, pickle.PicklingError):
 
 
 # --- a task ended badly: set as that task's error -----------------------------------
+
+
+class SignatureError(ProcQueueError):
+    """A blob read from a Redis broker has a missing, malformed or wrong
+    signature (tampered, unsigned, or signed with a key this process does not
+    hold). It was not unpickled. A task that fails this check is dead-lettered
+    with the reason; a result that fails it raises on the client."""
 
 
 class ResultSerializationError(ProcQueueError, pickle.PicklingError):

@@ -1,9 +1,16 @@
-"""The Redis broker: many nodes serving one queue (issue #9, in progress).
+"""The Redis broker: many nodes serving one queue.
 
-What is here so far is the protocol's foundation, each part tested against a
-real Redis: the key layout (``_keys.py``), signed envelopes (``_signing.py``)
-and the atomic scripts for submit, claim, lease renewal, fenced completion and
-reclaim (``_scripts.py``, driven by ``_protocol.Broker``). Nodes, the CLI and
-the front doors' ``broker=`` come next. Importing this package needs the
-optional ``redis`` extra only when a broker is opened.
+Run nodes with ``procqueue worker --broker redis://host:6379/0 --queue default``
+and talk to the queue with ``TaskQueue(broker="redis://...", queue="default")``.
+Modules: the key layout (``_keys.py``), signed envelopes (``_signing.py``), the
+atomic scripts (``_scripts.py``) behind ``_protocol.Broker``, the payload codec
+(``_codec.py``), a node (``_node.py``, ``_cli.py``) and the client
+(``_client.py``). Needs the optional ``redis`` extra, imported only when a
+broker is opened.
 """
+
+from __future__ import annotations
+
+from ._client import ClusterStats, NodeInfo, RemoteTaskFailedError
+
+__all__ = ["ClusterStats", "NodeInfo", "RemoteTaskFailedError"]

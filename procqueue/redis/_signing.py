@@ -24,7 +24,7 @@ import hmac
 import os
 from collections.abc import Iterable
 
-from ..errors import InvalidArgumentError, ProcQueueError
+from ..errors import InvalidArgumentError, SignatureError
 
 __all__ = ["SignatureError", "Signer", "secrets_from_env"]
 
@@ -34,13 +34,6 @@ _HEADER = len(_MAGIC) + 1 + 8 + 32
 #: Shortest secret accepted (bytes): HMAC-SHA256 wants at least 32 of entropy.
 MIN_SECRET = 32
 KINDS = (b"task", b"result")
-
-
-class SignatureError(ProcQueueError):
-    """A blob read from the broker has a missing, malformed or wrong signature
-    (tampered, unsigned, or signed with a key this process does not hold). It
-    was not unpickled. A task that fails this check is dead-lettered with the
-    reason; a result that fails it raises on the client."""
 
 
 class Signer:
