@@ -240,9 +240,11 @@ def make_schedule(
 
 
 def schedules_of(engine: Engine) -> list[Schedule]:
-    """The queue's schedules, in the order they were added."""
+    """The queue's live schedules, in the order they were added (none once
+    the queue is stopping: it fires no more)."""
     with engine._lock:
-        entries = list(engine.core.schedules.values())
+        core = engine.core
+        entries = [] if core.stopping else list(core.schedules.values())
     return [Schedule(engine, e) for e in entries]
 
 

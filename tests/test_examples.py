@@ -16,6 +16,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
     [
         ("diamond_dag.py", "cleanup saw 2 upstream results, 1 of them errors"),
         ("rate_limited_api.py", "60 API calls done"),
+        ("nightly_job.py", "2 heartbeats received"),
     ],
 )
 def test_example_runs(script: str, expect: str) -> None:
