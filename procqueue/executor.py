@@ -69,6 +69,15 @@ class ProcQueue(Executor):
     [1, 2, 3]
     """
 
+    def __new__(cls, max_workers: int | None = None, *args: Any, **options: Any) -> ProcQueue:
+        # ``broker=`` picks the Redis client (procqueue.redis): same Executor
+        # API, no local workers.
+        if cls is ProcQueue and options.get("broker") is not None:
+            from .redis._client import RemoteProcQueue
+
+            return super().__new__(RemoteProcQueue)
+        return super().__new__(cls)
+
     def __init__(
         self,
         max_workers: int | None = None,

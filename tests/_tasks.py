@@ -292,3 +292,9 @@ def square_slowly(x: int) -> int:
 
 def exiting_initializer() -> None:
     os._exit(4)
+
+
+def gated_pid(paths: tuple[str, str]) -> int:
+    """``gated``, returning the pid of the worker that ran it."""
+    gated(paths)
+    return os.getpid()

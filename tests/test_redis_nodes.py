@@ -20,11 +20,11 @@ from typing import Any
 
 import psutil
 import pytest
-from _tasks import Gate, add, gated, hang, raise_value_error, record_order
+from _tasks import Gate, add, gated, gated_pid, hang, raise_value_error, record_order
 from conftest import REDIS_URL as URL
 from conftest import require_redis
 
-from procqueue import InvalidArgumentError, TaskCancelledError, TaskQueue
+from procqueue import InvalidArgumentError, ProcQueue, TaskCancelledError, TaskQueue, task_id
 from procqueue.redis._client import ClusterStats
 
 SECRET = "n" * 40
@@ -40,12 +40,16 @@ class Cluster:
         self.nodes: list[subprocess.Popen[bytes]] = []
 
     def node(
-        self, workers: int = 1, lease: float = 5.0, prefetch: int = 0
+        self, workers: int = 1, lease: float = 5.0, prefetch: int = 0, log: Path | None = None
     ) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PROCQUEUE_SECRET=SECRET, PYTHONPATH=TESTS)
         cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", URL, "--queue", self.queue]
         cmd += ["--workers", str(workers), "--lease", str(lease), "--prefetch", str(prefetch)]
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        if log is None:
+            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        else:
+            with log.open("wb") as err:
+                proc = subprocess.Popen(cmd, env=env, stderr=err)
         self.nodes.append(proc)
         return proc
 
@@ -189,3 +193,64 @@ def test_no_secret_no_broker(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) 
     cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", URL, "--queue", cluster.queue]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, timeout=60)
     assert done.returncode == 2 and b"PROCQUEUE_SECRET" in done.stderr
+
+
+def test_a_frozen_node_s_late_result_is_fenced_off(cluster: Cluster, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    log = tmp_path / "frozen.log"
+    frozen = cluster.node(workers=1, lease=1.0, log=log)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            tid = await q.submit(gated_pid, gate.paths, max_retries=2)
+            first_pid = gate.wait_started()
+            os.kill(frozen.pid, signal.SIGSTOP)  # the node stops renewing; its worker runs on
+            cluster.node(workers=1, lease=1.0)
+            second_pid = gate.wait_started()  # reclaimed and run again elsewhere
+            gate.release(2)
+            assert await q.result(tid, timeout=30) == second_pid != first_pid
+            os.kill(frozen.pid, signal.SIGCONT)  # it wakes up with a stale result
+            deadline = asyncio.get_running_loop().time() + 20
+            while b"dropped: its lease was lost" not in log.read_bytes():
+                assert asyncio.get_running_loop().time() < deadline, log.read_text()
+                await asyncio.sleep(0.05)
+            assert await q.result(tid) == second_pid  # one recorded outcome: the fresh one
+            assert q.get_task_status(tid).attempts == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()
+
+
+def test_a_task_longer_than_its_lease_is_not_redelivered(cluster: Cluster, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    cluster.node(workers=2, lease=0.6)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            tid = await q.submit(gated, gate.paths, "done", max_retries=3)
+            gate.wait_started()
+            await asyncio.sleep(3.0)  # the scenario itself: five leases pass while it runs
+            with pytest.raises(TimeoutError):
+                gate.wait_started(timeout=0.2)  # nobody started it a second time
+            gate.release()
+            assert await q.result(tid, timeout=30) == "done"
+            assert q.get_task_status(tid).attempts == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()
+
+
+def test_procqueue_broker_client_and_idempotency_keys(cluster: Cluster) -> None:
+    cluster.node(workers=2, prefetch=4)
+    with ProcQueue(broker=URL, queue=cluster.queue, secret=SECRET) as pool:
+        assert list(pool.map(add, range(20), range(20))) == [2 * i for i in range(20)]
+        first = pool.submit_task(add, 1, 2, key="order-17")
+        again = pool.submit_task(add, 100, 200, key="order-17")
+        assert task_id(first) == task_id(again)
+        assert again.result(timeout=30) == 3
+        with pytest.raises(ValueError, match="bad"):
+            pool.submit(raise_value_error, "bad").result(timeout=30)

@@ -14,11 +14,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .._asyncbridge import to_asyncio
 from .._core.records import AttemptError, TaskState, TaskStatus
@@ -34,15 +34,17 @@ from ..errors import (
     TaskCancelledError,
     TaskNotFoundError,
 )
+from ..executor import ProcQueue
 from ..taskqueue import TaskQueue
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome
 from ._protocol import Broker, connect
 from ._signing import SignatureError
 
-__all__ = ["ClusterStats", "NodeInfo", "RemoteTaskQueue"]
+__all__ = ["ClusterStats", "NodeInfo", "RemoteProcQueue", "RemoteTaskQueue"]
 
 _log = logging.getLogger("procqueue.redis")
+T = TypeVar("T")
 
 #: Seconds between re-reads of outstanding tasks (the pub/sub fallback).
 POLL = 1.0
@@ -77,20 +79,14 @@ class ClusterStats:
     nodes: tuple[NodeInfo, ...]
 
 
-class RemoteTaskQueue(TaskQueue):
-    """``TaskQueue``'s asyncio API against a Redis broker (no local workers).
-
-    Built by ``TaskQueue(broker="redis://...", queue="default")``; the secret
-    comes from ``secret=``, ``secret_file=`` or ``$PROCQUEUE_SECRET`` (without
-    one it refuses to start; ``insecure=True`` for local experiments only).
-    Available so far: ``start``/``stop``, ``submit`` (``priority``,
-    ``max_retries``, ``retry``, ``timeout``, ``delay``, ``eta``), ``result``,
-    ``cancel``, ``get_task_status`` and a cluster-wide ``get_stats``.
-    """
+class _RemoteCore:
+    """What both broker front doors share: the connection, submit, the result
+    listener, cancel, status and stats (synchronous, thread-safe)."""
 
     def __init__(
         self,
-        num_workers: int | None = None,
+        owner: str,
+        num_workers: int | None,
         *,
         broker: str,
         queue: str = "default",
@@ -105,7 +101,7 @@ class RemoteTaskQueue(TaskQueue):
     ) -> None:
         if options:
             raise OptionTypeError(
-                f"TaskQueue(broker=...) does not take {sorted(options)[0]!r} (yet): "
+                f"{owner}(broker=...) does not take {sorted(options)[0]!r} (yet): "
                 "worker options belong to the nodes (procqueue worker --help)"
             )
         if num_workers is not None:
@@ -126,7 +122,7 @@ class RemoteTaskQueue(TaskQueue):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    def open(self) -> None:
         """Connect (raises at once if Redis does not answer) and listen."""
         client = connect(self._url)
         client.ping()
@@ -136,12 +132,13 @@ class RemoteTaskQueue(TaskQueue):
         )
         self._listener.start()
 
-    async def stop(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
+    def close(self) -> None:
         """Stop listening and close the connection; queued tasks stay queued
-        (nodes serve them: the queue outlives its clients)."""
+        (nodes serve them: the queue outlives its clients). Results not yet
+        come raise ``QueueClosedError``."""
         self._closed.set()
-        if self._listener is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._listener.join)
+        if self._listener is not None and self._listener is not threading.current_thread():
+            self._listener.join()
         if self._broker is not None:
             self._broker.r.close()
         with self._lock:
@@ -149,9 +146,6 @@ class RemoteTaskQueue(TaskQueue):
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(QueueClosedError("the client stopped before the result came"))
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _b(self) -> Broker:
         if self._closed.is_set():
@@ -162,21 +156,20 @@ class RemoteTaskQueue(TaskQueue):
 
     # ------------------------------------------------------------------ tasks
 
-    async def submit(
+    def submit(
         self,
         fn: Callable[..., Any],
-        /,
-        *args: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
         priority: int = 0,
         max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         delay: float | None = None,
         eta: datetime | None = None,
-        **kwargs: Any,
+        key: str | None = None,
     ) -> int:
-        """Seal and queue ``fn(*args, **kwargs)``; returns the task id. Raises at
-        once for a non-callable, a bad option or an unpicklable call."""
         broker = self._b()
         if not callable(fn):
             raise InvalidCallableError(f"{fn!r} is not callable")
@@ -195,13 +188,8 @@ class RemoteTaskQueue(TaskQueue):
             policy=policy,
             delay=seconds,
             timeout=timeout if timeout is not None else self._timeout,
+            key=key,
         )
-
-    async def result(self, task_id: int, timeout: float | None = None) -> Any:
-        """The task's value, or raise its exception (as the node pickled it)."""
-        fut = self._waiter(task_id)
-        aw = to_asyncio(fut)
-        return await (aw if timeout is None else asyncio.wait_for(aw, timeout))
 
     def cancel(self, task_id: int) -> bool:
         """Cancel a queued or delayed task at once, or a running one on its node
@@ -258,7 +246,7 @@ class RemoteTaskQueue(TaskQueue):
             errors=(),
         )
 
-    def get_stats(self) -> ClusterStats:  # type: ignore[override]
+    def get_stats(self) -> ClusterStats:
         broker = self._b()
         k = broker.keys
         with broker.r.pipeline(transaction=False) as p:
@@ -287,7 +275,7 @@ class RemoteTaskQueue(TaskQueue):
 
     # ------------------------------------------------------------------ outcomes
 
-    def _waiter(self, task_id: int) -> Future[Any]:
+    def waiter(self, task_id: int) -> Future[Any]:
         broker = self._b()
         with self._lock:
             fut = self._waiters.get(task_id)
@@ -363,6 +351,159 @@ class RemoteTaskQueue(TaskQueue):
                 pubsub.close()
             except Exception:
                 pass
+
+
+class RemoteTaskQueue(TaskQueue):
+    """``TaskQueue``'s asyncio API against a Redis broker (no local workers).
+
+    Built by ``TaskQueue(broker="redis://...", queue="default")``; the secret
+    comes from ``secret=``, ``secret_file=`` or ``$PROCQUEUE_SECRET`` (without
+    one it refuses to start; ``insecure=True`` for local experiments only).
+    Available so far: ``start``/``stop``, ``submit`` (``priority``,
+    ``max_retries``, ``retry``, ``timeout``, ``delay``, ``eta``, ``key``: an
+    idempotency key), ``result``, ``cancel``, ``get_task_status`` and a
+    cluster-wide ``get_stats``.
+    """
+
+    def __init__(self, num_workers: int | None = None, **options: Any) -> None:
+        self._remote = _RemoteCore("TaskQueue", num_workers, **options)
+
+    async def start(self) -> None:
+        self._remote.open()
+
+    async def stop(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._remote.close)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Seal and queue ``fn(*args, **kwargs)``; returns the task id. Raises at
+        once for a non-callable, a bad option or an unpicklable call. ``key``:
+        an idempotency key: a second submit with the same key (while the first
+        task or its result is kept) returns the first task's id."""
+        return self._remote.submit(
+            fn,
+            args,
+            kwargs,
+            priority=priority,
+            max_retries=max_retries,
+            retry=retry,
+            timeout=timeout,
+            delay=delay,
+            eta=eta,
+            key=key,
+        )
+
+    async def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The task's value, or raise its exception (as the node pickled it)."""
+        aw = to_asyncio(self._remote.waiter(task_id))
+        return await (aw if timeout is None else asyncio.wait_for(aw, timeout))
+
+    def cancel(self, task_id: int) -> bool:
+        return self._remote.cancel(task_id)
+
+    def get_task_status(self, task_id: int) -> TaskStatus:
+        return self._remote.get_task_status(task_id)
+
+    def get_stats(self) -> ClusterStats:  # type: ignore[override]
+        return self._remote.get_stats()
+
+
+class RemoteProcQueue(ProcQueue):
+    """``ProcQueue``'s ``concurrent.futures`` API against a Redis broker (no
+    local workers): ``ProcQueue(broker="redis://...", queue="default")``.
+    ``submit``/``submit_task`` return futures resolved when a node reports the
+    outcome; ``map``, ``shutdown`` and the context manager work as for any
+    ``Executor``. ``future.cancel()`` cancels only a task not yet claimed (as
+    the stdlib does); ``pool.cancel(task_id)`` also stops a running one."""
+
+    def __init__(self, max_workers: int | None = None, **options: Any) -> None:
+        self._remote = _RemoteCore("ProcQueue", max_workers, **options)
+        self._remote.open()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self.submit_task(fn, *args, **kwargs)
+
+    def submit_task(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> Future[T]:
+        remote = self._remote
+        tid = remote.submit(
+            fn,
+            args,
+            kwargs,
+            priority=priority,
+            max_retries=max_retries,
+            retry=retry,
+            timeout=timeout,
+            delay=delay,
+            eta=eta,
+            key=key,
+        )
+        fut = remote.waiter(tid)
+        fut._task_id = tid  # type: ignore[attr-defined]  # procqueue.task_id(fut)
+        return fut
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """The stdlib's ``Executor.map``: one task per item, results in order
+        (``chunksize`` is ignored: each item is its own task on the broker)."""
+        return Executor.map(self, fn, *iterables, timeout=timeout)
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel a task by id, running or not (see ``TaskQueue.cancel``)."""
+        return self._remote.cancel(task_id)
+
+    def get_task_status(self, task_id: int) -> TaskStatus:
+        return self._remote.get_task_status(task_id)
+
+    def get_stats(self) -> ClusterStats:  # type: ignore[override]
+        return self._remote.get_stats()
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
+        """Stop the client. ``wait``: first wait for every outstanding result."""
+        if wait:
+            with self._remote._lock:
+                pending = list(self._remote._waiters.values())
+            for fut in pending:
+                try:
+                    fut.exception()
+                except BaseException:
+                    pass
+        self._remote.close()
 
 
 def _load_exception(data: bytes) -> BaseException | None:

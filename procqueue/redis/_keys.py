@@ -22,6 +22,7 @@ key                           type     holds
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
 ``{pq:Q}:r:<id>``             hash     a final task: state, signed result or error (TTL)
+``{pq:Q}:k:<key>``            string   idempotency key -> first task id (TTL)
 ``{pq:Q}:done``               channel  ids of tasks that became final
 ============================  =======  ==============================================
 """
@@ -106,6 +107,9 @@ class Keys:
 
     def result(self, task_id: int) -> str:
         return self._k(f"r:{task_id}")
+
+    def idem(self, key: str) -> str:
+        return self._k(f"k:{key}")
 
     def all_fixed(self) -> list[str]:
         """Every key that is not per task (for tests and cleanup)."""

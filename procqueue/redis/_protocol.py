@@ -96,8 +96,11 @@ class Broker:
         delay: float = 0.0,
         timeout: float | None = None,
         task_id: int | None = None,
+        key: str | None = None,
     ) -> int:
-        """Queue a pickled call (sealed here); returns its id."""
+        """Queue a pickled call (sealed here); returns its id. ``key``: an
+        idempotency key: while it is remembered (``result_ttl`` + 24 h), a
+        second submit with it queues nothing and returns the first task's id."""
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
         if abs(priority) >= MAX_PRIORITY:
@@ -115,11 +118,22 @@ class Broker:
         if timeout is not None:
             meta["timeout"] = float(timeout)
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
-        self._s["SUBMIT"](
-            keys=[k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake],
-            args=[tid, priority, json.dumps(meta), sealed, max(0, int(delay * 1000))],
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
+        idem = k.idem(key) if key is not None else ""
+        return int(
+            self._s["SUBMIT"](
+                keys=[k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake, idem],
+                args=[
+                    tid,
+                    priority,
+                    json.dumps(meta),
+                    sealed,
+                    max(0, int(delay * 1000)),
+                    self.result_ttl + 86400,
+                ],
+            )
         )
-        return tid
 
     def cancel(self, task_id: int) -> int:
         """1: cancelled now; 2: running, its owner is told; 0: unknown or final."""

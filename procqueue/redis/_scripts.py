@@ -27,14 +27,21 @@ local function backoff(m)
 end
 """
 
-#: KEYS: ready delayed meta payload seq wake
-#: ARGV: id priority meta_json payload delay_ms
+#: Returns the task's id: ``id``, or, for an idempotency key already used,
+#: the first task's id (nothing new is queued).
+#: KEYS: ready delayed meta payload seq wake idem (the key's own key, or "")
+#: ARGV: id priority meta_json payload delay_ms idem_ttl_s
 SUBMIT = (
     _PRELUDE
     + """
 local id = ARGV[1]
 if redis.call('HEXISTS', KEYS[3], id) == 1 then
   return redis.error_reply('duplicate task id ' .. id)
+end
+if KEYS[7] ~= '' then
+  local first = redis.call('GET', KEYS[7])
+  if first then return tonumber(first) end
+  redis.call('SET', KEYS[7], id, 'EX', tonumber(ARGV[6]))
 end
 local m = cjson.decode(ARGV[3])
 local now = now_ms()
@@ -54,7 +61,7 @@ else
   redis.call('LTRIM', KEYS[6], -64, -1)
 end
 redis.call('HSET', KEYS[3], id, cjson.encode(m))
-return m.seq
+return tonumber(id)
 """
 )
 
