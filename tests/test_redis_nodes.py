@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,3 +257,83 @@ def test_procqueue_broker_client_and_idempotency_keys(cluster: Cluster) -> None:
         assert again.result(timeout=30) == 3
         with pytest.raises(ValueError, match="bad"):
             pool.submit(raise_value_error, "bad").result(timeout=30)
+
+
+class PrivateRedis:
+    """A redis-server of this test's own (AOF, fsync always), to restart."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        cmd += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+        cmd += ["--save", ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from procqueue.redis._protocol import connect
+
+        client = connect(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "redis-server did not come up"
+                time.sleep(0.02)  # polling a server that is starting, with a deadline
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+def test_redis_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        require_redis()  # fails under PROCQUEUE_REQUIRE_SERVICES=1, skips otherwise
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    gate = Gate(tmp_path)
+    env = dict(os.environ, PROCQUEUE_SECRET=SECRET, PYTHONPATH=TESTS)
+    cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", server.url, "--queue", "r"]
+    node = subprocess.Popen(
+        [*cmd, "--workers", "3", "--lease", "10", "--prefetch", "0"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def main() -> None:
+        async with TaskQueue(broker=server.url, queue="r", secret=SECRET) as q:
+            held = [await q.submit(gated, gate.paths, n) for n in range(2)]
+            gate.wait_started()
+            gate.wait_started()
+            delayed = await q.submit(add, 1, 100, delay=1.0)
+            # Mid-run: two workers busy, the third idle in BLPOP, a delayed
+            # task in Redis. The AOF brings every key back.
+            server.stop()
+            server.start()
+            after = [await q.submit(add, n, 200) for n in range(3)]  # the node must recover
+            gate.release(2)
+            assert [await q.result(t, timeout=60) for t in held] == [0, 1]
+            assert await q.result(delayed, timeout=60) == 101
+            assert [await q.result(t, timeout=60) for t in after] == [200, 201, 202]
+
+    try:
+        asyncio.run(main())
+    finally:
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _kill_tree(node.pid)
+            node.wait()
+        gate.close()
+        server.stop()

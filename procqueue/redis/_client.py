@@ -324,33 +324,37 @@ class _RemoteCore:
     def _listen(self) -> None:
         broker = self._broker
         assert broker is not None
-        pubsub = broker.r.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(broker.keys.done)
+        pubsub: Any = None
         last_poll = time.monotonic()
-        try:
-            while not self._closed.is_set():
-                try:
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None and self._waiters:
-                        tid = int(msg["data"])
-                        if tid in self._waiters:
-                            self._settle(tid)
-                    if time.monotonic() - last_poll >= POLL:
-                        last_poll = time.monotonic()
-                        with self._lock:
-                            outstanding = list(self._waiters)
-                        for tid in outstanding:
-                            self._settle(tid)
-                except Exception:
-                    if self._closed.is_set():
-                        return
-                    _log.exception("result listener: Redis error; retrying")
-                    self._closed.wait(POLL)
-        finally:
+        while not self._closed.is_set():
+            # Messages make results quick; the poll makes them certain (a
+            # message published while the subscription was down is lost).
             try:
-                pubsub.close()
-            except Exception:
-                pass
+                if pubsub is None:
+                    pubsub = broker.r.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(broker.keys.done)
+                msg = pubsub.get_message(timeout=0.2)
+                if msg is not None and self._waiters:
+                    tid = int(msg["data"])
+                    if tid in self._waiters:
+                        self._settle(tid)
+            except Exception as e:
+                if self._closed.is_set():
+                    break
+                _log.warning("result listener: %s; resubscribing", e)
+                _close_quietly(pubsub)
+                pubsub = None
+                self._closed.wait(0.2)
+            if time.monotonic() - last_poll >= POLL:
+                last_poll = time.monotonic()
+                with self._lock:
+                    outstanding = list(self._waiters)
+                try:
+                    for tid in outstanding:
+                        self._settle(tid)
+                except Exception as e:
+                    _log.warning("result listener: %s; polling again in %.0fs", e, POLL)
+        _close_quietly(pubsub)
 
 
 class RemoteTaskQueue(TaskQueue):
@@ -504,6 +508,14 @@ class RemoteProcQueue(ProcQueue):
                 except BaseException:
                     pass
         self._remote.close()
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        if pubsub is not None:
+            pubsub.close()
+    except Exception:
+        pass
 
 
 def _load_exception(data: bytes) -> BaseException | None:

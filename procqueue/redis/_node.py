@@ -75,6 +75,7 @@ class Node:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._finished = threading.Event()  # every held task reported: the keeper ends
+        self._backoff = _Backoff()
         self.completed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,7 +110,10 @@ class Node:
             for t in threads:
                 t.join()
             self.pool.shutdown(wait=True)
-            self.broker.r.hdel(self.broker.keys.nodes, self.owner)
+            try:
+                self.broker.r.hdel(self.broker.keys.nodes, self.owner)
+            except _redis_errors():
+                pass  # its heartbeat ages out
             _log.info("node %s stopped after %d tasks", self.owner, self.completed)
 
     # ------------------------------------------------------------------ claiming
@@ -124,13 +128,18 @@ class Node:
                 free = capacity - len(self._held)
             if self._stopping.is_set():
                 return
-            claimed = broker.claim(free, self.lease, self.owner)
+            try:
+                claimed = broker.claim(free, self.lease, self.owner)
+                if not claimed:
+                    # Idle: block on the wake list (one token per submit), no
+                    # longer than until the next delayed task is due.
+                    broker.r.blpop([broker.keys.wake], timeout=self._idle_wait())
+            except _redis_errors() as e:
+                self._backoff.failed("claim", e, self._stopping)
+                continue
+            self._backoff.reset()
             for c in claimed:
                 self._start(c)
-            if not claimed:
-                # Idle: block on the wake list (one token per submit), no
-                # longer than until the next delayed task is due.
-                broker.r.blpop([broker.keys.wake], timeout=self._idle_wait())
 
     def _idle_wait(self) -> float:
         broker = self.broker
@@ -187,14 +196,27 @@ class Node:
                 if not self._outbox:
                     return
                 tid, token, outcome, value, error = self._outbox.popleft()
-            try:
-                self.broker.finish(tid, token, outcome, value=value, error=error)
-            except Exception:
-                _log.exception("cannot report task %d; its lease will expire and it reruns", tid)
+            self._finish(tid, token, outcome, value, error)
             with self._lock:
                 self._held.pop(tid, None)
                 self.completed += outcome == "completed"
                 self._lock.notify_all()
+
+    def _finish(self, tid: int, token: int, outcome: str, value: bytes, error: str) -> None:
+        """Report one outcome, retrying while Redis is unreachable, for at most
+        two leases: after that the lease has expired, the task was (or will
+        be) reclaimed, and the report would be fenced off anyway."""
+        give_up = time.monotonic() + 2 * self.lease
+        backoff = _Backoff()
+        while True:
+            try:
+                self.broker.finish(tid, token, outcome, value=value, error=error)
+                return
+            except _redis_errors() as e:
+                if time.monotonic() >= give_up:
+                    _log.error("task %d: outcome not reported (%s); it will be reclaimed", tid, e)
+                    return
+                backoff.failed(f"report of task {tid}", e, None)
 
     def _drain(self) -> None:
         """Wait for every held task to be reported (graceful stop)."""
@@ -240,6 +262,32 @@ class Node:
             "beat": time.time(),
         }
         self.broker.r.hset(self.broker.keys.nodes, self.owner, json.dumps(info))
+
+
+class _Backoff:
+    """Waits between retries while Redis is unreachable: 0.1 s doubling to 5 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def reset(self) -> None:
+        if self.delay:
+            _log.info("Redis is reachable again")
+        self.delay = 0.0
+
+    def failed(self, what: str, error: BaseException, stop: threading.Event | None) -> None:
+        self.delay = min(5.0, max(0.1, self.delay * 2))
+        _log.warning("%s: Redis unreachable (%s); retrying in %.1fs", what, error, self.delay)
+        if stop is None:
+            time.sleep(self.delay)  # a bounded wait for the server to come back
+        else:
+            stop.wait(self.delay)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def _safe_dump(value: Any) -> bytes:
