@@ -185,17 +185,7 @@ def make_schedule(
 ) -> Schedule:
     """Validate and register a schedule (raises, registering nothing, for bad
     input: the call is pickled once, here)."""
-    refused = sorted(_NOT_FOR_SCHEDULES & kwargs.keys())
-    if refused:
-        raise OptionTypeError(
-            f"schedule() does not take {refused[0]!r} (it is not passed to the callable either: "
-            "bind it with functools.partial if the callable wants it)"
-        )
-    if not _all_atomic(args, kwargs):
-        markers: set[int] = set()
-        find_markers(args, kwargs, markers)
-        if markers:
-            raise InvalidArgumentError("a schedule's arguments cannot hold result_of() markers")
+    check_call(args, kwargs)
     if (cron is None) == (every is None):
         raise InvalidArgumentError("give cron= or every=, exactly one")
     if name is not None and not isinstance(name, str):
@@ -237,6 +227,22 @@ def make_schedule(
     entry = engine.add_schedule(build)
     _log.info("schedule %r added: %s", entry.name, entry.trigger.describe())
     return Schedule(engine, entry)
+
+
+def check_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse ``submit`` options that mean nothing for a recurring call, and
+    ``result_of`` markers (a schedule's arguments are fixed values)."""
+    refused = sorted(_NOT_FOR_SCHEDULES & kwargs.keys())
+    if refused:
+        raise OptionTypeError(
+            f"schedule() does not take {refused[0]!r} (it is not passed to the callable either: "
+            "bind it with functools.partial if the callable wants it)"
+        )
+    if not _all_atomic(args, kwargs):
+        markers: set[int] = set()
+        find_markers(args, kwargs, markers)
+        if markers:
+            raise InvalidArgumentError("a schedule's arguments cannot hold result_of() markers")
 
 
 def schedules_of(engine: Engine) -> list[Schedule]:

@@ -337,3 +337,27 @@ def test_redis_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:
             node.wait()
         gate.close()
         server.stop()
+
+
+def test_a_cron_tick_runs_once_across_three_nodes(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.node(workers=1)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            sched = await q.schedule(add, 1, 1, cron="* * * * * *", tz="UTC")
+            t0 = time.time()
+            deadline = t0 + 30
+            while len(sched.task_ids) < 3:
+                assert time.time() < deadline, sched.skipped
+                await asyncio.sleep(0.05)
+            ids = sched.task_ids
+            elapsed = time.time() - t0
+            assert len(ids) == len(set(ids)) and len(ids) <= elapsed + 1  # one run per tick
+            assert [await q.result(t, timeout=30) for t in ids] == [2] * len(ids)
+            assert sched.runs >= len(ids) and sched.next_run is not None
+            assert [s.name for s in q.schedules()] == ["add"]
+            sched.cancel()
+            assert q.schedules() == []
+
+    asyncio.run(main())

@@ -1,5 +1,6 @@
 """The Redis protocol's scripts against a real Redis (127.0.0.1:6379): order,
-claim, leases, fencing, reclaim, cancel, signatures and the key count.
+claim, leases, fencing, reclaim, cancel, signatures, the key count, and
+schedules evaluated by several nodes at once.
 
 Each test uses its own queue name (its own hash tag) and deletes its keys.
 Without a Redis the tests skip, unless ``PROCQUEUE_REQUIRE_SERVICES=1`` (CI),
@@ -8,11 +9,14 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from _tasks import add
 from conftest import REDIS_URL as URL
 from conftest import require_redis
 
@@ -189,3 +193,86 @@ def test_bad_priorities_are_refused(broker: Broker) -> None:
         broker.submit(b"call", name="t", priority=2**20)
     with pytest.raises(InvalidArgumentError):
         broker.submit(b"call", name="t", priority=True)
+
+
+def _due_schedule(broker: Broker, **options: Any) -> str:
+    """A schedule whose next tick is due now (its stored tick moved back)."""
+    from procqueue.redis._cron import add_schedule
+
+    sched = add_schedule(
+        broker,
+        add,
+        (1, 2),
+        {},
+        cron=options.pop("cron", None),
+        every=options.pop("every", 60.0),
+        name="job",
+        tz="UTC",
+        misfire_grace=options.pop("grace", 60.0),
+        catchup=options.pop("catchup", "latest"),
+        overlap=options.pop("overlap", "skip"),
+        priority=0,
+        policy=RetryPolicy(),
+        timeout=None,
+    )
+    s = broker.schedules()["job"]
+    s["next_ms"] = broker.now_ms() - int(options.pop("late_ms", 0))
+    s["anchor"] = s["next_ms"] / 1000.0  # a tick of its grid, as a real one is
+    broker.r.hset(broker.keys.sched, "job", json.dumps(s))
+    return sched.name
+
+
+def test_a_due_tick_fires_once_whatever_the_number_of_evaluating_nodes(broker: Broker) -> None:
+    from procqueue.redis._cron import evaluate
+
+    _due_schedule(broker)
+    barrier = threading.Barrier(6)
+
+    def node() -> None:
+        b = Broker(connect(URL), broker.queue, Signer([SECRET]))
+        barrier.wait()
+        evaluate(b)
+        b.r.close()
+
+    threads = [threading.Thread(target=node) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert broker.r.zcard(broker.keys.ready) == 1
+    s = broker.schedules()["job"]
+    assert s["runs"] == 1 and s["next_ms"] > broker.now_ms()
+    (c,) = broker.claim(5, 30, "n")
+    assert c.name == "add" and c.timeout == 60.0  # the interval is the default timeout
+    assert broker.r.lrange(broker.keys.fired("job"), 0, -1) == [str(c.task_id).encode()]
+
+
+def test_a_tick_later_than_its_grace_is_counted_not_run(broker: Broker) -> None:
+    from procqueue.redis._cron import evaluate
+
+    _due_schedule(broker, grace=30.0, late_ms=45_000)
+    evaluate(broker)
+    s = broker.schedules()["job"]
+    assert broker.r.zcard(broker.keys.ready) == 0
+    assert s["misfired"] == 1 and s.get("runs", 0) == 0
+
+
+def test_overlap_skip_and_the_controls(broker: Broker) -> None:
+    from procqueue.redis._cron import RemoteSchedule, evaluate
+
+    _due_schedule(broker)
+    evaluate(broker)  # first run queued
+    s = broker.schedules()["job"]
+    s["next_ms"] = broker.now_ms()
+    s["anchor"] = s["next_ms"] / 1000.0
+    broker.r.hset(broker.keys.sched, "job", json.dumps(s))
+    evaluate(broker)  # the first run is still pending: skipped
+    handle = RemoteSchedule(broker, "job", b"", 0, RetryPolicy(), None)
+    assert handle.runs == 1 and handle.skipped["overlap"] == 1
+    handle.pause()
+    assert handle.paused and handle.next_run is None
+    handle.resume()
+    assert handle.next_run is not None and not handle.paused
+    handle.cancel()
+    assert handle.cancelled and broker.schedules() == {}
+    assert not broker.r.exists(broker.keys.fired("job"))

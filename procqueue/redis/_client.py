@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
 from .._asyncbridge import to_asyncio
@@ -38,6 +38,7 @@ from ..executor import ProcQueue
 from ..taskqueue import TaskQueue
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome
+from ._cron import RemoteSchedule, add_schedule
 from ._protocol import Broker, connect
 from ._signing import SignatureError
 
@@ -190,6 +191,50 @@ class _RemoteCore:
             timeout=timeout if timeout is not None else self._timeout,
             key=key,
         )
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        tz: str | tzinfo | None = None,
+        misfire_grace: float | None = 60.0,
+        catchup: str = "latest",
+        overlap: str = "skip",
+        priority: int = 0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> RemoteSchedule:
+        policy = task_policy(self._retry, max_retries, retry, timeout)
+        return add_schedule(
+            self._b(),
+            fn,
+            args,
+            kwargs,
+            cron=cron,
+            every=every,
+            name=name,
+            tz=tz,
+            misfire_grace=misfire_grace,
+            catchup=catchup,
+            overlap=overlap,
+            priority=priority,
+            policy=policy,
+            timeout=timeout if timeout is not None else self._timeout,
+        )
+
+    def schedules(self) -> list[RemoteSchedule]:
+        broker = self._b()
+        return [
+            RemoteSchedule(broker, name, broker.schedule_payload(name), int(s["priority"]),
+                           self._retry, s.get("timeout"))
+            for name, s in broker.schedules().items()
+        ]  # fmt: skip
 
     def cancel(self, task_id: int) -> bool:
         """Cancel a queued or delayed task at once, or a running one on its node
@@ -420,6 +465,17 @@ class RemoteTaskQueue(TaskQueue):
     def cancel(self, task_id: int) -> bool:
         return self._remote.cancel(task_id)
 
+    async def schedule(  # type: ignore[override]
+        self, fn: Callable[..., Any], /, *args: Any, **options: Any
+    ) -> RemoteSchedule:
+        """``TaskQueue.schedule`` on the broker: each tick runs once across
+        every node (``overlap="queue"`` is not available here yet)."""
+        fn_kwargs, opts = _split_schedule_options(options)
+        return self._remote.schedule(fn, args, fn_kwargs, **opts)
+
+    def schedules(self) -> list[RemoteSchedule]:  # type: ignore[override]
+        return self._remote.schedules()
+
     def get_task_status(self, task_id: int) -> TaskStatus:
         return self._remote.get_task_status(task_id)
 
@@ -489,6 +545,16 @@ class RemoteProcQueue(ProcQueue):
         """Cancel a task by id, running or not (see ``TaskQueue.cancel``)."""
         return self._remote.cancel(task_id)
 
+    def schedule(  # type: ignore[override]
+        self, fn: Callable[..., Any], /, *args: Any, **options: Any
+    ) -> RemoteSchedule:
+        """``ProcQueue.schedule`` on the broker (see ``TaskQueue.schedule``)."""
+        fn_kwargs, opts = _split_schedule_options(options)
+        return self._remote.schedule(fn, args, fn_kwargs, **opts)
+
+    def schedules(self) -> list[RemoteSchedule]:  # type: ignore[override]
+        return self._remote.schedules()
+
     def get_task_status(self, task_id: int) -> TaskStatus:
         return self._remote.get_task_status(task_id)
 
@@ -508,6 +574,18 @@ class RemoteProcQueue(ProcQueue):
                 except BaseException:
                     pass
         self._remote.close()
+
+
+_SCHEDULE_OPTIONS = frozenset(
+    {"cron", "every", "name", "tz", "misfire_grace", "catchup", "overlap", "priority",
+     "max_retries", "retry", "timeout"}
+)  # fmt: skip
+
+
+def _split_schedule_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the callable's keyword arguments, the schedule's options)."""
+    opts = {k: v for k, v in options.items() if k in _SCHEDULE_OPTIONS}
+    return {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}, opts
 
 
 def _close_quietly(pubsub: Any) -> None:

@@ -21,6 +21,9 @@ key                           type     holds
 ``{pq:Q}:cancel``             set      ids whose owner must kill them
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
+``{pq:Q}:sched``              hash     schedule name -> JSON: trigger, next tick, counts
+``{pq:Q}:schedp``             hash     schedule name -> signed payload
+``{pq:Q}:fired:<name>``       list     the newest 1000 task ids a schedule fired
 ``{pq:Q}:r:<id>``             hash     a final task: state, signed result or error (TTL)
 ``{pq:Q}:k:<key>``            string   idempotency key -> first task id (TTL)
 ``{pq:Q}:done``               channel  ids of tasks that became final
@@ -102,11 +105,22 @@ class Keys:
         return self._k("nodes")
 
     @property
+    def sched(self) -> str:
+        return self._k("sched")
+
+    @property
+    def schedp(self) -> str:
+        return self._k("schedp")
+
+    @property
     def done(self) -> str:
         return self._k("done")
 
     def result(self, task_id: int) -> str:
         return self._k(f"r:{task_id}")
+
+    def fired(self, schedule: str) -> str:
+        return self._k(f"fired:{schedule}")
 
     def idem(self, key: str) -> str:
         return self._k(f"k:{key}")

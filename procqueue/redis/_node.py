@@ -92,6 +92,7 @@ class Node:
         threads = [
             threading.Thread(target=self._reporter, name="pq-node-reporter", daemon=True),
             threading.Thread(target=self._keeper, name="pq-node-keeper", daemon=True),
+            threading.Thread(target=self._clock, name="pq-node-clock", daemon=True),
         ]
         for t in threads:
             t.start()
@@ -237,6 +238,23 @@ class Node:
                 self.broker.reclaim()
             except Exception:
                 _log.exception("lease renewal failed; retrying in %.1fs", period)
+
+    def _clock(self) -> None:
+        """Fire the queue's due schedules (each tick once across all nodes)."""
+        from ._cron import evaluate
+
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            try:
+                wait = evaluate(self.broker)
+                backoff.reset()
+            except _redis_errors() as e:
+                backoff.failed("schedules", e, self._stopping)
+                continue
+            except Exception:
+                _log.exception("schedules: evaluation failed; retrying")
+                wait = 1.0
+            self._stopping.wait(wait)
 
     def _renew(self) -> None:
         with self._lock:

@@ -70,7 +70,16 @@ class Broker:
         self._ids: list[int] = []
         scripts = {
             name: client.register_script(getattr(_scripts, name))
-            for name in ("SUBMIT", "CLAIM", "RENEW", "FINISH", "RECLAIM", "CANCEL")
+            for name in (
+                "SUBMIT",
+                "CLAIM",
+                "RENEW",
+                "FINISH",
+                "RECLAIM",
+                "CANCEL",
+                "FIRE",
+                "SCHEDULE",
+            )
         }
         self._s = scripts
 
@@ -252,3 +261,48 @@ class Broker:
             keys=[k.leases, k.delayed, k.meta, k.dlq], args=[limit, k.done]
         )
         return [int(x) for x in requeued], [int(x) for x in dead]
+
+    # ------------------------------------------------------------------ schedules
+
+    def now_ms(self) -> int:
+        """Redis's clock (the one every node agrees on), in ms."""
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def schedule_op(self, name: str, op: str, arg: str = "", payload: bytes = b"") -> bool:
+        """``add`` (``arg``: the definition JSON; False if the name is taken),
+        ``pause``, ``resume`` (``arg``: the next tick, ms) or ``cancel``."""
+        k = self.keys
+        keys = [k.sched, k.schedp, k.fired(name)]
+        return bool(self._s["SCHEDULE"](keys=keys, args=[name, op, arg, payload]))
+
+    def schedules(self) -> dict[str, dict[str, Any]]:
+        return {
+            name.decode(): dict(json.loads(raw))
+            for name, raw in self.r.hgetall(self.keys.sched).items()
+        }
+
+    def schedule_payload(self, name: str) -> bytes:
+        """A schedule's call, verified (:class:`SignatureError` otherwise)."""
+        sealed = self.r.hget(self.keys.schedp, name)
+        return self.signer.open(TASK, self.queue, f"sched:{name}", sealed or b"")
+
+    def fire(
+        self,
+        name: str,
+        expected_ms: int,
+        next_ms: int,
+        misfired: int,
+        skipped: int,
+        runs: list[tuple[int, int, dict[str, Any], bytes]],
+    ) -> int:
+        """Queue a schedule's runs for one evaluation, if no other node did:
+        the runs queued, or -1 when the tick was taken (see ``FIRE``).
+        ``runs``: ``(id, priority, meta, payload)``, payloads sealed here."""
+        k = self.keys
+        args: list[Any] = [name, expected_ms, next_ms, misfired, skipped]
+        for tid, priority, meta, payload in runs:
+            sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
+            args += [tid, priority, json.dumps(meta), sealed]
+        keys = [k.sched, k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake, k.fired(name)]
+        return int(self._s["FIRE"](keys=keys, args=args))

@@ -25,6 +25,25 @@ local function backoff(m)
   if d > m.bm then d = m.bm end
   return math.floor(d)
 end
+-- Queue one task (keys: ready delayed meta payload seq wake): meta ``m`` gets
+-- its sequence and state; ready now, or delayed by ``delay`` ms.
+local function enqueue(k, id, priority, m, payload, delay, now)
+  m.priority = priority
+  m.seq = redis.call('INCR', k.seq)
+  m.attempts = 0
+  m.submitted = now
+  redis.call('HSET', k.payload, id, payload)
+  if delay > 0 then
+    m.state = 'scheduled'
+    redis.call('ZADD', k.delayed, now + delay, id)
+  else
+    m.state = 'pending'
+    redis.call('ZADD', k.ready, score(m), id)
+    redis.call('RPUSH', k.wake, '1')
+    redis.call('LTRIM', k.wake, -64, -1)
+  end
+  redis.call('HSET', k.meta, id, cjson.encode(m))
+end
 """
 
 #: Returns the task's id: ``id``, or, for an idempotency key already used,
@@ -43,24 +62,9 @@ if KEYS[7] ~= '' then
   if first then return tonumber(first) end
   redis.call('SET', KEYS[7], id, 'EX', tonumber(ARGV[6]))
 end
-local m = cjson.decode(ARGV[3])
-local now = now_ms()
-m.priority = tonumber(ARGV[2])
-m.seq = redis.call('INCR', KEYS[5])
-m.attempts = 0
-m.submitted = now
-redis.call('HSET', KEYS[4], id, ARGV[4])
-local delay = tonumber(ARGV[5])
-if delay > 0 then
-  m.state = 'scheduled'
-  redis.call('ZADD', KEYS[2], now + delay, id)
-else
-  m.state = 'pending'
-  redis.call('ZADD', KEYS[1], score(m), id)
-  redis.call('RPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], -64, -1)
-end
-redis.call('HSET', KEYS[3], id, cjson.encode(m))
+local k = {ready = KEYS[1], delayed = KEYS[2], meta = KEYS[3], payload = KEYS[4],
+           seq = KEYS[5], wake = KEYS[6]}
+enqueue(k, id, tonumber(ARGV[2]), cjson.decode(ARGV[3]), ARGV[4], tonumber(ARGV[5]), now_ms())
 return tonumber(id)
 """
 )
@@ -250,3 +254,78 @@ redis.call('PUBLISH', ARGV[3], id)
 return 1
 """
 )
+
+#: One evaluation of a schedule, at most once across every node: fires only
+#: if its ``next_ms`` is still the one the caller read (compare-and-set), so
+#: of several nodes evaluating the same tick exactly one queues its runs.
+#: ``overlap="skip"``: a run is skipped (counted) while the last one is not
+#: final. Returns the number of runs queued, or -1 when another node (or a
+#: pause) got there first.
+#: KEYS: sched ready delayed meta payload seq wake fired (the schedule's id list)
+#: ARGV: name expected_next_ms new_next_ms misfired skipped_catchup
+#:       then per run: id priority meta_json payload
+FIRE = (
+    _PRELUDE
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return -1 end
+local s = cjson.decode(raw)
+if s.paused or s.next_ms ~= tonumber(ARGV[2]) then return -1 end
+local now = now_ms()
+local k = {ready = KEYS[2], delayed = KEYS[3], meta = KEYS[4], payload = KEYS[5],
+           seq = KEYS[6], wake = KEYS[7]}
+s.next_ms = tonumber(ARGV[3])
+s.misfired = (s.misfired or 0) + tonumber(ARGV[4])
+s.skipped_catchup = (s.skipped_catchup or 0) + tonumber(ARGV[5])
+local fired = 0
+for i = 6, #ARGV, 4 do
+  local busy = false
+  if s.overlap == 'skip' and s.last_id then
+    local last = redis.call('HGET', KEYS[4], tostring(s.last_id))
+    busy = last ~= false and cjson.decode(last).state ~= 'failed'
+  end
+  if busy then
+    s.skipped_overlap = (s.skipped_overlap or 0) + 1
+  else
+    enqueue(k, ARGV[i], tonumber(ARGV[i + 1]), cjson.decode(ARGV[i + 2]), ARGV[i + 3], 0, now)
+    s.last_id = tonumber(ARGV[i])
+    s.runs = (s.runs or 0) + 1
+    redis.call('RPUSH', KEYS[8], ARGV[i])
+    redis.call('LTRIM', KEYS[8], -1000, -1)
+    fired = fired + 1
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(s))
+return fired
+"""
+)
+
+#: A schedule's controls, atomic against FIRE: ``add`` (fails if the name is
+#: taken), ``pause``, ``resume`` (from ``next_ms``), ``cancel``.
+#: KEYS: sched schedp fired
+#: ARGV: name op json_or_next_ms payload
+SCHEDULE = """
+local name, op = ARGV[1], ARGV[2]
+if op == 'add' then
+  if redis.call('HSETNX', KEYS[1], name, ARGV[3]) == 0 then return 0 end
+  redis.call('HSET', KEYS[2], name, ARGV[4])
+  return 1
+end
+local raw = redis.call('HGET', KEYS[1], name)
+if not raw then return 0 end
+if op == 'cancel' then
+  redis.call('HDEL', KEYS[1], name)
+  redis.call('HDEL', KEYS[2], name)
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+local s = cjson.decode(raw)
+if op == 'pause' then
+  s.paused = true
+else
+  s.paused = false
+  s.next_ms = tonumber(ARGV[3])
+end
+redis.call('HSET', KEYS[1], name, cjson.encode(s))
+return 1
+"""
