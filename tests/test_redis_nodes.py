@@ -23,11 +23,27 @@ from typing import Any
 
 import psutil
 import pytest
-from _tasks import Gate, add, gated, gated_pid, hang, raise_value_error, record_order
+from _tasks import (
+    Gate,
+    add,
+    fail_times,
+    gated,
+    gated_pid,
+    hang,
+    raise_value_error,
+    record_order,
+)
 from conftest import REDIS_URL as URL
 from conftest import require_redis
 
-from procqueue import InvalidArgumentError, ProcQueue, TaskCancelledError, TaskQueue, task_id
+from procqueue import (
+    InvalidArgumentError,
+    ProcQueue,
+    TaskCancelledError,
+    TaskNotFoundError,
+    TaskQueue,
+    task_id,
+)
 from procqueue.redis._client import ClusterStats
 
 SECRET = "n" * 40
@@ -107,6 +123,7 @@ def test_three_nodes_serve_one_queue_and_report_in_stats(cluster: Cluster) -> No
             stats = q.get_stats()
             assert isinstance(stats, ClusterStats)
             assert len(stats.nodes) == 3 and all(n.workers == 1 for n in stats.nodes)
+            assert all(len(n.processes) == 1 and n.heartbeat_age < 60 for n in stats.nodes)
             assert stats.pending == stats.running == 0
             st = q.get_task_status(ids[0])
             assert st.state == "completed" and st.attempts == 1
@@ -361,3 +378,52 @@ def test_a_cron_tick_runs_once_across_three_nodes(cluster: Cluster) -> None:
             assert q.schedules() == []
 
     asyncio.run(main())
+
+
+def test_dead_letters_on_the_broker_list_requeue_and_purge(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.node(workers=1)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            flaky = await q.submit(fail_times, str(tmp_path / "c"), 1, "second time", max_retries=0)
+            doomed = await q.submit(raise_value_error, "never", max_retries=0)
+            for tid in (flaky, doomed):
+                with pytest.raises(ValueError):
+                    await q.result(tid, timeout=30)
+            letters = {d.task_id: d for d in q.dlq.list()}
+            assert set(letters) == {flaky, doomed} and len(q.dlq) == 2
+            assert letters[doomed].error is not None
+            assert "never" in letters[doomed].error.message
+            new = q.dlq.requeue(flaky)
+            assert new != flaky and await q.result(new, timeout=30) == "second time"
+            assert q.dlq.purge() == 1 and len(q.dlq) == 0
+            with pytest.raises(TaskNotFoundError):
+                q.dlq.requeue(doomed)
+
+    asyncio.run(main())
+
+
+def test_a_task_whose_module_is_missing_on_the_node_fails_cleanly(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    (tmp_path / "client_only_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+    sys.path.insert(0, str(tmp_path))  # importable here, not on the node
+    try:
+        import client_only_mod
+
+        cluster.node(workers=1)
+
+        async def main() -> None:
+            async with cluster.queue_client() as q:
+                tid = await q.submit(client_only_mod.triple, 2, max_retries=1)
+                with pytest.raises(Exception, match="client_only_mod"):
+                    await q.result(tid, timeout=30)
+                assert q.get_task_status(tid).attempts == 2  # retried, then dead-lettered
+                assert await q.result(await q.submit(add, 2, 2), timeout=30) == 4  # serves on
+
+        asyncio.run(main())
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("client_only_mod", None)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
 from .._asyncbridge import to_asyncio
+from .._core.deadletters import DeadLetter
 from .._core.records import AttemptError, TaskState, TaskStatus
 from .._frontdoor import due_of, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
@@ -35,6 +36,7 @@ from ..errors import (
     TaskNotFoundError,
 )
 from ..executor import ProcQueue
+from ..stats import WorkerStats
 from ..taskqueue import TaskQueue
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome
@@ -66,6 +68,8 @@ class NodeInfo:
     workers: int
     held: int
     heartbeat_age: float
+    #: Its worker processes at the last heartbeat (pid, state, tasks, memory, CPU).
+    processes: tuple[WorkerStats, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +318,7 @@ class _RemoteCore:
                     workers=int(d["workers"]),
                     held=int(d["held"]),
                     heartbeat_age=max(0.0, now - float(d["beat"])),
+                    processes=tuple(WorkerStats(**w) for w in d.get("processes", ())),
                 )
             )
         return ClusterStats(ready, delayed, leases, dlq, tuple(infos))
@@ -402,6 +407,62 @@ class _RemoteCore:
         _close_quietly(pubsub)
 
 
+class RemoteDeadLetterQueue:
+    """``queue.dlq`` on a broker client: the queue's dead letters in Redis
+    (``list``, ``get``, ``requeue``, ``purge``, ``len``), as for a local queue."""
+
+    def __init__(self, remote: _RemoteCore) -> None:
+        self._remote = remote
+
+    def list(self) -> list[DeadLetter]:
+        return [_letter(tid, m, at) for tid, m, at in self._remote._b().dead_letters()]
+
+    def get(self, task_id: int) -> DeadLetter:
+        for letter in self.list():
+            if letter.task_id == task_id:
+                return letter
+        raise TaskNotFoundError(task_id)
+
+    def requeue(
+        self, task_id: int, *, max_retries: int | None = None, priority: int | None = None
+    ) -> int:
+        """Run it again as a new task (new id, returned) with fresh attempts."""
+        new = self._remote._b().requeue_dead(task_id, max_retries, priority)
+        if new is None:
+            raise TaskNotFoundError(task_id)
+        return new
+
+    def purge(self, task_ids: Iterable[int] | None = None) -> int:
+        return self._remote._b().purge_dead(None if task_ids is None else list(task_ids))
+
+    def __len__(self) -> int:
+        broker = self._remote._b()
+        return int(broker.r.zcard(broker.keys.dlq))
+
+
+def _letter(task_id: int, m: dict[str, Any], failed_at: float) -> DeadLetter:
+    message = str(m.get("error", ""))
+    err = AttemptError(
+        attempt=int(m["attempts"]),
+        exc_type=message.split(":", 1)[0],
+        message=message,
+        traceback="",
+        worker_pid=None,
+        exitcode=None,
+        started_at=_sec(m.get("started")),
+        finished_at=failed_at,
+    )
+    return DeadLetter(
+        task_id=task_id,
+        name=str(m["name"]),
+        priority=int(m["priority"]),
+        attempts=int(m["attempts"]),
+        errors=(err,),
+        submitted_at=_sec(m.get("submitted")) or 0.0,
+        failed_at=failed_at,
+    )
+
+
 class RemoteTaskQueue(TaskQueue):
     """``TaskQueue``'s asyncio API against a Redis broker (no local workers).
 
@@ -416,6 +477,7 @@ class RemoteTaskQueue(TaskQueue):
 
     def __init__(self, num_workers: int | None = None, **options: Any) -> None:
         self._remote = _RemoteCore("TaskQueue", num_workers, **options)
+        self.dlq = RemoteDeadLetterQueue(self._remote)  # type: ignore[assignment]
 
     async def start(self) -> None:
         self._remote.open()
@@ -494,6 +556,7 @@ class RemoteProcQueue(ProcQueue):
     def __init__(self, max_workers: int | None = None, **options: Any) -> None:
         self._remote = _RemoteCore("ProcQueue", max_workers, **options)
         self._remote.open()
+        self.dlq = RemoteDeadLetterQueue(self._remote)  # type: ignore[assignment]
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         return self.submit_task(fn, *args, **kwargs)

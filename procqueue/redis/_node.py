@@ -22,6 +22,7 @@ results are fenced off.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -272,12 +273,15 @@ class Node:
             pool._engine.request_cancel(task_id(entry[1]))
 
     def _beat(self) -> None:
+        pool = self.pool
+        procs = [dataclasses.asdict(w) for w in pool.get_stats().workers] if pool else []
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "workers": self.workers,
             "held": len(self._held),
             "beat": time.time(),
+            "processes": procs,
         }
         self.broker.r.hset(self.broker.keys.nodes, self.owner, json.dumps(info))
 

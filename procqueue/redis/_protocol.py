@@ -79,6 +79,8 @@ class Broker:
                 "CANCEL",
                 "FIRE",
                 "SCHEDULE",
+                "REQUEUE",
+                "PURGE",
             )
         }
         self._s = scripts
@@ -306,3 +308,50 @@ class Broker:
             args += [tid, priority, json.dumps(meta), sealed]
         keys = [k.sched, k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake, k.fired(name)]
         return int(self._s["FIRE"](keys=keys, args=args))
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letters(self) -> list[tuple[int, dict[str, Any], float]]:
+        """``(id, meta, failed at (s))`` of every dead letter, oldest first."""
+        k = self.keys
+        rows = self.r.zrange(k.dlq, 0, -1, withscores=True)
+        if not rows:
+            return []
+        metas = self.r.hmget(k.meta, [tid for tid, _ in rows])
+        return [
+            (int(tid), dict(json.loads(raw)), score / 1000.0)
+            for (tid, score), raw in zip(rows, metas)
+            if raw is not None
+        ]
+
+    def requeue_dead(
+        self, task_id: int, max_retries: int | None = None, priority: int | None = None
+    ) -> int | None:
+        """The new id of a dead letter run again, or ``None`` if it is not one."""
+        k = self.keys
+        sealed = self.r.hget(k.payload, task_id)
+        if sealed is None or self.r.zscore(k.dlq, task_id) is None:
+            return None
+        # The MAC binds the task id: re-seal for the new one (only after the
+        # old seal checks out: a tampered letter raises SignatureError here).
+        new = self.new_id()
+        data = self.signer.open(TASK, self.queue, str(task_id), sealed)
+        resealed = self.signer.seal(TASK, self.queue, str(new), data)
+        ok = self._s["REQUEUE"](
+            keys=[k.dlq, k.ready, k.meta, k.payload, k.seq, k.wake],
+            args=[
+                task_id,
+                new,
+                "" if max_retries is None else max_retries,
+                "" if priority is None else priority,
+                resealed,
+            ],
+        )
+        return new if ok else None
+
+    def purge_dead(self, task_ids: list[int] | None = None) -> int:
+        k = self.keys
+        ids = task_ids if task_ids is not None else [int(t) for t in self.r.zrange(k.dlq, 0, -1)]
+        if not ids:
+            return 0
+        return int(self._s["PURGE"](keys=[k.dlq, k.meta, k.payload], args=ids))

@@ -329,3 +329,43 @@ end
 redis.call('HSET', KEYS[1], name, cjson.encode(s))
 return 1
 """
+
+#: Run a dead letter again as a new task (new id, fresh attempts): its meta
+#: moves to the new id, with the payload the caller re-sealed for that id.
+#: Returns 1, or 0 if it is not a dead letter.
+#: KEYS: dlq ready meta payload seq wake
+#: ARGV: old_id new_id max_retries ('' keeps it) priority ('' keeps it) payload
+REQUEUE = (
+    _PRELUDE
+    + """
+local old, new = ARGV[1], ARGV[2]
+if redis.call('ZREM', KEYS[1], old) == 0 then return 0 end
+local m = cjson.decode(redis.call('HGET', KEYS[3], old))
+local payload = ARGV[5]
+redis.call('HDEL', KEYS[3], old)
+redis.call('HDEL', KEYS[4], old, old .. ':e')
+m.error = nil
+m.finished = nil
+m.started = nil
+if ARGV[3] ~= '' then m.max_retries = tonumber(ARGV[3]) end
+local priority = m.priority
+if ARGV[4] ~= '' then priority = tonumber(ARGV[4]) end
+local k = {ready = KEYS[2], delayed = '', meta = KEYS[3], payload = KEYS[4],
+           seq = KEYS[5], wake = KEYS[6]}
+enqueue(k, new, priority, m, payload, 0, now_ms())
+return 1
+"""
+)
+
+#: Drop dead letters. KEYS: dlq meta payload. ARGV: ids. Returns how many.
+PURGE = """
+local n = 0
+for _, id in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id, id .. ':e')
+    n = n + 1
+  end
+end
+return n
+"""
