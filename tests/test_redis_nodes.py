@@ -39,6 +39,7 @@ from conftest import require_redis
 from procqueue import (
     InvalidArgumentError,
     ProcQueue,
+    RateLimit,
     TaskCancelledError,
     TaskNotFoundError,
     TaskQueue,
@@ -427,3 +428,28 @@ def test_a_task_whose_module_is_missing_on_the_node_fails_cleanly(
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("client_only_mod", None)
+
+
+def test_a_rate_limit_holds_across_nodes(cluster: Cluster) -> None:
+    for _ in range(2):
+        cluster.node(workers=2, prefetch=2)
+
+    async def main() -> None:
+        limits = {"api": RateLimit("10/s")}
+        async with TaskQueue(
+            broker=URL, queue=cluster.queue, secret=SECRET, key_limits=limits
+        ) as q:
+            before = time.time()  # no slot can come earlier than the first submit
+            keyed = [await q.submit(time.time, limit_key="api") for _ in range(12)]
+            free = [await q.submit(time.time) for _ in range(4)]
+            starts = [await q.result(t, timeout=30) for t in keyed]
+            free_done = max([await q.result(t, timeout=30) for t in free])
+            # Slots are 0.1 s apart from the first claim on: the i-th start
+            # cannot come before the i-th slot (starts may be late, as a
+            # worker boots, never early).
+            assert all(s - before >= i * 0.1 - 0.005 for i, s in enumerate(sorted(starts)))
+            assert free_done < max(starts)  # other work did not queue behind the key
+            with pytest.raises(InvalidArgumentError, match="no limit"):
+                await q.submit(time.time, limit_key="nope")
+
+    asyncio.run(main())

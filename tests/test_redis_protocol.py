@@ -9,6 +9,7 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import uuid
@@ -276,3 +277,15 @@ def test_overlap_skip_and_the_controls(broker: Broker) -> None:
     handle.cancel()
     assert handle.cancelled and broker.schedules() == {}
     assert not broker.r.exists(broker.keys.fired("job"))
+
+
+def test_a_rate_limited_key_starts_each_task_in_its_own_slot(broker: Broker) -> None:
+    limit = ("api", [[1000.0, 0.0]])  # 1/s, no burst
+    keyed = [broker.submit(b"call", name=f"k{i}", limit=limit) for i in range(4)]
+    free = broker.submit(b"call", name="free")
+    claimed = [c.task_id for c in broker.claim(10, 30, "n")]
+    assert claimed == [keyed[0], free]  # the key is throttled, not the queue
+    slots = [broker.r.zscore(broker.keys.delayed, t) for t in keyed[1:]]
+    assert [b - a for a, b in itertools.pairwise(slots)] == [1000.0, 1000.0]  # FIFO, spaced
+    m = broker.meta(keyed[1])
+    assert m is not None and m["state"] == "throttled" and m["attempts"] == 0

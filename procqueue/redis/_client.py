@@ -10,11 +10,12 @@ delays a result.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -22,10 +23,12 @@ from typing import Any, TypeVar
 
 from .._asyncbridge import to_asyncio
 from .._core.deadletters import DeadLetter
+from .._core.limits import _TIMER_SLACK, Concurrency, KeyLimits
 from .._core.records import AttemptError, TaskState, TaskStatus
 from .._frontdoor import due_of, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
 from ..errors import (
+    InvalidArgumentError,
     InvalidCallableError,
     OptionTypeError,
     ProcQueueError,
@@ -102,8 +105,10 @@ class _RemoteCore:
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        key_limits: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        self._windows = _gcra_windows(key_limits)
         if options:
             raise OptionTypeError(
                 f"{owner}(broker=...) does not take {sorted(options)[0]!r} (yet): "
@@ -132,6 +137,7 @@ class _RemoteCore:
         client = connect(self._url)
         client.ping()
         self._broker = Broker(client, self._queue, self._signer, result_ttl=self._result_ttl)
+        self._broker.publish_limits(self._windows)
         self._listener = threading.Thread(
             target=self._listen, name="pq-redis-listener", daemon=True
         )
@@ -174,8 +180,10 @@ class _RemoteCore:
         delay: float | None = None,
         eta: datetime | None = None,
         key: str | None = None,
+        limit_key: str | None = None,
     ) -> int:
         broker = self._b()
+        limit = None if limit_key is None else (limit_key, self._windows_for(limit_key))
         if not callable(fn):
             raise InvalidCallableError(f"{fn!r} is not callable")
         policy = task_policy(self._retry, max_retries, retry, timeout)
@@ -194,7 +202,21 @@ class _RemoteCore:
             delay=seconds,
             timeout=timeout if timeout is not None else self._timeout,
             key=key,
+            limit=limit,
         )
+
+    def _windows_for(self, limit_key: str) -> list[list[float]]:
+        """The rate windows of ``limit_key``: this client's ``key_limits``, else
+        those another client stored for the queue; unknown keys are refused."""
+        if not isinstance(limit_key, str):
+            raise OptionTypeError(f"limit_key must be a str, got {limit_key!r}")
+        for table in (self._windows, self._b().limits()):
+            if limit_key in table:
+                return table[limit_key]
+            for pattern, windows in table.items():
+                if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(limit_key, pattern):
+                    return windows
+        raise InvalidArgumentError(f"no limit is configured for limit_key {limit_key!r}")
 
     def schedule(
         self,
@@ -250,7 +272,8 @@ class _RemoteCore:
         broker = self._b()
         m = broker.meta(task_id)
         if m is not None:
-            state = TaskState(m["state"])
+            # "throttled" is pending, waiting for its rate slot (as locally).
+            state = TaskState("pending" if m["state"] == "throttled" else m["state"])
             err = None
             if state is TaskState.FAILED:
                 err = AttemptError(
@@ -500,6 +523,7 @@ class RemoteTaskQueue(TaskQueue):
         delay: float | None = None,
         eta: datetime | None = None,
         key: str | None = None,
+        limit_key: str | None = None,
         **kwargs: Any,
     ) -> int:
         """Seal and queue ``fn(*args, **kwargs)``; returns the task id. Raises at
@@ -517,6 +541,7 @@ class RemoteTaskQueue(TaskQueue):
             delay=delay,
             eta=eta,
             key=key,
+            limit_key=limit_key,
         )
 
     async def result(self, task_id: int, timeout: float | None = None) -> Any:
@@ -573,6 +598,7 @@ class RemoteProcQueue(ProcQueue):
         delay: float | None = None,
         eta: datetime | None = None,
         key: str | None = None,
+        limit_key: str | None = None,
         **kwargs: Any,
     ) -> Future[T]:
         remote = self._remote
@@ -587,6 +613,7 @@ class RemoteProcQueue(ProcQueue):
             delay=delay,
             eta=eta,
             key=key,
+            limit_key=limit_key,
         )
         fut = remote.waiter(tid)
         fut._task_id = tid  # type: ignore[attr-defined]  # procqueue.task_id(fut)
@@ -649,6 +676,26 @@ def _split_schedule_options(options: dict[str, Any]) -> tuple[dict[str, Any], di
     """(the callable's keyword arguments, the schedule's options)."""
     opts = {k: v for k, v in options.items() if k in _SCHEDULE_OPTIONS}
     return {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}, opts
+
+
+def _gcra_windows(key_limits: Mapping[str, Any] | None) -> dict[str, list[list[float]]]:
+    """``key_limits`` as GCRA windows per key: ``[[interval ms, tolerance ms],
+    ...]`` (tolerance: ``burst - 1`` intervals). Concurrency caps are local only."""
+    out: dict[str, list[list[float]]] = {}
+    table = KeyLimits(key_limits)  # validates
+    for key, specs in [*table.exact.items(), *table.patterns]:
+        windows = []
+        for spec in specs:
+            if isinstance(spec, Concurrency):
+                raise OptionTypeError(
+                    f"Concurrency limits ({key!r}) are not available on a broker yet"
+                )
+            for rate, cap in spec.windows():
+                interval = 1000.0 / rate
+                burst = round(cap - rate * _TIMER_SLACK)
+                windows.append([interval, (burst - 1) * interval])
+        out[key] = windows
+    return out
 
 
 def _close_quietly(pubsub: Any) -> None:

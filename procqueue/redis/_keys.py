@@ -21,6 +21,8 @@ key                           type     holds
 ``{pq:Q}:cancel``             set      ids whose owner must kill them
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
+``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows
+``{pq:Q}:buckets``            hash     concrete key#window -> theoretical arrival time (ms)
 ``{pq:Q}:sched``              hash     schedule name -> JSON: trigger, next tick, counts
 ``{pq:Q}:schedp``             hash     schedule name -> signed payload
 ``{pq:Q}:fired:<name>``       list     the newest 1000 task ids a schedule fired
@@ -103,6 +105,14 @@ class Keys:
     @property
     def nodes(self) -> str:
         return self._k("nodes")
+
+    @property
+    def limits(self) -> str:
+        return self._k("limits")
+
+    @property
+    def buckets(self) -> str:
+        return self._k("buckets")
 
     @property
     def sched(self) -> str:

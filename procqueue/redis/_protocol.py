@@ -108,6 +108,7 @@ class Broker:
         timeout: float | None = None,
         task_id: int | None = None,
         key: str | None = None,
+        limit: tuple[str, list[list[float]]] | None = None,
     ) -> int:
         """Queue a pickled call (sealed here); returns its id. ``key``: an
         idempotency key: while it is remembered (``result_ttl`` + 24 h), a
@@ -119,7 +120,7 @@ class Broker:
         policy = policy or RetryPolicy()
         tid = self.new_id() if task_id is None else task_id
         k = self.keys
-        meta = {
+        meta: dict[str, Any] = {
             "name": name,
             "max_retries": policy.max_retries,
             "bb": policy.backoff_base * 1000.0,
@@ -128,6 +129,8 @@ class Broker:
         }
         if timeout is not None:
             meta["timeout"] = float(timeout)
+        if limit is not None:  # (concrete key, [[interval ms, tolerance ms], ...])
+            meta["lk"], meta["lw"] = limit
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
@@ -196,7 +199,15 @@ class Broker:
         for running."""
         keys = self.keys
         rows = self._s["CLAIM"](
-            keys=[keys.ready, keys.delayed, keys.leases, keys.meta, keys.payload, keys.fence],
+            keys=[
+                keys.ready,
+                keys.delayed,
+                keys.leases,
+                keys.meta,
+                keys.payload,
+                keys.fence,
+                keys.buckets,
+            ],
             args=[k, int(lease * 1000), owner],
         )
         out = []
@@ -355,3 +366,15 @@ class Broker:
         if not ids:
             return 0
         return int(self._s["PURGE"](keys=[k.dlq, k.meta, k.payload], args=ids))
+
+    # ------------------------------------------------------------------ limits
+
+    def publish_limits(self, windows: dict[str, list[list[float]]]) -> None:
+        """Store rate windows by key or pattern, for every client of the queue."""
+        if windows:
+            self.r.hset(self.keys.limits, mapping={k: json.dumps(v) for k, v in windows.items()})
+
+    def limits(self) -> dict[str, list[list[float]]]:
+        return {
+            k.decode(): list(json.loads(v)) for k, v in self.r.hgetall(self.keys.limits).items()
+        }

@@ -44,6 +44,34 @@ local function enqueue(k, id, priority, m, payload, delay, now)
   end
   redis.call('HSET', k.meta, id, cjson.encode(m))
 end
+-- Rate limits (GCRA, one theoretical arrival time per key and window, in the
+-- ``buckets`` hash): may task ``m`` (key ``m.lk``, windows ``m.lw`` =
+-- {{interval ms, tolerance ms}, ...}) start now? Either way its slot is
+-- reserved, so the tasks of a key start in claim order, FIFO, each in its own
+-- slot, and a parked task holds the slot it waits for.
+local function admitted(buckets, m, now)
+  if m.slot then
+    if m.slot <= now then
+      m.slot = nil
+      return true
+    end
+    return false
+  end
+  local t = now
+  for i, w in ipairs(m.lw) do
+    local tat = tonumber(redis.call('HGET', buckets, m.lk .. '#' .. i) or '0')
+    if tat - w[2] > t then t = tat - w[2] end
+  end
+  for i, w in ipairs(m.lw) do
+    local f = m.lk .. '#' .. i
+    local tat = tonumber(redis.call('HGET', buckets, f) or '0')
+    if tat < t then tat = t end
+    redis.call('HSET', buckets, f, tat + w[1])
+  end
+  if t <= now then return true end
+  m.slot = t
+  return false
+end
 """
 
 #: Returns the task's id: ``id``, or, for an idempotency key already used,
@@ -71,8 +99,10 @@ return tonumber(id)
 
 #: Promote due delayed tasks, pop up to k ready ones, lease each to ``owner``
 #: with a fresh fencing token, counting the attempt: one step, no gap between
-#: "popped" and "recorded".
-#: KEYS: ready delayed leases meta payload fence
+#: "popped" and "recorded". A task with a rate-limited key (``lk``) starts only
+#: in its slot (GCRA with reservations, ``admitted``); until then it waits in
+#: ``delayed``.
+#: KEYS: ready delayed leases meta payload fence buckets
 #: ARGV: k lease_ms owner
 CLAIM = (
     _PRELUDE
@@ -95,8 +125,16 @@ local lease = tonumber(ARGV[2])
 for i = 1, #popped, 2 do
   local id = popped[i]
   local raw = redis.call('HGET', KEYS[4], id)
-  if raw then
-    local m = cjson.decode(raw)
+  local m = raw and cjson.decode(raw)
+  if m and m.lk and not admitted(KEYS[7], m, now) then
+    -- Throttled: waits for the start slot it was given, off the ready set,
+    -- holding no worker and using no attempt; other keys run on.
+    m.state = 'throttled'
+    redis.call('HSET', KEYS[4], id, cjson.encode(m))
+    redis.call('ZADD', KEYS[2], m.slot, id)
+    m = nil
+  end
+  if m then
     m.attempts = m.attempts + 1
     m.token = redis.call('INCR', KEYS[6])
     m.owner = ARGV[3]
