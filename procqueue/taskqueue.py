@@ -7,6 +7,7 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Future
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -208,6 +209,11 @@ class TaskQueue:
         """The queue's schedules (not cancelled), in the order they were added."""
         return schedules_of(self._engine)
 
+    def _future(self, task_id: int) -> Future[Any]:
+        """The task's (thread-side) future: what ``result``, ``wait`` and
+        ``as_completed`` await (a broker client resolves its own)."""
+        return self._engine.future_for(task_id)
+
     def get_task_status(self, task_id: int) -> TaskStatus:
         """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an
         unknown id, or one dropped by retention: once a task's result has been
@@ -223,7 +229,7 @@ class TaskQueue:
     async def result(self, task_id: int, timeout: float | None = None) -> Any:
         """The task's return value, or raise its exception (remote traceback as
         ``__cause__``). ``timeout`` bounds the wait only: the task goes on."""
-        fut = to_asyncio(self._engine.future_for(task_id))
+        fut = to_asyncio(self._future(task_id))
         if timeout is None:
             return await fut
         return await asyncio.wait_for(fut, timeout)
@@ -239,7 +245,7 @@ class TaskQueue:
         ids = list(task_ids)
         if not ids:
             return set(), set()
-        futs = {to_asyncio(self._engine.future_for(t)): t for t in ids}
+        futs = {to_asyncio(self._future(t)): t for t in ids}
         done, pending = await asyncio.wait(futs, timeout=timeout, return_when=return_when)
         for f in done:
             if not f.cancelled():
@@ -252,7 +258,7 @@ class TaskQueue:
         """Yield task ids as their tasks finish (in any final state).
         Raises ``TimeoutError`` if ``timeout`` passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        futs = {to_asyncio(self._engine.future_for(t)): t for t in task_ids}
+        futs = {to_asyncio(self._future(t)): t for t in task_ids}
         pending = set(futs)
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

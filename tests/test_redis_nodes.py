@@ -453,3 +453,20 @@ def test_a_rate_limit_holds_across_nodes(cluster: Cluster) -> None:
                 await q.submit(time.time, limit_key="nope")
 
     asyncio.run(main())
+
+
+def test_wait_as_completed_and_join_on_a_broker_client(cluster: Cluster) -> None:
+    cluster.node(workers=2, prefetch=2)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            ids = [await q.submit(add, i, 1) for i in range(6)]
+            done, not_done = await q.wait(ids[:3], timeout=30)
+            assert done == set(ids[:3]) and not not_done
+            seen = [tid async for tid in q.as_completed(ids[3:], timeout=30)]
+            assert sorted(seen) == sorted(ids[3:])
+            more = [await q.submit(add, i, 2) for i in range(4)]
+            await asyncio.wait_for(q.join(), 30)
+            assert all(q.get_task_status(t).state == "completed" for t in more)
+
+    asyncio.run(main())

@@ -126,6 +126,8 @@ class _RemoteCore:
         self._timeout = timeout
         self._broker: Broker | None = None
         self._waiters: dict[int, Future[Any]] = {}
+        #: Ids this client submitted and has not seen end (for ``join``).
+        self.submitted: set[int] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
@@ -194,7 +196,7 @@ class _RemoteCore:
             payload = dump_call(fn, args, kwargs)
         except Exception as e:
             raise SerializationError(f"cannot pickle the call {name}(...): {e}") from e
-        return broker.submit(
+        tid = broker.submit(
             payload,
             name=name,
             priority=priority,
@@ -204,6 +206,9 @@ class _RemoteCore:
             key=key,
             limit=limit,
         )
+        with self._lock:
+            self.submitted.add(tid)
+        return tid
 
     def _windows_for(self, limit_key: str) -> list[list[float]]:
         """The rate windows of ``limit_key``: this client's ``key_limits``, else
@@ -380,6 +385,7 @@ class _RemoteCore:
             return False
         with self._lock:
             fut = self._waiters.pop(task_id, None)
+            self.submitted.discard(task_id)
         if fut is None or fut.done():
             return True
         state, value, error = outcome
@@ -492,10 +498,11 @@ class RemoteTaskQueue(TaskQueue):
     Built by ``TaskQueue(broker="redis://...", queue="default")``; the secret
     comes from ``secret=``, ``secret_file=`` or ``$PROCQUEUE_SECRET`` (without
     one it refuses to start; ``insecure=True`` for local experiments only).
-    Available so far: ``start``/``stop``, ``submit`` (``priority``,
-    ``max_retries``, ``retry``, ``timeout``, ``delay``, ``eta``, ``key``: an
-    idempotency key), ``result``, ``cancel``, ``get_task_status`` and a
-    cluster-wide ``get_stats``.
+    Available: ``start``/``stop``, ``submit`` (``priority``, ``max_retries``,
+    ``retry``, ``timeout``, ``delay``, ``eta``, ``limit_key``, ``key``: an
+    idempotency key), ``result``, ``wait``, ``as_completed``, ``join`` (the
+    tasks this client submitted), ``cancel``, ``get_task_status``,
+    ``schedule``/``schedules``, ``dlq`` and a cluster-wide ``get_stats``.
     """
 
     def __init__(self, num_workers: int | None = None, **options: Any) -> None:
@@ -544,10 +551,19 @@ class RemoteTaskQueue(TaskQueue):
             limit_key=limit_key,
         )
 
-    async def result(self, task_id: int, timeout: float | None = None) -> Any:
-        """The task's value, or raise its exception (as the node pickled it)."""
-        aw = to_asyncio(self._remote.waiter(task_id))
-        return await (aw if timeout is None else asyncio.wait_for(aw, timeout))
+    def _future(self, task_id: int) -> Future[Any]:
+        # result, wait and as_completed (TaskQueue's own) await this.
+        return self._remote.waiter(task_id)
+
+    async def join(self) -> None:
+        """Wait until every task this client submitted so far is final."""
+        with self._remote._lock:
+            ids = list(self._remote.submitted)
+        for tid in ids:
+            try:
+                await to_asyncio(self._remote.waiter(tid))
+            except BaseException:
+                pass
 
     def cancel(self, task_id: int) -> bool:
         return self._remote.cancel(task_id)
