@@ -49,16 +49,62 @@ def _find(items: Iterable[Any], out: set[int]) -> None:
 
 def bind(value: Any, values: dict[int, Any]) -> Any:
     """``value`` with every marker replaced by ``values[marker.task_id]``
-    (containers are rebuilt only where they hold a marker)."""
+    (containers are rebuilt only where they hold a marker; the others are
+    returned as they are, so objects shared between arguments stay shared)."""
     kind = type(value)
     if kind is ResultOf:
         return values[value.task_id]
     if kind is list or kind is tuple:
-        items = [bind(v, values) for v in value]
+        items = _bind_items(value, values)
+        if items is None:
+            return value
         return items if kind is list else tuple(items)
     if kind is dict:
-        return {k: bind(v, values) for k, v in value.items()}
+        return _bind_dict(value, values)
     return value
+
+
+# The two walks below run once per dependent, on the coordinator thread under
+# the engine lock: leaves are tested inline rather than by a call to bind()
+# each, and nothing is copied until a marker turns up.
+
+
+def _bind_items(items: list[Any] | tuple[Any, ...], values: dict[int, Any]) -> list[Any] | None:
+    """A copy of ``items`` with markers bound, or ``None`` if they hold none."""
+    out: list[Any] | None = None
+    for i, v in enumerate(items):
+        kind = type(v)
+        if kind is ResultOf:
+            new = values[v.task_id]
+        elif kind is list or kind is tuple or kind is dict:
+            new = bind(v, values)
+            if new is v:
+                continue
+        else:
+            continue
+        if out is None:
+            out = list(items)
+        out[i] = new
+    return out
+
+
+def _bind_dict(d: dict[Any, Any], values: dict[int, Any]) -> dict[Any, Any]:
+    """``d``, or a copy (same key order) with the markers among its values bound."""
+    out: dict[Any, Any] | None = None
+    for k, v in d.items():
+        kind = type(v)
+        if kind is ResultOf:
+            new = values[v.task_id]
+        elif kind is list or kind is tuple or kind is dict:
+            new = bind(v, values)
+            if new is v:
+                continue
+        else:
+            continue
+        if out is None:
+            out = dict(d)
+        out[k] = new
+    return d if out is None else out
 
 
 def replace_markers(value: Any, swap: Any) -> Any:
