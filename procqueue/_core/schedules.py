@@ -257,6 +257,9 @@ class ScheduleEntry:
             return due
         trigger = self.trigger
         latest = trigger.last_at_or_before(clock)
+        # Ticks at or before ``clock`` are those before the next one after it
+        # (an epsilon past ``clock`` would count a tick that is not due yet).
+        after = trigger.next_after(clock)
         grace = self.misfire_grace
         oldest_ok = first if grace is None else max(first, clock - grace)
         if self.catchup == "all":
@@ -268,9 +271,9 @@ class ScheduleEntry:
                 t = trigger.prev_before(t)
             ticks.reverse()
             due.run = ticks
-            due.misfired = trigger.count(first, ticks[0] if ticks else clock + 1e-6, _MAX_COUNTED)
+            due.misfired = trigger.count(first, ticks[0] if ticks else after, _MAX_COUNTED)
         elif latest < oldest_ok:
-            due.misfired = trigger.count(first, clock + 1e-6, _MAX_COUNTED)
+            due.misfired = trigger.count(first, after, _MAX_COUNTED)
         elif self.catchup == "latest" or latest == first:
             due.run = [latest]
             older = trigger.count(first, latest, _MAX_COUNTED)
@@ -278,7 +281,7 @@ class ScheduleEntry:
             due.misfired = late
             due.skipped = older - late
         else:  # "none", and ticks were missed: resume at the next future tick
-            due.skipped = trigger.count(first, clock + 1e-6, _MAX_COUNTED)
+            due.skipped = trigger.count(first, after, _MAX_COUNTED)
         self.next_tick = trigger.next_after(clock)
         if due.misfired:
             self.misfired += due.misfired
