@@ -1,0 +1,133 @@
+"""Task functions and worker settings for ``redis_peers.py``, importable by every
+system's workers (the script puts ``benchmarks/`` on their ``PYTHONPATH``).
+
+Each system gets the same two jobs in the shape it wants: the no-op
+(``x + 1``) and the CPU-bound ``cpu_task(index, iterations)`` (``procqueue.bench``'s
+pure-Python loop, so its answer can be checked). procqueue and RQ run plain
+functions; arq wants ``async def f(ctx, *args)``; SAQ ``async def f(ctx, **kwargs)``.
+The CPU job blocks the asyncio workers' event loop while it runs, as CPU work in
+an ``async def`` does: one job at a time per process.
+
+The worker settings are read from the environment when a worker imports them,
+so one module serves every queue a run creates:
+
+``PQPEERS_URL``      the Redis URL
+``PQPEERS_QUEUE``    the queue name (unique per run)
+``PQPEERS_JOBS``     SAQ ``concurrency`` / arq ``max_jobs`` per process (default 10,
+                     both systems' own default)
+``PQPEERS_POLL``     arq ``poll_delay`` in seconds (arq's default is 0.5)
+
+Start them as ``saq _redis_peer_workers.saq_settings`` and
+``arq _redis_peer_workers.ArqSettings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+__all__ = [  # and ArqSettings, built on demand by __getattr__
+    "arq_cpu",
+    "arq_hello",
+    "arq_noop",
+    "cpu_task",
+    "hello",
+    "noop",
+    "saq_cpu",
+    "saq_hello",
+    "saq_noop",
+    "saq_settings",
+]
+
+
+def cpu_task(index: int, iterations: int) -> int:
+    """``index + spin(iterations)``: pure-Python CPU work with a checkable answer."""
+    acc = 0
+    for i in range(iterations):
+        acc = (acc + i * i) % 1_000_003
+    return index + acc
+
+
+def noop(x: int) -> int:
+    """The no-op job: ``x + 1`` (procqueue, RQ)."""
+    return x + 1
+
+
+def hello(seconds: float) -> tuple[str, int]:
+    """Sleep, then say who ran it: ``($PQPEERS_WORKER, pid)``; the script runs
+    these until every worker process has answered, before it times anything."""
+    time.sleep(seconds)
+    return os.environ.get("PQPEERS_WORKER", "?"), os.getpid()
+
+
+async def arq_hello(ctx: dict[str, Any], seconds: float) -> tuple[str, int]:
+    """:func:`hello` for arq."""
+    await asyncio.sleep(seconds)
+    return os.environ.get("PQPEERS_WORKER", "?"), os.getpid()
+
+
+async def saq_hello(ctx: dict[str, Any], *, seconds: float) -> tuple[str, int]:
+    """:func:`hello` for SAQ."""
+    await asyncio.sleep(seconds)
+    return os.environ.get("PQPEERS_WORKER", "?"), os.getpid()
+
+
+async def arq_noop(ctx: dict[str, Any], x: int) -> int:
+    """:func:`noop` for arq."""
+    return x + 1
+
+
+async def arq_cpu(ctx: dict[str, Any], index: int, iterations: int) -> int:
+    """:func:`cpu_task` for arq."""
+    return cpu_task(index, iterations)
+
+
+async def saq_noop(ctx: dict[str, Any], *, x: int) -> int:
+    """:func:`noop` for SAQ (arguments by keyword only)."""
+    return x + 1
+
+
+async def saq_cpu(ctx: dict[str, Any], *, index: int, iterations: int) -> int:
+    """:func:`cpu_task` for SAQ."""
+    return cpu_task(index, iterations)
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise RuntimeError(f"{name} is not set: start this worker from redis_peers.py")
+    return value
+
+
+def saq_settings() -> dict[str, Any]:
+    """SAQ's worker settings (SAQ calls a callable it is given)."""
+    from saq import Queue
+
+    return {
+        "queue": Queue.from_url(_env("PQPEERS_URL"), name=_env("PQPEERS_QUEUE")),
+        "functions": [saq_noop, saq_cpu, saq_hello],
+        "concurrency": int(_env("PQPEERS_JOBS", "10")),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # arq reads a class's attributes, so build it when the worker asks for it
+    # (after the environment is set), not at import.
+    if name == "ArqSettings":
+        from arq.connections import RedisSettings
+
+        return type(
+            "ArqSettings",
+            (),
+            {
+                "functions": [arq_noop, arq_cpu, arq_hello],
+                "redis_settings": RedisSettings.from_dsn(_env("PQPEERS_URL")),
+                "queue_name": _env("PQPEERS_QUEUE"),
+                "max_jobs": int(_env("PQPEERS_JOBS", "10")),
+                "poll_delay": float(_env("PQPEERS_POLL", "0.5")),
+                "handle_signals": True,
+            },
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
