@@ -354,35 +354,35 @@ class _RemoteCore:
     # ------------------------------------------------------------------ outcomes
 
     def waiter(self, task_id: int) -> Future[Any]:
-        broker = self._b()
+        self._b()
         with self._lock:
             fut = self._waiters.get(task_id)
             if fut is None:
                 fut = self._waiters[task_id] = Future()
         # Already final (or unknown) before we waited: settle now, not on a message.
-        if (
-            not self._settle(task_id)
-            and broker.meta(task_id) is None
-            and not broker.r.exists(broker.keys.result(task_id))
-        ):
-            with self._lock:
-                self._waiters.pop(task_id, None)
-            fut.set_exception(TaskNotFoundError(task_id))
+        self._settle(task_id, new_waiter=True)
         return fut
 
-    def _settle(self, task_id: int) -> bool:
-        """Resolve ``task_id``'s waiter if it is final; True if it was."""
+    def _settle(self, task_id: int, new_waiter: bool = False) -> bool:
+        """Resolve ``task_id``'s waiter if it is final; True if it was. A new
+        waiter for a task the queue does not know fails with TaskNotFoundError."""
         broker = self._broker
         assert broker is not None
         try:
-            outcome = broker.outcome(task_id)
+            outcome, known = broker.lookup(task_id)
         except SignatureError as e:
-            outcome = ("signature", None, str(e))
+            outcome, known = ("signature", None, str(e)), True
             exc: BaseException | None = e
         else:
             exc = None
-        if outcome is None:
+        if outcome is None and not (new_waiter and not known):
             return False
+        if outcome is None:
+            with self._lock:
+                fut0 = self._waiters.pop(task_id, None)
+            if fut0 is not None and not fut0.done():
+                fut0.set_exception(TaskNotFoundError(task_id))
+            return True
         with self._lock:
             fut = self._waiters.pop(task_id, None)
             self.submitted.discard(task_id)

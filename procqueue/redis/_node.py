@@ -123,9 +123,15 @@ class Node:
     def _claim_loop(self) -> None:
         broker = self.broker
         capacity = self.workers + self.extra
+        batch = max(1, self.extra)
         while not self._stopping.is_set():
             with self._lock:
-                while len(self._held) >= capacity and not self._stopping.is_set():
+                # Claim in batches of ``extra`` (one CLAIM per batch, not per
+                # task), but at once whenever a worker would otherwise idle.
+                while not self._stopping.is_set() and (
+                    len(self._held) >= capacity
+                    or (len(self._held) >= self.workers and capacity - len(self._held) < batch)
+                ):
                     self._lock.wait()
                 free = capacity - len(self._held)
             if self._stopping.is_set():
@@ -197,28 +203,31 @@ class Node:
                     self._lock.wait()
                 if not self._outbox:
                     return
-                tid, token, outcome, value, error = self._outbox.popleft()
-            self._finish(tid, token, outcome, value, error)
+                # Every outcome waiting, in one pipelined round trip.
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 256))]
+            self._finish(batch)
             with self._lock:
-                self._held.pop(tid, None)
-                self.completed += outcome == "completed"
+                for tid, _, outcome, _, _ in batch:
+                    self._held.pop(tid, None)
+                    self.completed += outcome == "completed"
                 self._lock.notify_all()
 
-    def _finish(self, tid: int, token: int, outcome: str, value: bytes, error: str) -> None:
-        """Report one outcome, retrying while Redis is unreachable, for at most
-        two leases: after that the lease has expired, the task was (or will
-        be) reclaimed, and the report would be fenced off anyway."""
+    def _finish(self, batch: list[tuple[int, int, str, bytes, str]]) -> None:
+        """Report outcomes, retrying while Redis is unreachable, for at most
+        two leases: after that the leases have expired, the tasks were (or
+        will be) reclaimed, and the reports would be fenced off anyway."""
         give_up = time.monotonic() + 2 * self.lease
         backoff = _Backoff()
         while True:
             try:
-                self.broker.finish(tid, token, outcome, value=value, error=error)
+                self.broker.finish_many(batch)
                 return
             except _redis_errors() as e:
                 if time.monotonic() >= give_up:
-                    _log.error("task %d: outcome not reported (%s); it will be reclaimed", tid, e)
+                    ids = [b[0] for b in batch]
+                    _log.error("tasks %s: outcomes not reported (%s); reclaimed later", ids, e)
                     return
-                backoff.failed(f"report of task {tid}", e, None)
+                backoff.failed(f"report of {len(batch)} outcome(s)", e, None)
 
     def _drain(self) -> None:
         """Wait for every held task to be reported (graceful stop)."""

@@ -161,10 +161,21 @@ class Broker:
 
     def outcome(self, task_id: int) -> tuple[str, bytes | None, str] | None:
         """``(state, verified value or None, error)`` of a final task, or ``None``
-        while it is not final. For a failed task the value is its pickled
-        exception, when the node could pickle it. A value with a bad signature raises
-        :class:`SignatureError` (it is never unpickled)."""
-        h = self.r.hgetall(self.keys.result(task_id))
+        while it is not final (or unknown). For a failed task the value is its
+        pickled exception, when the node could pickle it. A value with a bad
+        signature raises :class:`SignatureError` (it is never unpickled)."""
+        return self.lookup(task_id)[0]
+
+    def lookup(self, task_id: int) -> tuple[tuple[str, bytes | None, str] | None, bool]:
+        """``(outcome, known)`` in one round trip: the outcome as :meth:`outcome`
+        gives it, and whether the queue knows the task at all. One MULTI: a
+        task finishing between two reads would otherwise look unknown."""
+        k = self.keys
+        with self.r.pipeline(transaction=True) as p:
+            p.hgetall(k.result(task_id))
+            p.hget(k.meta, task_id)
+            p.hget(k.payload, f"{task_id}:e")
+            h, raw, sealed = p.execute()
         if h:
             state = h[b"state"].decode()
             value = h.get(b"value") or b""
@@ -173,19 +184,34 @@ class Broker:
                 if state == "completed"
                 else None
             )
-            return state, opened, h.get(b"error", b"").decode()
-        raw = self.r.hget(self.keys.meta, task_id)
-        if raw is not None:
-            m = json.loads(raw)
-            if m["state"] == "failed":
-                sealed = self.r.hget(self.keys.payload, f"{task_id}:e")
-                exc = (
-                    self.signer.open(RESULT, self.queue, str(task_id), sealed)
-                    if sealed is not None
-                    else None
+            return (state, opened, h.get(b"error", b"").decode()), True
+        if raw is None:
+            return None, False
+        m = json.loads(raw)
+        if m["state"] != "failed":
+            return None, True
+        exc = self.signer.open(RESULT, self.queue, str(task_id), sealed) if sealed else None
+        return ("failed", exc, str(m.get("error", ""))), True
+
+    def finish_many(self, outcomes: list[tuple[int, int, str, bytes, str]]) -> list[bool]:
+        """:meth:`finish` for several outcomes in one round trip (pipelined)."""
+        k = self.keys
+        script = self._s["FINISH"]
+        with self.r.pipeline(transaction=False) as p:
+            for tid, token, outcome, value, error in outcomes:
+                sealed = self.signer.seal(RESULT, self.queue, str(tid), value) if value else b""
+                script(
+                    keys=[k.leases, k.delayed, k.meta, k.payload, k.dlq, k.cancel, k.result(tid)],
+                    args=[tid, token, outcome, sealed, error, self.result_ttl, k.done],
+                    client=p,
                 )
-                return "failed", exc, str(m.get("error", ""))
-        return None
+            results = p.execute()
+        for (tid, token, *_), ok in zip(outcomes, results):
+            if not ok:
+                _log.warning(
+                    "late outcome of task %d (token %d) dropped: its lease was lost", tid, token
+                )
+        return [bool(ok) for ok in results]
 
     def meta(self, task_id: int) -> dict[str, Any] | None:
         raw = self.r.hget(self.keys.meta, task_id)
