@@ -3,7 +3,8 @@
 ``rate * (seconds + 2)`` tiny keyed tasks (``limit_key="api"``, ``RateLimit("<rate>/s")``,
 burst 1) each return ``time.monotonic()`` at their start in the worker (system-wide on
 Linux). Reported: starts per second over the central ``--seconds`` window (target: within
-2 % of ``--rate``) and the most starts in any 1 s window (bound: rate + burst). Meanwhile
+2 % of ``--rate``) and the most starts in any 1 s window (bound: rate + burst, plus
+``rate * catchup`` made up after a stall; ``--catchup``, default the library's). Meanwhile
 another thread runs unkeyed tiny tasks in batches until the last keyed one is done; their
 throughput is compared with the same stream run alone on the same pool. A fresh pool per
 round; the phase order alternates.
@@ -100,7 +101,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Metrics], str | None, str]:
     """Every round's figures, the first FAIL (or ``None``), the start method."""
     rounds: list[Metrics] = []
     method = "?"
-    limits = {"api": RateLimit(f"{args.rate}/s")}
+    limits = {"api": RateLimit(f"{args.rate}/s", catchup=args.catchup)}
     for rnd in range(args.reps):
         opts = {"start_method": args.start_method, "key_limits": limits}
         try:
@@ -153,12 +154,14 @@ def report(args: argparse.Namespace, started: datetime) -> int:
         print(f"| unkeyed tasks/s during | {spread(col('during'), ',.0f')} |")
         print(f"| unkeyed tasks/s alone | {spread(col('alone'), ',.0f')} |")
         dev, peak = statistics.median(col("dev")), max(col("peak"))
+        bound = args.rate * (1 + args.catchup + 0.01) + 1
         verdict = "met" if all(abs(d) <= 0.02 for d in col("dev")) else "NOT met"
         print(
             f"\nTarget: the key holds {args.rate:g}/s within 2 % over {args.seconds:g} s: "
             f"{verdict} (median {dev:+.2%}, every round counted).\n"
-            f"Bound: at most {args.rate:g} + burst 1 = {args.rate + 1:,.0f} starts in any 1 s: "
-            f"{'met' if peak <= args.rate + 1 else 'NOT met'} (max {peak:,.0f}).\n"
+            f"Bound: at most {args.rate:g} + burst 1 + catch-up {args.rate * args.catchup:g} "
+            f"+ slack {args.rate * 0.01:g} = {bound:,.0f} starts in any 1 s: "
+            f"{'met' if peak <= bound else 'NOT met'} (max {peak:,.0f}).\n"
             "The unkeyed stream shares the workers with the keyed tasks, so 'during' is "
             "below 'alone' by about the keyed tasks' share of worker time."
         )
@@ -170,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--rate", type=int, default=1000, help="the key's starts per second (1000)")
     p.add_argument("--seconds", type=float, default=10.0, help="the central window, s (10)")
+    p.add_argument(
+        "--catchup",
+        type=float,
+        default=RateLimit("1/s").catchup,
+        help="RateLimit(catchup=...): lateness a backlog makes up, s (the library's default)",
+    )
     p.add_argument("--alone-seconds", type=float, default=3.0, help="unkeyed run alone, s (3)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     p.add_argument("--reps", type=int, default=3, help="rounds, a fresh pool each (3)")

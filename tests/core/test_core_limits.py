@@ -127,3 +127,20 @@ def test_bad_limits_are_refused() -> None:
         Concurrency(0)
     with pytest.raises(TypeError):
         Shell(key_limits={"x": 5})
+
+
+def test_a_backlog_makes_up_a_stall_up_to_catchup_and_catchup_0_never_exceeds() -> None:
+    for catchup, expected in ((0.1, 50), (0.0, 11)):
+        shell = Shell(
+            workers=1, prefetch=1000, key_limits={"k": RateLimit("1000/s", catchup=catchup)}
+        )
+        recs = [keyed(shell, "k") for _ in range(200)]
+        shell.turn(0.0)
+        first = sent(shell.boot(0, 0.0))
+        # A full bucket at start: burst 1 plus 10 ms of timer slack; the rest park.
+        assert first == [r.task_id for r in recs[:11]]
+        # The coordinator could not run for 50 ms: 50 slots fell due meanwhile.
+        released = sent(shell.turn(0.050))
+        assert len(released) == expected, catchup  # all 50 made up, or capped at 1 + 10 ms
+    with pytest.raises(InvalidArgumentError):
+        RateLimit("1/s", catchup=-1)
