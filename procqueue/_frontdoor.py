@@ -66,8 +66,14 @@ def _link_call(
     markers) and those whose results it takes. A ``ProcQueue`` future of this
     queue in the arguments stands for its result: a completed one is passed as
     its value at once, any other becomes a marker."""
-    if after is None and trigger == "all_success" and _all_atomic(args, kwargs):
-        return args, kwargs, (), set(), {}  # the hot path: nothing to look into
+    if after is None and trigger == "all_success":
+        if _all_atomic(args, kwargs):
+            return args, kwargs, (), set(), {}  # the hot path: nothing to look into
+        if not kwargs:
+            top = _top_level_markers(args)
+            if top is not None:  # f(result_of(t), 3): no walk, no swap
+                needed = set(top)
+                return args, kwargs, tuple(sorted(needed)), needed, {}
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
@@ -84,6 +90,18 @@ def _link_call(
     find_markers(args, kwargs, needed)
     upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
     return args, kwargs, upstream, needed, futures
+
+
+def _top_level_markers(args: tuple[Any, ...]) -> list[int] | None:
+    """The ids of ``args``' markers if every argument is a marker or a small
+    scalar (the usual ``f(result_of(prev))``); ``None`` otherwise."""
+    ids = []
+    for v in args:
+        if type(v) is ResultOf:
+            ids.append(v.task_id)
+        elif not wire.all_plain((v,)):
+            return None
+    return ids or None
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
