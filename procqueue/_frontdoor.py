@@ -72,8 +72,8 @@ def _link_call(
         if not kwargs:
             top = _top_level_markers(args)
             if top is not None:  # f(result_of(t), 3): no walk, no swap
-                needed = set(top)
-                return args, kwargs, tuple(sorted(needed)), needed, {}
+                marked = set(top)
+                return args, kwargs, tuple(sorted(marked)), marked, {}
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
