@@ -124,8 +124,8 @@ class Schedule:
         self._control("cancel")
 
     def _live(self) -> bool:
-        core = self._engine.core
-        return core.schedules.get(self._entry.name) is self._entry and not core.stopping
+        # A stopping queue has dropped its schedules (Scheduler.stop).
+        return self._engine.core.schedules.get(self._entry.name) is self._entry
 
     def _control(self, op: str) -> int | None:
         return self._engine.control_schedule(self._entry, op)
@@ -249,8 +249,7 @@ def schedules_of(engine: Engine) -> list[Schedule]:
     """The queue's live schedules, in the order they were added (none once
     the queue is stopping: it fires no more)."""
     with engine._lock:
-        core = engine.core
-        entries = [] if core.stopping else list(core.schedules.values())
+        entries = list(engine.core.schedules.values())
     return [Schedule(engine, e) for e in entries]
 
 

@@ -104,7 +104,7 @@ class Scheduler(Supervision):
         return task_id
 
     def _fire_schedules(self, now: float) -> None:
-        if self.stopping or self.broken is not None:
+        if self.broken is not None:
             return
         off = self.wall_offset
         for entry in list(self.schedules.values()):
@@ -174,6 +174,7 @@ class Scheduler(Supervision):
         """Take no new work; finish (or, ``cancel_pending``, cancel) what is queued.
         ``deadline``: then kill what still runs (it ends cancelled)."""
         self.stopping = True
+        self.schedules.clear()  # a stopping queue fires no more runs
         self.cancel_pending |= cancel_pending
         if deadline is not None:
             old = self.stop_deadline
@@ -185,6 +186,7 @@ class Scheduler(Supervision):
     def shutdown(self) -> None:
         """The loop is over: every worker leaves (what one holds ends cancelled)."""
         self.stopping = True
+        self.schedules.clear()
         for slot in self.slots:
             if slot.state is _READY and not slot.inflight:
                 self._retire(slot, KillReason.SHUTDOWN)
@@ -300,7 +302,7 @@ class Scheduler(Supervision):
             t = self._next_memory_check
             if due is None or t < due:
                 due = t
-        if self.schedules and not self.stopping and self.broken is None:
+        if self.schedules and self.broken is None:
             off = self.wall_offset
             for entry in self.schedules.values():
                 if entry.paused:
