@@ -55,24 +55,33 @@ def bind(value: Any, values: dict[int, Any]) -> Any:
     if kind is ResultOf:
         return values[value.task_id]
     if kind is list or kind is tuple:
-        items = _bind_items(value, values)
-        if items is None:
+        changed = _bound(enumerate(value), values)
+        if not changed:
             return value
+        items = list(value)
+        for i, new in changed:
+            items[i] = new
         return items if kind is list else tuple(items)
     if kind is dict:
-        return _bind_dict(value, values)
+        changed = _bound(value.items(), values)
+        if not changed:
+            return value
+        copy = dict(value)  # same key order
+        for k, new in changed:
+            copy[k] = new
+        return copy
     return value
 
 
-# The two walks below run once per dependent, on the coordinator thread under
-# the engine lock: leaves are tested inline rather than by a call to bind()
-# each, and nothing is copied until a marker turns up.
-
-
-def _bind_items(items: list[Any] | tuple[Any, ...], values: dict[int, Any]) -> list[Any] | None:
-    """A copy of ``items`` with markers bound, or ``None`` if they hold none."""
-    out: list[Any] | None = None
-    for i, v in enumerate(items):
+def _bound(
+    pairs: Iterable[tuple[Any, Any]], values: dict[int, Any]
+) -> list[tuple[Any, Any]] | None:
+    """``(key, bound value)`` for each value of ``pairs`` that holds a marker.
+    Runs once per dependent, on the coordinator thread under the engine lock:
+    leaves are tested inline rather than by a call to bind() each, and the
+    caller copies a container only when something changed (``None``: nothing)."""
+    out = None
+    for k, v in pairs:
         kind = type(v)
         if kind is ResultOf:
             new = values[v.task_id]
@@ -83,28 +92,10 @@ def _bind_items(items: list[Any] | tuple[Any, ...], values: dict[int, Any]) -> l
         else:
             continue
         if out is None:
-            out = list(items)
-        out[i] = new
+            out = [(k, new)]
+        else:
+            out.append((k, new))
     return out
-
-
-def _bind_dict(d: dict[Any, Any], values: dict[int, Any]) -> dict[Any, Any]:
-    """``d``, or a copy (same key order) with the markers among its values bound."""
-    out: dict[Any, Any] | None = None
-    for k, v in d.items():
-        kind = type(v)
-        if kind is ResultOf:
-            new = values[v.task_id]
-        elif kind is list or kind is tuple or kind is dict:
-            new = bind(v, values)
-            if new is v:
-                continue
-        else:
-            continue
-        if out is None:
-            out = dict(d)
-        out[k] = new
-    return d if out is None else out
 
 
 def replace_markers(value: Any, swap: Any) -> Any:
