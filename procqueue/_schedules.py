@@ -17,7 +17,7 @@ from ._core.schedules import Cron, Every, ScheduleEntry, Trigger
 from ._frontdoor import _all_atomic, name_of, prepare, task_policy
 from ._policy import RetryPolicy
 from ._runtime.engine import Engine
-from .errors import InvalidArgumentError, OptionTypeError
+from .errors import InvalidArgumentError, InvalidCallableError, OptionTypeError
 
 __all__ = ["Schedule", "make_schedule"]
 
@@ -148,12 +148,9 @@ def resolve_zone(tz: str | tzinfo | None) -> tzinfo:
             return ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise InvalidArgumentError(f"unknown time zone {tz!r}") from e
-    name = os.environ.get("TZ", "").lstrip(":")
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            _log.warning("TZ=%r is not a known zone; using /etc/localtime", name)
+    name = local_zone_name()
+    if name is not None:
+        return ZoneInfo(name)
     try:
         # A zone with its DST rules, not today's fixed offset
         # (datetime.now().astimezone().tzinfo would miss the next transition).
@@ -162,6 +159,29 @@ def resolve_zone(tz: str | tzinfo | None) -> tzinfo:
     except (OSError, ValueError):
         _log.warning("cannot read the local time zone; cron schedules use UTC")
         return timezone.utc
+
+
+def local_zone_name() -> str | None:
+    """The local zone's IANA name: ``$TZ`` if it names a known zone, else the
+    zone ``/etc/localtime`` links to; ``None`` when neither says."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):
+            _log.warning("TZ=%r is not a known zone; using /etc/localtime", name)
+    target = os.path.realpath("/etc/localtime")
+    if "zoneinfo/" in target:
+        candidate = target.split("zoneinfo/", 1)[1]
+        try:
+            ZoneInfo(candidate)
+            return candidate
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return None
 
 
 def make_schedule(
@@ -185,11 +205,7 @@ def make_schedule(
 ) -> Schedule:
     """Validate and register a schedule (raises, registering nothing, for bad
     input: the call is pickled once, here)."""
-    check_call(args, kwargs)
-    if (cron is None) == (every is None):
-        raise InvalidArgumentError("give cron= or every=, exactly one")
-    if name is not None and not isinstance(name, str):
-        raise OptionTypeError(f"name must be a str, got {name!r}")
+    check_call(fn, args, kwargs, cron, every, name)
     zone = resolve_zone(tz)
     policy = task_policy(engine.config.retry, max_retries, retry, timeout)
     # Validated and pickled once; every run shares the payload.
@@ -229,9 +245,24 @@ def make_schedule(
     return Schedule(engine, entry)
 
 
-def check_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse ``submit`` options that mean nothing for a recurring call, and
+def check_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cron: str | None,
+    every: float | timedelta | None,
+    name: str | None,
+) -> None:
+    """What every ``schedule()`` refuses at the call, local or on a broker: a
+    non-callable, not exactly one of ``cron``/``every``, a name that is not a
+    str, ``submit`` options that mean nothing for a recurring call, and
     ``result_of`` markers (a schedule's arguments are fixed values)."""
+    if not callable(fn):
+        raise InvalidCallableError(f"{fn!r} is not callable")
+    if (cron is None) == (every is None):
+        raise InvalidArgumentError("give cron= or every=, exactly one")
+    if name is not None and not isinstance(name, str):
+        raise OptionTypeError(f"name must be a str, got {name!r}")
     refused = sorted(_NOT_FOR_SCHEDULES & kwargs.keys())
     if refused:
         raise OptionTypeError(

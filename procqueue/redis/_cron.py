@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 from .._core.schedules import Cron, Every, ScheduleEntry, Trigger
 from .._frontdoor import name_of
 from .._policy import RetryPolicy
-from .._schedules import _free_name, _seconds, check_call, resolve_zone
+from .._schedules import _free_name, _seconds, check_call, local_zone_name, resolve_zone
 from ..errors import (
     InvalidArgumentError,
-    InvalidCallableError,
     QueueClosedError,
     SerializationError,
     SignatureError,
@@ -110,16 +108,7 @@ def zone_name(tz: str | tzinfo | None) -> str:
         if not isinstance(key, str) or key == "localtime":
             raise InvalidArgumentError(f"on a broker, tz must be an IANA zone name, got {tz!r}")
         return key
-    env = os.environ.get("TZ", "").lstrip(":")
-    if env:
-        return env
-    try:
-        target = os.path.realpath("/etc/localtime")
-        if "zoneinfo/" in target:
-            return target.split("zoneinfo/", 1)[1]
-    except OSError:
-        pass
-    return "UTC"
+    return local_zone_name() or "UTC"
 
 
 def add_schedule(
@@ -140,11 +129,7 @@ def add_schedule(
     timeout: float | None,
 ) -> RemoteSchedule:
     """Validate, seal and store a schedule (raises, storing nothing)."""
-    if not callable(fn):
-        raise InvalidCallableError(f"{fn!r} is not callable")
-    check_call(args, kwargs)
-    if (cron is None) == (every is None):
-        raise InvalidArgumentError("give cron= or every=, exactly one")
+    check_call(fn, args, kwargs, cron, every, name)
     if overlap == "queue":
         raise InvalidArgumentError("overlap='queue' is not available on a broker yet")
     zone = zone_name(tz)
