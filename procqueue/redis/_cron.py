@@ -191,7 +191,7 @@ class RemoteSchedule:
         self._timeout = timeout
 
     def _def(self) -> dict[str, Any] | None:
-        return self._broker.schedules().get(self.name)
+        return self._broker.schedule(self.name)
 
     @property
     def cancelled(self) -> bool:

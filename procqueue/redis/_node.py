@@ -151,10 +151,12 @@ class Node:
 
     def _idle_wait(self) -> float:
         broker = self.broker
-        nxt = broker.r.zrange(broker.keys.delayed, 0, 0, withscores=True)
+        with broker.r.pipeline(transaction=False) as p:  # one round trip
+            p.zrange(broker.keys.delayed, 0, 0, withscores=True)
+            p.time()
+            nxt, (sec, usec) = p.execute()
         if not nxt:
             return 1.0
-        sec, usec = broker.r.time()
         now_ms = sec * 1000 + usec // 1000
         return float(min(1.0, max(0.01, (nxt[0][1] - now_ms) / 1000.0)))
 

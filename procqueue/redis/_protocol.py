@@ -315,6 +315,11 @@ class Broker:
         keys = [k.sched, k.schedp, k.fired(name)]
         return bool(self._s["SCHEDULE"](keys=keys, args=[name, op, arg, payload]))
 
+    def schedule(self, name: str) -> dict[str, Any] | None:
+        """One schedule's definition and counts, or ``None`` once cancelled."""
+        raw = self.r.hget(self.keys.sched, name)
+        return None if raw is None else dict(json.loads(raw))
+
     def schedules(self) -> dict[str, dict[str, Any]]:
         return {
             name.decode(): dict(json.loads(raw))
