@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from ._core.deadletters import DeadLetter
 from ._core.limits import Concurrency, RateLimit
-from ._core.records import AttemptError, TaskState, TaskStatus
+from ._core.records import AttemptError, TaskProgress, TaskState, TaskStatus
 from ._frontdoor import DeadLetterQueue, result_of
 from ._policy import RetryPolicy, WorkerLimits
+from ._runtime.wire import refresh_function
+from ._runtime.worker import report_progress
 from ._schedules import Schedule
 from .errors import (
     InvalidArgumentError,
@@ -59,11 +61,14 @@ __all__ = [
     "RateLimit",
     "RetryPolicy",
     "Schedule",
+    "TaskProgress",
     "TaskState",
     "TaskStatus",
     "WorkerLimits",
     "WorkerStats",
     # functions
+    "refresh_function",
+    "report_progress",
     "result_of",
     "task_id",
     # errors

@@ -298,3 +298,39 @@ def gated_pid(paths: tuple[str, str]) -> int:
     """``gated``, returning the pid of the worker that ran it."""
     gated(paths)
     return os.getpid()
+
+
+def report_then_gate(paths: tuple[str, str], total: int) -> int:
+    """Report 1/total, wait at the gate, then report every step up to
+    ``total`` as fast as it can; return how many reports were sent."""
+    import procqueue
+
+    sent = int(procqueue.report_progress(1, total, message="first"))
+    gated(paths)
+    for i in range(2, total + 1):
+        sent += procqueue.report_progress(i, total)
+    return sent
+
+
+def report_then_fail(counter: str) -> str:
+    """Report progress, then fail on the first call; the second call returns."""
+    import procqueue
+
+    procqueue.report_progress(5, 10, message="halfway")
+    return str(fail_times(counter, 1, "done"))
+
+
+def _load_only_in(pid: int) -> object:
+    if os.getpid() != pid:
+        raise RuntimeError("this callable cannot be loaded in a worker")
+    return add
+
+
+class LoadsOnlyHere:
+    """A callable that unpickles only in the process that made it."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return _load_only_in, (os.getpid(),)
+
+    def __call__(self) -> int:
+        return 0

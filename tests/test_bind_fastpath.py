@@ -47,7 +47,7 @@ def _decode(segments: list[Any]) -> Any:
     """What a worker does with the bound segments."""
     fn_blob = wire.dump_callable(ident)
     blob = memoryview(b"".join(bytes(memoryview(s)) for s in segments))
-    fn, args, kwargs = wire.CallLoader().load(memoryview(fn_blob), blob)
+    fn, args, kwargs = wire.CallLoader().load(memoryview(fn_blob), blob, 0)
     assert fn is ident
     return args, kwargs
 

@@ -134,7 +134,7 @@ def test_frames_survive_partial_reads_and_writes(sizes: list[int]) -> None:
     os.set_blocking(w, False)
     writer, reader = _FrameWriter(w), _FrameReader(r)
     blobs = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    msgs = [RunBatch((i,), (len(b), 0)) for i, b in enumerate(blobs)]
+    msgs = [RunBatch((i,), (len(b), 0), (i,)) for i, b in enumerate(blobs)]
     got = []
     try:
         for m, b in zip(msgs, blobs):

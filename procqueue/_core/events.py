@@ -74,7 +74,17 @@ class Memory(NamedTuple):
     rss: int | None
 
 
-Event = Started | Ready | InitFailed | Done | Exited | StartFailed | Memory
+class Progressed(NamedTuple):
+    """The task ``task_id`` in ``slot`` called ``report_progress``."""
+
+    slot: int
+    task_id: int
+    done: float
+    total: float | None
+    message: str
+
+
+Event = Started | Ready | InitFailed | Done | Exited | StartFailed | Memory | Progressed
 
 # --- actions: scheduler -> shell --------------------------------------------------
 

@@ -100,6 +100,7 @@ class Outcomes(CoreState):
     def _retry_later(self, rec: _TaskRecord, delay: float, now: float) -> None:
         """``RUNNING`` -> ``RETRYING``: back to the heap after ``delay`` seconds."""
         self._move(rec, _RETRYING)
+        rec.progress = None  # the next attempt starts from nothing
         if delay <= 0:
             self._move(rec, _PENDING)
             self.heap.push(rec)

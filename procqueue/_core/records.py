@@ -14,7 +14,7 @@ from typing import Any
 
 from .._policy import RetryPolicy
 
-__all__ = ["AttemptError", "TaskState", "TaskStatus"]
+__all__ = ["AttemptError", "TaskProgress", "TaskState", "TaskStatus"]
 
 
 _ORDER = (
@@ -140,6 +140,23 @@ class AttemptError:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """The latest ``procqueue.report_progress(done, total, message)`` of a
+    running task's current attempt. ``fraction`` is ``done / total`` (``None``
+    when the total is unknown)."""
+
+    done: float
+    total: float | None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStatus:
     """An immutable snapshot of a task, as returned by ``get_task_status``.
 
@@ -150,7 +167,9 @@ class TaskStatus:
     ``errors`` holds every failed attempt's error in order, retried ones included.
     ``due_at`` is when a task submitted with ``delay``/``eta`` becomes due
     (``None`` for one due at once); ``after`` the upstream task ids it waits for;
-    ``schedule`` the name of the schedule that fired it, if one did.
+    ``schedule`` the name of the schedule that fired it, if one did;
+    ``progress`` what its current attempt (or, once final, its last one) last
+    reported with ``procqueue.report_progress`` (``None`` before any report).
     """
 
     task_id: int
@@ -168,6 +187,7 @@ class TaskStatus:
     due_at: float | None = None
     after: tuple[int, ...] = ()
     schedule: str | None = None
+    progress: TaskProgress | None = None
 
 
 class _TaskRecord:
@@ -210,6 +230,7 @@ class _TaskRecord:
         "throttles",
         "fired_by",
         "dormant",
+        "progress",
     )
 
     def __init__(
@@ -270,6 +291,8 @@ class _TaskRecord:
         # Its copy in a dead letter's tree, when an upstream failure ended it
         # (``requeue(..., cascade=True)``); dependents of it attach below.
         self.dormant: Any = None
+        # The latest report_progress of the current attempt.
+        self.progress: TaskProgress | None = None
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:
@@ -308,4 +331,5 @@ class _TaskRecord:
             due_at=self.due_at,
             after=self.upstream,
             schedule=self.fired_by,
+            progress=self.progress,
         )

@@ -23,12 +23,13 @@ from .events import (
     Exited,
     InitFailed,
     Memory,
+    Progressed,
     ReadMemory,
     Ready,
     SendTasks,
     Started,
 )
-from .records import TaskState, _TaskRecord
+from .records import TaskProgress, TaskState, _TaskRecord
 from .schedules import ScheduleEntry
 from .slots import KillReason, Slot, WorkerState
 from .supervisor import Supervision
@@ -209,8 +210,17 @@ class Scheduler(Supervision):
             self.slots[event.slot].init_error = event.detail
         elif isinstance(event, Memory):
             self._on_memory(self.slots[event.slot], event.rss)
+        elif isinstance(event, Progressed):
+            self._on_progress(event)
         else:
             self._on_start_failed(self.slots[event.slot], event.detail, now)
+
+    def _on_progress(self, ev: Progressed) -> None:
+        rec = self.tasks.get(ev.task_id)
+        # Only from the slot running it: a late report of a killed attempt is old news.
+        if rec is not None and rec.state is TaskState.RUNNING and rec.slot == ev.slot:
+            rec.progress = TaskProgress(ev.done, ev.total, ev.message)
+            self._emit(rec)
 
     def _on_done(self, ev: Done, now: float) -> None:
         slot = self.slots[ev.slot]

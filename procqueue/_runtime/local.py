@@ -23,7 +23,17 @@ from typing import Any
 import cloudpickle
 
 from .._core.config import QueueConfig
-from .._core.events import Done, Event, Exited, InitFailed, Memory, Ready, Started, StartFailed
+from .._core.events import (
+    Done,
+    Event,
+    Exited,
+    InitFailed,
+    Memory,
+    Progressed,
+    Ready,
+    Started,
+    StartFailed,
+)
 from .._core.records import _TaskRecord
 from ..errors import (
     InvalidArgumentError,
@@ -66,7 +76,7 @@ class _Proc:
     """One live worker process and its pipe ends (coordinator side)."""
 
     __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "sentinel", "writer", "reader",
-                 "writing", "figures", "closed")  # fmt: skip
+                 "writing", "figures", "closed", "holds")  # fmt: skip
 
     def __init__(self, slot: int, proc: Any, tasks_fd: int, results_fd: int) -> None:
         self.slot = slot
@@ -80,6 +90,8 @@ class _Proc:
         self.writing = False
         self.figures: ProcessFigures | None = None
         self.closed = False
+        # The callable ids this worker keeps (wire.CallRefs), oldest first.
+        self.holds: dict[int, None] = {}
 
 
 class LocalTransport(Transport):
@@ -95,6 +107,7 @@ class LocalTransport(Transport):
         self._poller: Poller | None = None
         self._lifeline_r = self._lifeline_w = -1
         self._figures = FiguresCache()
+        self._refs = wire.CallRefs()
         self._init_blob: bytes | None = None
         if config.initializer is not None:
             try:
@@ -163,16 +176,9 @@ class LocalTransport(Transport):
 
     def send(self, slot: int, tasks: Sequence[_TaskRecord]) -> None:
         p = self._procs[slot]
-        blobs: list[Any] = []
-        sizes: list[int] = []
-        for r in tasks:
-            assert r.payload is not None
-            fn_blob, arg_segments = r.payload
-            blobs.append(fn_blob)
-            blobs += arg_segments
-            sizes.append(len(fn_blob))
-            sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
-        msg = wire.RunBatch(tuple(r.task_id for r in tasks), tuple(sizes))
+        payloads = [r.payload for r in tasks]
+        blobs, sizes, fids = self._refs.pack(p.holds, payloads)  # type: ignore[arg-type]
+        msg = wire.RunBatch(tuple(r.task_id for r in tasks), sizes, fids)
         self._write(p, wire.encode(msg, blobs))
 
     def retire(self, slot: int) -> None:
@@ -207,6 +213,8 @@ class LocalTransport(Transport):
                 events.append(_done(p, msg, blob))
             elif type(msg) is wire.LogMessage:
                 _forward_log(msg.record)
+            elif type(msg) is wire.Progress:
+                events.append(Progressed(p.slot, *msg))
             elif type(msg) is wire.Hello:
                 err = None
                 if msg.version != wire.PROTOCOL_VERSION:

@@ -2,8 +2,9 @@
 
 A frame is ``<Q body_len>`` then a body that starts with a one-byte tag:
 
-* ``RunBatch``: ``<B tag><I n><n q task_ids><2n q sizes>`` then, per call, its
-  pickled callable and its pickled ``(args, kwargs)``;
+* ``RunBatch``: ``<B tag><I n><n q task_ids><2n q sizes><n q fids>`` then, per
+  call, its pickled callable (absent when the worker already holds it: see
+  :class:`CallRefs`) and its pickled ``(args, kwargs)``;
 * ``Result``: ``<B tag><q task_id><B ok><d started><d finished>`` then the
   pickled value (or :class:`ErrorInfo`);
 * anything else: ``<B tag>`` then the message pickled with the standard pickler.
@@ -30,6 +31,7 @@ import pickle
 import struct
 import sys
 import types
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -38,7 +40,7 @@ import cloudpickle
 
 from .._core.deps import ResultOf, bind
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 _LEN = struct.Struct("<Q")
 _HEADER_SIZE = _LEN.size
@@ -57,10 +59,14 @@ _PIPE_SIZE = 1 << 20
 
 class RunBatch(NamedTuple):
     """Run these calls in order. ``sizes`` holds two lengths per call: its
-    pickled callable, then its pickled ``(args, kwargs)``, in blob order."""
+    pickled callable, then its pickled ``(args, kwargs)``, in blob order.
+    ``fids`` holds one callable id per call (see :class:`CallRefs`): 0 for a
+    callable sent inline and not kept; otherwise the worker keeps the callable
+    under that id, and a later call with size 0 refers to it."""
 
     task_ids: tuple[int, ...]
     sizes: tuple[int, ...]
+    fids: tuple[int, ...]
 
 
 class Shutdown(NamedTuple):
@@ -95,6 +101,15 @@ class Result(NamedTuple):
     finished: float
 
 
+class Progress(NamedTuple):
+    """``report_progress(done, total, message)`` called inside a task."""
+
+    task_id: int
+    done: float
+    total: float | None
+    message: str
+
+
 class LogMessage(NamedTuple):
     """A log record emitted in the worker, as ``LogRecord.__dict__`` made
     picklable (message formatted, args dropped, exc_info rendered to text)."""
@@ -112,7 +127,7 @@ class ErrorInfo(NamedTuple):
     traceback: str
 
 
-WireMessage = RunBatch | Shutdown | Hello | InitFailed | Result | LogMessage
+WireMessage = RunBatch | Shutdown | Hello | InitFailed | Result | LogMessage | Progress
 
 
 # --- codec ---------------------------------------------------------------------------
@@ -129,7 +144,7 @@ def encode(msg: WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> list[An
         head = _RESULT.pack(_TAG_RESULT, *msg)
     elif isinstance(msg, RunBatch):
         n = len(msg.task_ids)
-        head = struct.pack(f"<BI{3 * n}q", _TAG_RUN, n, *msg.task_ids, *msg.sizes)
+        head = struct.pack(f"<BI{4 * n}q", _TAG_RUN, n, *msg.task_ids, *msg.sizes, *msg.fids)
     else:
         head = _TAG_PICKLED_BYTE + pickle.dumps(msg, protocol=5)
     body_len = len(head)
@@ -147,8 +162,8 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[WireMessage, memoryvi
         return Result(task_id, bool(ok), started, finished), view[_RESULT.size :]
     if tag == _TAG_RUN:
         (n,) = struct.unpack_from("<I", view, 1)
-        values = struct.unpack_from(f"<{3 * n}q", view, 5)
-        return RunBatch(values[:n], values[n:]), view[5 + 24 * n :]
+        values = struct.unpack_from(f"<{4 * n}q", view, 5)
+        return RunBatch(values[:n], values[n : 3 * n], values[3 * n :]), view[5 + 32 * n :]
     msg: WireMessage = pickle.loads(view[1:])
     return msg, view[0:0]
 
@@ -329,17 +344,25 @@ def write_all(fd: int, buffers: list[bytes]) -> None:
 
 
 # --- the call codec -------------------------------------------------------------------
-# A call crosses as two blobs: the callable and its (args, kwargs). A function
-# that pickles by reference (a module-level function) is pickled once and its
-# bytes reused for every submit; the worker keeps the unpickled function keyed
-# by those bytes. Arguments of plain builtin types take the C pickler's fast
-# path; anything else goes through cloudpickle, which also carries lambdas,
-# closures and classes defined in ``__main__`` or a notebook.
+# A call crosses as two blobs: the callable and its (args, kwargs). A callable is
+# pickled once per function object and its bytes reused for every submit:
+# by name for an importable function, by value (cloudpickle) for one defined in
+# ``__main__``, a notebook, a closure or a lambda. Pickling a script's function by
+# value on every submit cost ~20 µs, half of a tiny task's whole budget; Dask
+# caches ``dumps_function`` the same way (distributed/worker.py), and Ray exports a
+# function once per job. The price: a by-value function's globals and closure
+# cells are snapshotted at its first submit (``refresh_function`` drops the
+# snapshot). Arguments of plain builtin types take the C pickler's fast path;
+# anything else goes through cloudpickle.
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
 _FN_CACHE_MAX = 1024
-_fn_blobs: dict[object, bytes] = {}
+_by_name: dict[object, bytes] = {}
+_by_value: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType)
+#: Larger by-value pickles (a closure over a big array) are made afresh each
+#: time and never kept by a worker: the snapshot would pin the data twice.
+_SNAPSHOT_MAX = 1 << 16
 
 
 def _by_reference(fn: object) -> bytes | None:
@@ -360,19 +383,109 @@ def _by_reference(fn: object) -> bytes | None:
 
 
 def dump_callable(fn: object) -> bytes:
-    """Pickle a callable; functions pickled by name are cached."""
-    if type(fn) in _CACHEABLE:
-        blob = _fn_blobs.get(fn)
+    """Pickle a callable; a function is pickled once and its bytes reused."""
+    kind = type(fn)
+    cacheable = kind in _CACHEABLE
+    if cacheable:
+        blob = _by_name.get(fn)
+        if blob is None and kind is types.FunctionType:
+            blob = _by_value.get(fn)
         if blob is not None:
             return blob
         blob = _by_reference(fn)
         if blob is not None:
-            if len(_fn_blobs) >= _FN_CACHE_MAX:
-                _fn_blobs.clear()
-            _fn_blobs[fn] = blob
+            if len(_by_name) >= _FN_CACHE_MAX:
+                _by_name.clear()
+            _by_name[fn] = blob
             return blob
     data: bytes = cloudpickle.dumps(fn, protocol=5)
+    if kind is types.FunctionType and len(data) <= _SNAPSHOT_MAX:
+        _by_value[fn] = data
     return data
+
+
+def refresh_function(fn: object = None) -> None:
+    """Forget the pickled snapshot of ``fn`` (of every function when ``None``),
+    so that its next submit pickles it again, with its globals as they are now.
+
+    A function defined in ``__main__`` (or a notebook, a lambda, a closure) is
+    pickled by value once, at its first submit, and the same bytes serve every
+    later submit: a global it reads, or a variable it closes over, is seen by the
+    workers as it was then. Rebinding such a global afterwards? Call this.
+    """
+    if fn is None:
+        _by_name.clear()
+        _by_value.clear()
+        return
+    _by_name.pop(fn, None)
+    try:
+        _by_value.pop(fn, None)
+    except TypeError:
+        pass  # not weak-referenceable, so never cached by value
+
+
+class CallRefs:
+    """Coordinator side: which callables each worker already holds.
+
+    Each distinct callable blob of up to ``_SNAPSHOT_MAX`` bytes gets an id; the
+    first call a worker gets with it carries the blob and the worker keeps the
+    loaded callable under that id; later calls carry the id alone (size 0).
+    Both sides bound their table the same way (first in, first out, at
+    :data:`KEEP_MAX` ids per worker), applied to the same sequence of calls, so
+    the coordinator always knows what a worker holds without being told.
+    """
+
+    __slots__ = ("_ids", "_next")
+
+    def __init__(self) -> None:
+        self._ids: dict[bytes, int] = {}
+        self._next = 1
+
+    def fid(self, blob: bytes) -> int:
+        """The id of ``blob``, or 0 for a blob too large to keep."""
+        if len(blob) > _SNAPSHOT_MAX:
+            return 0
+        fid = self._ids.get(blob)  # the same bytes object each time: its hash is cached
+        if fid is None:
+            if len(self._ids) >= _FN_CACHE_MAX:
+                self._ids.clear()  # fresh ids; the workers' old ones age out
+            fid = self._ids[blob] = self._next
+            self._next += 1
+        return fid
+
+    def pack(
+        self, holds: dict[int, None], payloads: list[tuple[bytes, list[Any]]]
+    ) -> tuple[list[Any], tuple[int, ...], tuple[int, ...]]:
+        """The blobs, sizes and ids of a ``RunBatch`` to the worker that holds
+        ``holds`` (updated as the worker will update its own table)."""
+        blobs: list[Any] = []
+        sizes: list[int] = []
+        fids: list[int] = []
+        fid_of = self.fid
+        for fn_blob, arg_segments in payloads:
+            fid = fid_of(fn_blob)
+            if fid and fid in holds:
+                sizes.append(0)  # the worker has it: the id alone
+            else:
+                blobs.append(fn_blob)
+                sizes.append(len(fn_blob))
+                if fid:
+                    keep(holds, fid, None)
+            fids.append(fid)
+            blobs += arg_segments
+            sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
+        return blobs, tuple(sizes), tuple(fids)
+
+
+#: How many callables a worker keeps (both sides evict the oldest first).
+KEEP_MAX = 256
+
+
+def keep(table: dict[int, Any], fid: int, value: Any) -> None:
+    """Add ``fid`` to a worker's table (or its coordinator-side mirror)."""
+    if len(table) >= KEEP_MAX:
+        del table[next(iter(table))]
+    table[fid] = value
 
 
 # --- values with out-of-band buffers (pickle protocol 5, PEP 574) ---------------------
@@ -517,27 +630,37 @@ def load_value(blob: memoryview) -> Any:
     return pickle.loads(blob[4 + 8 * n : start], buffers=buffers)
 
 
+class _Unloadable:
+    """A kept callable that failed to unpickle: each call that refers to it
+    fails the same way."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error.with_traceback(None)
+
+
 class CallLoader:
-    """Worker side: turns the two blobs back into ``(fn, args, kwargs)``."""
+    """Worker side: turns the two blobs back into ``(fn, args, kwargs)``,
+    keeping callables by id as :class:`CallRefs` says."""
 
     def __init__(self) -> None:
-        self._fns: dict[bytes, object] = {}
+        self._fns: dict[int, Any] = {}
 
-    def load(self, fn_blob: memoryview, arg_blob: memoryview) -> tuple[Any, Any, Any]:
-        key = bytes(fn_blob)
-        fn = self._fns.get(key)
-        if fn is None:
-            fn = pickle.loads(key)
-            # Keep short plain functions only: a partial, a bound method or a
-            # closure would keep its bound arguments alive in an idle worker.
-            if (
-                len(key) < 512
-                and type(fn) in _CACHEABLE
-                and getattr(fn, "__closure__", None) is None
-            ):
-                if len(self._fns) >= _FN_CACHE_MAX:
-                    self._fns.clear()
-                self._fns[key] = fn
+    def load(self, fn_blob: memoryview, arg_blob: memoryview, fid: int) -> tuple[Any, Any, Any]:
+        if fid and not fn_blob.nbytes:
+            fn = self._fns[fid]
+            if type(fn) is _Unloadable:
+                raise fn.error.with_traceback(None)
+        else:
+            try:
+                fn = pickle.loads(fn_blob)
+            except BaseException as e:
+                if fid:
+                    keep(self._fns, fid, _Unloadable(e))
+                raise
+            if fid:
+                keep(self._fns, fid, fn)
         args, kwargs = load_value(arg_blob)
         return fn, args, kwargs
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import ResultSerializationError
+from ..errors import OptionTypeError, ResultSerializationError
 from . import wire as _wire
 from .processes import close_fds, kill_children, kill_own_group_and_exit, set_parent_death_signal
 
@@ -77,6 +77,60 @@ class _ForwardHandler(logging.Handler):
             self.sender.send(_wire.LogMessage(d))
         except Exception:
             self.handleError(record)
+
+
+class _Reporter:
+    """``report_progress`` inside this worker: the running task and when it
+    last reported (reports are throttled to :data:`_REPORT_EVERY` per task)."""
+
+    __slots__ = ("sender", "task_id", "last", "pid")
+
+    def __init__(self, sender: _Sender) -> None:
+        self.sender = sender
+        self.task_id = 0
+        self.last = 0.0
+        self.pid = os.getpid()
+
+
+#: Seconds between two progress reports of one task (~10 Hz): a task reporting
+#: from a tight loop costs a clock read per call, not a pipe write.
+_REPORT_EVERY = 0.1
+_reporter: _Reporter | None = None
+
+
+def report_progress(done: float, total: float | None = None, message: str = "") -> bool:
+    """Tell the coordinator how far the running task has come.
+
+    Call it from inside a task (any thread of the task's process): the latest
+    report shows as ``TaskStatus.progress`` (``get_task_status``, listeners, the
+    dashboard). Reports are throttled to about ten a second per task: one that
+    comes too soon after the previous is dropped, except a final one
+    (``done >= total``). Returns whether this report was sent; outside a
+    worker (the task called directly, in the coordinator's process) it does
+    nothing and returns ``False``.
+
+    >>> def crunch(paths):                                   # doctest: +SKIP
+    ...     for i, path in enumerate(paths, 1):
+    ...         process(path)
+    ...         procqueue.report_progress(i, len(paths), message=path)
+    """
+    for name, value in (("done", done), ("total", total)):
+        if value is None and name == "total":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionTypeError(f"report_progress: {name} must be a number, got {value!r}")
+    if not isinstance(message, str):
+        raise OptionTypeError(f"report_progress: message must be a str, got {message!r}")
+    rep = _reporter
+    if rep is None or rep.task_id == 0 or os.getpid() != rep.pid:
+        return False
+    now = time.monotonic()
+    final = total is not None and done >= total
+    if now - rep.last < _REPORT_EVERY and not final:
+        return False
+    rep.last = now
+    rep.sender.send(_wire.Progress(rep.task_id, float(done), total, message[:1000]))
+    return True
 
 
 def _qualname(exc: BaseException) -> str:
@@ -174,6 +228,8 @@ def worker_main(
             sender.send(_wire.InitFailed(_qualname(e), str(e), text))
             sys.exit(3)
 
+    global _reporter
+    _reporter = _Reporter(sender)
     me = os.getpid()
     sender.send(_wire.Hello(_wire.PROTOCOL_VERSION, me))
     _serve(tasks, sender, me)
@@ -186,6 +242,8 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
     now = time.time
     Result = _wire.Result
     send = sender.send
+    reporter = _reporter
+    assert reporter is not None
     while True:
         try:
             (body_len,) = struct.unpack("<Q", read_exact(tasks, 8))
@@ -196,16 +254,23 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
             # Shutdown: leave no process a task started behind us.
             kill_children(os.getpid())
             return
-        task_ids, sizes = msg
+        task_ids, sizes, fids = msg
         pos = 0
         for i, task_id in enumerate(task_ids):
             fn_size = sizes[2 * i]
             arg_size = sizes[2 * i + 1]
             started = now()
+            reporter.task_id = task_id
+            reporter.last = 0.0
             ok, segments = _run_call(
-                load, blob[pos : pos + fn_size], blob[pos + fn_size : pos + fn_size + arg_size], me
+                load,
+                blob[pos : pos + fn_size],
+                blob[pos + fn_size : pos + fn_size + arg_size],
+                fids[i],
+                me,
             )
             pos += fn_size + arg_size
+            reporter.task_id = 0
             send(Result(task_id, ok, started, now()), segments)
             # A result's out-of-band buffers are views of the value.
             del segments
@@ -214,9 +279,10 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
 
 
 def _run_call(
-    load: Callable[[memoryview, memoryview], tuple[Any, Any, Any]],
+    load: Callable[[memoryview, memoryview, int], tuple[Any, Any, Any]],
     fn_blob: memoryview,
     arg_blob: memoryview,
+    fid: int,
     me: int,
 ) -> tuple[bool, list[Any]]:
     """Run one call; its outcome as ``(ok, value-blob segments)``.
@@ -228,7 +294,7 @@ def _run_call(
     unbinds ``e`` on the way out, so no cycle is left for the garbage collector.
     """
     try:
-        fn, args, kwargs = load(fn_blob, arg_blob)
+        fn, args, kwargs = load(fn_blob, arg_blob, fid)
         value = fn(*args, **kwargs)
     except BaseException as e:  # task code may raise anything
         if os.getpid() != me:
