@@ -61,7 +61,7 @@ from .._core.events import (
     SendTasks,
     StartWorker,
 )
-from .._core.records import _TaskRecord
+from .._core.records import TaskState, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._core.schedules import ScheduleEntry
 from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
@@ -177,13 +177,20 @@ class Engine(ReadSide):
             self.check_open()  # under the lock: stop() may have begun since
             core = self.core
             core.admit(rec, time.monotonic())
-            self._fresh = True  # before reading _sleeping: see _loop
+            # A task that waits for its upstream gives the coordinator nothing
+            # to do: waking it for each one of a DAG's submits only made it
+            # fight the submitting thread for the GIL.
+            ready = rec.state is not TaskState.WAITING
+            if ready:
+                self._fresh = True  # before reading _sleeping: see _loop
             # Admission settled something (a dependent of a task that had
             # already failed): the coordinator must publish it now.
             # A scheduled task may be due before the coordinator's current
             # timeout: it must recompute it.
             settled = bool(core.settlements) or rec.due is not None
-        if settled or (self._sleeping and self._wake_on_submit and not self._wake_pending):
+        if settled or (
+            ready and self._sleeping and self._wake_on_submit and not self._wake_pending
+        ):
             self._wake()
         return rec.task_id
 

@@ -7,7 +7,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED as _CANCELLED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED as _CANCELLED_AND_NOTIFIED
+from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures._base import RUNNING as _RUNNING
 from typing import Any
 
 from .._core.events import CANCEL, ERROR, OK
@@ -16,14 +20,25 @@ from .._core.records import RELEASED, TaskState, _TaskRecord
 _log = logging.getLogger("procqueue.coordinator")
 
 
+#: Guards the state of every future that has no Condition yet (see _TaskFuture).
+_BARE = threading.Lock()
+
+
 class _TaskFuture(Future[Any]):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also tells the engine,
     so the stats and the task table learn of it at once.
 
     Its ``threading.Condition`` (an RLock, a deque and five bound methods:
-    about 1.3 KB, most of a Future's size) is made on first use, which for a
-    task is when it is dispatched: a million pending tasks do not carry a
-    million idle Conditions. ``__init__`` sets the same fields as
+    about 1.3 KB, most of a Future's size, and a dozen Python calls to make)
+    is made only when a thread must wait on it or a stdlib method asks for it.
+    Until then one module-wide lock, :data:`_BARE`, guards its state: the
+    Condition is made under that lock, and the coordinator's two moves (set
+    running, settle) re-check under it that there is still none, so every
+    move of a future happens under one lock or the other, never both and
+    never neither. A waiter can exist only once a Condition does (``wait``,
+    ``as_completed`` and ``result`` all take it), so a bare future never has
+    one to wake. The common case, results gathered after they arrive, never
+    makes a Condition at all. ``__init__`` sets the same fields as
     ``Future.__init__`` (unchanged from 3.10 to 3.14) minus the Condition.
     """
 
@@ -42,8 +57,10 @@ class _TaskFuture(Future[Any]):
     def _condition(self) -> threading.Condition:  # type: ignore[override]
         cond: threading.Condition | None = self.__dict__.get("_lazy_condition")
         if cond is None:
-            # setdefault is atomic: two threads racing here share one Condition.
-            cond = self.__dict__.setdefault("_lazy_condition", threading.Condition())
+            with _BARE:
+                cond = self.__dict__.get("_lazy_condition")
+                if cond is None:
+                    cond = self.__dict__["_lazy_condition"] = threading.Condition()
         return cond
 
     def bind(self, cancel_hook: Callable[[], Callable[[int], bool] | None], task_id: int) -> None:
@@ -52,10 +69,70 @@ class _TaskFuture(Future[Any]):
         self._task_id = task_id
 
     def set_running_or_notify_cancel(self) -> bool:
+        if "_lazy_condition" not in self.__dict__:
+            with _BARE:
+                if "_lazy_condition" not in self.__dict__:
+                    if self._state == _PENDING:
+                        self._state = _RUNNING
+                        return True
+                    if self._state == _CANCELLED:
+                        self._state = _CANCELLED_AND_NOTIFIED
+                        self._cancel_notified = True
+                        return False
         running = super().set_running_or_notify_cancel()
         if not running:
             self._cancel_notified = True
         return running
+
+    def settle(self, value: Any, ok: bool) -> bool:
+        """``set_result``/``set_exception`` for the common case, a future the
+        coordinator set running: one lock where the stdlib's checks
+        (``done()``, ``running()``, then the setter) take three.
+        ``False`` (nothing done) in any other state: :func:`deliver` copes."""
+        if "_lazy_condition" not in self.__dict__:
+            with _BARE:
+                if "_lazy_condition" not in self.__dict__:
+                    if self._state != _RUNNING:
+                        return False
+                    if ok:
+                        self._result = value
+                    else:
+                        self._exception = value
+                    self._state = _FINISHED
+                    bare = True
+                else:
+                    bare = False
+            if bare:
+                self._invoke_callbacks()  # type: ignore[attr-defined]
+                return True
+        cond = self._condition
+        with cond:
+            if self._state != _RUNNING:
+                return False
+            if ok:
+                self._result = value
+            else:
+                self._exception = value
+            self._state = _FINISHED
+            for waiter in self._waiters:
+                if ok:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            cond.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == _FINISHED:  # final: readable without a lock
+            exc = self._exception
+            if exc is None:
+                return self._result
+            try:
+                raise exc
+            finally:
+                del exc  # as the stdlib does: no reference cycle through the frame
+        return super().result(timeout)
 
     def cancel(self) -> bool:
         cancelled = super().cancel()
@@ -69,6 +146,8 @@ class _TaskFuture(Future[Any]):
 def deliver(fut: Future[Any], kind: int, value: Any) -> None:
     """Settle a future: a value, an error, or a cancellation (which becomes an
     error if the future is already running and so cannot be cancelled)."""
+    if kind != CANCEL and type(fut) is _TaskFuture and fut.settle(value, kind == OK):
+        return
     try:
         if kind == CANCEL:
             if fut.cancelled():

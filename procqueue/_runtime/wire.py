@@ -199,6 +199,25 @@ class _FrameWriter:
         Returns True when everything is written, False when some waits for the
         pipe to become writable (call :meth:`flush` then).
         """
+        if not self._pending and len(buffers) <= _IOV_MAX:
+            # The usual case, an empty queue: one writev straight from the
+            # caller's list, and a view made only of what the pipe left over.
+            try:
+                n = os.writev(self.fd, buffers)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                return True  # EPIPE: as in flush()
+            if n == sum(map(len, buffers)):
+                return True
+            for b in buffers:
+                size = len(b)
+                if n >= size:
+                    n -= size
+                    continue
+                self._pending.append(memoryview(b)[n:] if n else memoryview(b))
+                n = 0
+            return False
         self._pending.extend(memoryview(b) for b in buffers if b)
         return self.flush()
 
@@ -357,7 +376,9 @@ def write_all(fd: int, buffers: list[bytes]) -> None:
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
 _FN_CACHE_MAX = 1024
+#: Functions pickled by name, and top-level functions of ``__main__`` by value.
 _by_name: dict[object, bytes] = {}
+#: Lambdas and closures, by value, while they live.
 _by_value: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType)
 #: Larger by-value pickles (a closure over a big array) are made afresh each
@@ -400,7 +421,14 @@ def dump_callable(fn: object) -> bytes:
             return blob
     data: bytes = cloudpickle.dumps(fn, protocol=5)
     if kind is types.FunctionType and len(data) <= _SNAPSHOT_MAX:
-        _by_value[fn] = data
+        if "<" in fn.__qualname__:  # type: ignore[attr-defined]
+            _by_value[fn] = data  # a lambda or closure: kept while it lives
+        else:
+            # A script's top-level function lives as long as its module: a
+            # plain dict, one lookup on the next submit.
+            if len(_by_name) >= _FN_CACHE_MAX:
+                _by_name.clear()
+            _by_name[fn] = data
     return data
 
 
@@ -473,7 +501,10 @@ class CallRefs:
                     keep(holds, fid, None)
             fids.append(fid)
             blobs += arg_segments
-            sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
+            if len(arg_segments) == 2 and type(arg_segments[1]) is bytes:
+                sizes.append(len(arg_segments[0]) + len(arg_segments[1]))  # no out-of-band
+            else:
+                sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
         return blobs, tuple(sizes), tuple(fids)
 
 
