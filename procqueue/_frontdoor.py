@@ -262,7 +262,7 @@ def prepare(
     :func:`due_of`. ``after``/``trigger``: dependencies (see :func:`result_of`)."""
     if not callable(fn):
         raise InvalidCallableError(f"{fn!r} is not callable")
-    if isinstance(priority, bool) or not isinstance(priority, int):
+    if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise OptionTypeError(f"priority must be an int, got {priority!r}")
     engine.check_open()
     if limit_key is not None:
@@ -272,11 +272,16 @@ def prepare(
     upstream: tuple[int, ...] = ()
     needed: set[int] = set()
     futures: dict[int, Future[Any]] = {}
-    if link:  # map's own chunks hold items, never futures: not walked
+    plain = after is None and trigger == "all_success" and _all_atomic(args, kwargs)
+    if link and not plain:  # map's own chunks hold items, never futures: not walked
         args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
-        payload = wire.dump_callable(fn), wire.dump_arguments(args, kwargs)
+        fn_blob = wire.dump_callable(fn)
+        if plain:  # small scalars only (the usual tiny task): checked once, not twice
+            payload = fn_blob, wire.dump_plain_arguments(args, kwargs)
+        else:
+            payload = fn_blob, wire.dump_arguments(args, kwargs)
     except Exception as e:
         raise _cannot_pickle(name, e) from e
     rec = engine.new_record(name, priority, payload, policy, timeout, future)

@@ -390,12 +390,22 @@ class Scheduler(Supervision):
         # over every worker instead of piled on the first.
         ready.sort(key=lambda s: len(s.inflight))
         batches: dict[int, list[_TaskRecord]] = {}
+        # The depth for one callable, learnt once per round: a burst of tiny
+        # tasks is most often one callable.
+        last_key: object = None
+        last_depth = 1
         while heap.live and ready:
             for slot in list(ready):
                 rec = heap.pop()
                 if rec is None:
                     break
-                depth = 1 if booting else 1 + self._prefetch(rec)
+                if booting:
+                    depth = 1
+                else:
+                    key = rec.payload[0] if rec.payload is not None else None
+                    if key is None or key is not last_key:
+                        last_key, last_depth = key, 1 + self._prefetch(rec)
+                    depth = last_depth
                 if per_child is not None:
                     depth = min(depth, per_child - slot.dispatched + len(slot.inflight))
                 if len(slot.inflight) >= depth:

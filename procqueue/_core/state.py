@@ -20,7 +20,7 @@ from .deadletters import _DeadLetterStore
 from .events import Action
 from .heaps import _DelayedHeap, _ReadyHeap
 from .limits import KeyLimits, Limiter
-from .records import TaskState, TaskStatus, _TaskRecord
+from .records import _ALLOWED, TaskState, TaskStatus, _TaskRecord
 from .schedules import ScheduleEntry
 from .slots import Slot
 from .supervision import StartupGuard
@@ -92,7 +92,9 @@ class CoreState:
     def _move(self, rec: _TaskRecord, new: TaskState) -> None:
         """The one place a task changes state; the counts follow."""
         old = rec.state
-        rec.move(new)
+        if new.ordinal not in _ALLOWED[old.ordinal]:
+            rec.move(new)  # raises, naming the task
+        rec.state = new
         self.tally.move(old, new)
         if old is _RUNNING and rec.limit_key is not None:
             lim = self.keys.limiters[rec.limit_key]
@@ -110,8 +112,7 @@ class CoreState:
         (``keep_unclaimed``) so submit-all-then-gather never loses a result."""
         finished = self._finished
         finished.append(task_id)
-        retain = self.config.retain_finished
-        while len(finished) > retain:
+        if len(finished) > self.config.retain_finished:  # one in, at most one out
             self.tasks.pop(finished.popleft(), None)
 
     def _needs_workers(self) -> bool:

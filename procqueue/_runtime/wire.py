@@ -632,6 +632,11 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[
         return _dump_with(cloudpickle.CloudPickler, call)
 
 
+def dump_plain_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[Any]:
+    """:func:`dump_arguments` for a call :func:`all_plain` accepted."""
+    return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
+
+
 def dump_value(value: object) -> list[Any]:
     """A return value as value-blob segments (the C pickler first: a result is
     unpickled where ``__main__`` is the real one; cloudpickle if that fails)."""
