@@ -63,6 +63,16 @@ def _relay_for(loop: asyncio.AbstractEventLoop) -> _Relay:
     return relay
 
 
+def settled_value(cf: Future[Any]) -> Any:
+    """The value of a settled ``cf``, or raise what awaiting it would raise."""
+    if cf.cancelled():
+        raise TaskCancelledError("the task was cancelled")
+    exc = cf.exception()
+    if exc is not None:
+        raise _for_asyncio(exc)
+    return cf.result()
+
+
 def _copy(cf: Future[Any], af: asyncio.Future[Any]) -> None:
     if af.done():
         return

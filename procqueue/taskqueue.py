@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._asyncbridge import to_asyncio
+from ._asyncbridge import settled_value, to_asyncio
 from ._core.records import TaskStatus
 from ._frontdoor import (
     DeadLetterQueue,
@@ -229,7 +229,10 @@ class TaskQueue:
     async def result(self, task_id: int, timeout: float | None = None) -> Any:
         """The task's return value, or raise its exception (remote traceback as
         ``__cause__``). ``timeout`` bounds the wait only: the task goes on."""
-        fut = to_asyncio(self._future(task_id))
+        cf = self._future(task_id)
+        if cf.done():  # already settled (results gathered after a burst): no hop via the loop
+            return settled_value(cf)
+        fut = to_asyncio(cf)
         if timeout is None:
             return await fut
         return await asyncio.wait_for(fut, timeout)

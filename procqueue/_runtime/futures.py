@@ -123,6 +123,36 @@ class _TaskFuture(Future[Any]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        if "_lazy_condition" not in self.__dict__:
+            with _BARE:
+                bare = "_lazy_condition" not in self.__dict__
+                if bare and self._state in (_PENDING, _RUNNING):
+                    self._done_callbacks.append(fn)
+                    return
+            if bare:  # already settled: call it now, as the stdlib does
+                try:
+                    fn(self)
+                except Exception:
+                    _log.exception("exception calling callback for %r", self)
+                return
+        super().add_done_callback(fn)
+
+    def done(self) -> bool:
+        if self._state == _FINISHED:  # final
+            return True
+        return super().done()
+
+    def cancelled(self) -> bool:
+        if self._state == _FINISHED:  # final
+            return False
+        return super().cancelled()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == _FINISHED:  # final: readable without a lock
+            return self._exception
+        return super().exception(timeout)
+
     def result(self, timeout: float | None = None) -> Any:
         if self._state == _FINISHED:  # final: readable without a lock
             exc = self._exception
@@ -175,4 +205,6 @@ def resolve_now(fut: Future[Any], rec: _TaskRecord) -> None:
     if rec.state is TaskState.CANCELLED:
         deliver(fut, CANCEL, outcome)
     else:
+        # A fresh future: running, then settled, without ever making a Condition.
+        fut.set_running_or_notify_cancel()
         deliver(fut, ERROR if rec.is_error else OK, outcome)
