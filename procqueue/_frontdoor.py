@@ -48,6 +48,8 @@ def result_of(task: int | Future[Any]) -> ResultOf:
     depth; it implies ``after=[task]``. ``task``: a task id, or a future of a
     ``ProcQueue`` (where passing the future itself does the same).
     """
+    if type(task) is int:
+        return ResultOf(task)
     if isinstance(task, Future):
         return ResultOf(task_id(task))
     if isinstance(task, bool) or not isinstance(task, int):
@@ -65,15 +67,8 @@ def _link_call(
     """Dependencies of a call: the upstream ids (``after`` and ``result_of``
     markers) and those whose results it takes. A ``ProcQueue`` future of this
     queue in the arguments stands for its result: a completed one is passed as
-    its value at once, any other becomes a marker."""
-    if after is None and trigger == "all_success":
-        if _all_atomic(args, kwargs):
-            return args, kwargs, (), set(), {}  # the hot path: nothing to look into
-        if not kwargs:
-            top = _top_level_markers(args)
-            if top is not None:  # f(result_of(t), 3): no walk, no swap
-                marked = set(top)
-                return args, kwargs, tuple(sorted(marked)), marked, {}
+    its value at once, any other becomes a marker. (:func:`prepare` has
+    already taken the two hot paths: no markers at all, and top-level ones.)"""
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
@@ -82,7 +77,8 @@ def _link_call(
             raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
         ids = [_upstream_id(engine, a) for a in after]
     futures: dict[int, Future[Any]] = {}
-    if not _all_atomic(args, kwargs):
+    needed: set[int] = set()
+    if not _all_atomic(args, kwargs):  # else no marker or future to find
         swap = _future_swapper(engine, futures)
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
@@ -272,8 +268,19 @@ def prepare(
     upstream: tuple[int, ...] = ()
     needed: set[int] = set()
     futures: dict[int, Future[Any]] = {}
-    plain = after is None and trigger == "all_success" and _all_atomic(args, kwargs)
-    if link and not plain:  # map's own chunks hold items, never futures: not walked
+    plain = False
+    if after is None and trigger == "all_success":
+        plain = _all_atomic(args, kwargs)
+        if link and not plain:
+            top = None if kwargs else _top_level_markers(args)
+            if top is not None:  # f(result_of(t), 3): no walk, no swap
+                needed = set(top)
+                upstream = tuple(sorted(needed))
+            else:
+                args, kwargs, upstream, needed, futures = _link_call(
+                    engine, args, kwargs, after, trigger
+                )
+    elif link:  # map's own chunks hold items, never futures: not walked
         args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
     name = name_of(fn)
     try:
@@ -292,7 +299,9 @@ def prepare(
         rec.upstream = upstream
         rec.all_done = trigger == "all_done"
         if needed:
-            rec.inputs = {tid: futures.get(tid) for tid in needed}
+            rec.inputs = (
+                {tid: futures.get(tid) for tid in needed} if futures else dict.fromkeys(needed)
+            )
     return rec
 
 

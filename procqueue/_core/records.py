@@ -63,13 +63,15 @@ class TaskState(str, enum.Enum):
     @property
     def is_final(self) -> bool:
         """True for ``completed``, ``failed`` and ``cancelled``."""
-        return self in _FINAL
+        return self.ordinal >= _FIRST_FINAL  # an int compare: an enum's hash is Python code
 
     def __str__(self) -> str:
         return str(self.value)
 
 
 _FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+_FIRST_FINAL = _ORDER.index("completed")  # the final states end _ORDER
+assert {s.ordinal for s in _FINAL} == set(range(_FIRST_FINAL, len(_ORDER)))
 
 #: The one transition table. ``RUNNING -> PENDING`` is a requeue that charges no
 #: attempt: the task sat behind a crashed task in a dead worker's pipe.
