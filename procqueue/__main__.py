@@ -92,6 +92,10 @@ def cli(argv: list[str] | None = None) -> int:
         from .redis._cli import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["top"]:  # a live terminal view of a queue (procqueue top --help)
+        from ._top import main as top_main
+
+        return top_main(argv[1:])
     return main()
 
 

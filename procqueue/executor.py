@@ -27,6 +27,7 @@ from ._frontdoor import (
     task_policy,
 )
 from ._policy import RetryPolicy, WorkerLimits
+from ._progress import ProgressOption, Tracker, progress_factory
 from ._runtime.futures import _TaskFuture
 from ._schedules import Schedule, make_schedule, schedules_of
 from .errors import InvalidArgumentError
@@ -38,6 +39,19 @@ if TYPE_CHECKING:
 __all__ = ["ProcQueue", "task_id"]
 
 T = TypeVar("T")
+
+
+def _unwatched(fut: Future[Any], weight: int = 1) -> Future[Any]:
+    return fut  # map without progress=
+
+
+def _shown(results: Iterator[Any], tracker: Tracker | None) -> Iterator[Any]:
+    """Show ``map``'s bar from now on (the tasks are queued and running), until
+    ``results`` ends, fails, is closed, or is dropped without being started."""
+    if tracker is not None:
+        tracker.open()
+        weakref.finalize(results, tracker.close)
+    return results
 
 
 def _run_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
@@ -228,6 +242,7 @@ class ProcQueue(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: ProgressOption = None,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in input order, ``timeout``
         counted from this call, ``chunksize`` items per task.
@@ -236,11 +251,22 @@ class ProcQueue(Executor):
         many tasks ahead of the results consumed, so a huge or infinite
         iterable streams in bounded memory. With ``max_pending`` set and no
         ``buffersize``, ``map`` streams with ``buffersize=max_pending``.
+
+        ``progress``: a bar (on stderr) that advances as items *finish*, with
+        rate and ETA: ``True`` (tqdm, else rich), ``"tqdm"`` or ``"rich"``
+        (the ``progress`` extra; ``MissingExtraError`` here if absent), or a
+        callable ``fn(done, total)`` called from procqueue's coordinator thread
+        (keep it quick; ``total`` is ``None`` while a streaming map has not
+        drained its input). The bar shows once the tasks are queued and
+        closes when the iteration ends, fails or is abandoned.
         """
         if chunksize < 1:
             raise InvalidArgumentError("chunksize must be >= 1.")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise InvalidArgumentError("buffersize must be None or an int >= 1.")
+        factory = progress_factory(progress)
+        tracker = None if factory is None else Tracker(factory, getattr(fn, "__name__", "map"))
+        watch = _unwatched if tracker is None else tracker.watch
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple[Any, ...]] = zip(*iterables)
         single = iter(iterables[0]) if len(iterables) == 1 and chunksize > 1 else None
@@ -248,12 +274,19 @@ class ProcQueue(Executor):
         def submit_next() -> Future[Any] | None:
             if chunksize == 1:
                 args = next(calls, None)
-                return None if args is None else self.submit(fn, *args)
-            if single is not None:
+                if args is not None:
+                    return watch(self.submit(fn, *args), 1)
+            elif single is not None:
                 items = list(itertools.islice(single, chunksize))
-                return self._submit_chunk(_run_chunk1, fn, items) if items else None
-            chunk = list(itertools.islice(calls, chunksize))
-            return self._submit_chunk(_run_chunk, fn, chunk) if chunk else None
+                if items:
+                    return watch(self._submit_chunk(_run_chunk1, fn, items), len(items))
+            else:
+                chunk = list(itertools.islice(calls, chunksize))
+                if chunk:
+                    return watch(self._submit_chunk(_run_chunk, fn, chunk), len(chunk))
+            if tracker is not None:
+                tracker.input_done()
+            return None
 
         window = buffersize if buffersize is not None else self._engine.config.max_pending
         if window is None:
@@ -263,19 +296,27 @@ class ProcQueue(Executor):
             futures: list[Future[Any]] = []
             if chunksize > 1:
                 futures = list(iter(submit_next, None))
-                return _results(futures, deadline, flatten=True)
+                return _shown(_results(futures, deadline, flatten=True, tracker=tracker), tracker)
             while batch := list(itertools.islice(calls, 64)):
                 batch_futures = [_TaskFuture() for _ in batch]
                 self._engine.enqueue_many(prepare_many(self._engine, fn, batch, batch_futures))
                 futures += batch_futures
-            return _results(futures, deadline, flatten=False)
+                if tracker is not None:
+                    for f in batch_futures:
+                        tracker.watch(f)
+            if tracker is not None:
+                tracker.input_done()
+            return _shown(_results(futures, deadline, flatten=False, tracker=tracker), tracker)
         futures = []
         for _ in range(window):
             fut = submit_next()
             if fut is None:
                 break
             futures.append(fut)
-        return _results(futures, deadline, flatten=chunksize > 1, refill=submit_next)
+        results = _results(
+            futures, deadline, flatten=chunksize > 1, refill=submit_next, tracker=tracker
+        )
+        return _shown(results, tracker)
 
     def _submit_chunk(
         self, runner: Callable[..., Any], fn: Callable[..., Any], chunk: Any
@@ -329,11 +370,13 @@ def _results(
     *,
     flatten: bool,
     refill: Callable[[], Future[Any] | None] | None = None,
+    tracker: Tracker | None = None,
 ) -> Iterator[Any]:
     # A generator, as in CPython's Executor.map: on early exit (an error, a
     # timeout, the caller dropping the iterator) the rest is cancelled. No local
     # keeps a yielded result (or its future) alive: the caller may drop it.
     # ``refill`` (streaming): each consumed task is replaced by the next one.
+    # ``tracker``: the progress bar, closed with this generator.
     futures.reverse()
     try:
         while futures:
@@ -354,5 +397,7 @@ def _results(
             else:
                 yield futures.pop().result(timeout)
     finally:
+        if tracker is not None:
+            tracker.close()  # first: the cancellations below are not progress
         for fut in futures:
             fut.cancel()

@@ -23,6 +23,7 @@ from ._frontdoor import (
     task_policy,
 )
 from ._policy import RetryPolicy
+from ._progress import ProgressOption, SinkFactory, Tracker, progress_factory
 from ._runtime.state import EngineState
 from ._schedules import Schedule, make_schedule, schedules_of
 from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
@@ -255,24 +256,52 @@ class TaskQueue:
                 f.exception()  # mark retrieved: the caller asks by id
         return {futs[f] for f in done}, {futs[f] for f in pending}
 
-    async def as_completed(
-        self, task_ids: Iterable[int], timeout: float | None = None
+    def as_completed(
+        self,
+        task_ids: Iterable[int],
+        timeout: float | None = None,
+        *,
+        progress: ProgressOption = None,
     ) -> AsyncIterator[int]:
         """Yield task ids as their tasks finish (in any final state).
-        Raises ``TimeoutError`` if ``timeout`` passes first."""
+        Raises ``TimeoutError`` if ``timeout`` passes first.
+
+        ``progress``: a bar (on stderr) with rate and ETA, advanced as tasks
+        finish: ``True`` (tqdm, else rich), ``"tqdm"``, ``"rich"`` (the
+        ``progress`` extra; ``MissingExtraError`` at this call if absent), or a
+        callable ``fn(done, total)`` called on the event loop. It closes when
+        the iteration ends, fails or is closed early (``aclose()``, or a
+        ``break`` once the generator is collected)."""
+        # Not an ``async def``: a missing extra raises here, not at the first
+        # ``__anext__``.
+        factory = progress_factory(progress)
+        return self._as_completed(task_ids, timeout, factory)
+
+    async def _as_completed(
+        self, task_ids: Iterable[int], timeout: float | None, factory: SinkFactory | None
+    ) -> AsyncIterator[int]:
         deadline = None if timeout is None else time.monotonic() + timeout
         futs = {to_asyncio(self._future(t)): t for t in task_ids}
+        tracker = None if factory is None else Tracker(factory, "tasks", len(futs))
         pending = set(futs)
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=FIRST_COMPLETED
-            )
-            if not done:
-                raise TimeoutError(f"{len(pending)} task(s) not finished within {timeout}s")
-            for f in done:
-                f.exception()
-                yield futs[f]
+        try:
+            if tracker is not None:
+                for f in futs:
+                    tracker.watch(f)  # on the loop, as each settles: before it is yielded
+                tracker.open()
+            while pending:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=FIRST_COMPLETED
+                )
+                if not done:
+                    raise TimeoutError(f"{len(pending)} task(s) not finished within {timeout}s")
+                for f in done:
+                    f.exception()
+                    yield futs[f]
+        finally:
+            if tracker is not None:
+                tracker.close()
 
     def cancel(self, task_id: int) -> bool:
         """Cancel a task. A pending or retrying one is removed from the queue; a
