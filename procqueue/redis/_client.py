@@ -4,7 +4,7 @@ doors delegate to one ``_RemoteCore`` (``_remote.py``)."""
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ from .._asyncbridge import to_asyncio
 from .._core.deadletters import DeadLetter
 from .._core.records import TaskStatus
 from .._policy import RetryPolicy
+from .._progress import ProgressOption, progress_map
 from ..errors import (
     TaskNotFoundError,
 )
@@ -78,9 +79,10 @@ class RemoteTaskQueue(TaskQueue):
     comes from ``secret=``, ``secret_file=`` or ``$PROCQUEUE_SECRET`` (without
     one it refuses to start; ``insecure=True`` for local experiments only).
     Available: ``start``/``stop``, ``submit`` (``priority``, ``max_retries``,
-    ``retry``, ``timeout``, ``delay``, ``eta``, ``limit_key``, ``key``: an
-    idempotency key), ``result``, ``wait``, ``as_completed``, ``join`` (the
-    tasks this client submitted), ``cancel``, ``get_task_status``,
+    ``retry``, ``timeout``, ``delay``, ``eta``, ``after``/``trigger`` and
+    ``result_of`` markers, ``limit_key``, ``key``: an idempotency key),
+    ``result``, ``wait``, ``as_completed``, ``join`` (the tasks this client
+    submitted), ``cancel``, ``get_task_status``,
     ``schedule``/``schedules``, ``dlq`` and a cluster-wide ``get_stats``.
     """
 
@@ -110,12 +112,16 @@ class RemoteTaskQueue(TaskQueue):
         eta: datetime | None = None,
         key: str | None = None,
         limit_key: str | None = None,
+        after: Iterable[int] | None = None,
+        trigger: str = "all_success",
         **kwargs: Any,
     ) -> int:
         """Seal and queue ``fn(*args, **kwargs)``; returns the task id. Raises at
-        once for a non-callable, a bad option or an unpicklable call. ``key``:
-        an idempotency key: a second submit with the same key (while the first
-        task or its result is kept) returns the first task's id."""
+        once for a non-callable, a bad option, an unknown upstream or an
+        unpicklable call. ``key``: an idempotency key: a second submit with the
+        same key (while the first task or its result is kept) returns the first
+        task's id. ``after``/``trigger`` and ``result_of``: dependencies, as on
+        a local queue, across every node."""
         return self._remote.submit(
             fn,
             args,
@@ -128,6 +134,8 @@ class RemoteTaskQueue(TaskQueue):
             eta=eta,
             key=key,
             limit_key=limit_key,
+            after=after,
+            trigger=trigger,
         )
 
     def _future(self, task_id: int) -> Future[Any]:
@@ -194,8 +202,13 @@ class RemoteProcQueue(ProcQueue):
         eta: datetime | None = None,
         key: str | None = None,
         limit_key: str | None = None,
+        after: Iterable[Future[Any] | int] | None = None,
+        trigger: str = "all_success",
         **kwargs: Any,
     ) -> Future[T]:
+        """``submit`` with per-task options (see ``TaskQueue.submit``); this
+        client's futures may stand for their results in the arguments and in
+        ``after``, as on a local ``ProcQueue``."""
         remote = self._remote
         tid = remote.submit(
             fn,
@@ -209,10 +222,10 @@ class RemoteProcQueue(ProcQueue):
             eta=eta,
             key=key,
             limit_key=limit_key,
+            after=after,
+            trigger=trigger,
         )
-        fut = remote.waiter(tid)
-        fut._task_id = tid  # type: ignore[attr-defined]  # procqueue.task_id(fut)
-        return fut
+        return remote.tag(remote.waiter(tid), tid)
 
     def map(
         self,
@@ -221,10 +234,12 @@ class RemoteProcQueue(ProcQueue):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: ProgressOption = None,
     ) -> Iterator[T]:
         """The stdlib's ``Executor.map``: one task per item, results in order
-        (``chunksize`` is ignored: each item is its own task on the broker)."""
-        return Executor.map(self, fn, *iterables, timeout=timeout)
+        (``chunksize`` is ignored: each item is its own task on the broker);
+        ``progress=`` as on a local ``ProcQueue``."""
+        return progress_map(self, fn, iterables, timeout, progress)
 
     def cancel(self, task_id: int) -> bool:
         """Cancel a task by id, running or not (see ``TaskQueue.cancel``)."""

@@ -5,6 +5,11 @@ A task is the local engine's own payload (``wire.dump_callable`` and
 as it is: the node's own process never unpickles user code; only a worker,
 after the signature was checked, does. Values and exceptions are pickled by
 the node from what its worker returned.
+
+A dependent's ``result_of`` markers are bound in the worker too: the node
+wraps the call (:func:`bind_call`) as ``run_bound(fn blob, argument blob,
+upstream values)``, all of them bytes it has verified but not opened, and the
+worker unpickles them and binds the markers just before the call.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from .._core.deps import bind
 from .._runtime import wire
+from ..errors import TaskCancelledError, UpstreamFailedError
 
-__all__ = ["dump_call", "dump_outcome", "load_call", "load_outcome"]
+if TYPE_CHECKING:
+    from ._protocol import Input
+
+__all__ = ["bind_call", "dump_call", "dump_outcome", "load_call", "load_outcome", "run_bound"]
 
 _LEN = struct.Struct("<I")
 
@@ -42,3 +52,48 @@ def dump_outcome(value: Any) -> bytes:
 def load_outcome(data: bytes) -> Any:
     """Unpickle a value or exception (only ever after its signature checked)."""
     return pickle.loads(data)
+
+
+def bind_call(data: bytes, inputs: tuple[Input, ...]) -> tuple[bytes, list[Any]]:
+    """The engine's payload for a call whose ``result_of`` markers take
+    ``inputs``: ``run_bound`` (pickled by reference) with the call's own blobs
+    and the upstream values as its arguments. Only bytes, ints and strings are
+    pickled here; nothing is unpickled."""
+    (n,) = _LEN.unpack_from(data, 0)
+    rows = tuple((i.task_id, i.state, i.value, i.error, i.upstream) for i in inputs)
+    args = (bytes(data[4 : 4 + n]), bytes(data[4 + n :]), rows)
+    return wire.dump_callable(run_bound), wire.dump_arguments(args, {})
+
+
+def run_bound(
+    fn_blob: bytes,
+    arg_blob: bytes,
+    inputs: tuple[tuple[int, str, bytes | None, str, int | None], ...],
+) -> Any:
+    """In the worker: unpickle the call and its upstream values (the node
+    verified their signatures), bind the markers, run it."""
+    fn = pickle.loads(fn_blob)
+    args, kwargs = wire.load_value(memoryview(arg_blob))
+    values = {row[0]: _upstream_value(*row) for row in inputs}
+    return fn(*bind(tuple(args), values), **(bind(kwargs, values) if kwargs else kwargs))
+
+
+def _upstream_value(
+    tid: int, state: str, blob: bytes | None, error: str, upstream: int | None
+) -> Any:
+    """What a marker binds to, as on a local queue: the value; under
+    ``all_done``, a failed upstream's exception, a cancelled one's
+    ``TaskCancelledError``."""
+    if blob is not None:
+        return load_outcome(blob)
+    if state == "cancelled":
+        text = error if error and error != "cancelled" else f"task {tid} was cancelled"
+        return TaskCancelledError(text)
+    if state == "failed":
+        message = error.split(": ", 1)[1] if ": " in error else error
+        if upstream is not None:  # it never ran: its upstream failed
+            return UpstreamFailedError(message, upstream)
+        from ._remote import RemoteTaskFailedError  # its exception did not pickle
+
+        return RemoteTaskFailedError(f"task {tid} failed: {error}")
+    return None

@@ -21,8 +21,19 @@ key                           type     holds
 ``{pq:Q}:cancel``             set      ids whose owner must kill them
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
-``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows
+``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows, cap
 ``{pq:Q}:buckets``            hash     concrete key#window -> theoretical arrival time (ms)
+``{pq:Q}:waiting``            set      ids waiting for their upstream tasks (``after=``)
+``{pq:Q}:down``               hash     upstream id -> n, ``<id>#<i>`` -> i-th dependent id
+``{pq:Q}:held``               hash     upstream id -> signed value its dependents still
+                                       need; ``<id>:n`` -> how many of them
+``{pq:Q}:ended``              hash     id -> JSON: a dependent ended by its upstream
+                                       without running (failed/cancelled), until its TTL
+``{pq:Q}:ended_ttl``          zset     those ids; score = expiry ms (swept by RECLAIM)
+``{pq:Q}:caps``               hash     ``r:<key>`` running, ``p:<key>`` parked (at its
+                                       cap), ``u:<key>`` unparked, ``t:<key>`` throttled
+``{pq:Q}:parked``             zset     tasks at their key's cap; all scores 0, member
+                                       ``<key>\0<rank><id>`` (ZRANGEBYLEX per key, in order)
 ``{pq:Q}:sched``              hash     schedule name -> JSON: trigger, next tick, counts
 ``{pq:Q}:schedp``             hash     schedule name -> signed payload
 ``{pq:Q}:fired:<name>``       list     the newest 1000 task ids a schedule fired
@@ -35,8 +46,18 @@ key                           type     holds
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
-__all__ = ["Keys"]
+__all__ = ["FIXED", "Keys"]
+
+#: The queue-wide keys, in the order scripts declare them (``KEYS[1..n]``: each
+#: script the ones it uses, ``_scripts.KEYS_OF``), so each declares every key
+#: it may touch, even down a dependency cascade whose tasks it only learns as
+#: it goes. Per-task keys (``r:<id>``) follow them.
+FIXED = (
+    "ready", "delayed", "leases", "meta", "payload", "dlq", "cancel", "wake", "seq",
+    "fence", "buckets", "waiting", "down", "held", "ended", "ended_ttl", "caps", "parked",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,51 @@ class Keys:
         return self._k("buckets")
 
     @property
+    def waiting(self) -> str:
+        return self._k("waiting")
+
+    @property
+    def down(self) -> str:
+        return self._k("down")
+
+    @property
+    def held(self) -> str:
+        return self._k("held")
+
+    @property
+    def ended(self) -> str:
+        return self._k("ended")
+
+    @property
+    def ended_ttl(self) -> str:
+        return self._k("ended_ttl")
+
+    @property
+    def caps(self) -> str:
+        return self._k("caps")
+
+    @property
+    def parked(self) -> str:
+        return self._k("parked")
+
+    @property
+    def fixed(self) -> list[str]:
+        """Every key of :data:`FIXED`, in order."""
+        return [self._k(name) for name in FIXED]
+
+    def declared(self, names: tuple[str, ...]) -> list[bytes]:
+        """The keys ``names`` (of :data:`FIXED`) that a script declares, in
+        order, encoded once: every call of the script sends them."""
+        got = self._declared.get(names)
+        if got is None:
+            got = self._declared[names] = [self._k(n).encode() for n in names]
+        return got
+
+    @cached_property
+    def _declared(self) -> dict[tuple[str, ...], list[bytes]]:
+        return {}
+
+    @property
     def sched(self) -> str:
         return self._k("sched")
 
@@ -138,6 +204,6 @@ class Keys:
     def all_fixed(self) -> list[str]:
         """Every key that is not per task (for tests and cleanup)."""
         return [
-            self.ids, self.seq, self.fence, self.ready, self.delayed, self.leases,
-            self.meta, self.payload, self.dlq, self.cancel, self.wake,
+            *self.fixed,
+            self.nodes, self.limits, self.sched, self.schedp, self.ids,
         ]  # fmt: skip

@@ -39,7 +39,7 @@ from .._policy import RetryPolicy
 from .._runtime.futures import _TaskFuture
 from ..errors import TaskCancelledError
 from ..executor import ProcQueue, task_id
-from ._codec import dump_outcome, load_call
+from ._codec import bind_call, dump_outcome, load_call
 from ._protocol import Broker, Claimed
 
 __all__ = ["Node"]
@@ -167,7 +167,10 @@ class Node:
         assert pool is not None
         engine = pool._engine
         fut = _TaskFuture()
-        rec = engine.new_record(c.name, 0, load_call(c.payload), None, c.timeout, fut)
+        # A dependent's result_of markers are bound in the worker, not here
+        # (this process never unpickles user data): see _codec.bind_call.
+        payload = bind_call(c.payload, c.inputs) if c.inputs else load_call(c.payload)
+        rec = engine.new_record(c.name, 0, payload, None, c.timeout, fut)
         with self._lock:
             self._held[c.task_id] = (c.token, fut)
         try:

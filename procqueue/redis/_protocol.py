@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._policy import RetryPolicy
-from ..errors import InvalidArgumentError, MissingExtraError
+from ..errors import InvalidArgumentError, MissingExtraError, TaskNotFoundError
 from . import _scripts
 from ._keys import Keys
 from ._signing import SignatureError, Signer
 
-__all__ = ["Broker", "Claimed", "connect"]
+__all__ = ["Broker", "Claimed", "Input", "Outcome", "connect"]
 
 _log = logging.getLogger("procqueue.redis")
 
@@ -42,10 +43,27 @@ def connect(url: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class Input:
+    """How an upstream task ended, for a dependent that takes its result
+    (``result_of``): read by the claim, its value verified (never unpickled)."""
+
+    task_id: int
+    #: ``completed``, ``failed`` or ``cancelled``.
+    state: str
+    #: The pickled value (completed) or exception (failed), when there is one.
+    value: bytes | None
+    #: The node's text of its error (``Type: message``), if it did not complete.
+    error: str
+    #: For an upstream ended without running by its own upstream: that one's id.
+    upstream: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A task a node has leased: run it, then :meth:`Broker.finish` with the token.
     ``payload`` is verified (``None`` with ``rejected`` set when it failed the
-    check: it was dead-lettered and must not be run)."""
+    check: it was dead-lettered and must not be run). ``inputs``: the upstream
+    values its ``result_of`` markers stand for, verified too."""
 
     task_id: int
     token: int
@@ -54,6 +72,19 @@ class Claimed:
     rejected: str | None = None
     timeout: float | None = None
     name: str = ""
+    inputs: tuple[Input, ...] = ()
+
+
+class Outcome(NamedTuple):
+    """A final task's outcome, as :meth:`Broker.lookup` reads it."""
+
+    state: str
+    #: Verified pickled value (completed) or exception (failed), if any.
+    value: bytes | None
+    error: str
+    #: Set when the task never ran because this upstream of it failed or was
+    #: cancelled (``UpstreamFailedError`` on the client).
+    upstream: int | None = None
 
 
 class Broker:
@@ -84,6 +115,8 @@ class Broker:
             )
         }
         self._s = scripts
+        #: Each script's declared fixed keys, encoded once.
+        self._kk = {name: self.keys.declared(keys) for name, keys in _scripts.KEYS_OF.items()}
 
     # ------------------------------------------------------------------ ids
 
@@ -109,10 +142,19 @@ class Broker:
         task_id: int | None = None,
         key: str | None = None,
         limit: tuple[str, list[list[float]]] | None = None,
+        cap: int | None = None,
+        after: Sequence[int] = (),
+        needs: Collection[int] = (),
+        all_done: bool = False,
     ) -> int:
         """Queue a pickled call (sealed here); returns its id. ``key``: an
         idempotency key: while it is remembered (``result_ttl`` + 24 h), a
-        second submit with it queues nothing and returns the first task's id."""
+        second submit with it queues nothing and returns the first task's id.
+        ``limit``: ``(concrete key, rate windows)``, with ``cap`` its
+        concurrency cap. ``after``: upstream ids (distinct) it waits for;
+        ``needs``: those whose results its ``result_of`` markers take;
+        ``all_done``: run once they all ended, whatever the outcome. An
+        unknown upstream raises :class:`TaskNotFoundError` (nothing queued)."""
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
         if abs(priority) >= MAX_PRIORITY:
@@ -126,35 +168,56 @@ class Broker:
             "bb": policy.backoff_base * 1000.0,
             "bf": policy.backoff_factor,
             "bm": policy.backoff_max * 1000.0,
+            "ttl": self.result_ttl,
         }
         if timeout is not None:
             meta["timeout"] = float(timeout)
         if limit is not None:  # (concrete key, [[interval ms, tolerance ms], ...])
             meta["lk"], meta["lw"] = limit
+            if cap is not None:
+                meta["lc"] = int(cap)
+        if after:
+            meta["ups"] = [int(u) for u in after]
+            if needs:
+                meta["inp"] = {str(u): 1 for u in needs}
+            if all_done:
+                meta["ad"] = True
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
         idem = k.idem(key) if key is not None else ""
-        return int(
-            self._s["SUBMIT"](
-                keys=[k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake, idem],
-                args=[
-                    tid,
-                    priority,
-                    json.dumps(meta),
-                    sealed,
-                    max(0, int(delay * 1000)),
-                    self.result_ttl + 86400,
-                ],
+        try:
+            return int(
+                self._s["SUBMIT"](
+                    keys=[*self._kk["SUBMIT"], idem, *(k.result(u) for u in after)],
+                    args=[
+                        tid,
+                        priority,
+                        json.dumps(meta),
+                        sealed,
+                        max(0, int(delay * 1000)),
+                        self.result_ttl + 86400,
+                        self.result_ttl,
+                        k.done,
+                        *after,
+                    ],
+                )
             )
-        )
+        except _response_error() as e:
+            if str(e).startswith("PQUNKNOWN"):
+                up = str(e).split()[1]
+                raise TaskNotFoundError(
+                    f"upstream task {up} is unknown to queue {self.queue!r} (never submitted "
+                    "here, or its result expired after result_ttl)"
+                ) from None
+            raise
 
     def cancel(self, task_id: int) -> int:
         """1: cancelled now; 2: running, its owner is told; 0: unknown or final."""
         k = self.keys
         return int(
             self._s["CANCEL"](
-                keys=[k.ready, k.delayed, k.leases, k.meta, k.payload, k.cancel, k.result(task_id)],
+                keys=[*self._kk["CANCEL"], k.result(task_id)],
                 args=[task_id, self.result_ttl, k.done],
             )
         )
@@ -164,18 +227,21 @@ class Broker:
         while it is not final (or unknown). For a failed task the value is its
         pickled exception, when the node could pickle it. A value with a bad
         signature raises :class:`SignatureError` (it is never unpickled)."""
-        return self.lookup(task_id)[0]
+        outcome = self.lookup(task_id)[0]
+        return None if outcome is None else (outcome.state, outcome.value, outcome.error)
 
-    def lookup(self, task_id: int) -> tuple[tuple[str, bytes | None, str] | None, bool]:
+    def lookup(self, task_id: int) -> tuple[Outcome | None, bool]:
         """``(outcome, known)`` in one round trip: the outcome as :meth:`outcome`
-        gives it, and whether the queue knows the task at all. One MULTI: a
-        task finishing between two reads would otherwise look unknown."""
+        gives it (plus the upstream that ended it unrun, if one did), and
+        whether the queue knows the task at all. One MULTI: a task finishing
+        between two reads would otherwise look unknown."""
         k = self.keys
         with self.r.pipeline(transaction=True) as p:
             p.hgetall(k.result(task_id))
             p.hget(k.meta, task_id)
             p.hget(k.payload, f"{task_id}:e")
-            h, raw, sealed = p.execute()
+            p.hget(k.ended, task_id)
+            h, raw, sealed, gone = p.execute()
         if h:
             state = h[b"state"].decode()
             value = h.get(b"value") or b""
@@ -184,24 +250,34 @@ class Broker:
                 if state == "completed"
                 else None
             )
-            return (state, opened, h.get(b"error", b"").decode()), True
+            return Outcome(state, opened, h.get(b"error", b"").decode()), True
         if raw is None:
-            return None, False
+            if gone is None:
+                return None, False
+            g = json.loads(gone)
+            return Outcome(str(g["state"]), None, str(g["error"]), int(g["up"])), True
         m = json.loads(raw)
         if m["state"] != "failed":
             return None, True
         exc = self.signer.open(RESULT, self.queue, str(task_id), sealed) if sealed else None
-        return ("failed", exc, str(m.get("error", ""))), True
+        return Outcome("failed", exc, str(m.get("error", ""))), True
+
+    def ended(self, task_id: int) -> dict[str, Any] | None:
+        """A task ended unrun by its upstream (``state``, ``error``, ``up``,
+        ``name``, ``finished``, ``ups``), while its outcome is kept."""
+        raw = self.r.hget(self.keys.ended, task_id)
+        return None if raw is None else dict(json.loads(raw))
 
     def finish_many(self, outcomes: list[tuple[int, int, str, bytes, str]]) -> list[bool]:
         """:meth:`finish` for several outcomes in one round trip (pipelined)."""
         k = self.keys
         script = self._s["FINISH"]
+        declared = self._kk["FINISH"]
         with self.r.pipeline(transaction=False) as p:
             for tid, token, outcome, value, error in outcomes:
                 sealed = self.signer.seal(RESULT, self.queue, str(tid), value) if value else b""
                 script(
-                    keys=[k.leases, k.delayed, k.meta, k.payload, k.dlq, k.cancel, k.result(tid)],
+                    keys=[*declared, k.result(tid)],
                     args=[tid, token, outcome, sealed, error, self.result_ttl, k.done],
                     client=p,
                 )
@@ -223,33 +299,37 @@ class Broker:
         """Lease up to ``k`` tasks for ``lease`` seconds. A payload that fails
         its signature check is dead-lettered with the reason, never returned
         for running."""
-        keys = self.keys
-        rows = self._s["CLAIM"](
-            keys=[
-                keys.ready,
-                keys.delayed,
-                keys.leases,
-                keys.meta,
-                keys.payload,
-                keys.fence,
-                keys.buckets,
-            ],
-            args=[k, int(lease * 1000), owner],
-        )
+        rows = self._s["CLAIM"](keys=self._kk["CLAIM"], args=[k, int(lease * 1000), owner])
         out = []
-        for tid_b, token, attempts, sealed, timeout_b, name_b in rows:
+        for row in rows:
+            tid_b, token, attempts, sealed, timeout_b, name_b = row[:6]
             tid = int(tid_b)
             timeout = float(timeout_b) or None
             name = name_b.decode() if isinstance(name_b, bytes) else str(name_b)
             try:
                 data = self.signer.open(TASK, self.queue, str(tid), sealed or b"")
+                inputs = self._inputs(row[6]) if len(row) > 6 else ()
             except SignatureError as e:
                 _log.error("task %d rejected, never unpickled: %s", tid, e)
                 self.finish(tid, int(token), "failed", error=f"SignatureError: {e}")
                 out.append(Claimed(tid, int(token), int(attempts), None, str(e)))
                 continue
-            out.append(Claimed(tid, int(token), int(attempts), data, None, timeout, name))
+            out.append(Claimed(tid, int(token), int(attempts), data, None, timeout, name, inputs))
         return out
+
+    def _inputs(self, flat: list[Any]) -> tuple[Input, ...]:
+        """CLAIM's upstream rows (id, state, sealed blob, error, its upstream),
+        each blob verified against the upstream's id: a forged or swapped value
+        raises :class:`SignatureError` and the task is rejected unopened."""
+        out = []
+        for i in range(0, len(flat), 5):
+            up_b, state_b, sealed, error_b, uu_b = flat[i : i + 5]
+            up = int(up_b)
+            value = self.signer.open(RESULT, self.queue, str(up), sealed) if sealed else None
+            out.append(
+                Input(up, state_b.decode(), value, error_b.decode(), int(uu_b) if uu_b else None)
+            )
+        return tuple(out)
 
     def renew(
         self, owner: str, held: list[tuple[int, int]], lease: float
@@ -258,11 +338,10 @@ class Broker:
         (reclaimed meanwhile: stop reporting them) and those to cancel."""
         if not held:
             return [], []
-        k = self.keys
         args: list[Any] = [int(lease * 1000), owner]
         for tid, token in held:
             args += [tid, token]
-        lost, cancels = self._s["RENEW"](keys=[k.leases, k.meta, k.cancel], args=args)
+        lost, cancels = self._s["RENEW"](keys=self._kk["RENEW"], args=args)
         return [int(x) for x in lost], [int(x) for x in cancels]
 
     def finish(
@@ -283,7 +362,7 @@ class Broker:
         k = self.keys
         sealed = self.signer.seal(RESULT, self.queue, str(task_id), value) if value else b""
         ok = self._s["FINISH"](
-            keys=[k.leases, k.delayed, k.meta, k.payload, k.dlq, k.cancel, k.result(task_id)],
+            keys=[*self._kk["FINISH"], k.result(task_id)],
             args=[task_id, token, outcome, sealed, error, self.result_ttl, k.done],
         )
         if not ok:
@@ -294,10 +373,11 @@ class Broker:
 
     def reclaim(self, limit: int = 100) -> tuple[list[int], list[int]]:
         """Requeue (with backoff) or dead-letter tasks whose lease expired;
-        returns ``(requeued, dead-lettered)``. Safe to run from every node."""
+        returns ``(requeued, dead-lettered)``. Safe to run from every node.
+        Also drops the kept outcomes of dependents ended unrun, once expired."""
         k = self.keys
         requeued, dead = self._s["RECLAIM"](
-            keys=[k.leases, k.delayed, k.meta, k.dlq], args=[limit, k.done]
+            keys=self._kk["RECLAIM"], args=[limit, k.done, self.result_ttl]
         )
         return [int(x) for x in requeued], [int(x) for x in dead]
 
@@ -348,7 +428,7 @@ class Broker:
         for tid, priority, meta, payload in runs:
             sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
             args += [tid, priority, json.dumps(meta), sealed]
-        keys = [k.sched, k.ready, k.delayed, k.meta, k.payload, k.seq, k.wake, k.fired(name)]
+        keys = [*self._kk["FIRE"], k.sched, k.fired(name)]
         return int(self._s["FIRE"](keys=keys, args=args))
 
     # ------------------------------------------------------------------ dead letters
@@ -380,7 +460,7 @@ class Broker:
         data = self.signer.open(TASK, self.queue, str(task_id), sealed)
         resealed = self.signer.seal(TASK, self.queue, str(new), data)
         ok = self._s["REQUEUE"](
-            keys=[k.dlq, k.ready, k.meta, k.payload, k.seq, k.wake],
+            keys=self._kk["REQUEUE"],
             args=[
                 task_id,
                 new,
@@ -396,16 +476,23 @@ class Broker:
         ids = task_ids if task_ids is not None else [int(t) for t in self.r.zrange(k.dlq, 0, -1)]
         if not ids:
             return 0
-        return int(self._s["PURGE"](keys=[k.dlq, k.meta, k.payload], args=ids))
+        return int(self._s["PURGE"](keys=self._kk["PURGE"], args=ids))
 
     # ------------------------------------------------------------------ limits
 
-    def publish_limits(self, windows: dict[str, list[list[float]]]) -> None:
-        """Store rate windows by key or pattern, for every client of the queue."""
-        if windows:
-            self.r.hset(self.keys.limits, mapping={k: json.dumps(v) for k, v in windows.items()})
+    def publish_limits(self, limits: dict[str, dict[str, Any]]) -> None:
+        """Store limits by key or pattern (``{"windows": [[interval ms,
+        tolerance ms], ...], "cap": n or None}``), for every client of the queue."""
+        if limits:
+            self.r.hset(self.keys.limits, mapping={k: json.dumps(v) for k, v in limits.items()})
 
-    def limits(self) -> dict[str, list[list[float]]]:
+    def limits(self) -> dict[str, dict[str, Any]]:
         return {
-            k.decode(): list(json.loads(v)) for k, v in self.r.hgetall(self.keys.limits).items()
+            k.decode(): dict(json.loads(v)) for k, v in self.r.hgetall(self.keys.limits).items()
         }
+
+
+def _response_error() -> type[BaseException]:
+    import redis
+
+    return redis.exceptions.ResponseError

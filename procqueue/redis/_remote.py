@@ -14,16 +14,18 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+from .._core.deps import ResultOf, find_markers, replace_markers
 from .._core.limits import _TIMER_SLACK, Concurrency, KeyLimits
 from .._core.records import AttemptError, TaskState, TaskStatus
-from .._frontdoor import due_of, name_of, task_policy
+from .._frontdoor import TRIGGERS, due_of, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
+from .._runtime import wire
 from ..errors import (
     InvalidArgumentError,
     InvalidCallableError,
@@ -34,15 +36,16 @@ from ..errors import (
     SerializationError,
     TaskCancelledError,
     TaskNotFoundError,
+    UpstreamFailedError,
 )
 from ..stats import WorkerStats
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome
 from ._cron import RemoteSchedule, add_schedule
-from ._protocol import Broker, connect
+from ._protocol import Broker, Outcome, connect
 from ._signing import SignatureError
 
-__all__ = ["ClusterStats", "NodeInfo", "RemoteTaskFailedError"]
+__all__ = ["ClusterStats", "LimitStats", "NodeInfo", "RemoteTaskFailedError"]
 
 _log = logging.getLogger("procqueue.redis")
 
@@ -70,15 +73,36 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitStats:
+    """One concrete limit key across the queue, while it has tasks running or
+    waiting on it (an idle key is not listed)."""
+
+    #: Its ``Concurrency`` cap, if it has one.
+    cap: int | None
+    #: Its ``RateLimit`` spec(s), ``;``-joined, if it has any.
+    rate: str | None
+    #: Its tasks leased to nodes now.
+    running: int
+    #: Its tasks held back by the limit: parked at the cap or waiting for a
+    #: rate slot (those back in the ready set, about to be claimed, included).
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStats:
     """The queue across every node: tasks by where they are in Redis, and the
-    nodes (a node whose heartbeat is older than three leases is gone)."""
+    nodes (a node whose heartbeat is older than three leases is gone).
+    ``pending`` includes tasks parked at their key's concurrency cap;
+    ``waiting``: tasks waiting for their upstream tasks (``after=``);
+    ``limits``: each busy limit key."""
 
     pending: int
     scheduled: int
     running: int
     dead_letters: int
     nodes: tuple[NodeInfo, ...]
+    waiting: int = 0
+    limits: Mapping[str, LimitStats] = field(default_factory=dict)
 
 
 class _RemoteCore:
@@ -102,7 +126,7 @@ class _RemoteCore:
         key_limits: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self._windows = _gcra_windows(key_limits)
+        self._limits = _limit_table(key_limits)
         if options:
             raise OptionTypeError(
                 f"{owner}(broker=...) does not take {sorted(options)[0]!r} (yet): "
@@ -133,7 +157,7 @@ class _RemoteCore:
         client = connect(self._url)
         client.ping()
         self._broker = Broker(client, self._queue, self._signer, result_ttl=self._result_ttl)
-        self._broker.publish_limits(self._windows)
+        self._broker.publish_limits(self._limits)
         self._listener = threading.Thread(
             target=self._listen, name="pq-redis-listener", daemon=True
         )
@@ -177,14 +201,17 @@ class _RemoteCore:
         eta: datetime | None = None,
         key: str | None = None,
         limit_key: str | None = None,
+        after: Iterable[int | Future[Any]] | None = None,
+        trigger: str = "all_success",
     ) -> int:
         broker = self._b()
-        limit = None if limit_key is None else (limit_key, self._windows_for(limit_key))
+        spec = None if limit_key is None else self._limit_for(limit_key)
         if not callable(fn):
             raise InvalidCallableError(f"{fn!r} is not callable")
         policy = task_policy(self._retry, max_retries, retry, timeout)
         due = due_of(delay, eta)
         seconds = 0.0 if due is None else max(0.0, due[0] - time.monotonic())
+        args, kwargs, upstream, needs = self._link(args, kwargs, after, trigger)
         name = name_of(fn)
         try:
             payload = dump_call(fn, args, kwargs)
@@ -198,24 +225,80 @@ class _RemoteCore:
             delay=seconds,
             timeout=timeout if timeout is not None else self._timeout,
             key=key,
-            limit=limit,
+            limit=None if spec is None else (limit_key, spec["windows"]),  # type: ignore[arg-type]
+            cap=None if spec is None else spec.get("cap"),
+            after=upstream,
+            needs=needs,
+            all_done=trigger == "all_done",
         )
         with self._lock:
             self.submitted.add(tid)
         return tid
 
-    def _windows_for(self, limit_key: str) -> list[list[float]]:
-        """The rate windows of ``limit_key``: this client's ``key_limits``, else
-        those another client stored for the queue; unknown keys are refused."""
+    def _link(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        after: Iterable[int | Future[Any]] | None,
+        trigger: str,
+    ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], set[int]]:
+        """A call's dependencies, as the local queue reads them
+        (``_frontdoor._link_call``): the upstream ids (``after`` and
+        ``result_of`` markers, distinct, in order) and those whose results it
+        takes. A future of this client (``ProcQueue(broker=...)``) in the
+        arguments stands for its result: a completed one is passed as its
+        value at once, any other becomes a marker."""
+        plain = wire.all_plain(args) and (not kwargs or wire.all_plain(kwargs.values()))
+        if after is None and trigger == "all_success" and plain:
+            return args, kwargs, (), set()  # the hot path: nothing to look into
+        if trigger not in TRIGGERS:
+            raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+        ids: list[int] = []
+        if after is not None:
+            if isinstance(after, (str, bytes, int, Future)):
+                raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
+            ids = [self._upstream_id(a) for a in after]
+        if not plain:
+            args = tuple(replace_markers(v, self._swap_future) for v in args)
+            kwargs = {k: replace_markers(v, self._swap_future) for k, v in kwargs.items()}
+        needs: set[int] = set()
+        find_markers(args, kwargs, needs)
+        return args, kwargs, tuple(dict.fromkeys([*ids, *sorted(needs)])), needs
+
+    def _upstream_id(self, item: int | Future[Any]) -> int:
+        if isinstance(item, Future):
+            if getattr(item, "_pq_remote", None) is not self:
+                raise InvalidArgumentError(f"{item!r} is not a future of this queue")
+            return int(item._task_id)  # type: ignore[attr-defined]
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise OptionTypeError(f"after takes task ids or futures, got {item!r}")
+        return item
+
+    def _swap_future(self, v: Any) -> Any:
+        if type(v) is not Future or getattr(v, "_pq_remote", None) is not self:
+            return v
+        if v.done() and not v.cancelled() and v.exception() is None:
+            return v.result()
+        return ResultOf(int(v._task_id))  # type: ignore[attr-defined]
+
+    def tag(self, fut: Future[Any], task_id: int) -> Future[Any]:
+        """Mark ``fut`` as this client's future of ``task_id`` (``procqueue.task_id``,
+        ``after=[fut]``, ``fut`` as an argument)."""
+        fut._task_id = task_id  # type: ignore[attr-defined]
+        fut._pq_remote = self  # type: ignore[attr-defined]
+        return fut
+
+    def _limit_for(self, limit_key: str) -> dict[str, Any]:
+        """The limits of ``limit_key``: this client's ``key_limits``, else those
+        another client stored for the queue; unknown keys are refused."""
         if not isinstance(limit_key, str):
             raise OptionTypeError(f"limit_key must be a str, got {limit_key!r}")
-        for table in (self._windows, self._b().limits()):
-            if limit_key in table:
-                return table[limit_key]
-            for pattern, windows in table.items():
-                if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(limit_key, pattern):
-                    return windows
-        raise InvalidArgumentError(f"no limit is configured for limit_key {limit_key!r}")
+        if "\0" in limit_key:  # the separator of the ``parked`` members
+            raise InvalidArgumentError("a limit_key cannot hold NUL")
+        spec = _match(self._limits, limit_key) or _match(self._b().limits(), limit_key)
+        if spec is None:
+            raise InvalidArgumentError(f"no limit is configured for limit_key {limit_key!r}")
+        return spec
 
     def schedule(
         self,
@@ -269,10 +352,17 @@ class _RemoteCore:
 
     def get_task_status(self, task_id: int) -> TaskStatus:
         broker = self._b()
-        m = broker.meta(task_id)
-        if m is not None:
-            # "throttled" is pending, waiting for its rate slot (as locally).
-            state = TaskState("pending" if m["state"] == "throttled" else m["state"])
+        k = broker.keys
+        with broker.r.pipeline(transaction=True) as p:  # one read: no gap between them
+            p.hget(k.meta, task_id)
+            p.hgetall(k.result(task_id))
+            p.hget(k.ended, task_id)
+            raw, h, gone = p.execute()
+        if raw is not None:
+            m = json.loads(raw)
+            # "throttled" and "parked" are pending, held by their key's limit (as locally).
+            held_back = m["state"] in ("throttled", "parked")
+            state = TaskState("pending" if held_back else m["state"])
             err = None
             if state is TaskState.FAILED:
                 err = attempt_error(m, _sec(m.get("finished")) or 0.0)
@@ -289,8 +379,29 @@ class _RemoteCore:
                 worker_pid=_pid(m.get("owner")),
                 error=err,
                 errors=(err,) if err else (),
+                after=tuple(m.get("ups") or ()),
             )
-        h = broker.r.hgetall(broker.keys.result(task_id))
+        if not h and gone is not None:  # ended unrun by its upstream
+            g = json.loads(gone)
+            finished = _sec(g.get("finished"))
+            err = None
+            if g["state"] == "failed":
+                err = attempt_error({"attempts": 0, "error": g["error"]}, finished or 0.0)
+            return TaskStatus(
+                task_id=task_id,
+                name=str(g["name"]),
+                state=TaskState(g["state"]),
+                priority=0,
+                attempts=0,
+                max_retries=0,
+                submitted_at=0.0,
+                started_at=None,
+                finished_at=finished,
+                worker_pid=None,
+                error=err,
+                errors=(err,) if err else (),
+                after=tuple(g.get("ups") or ()),
+            )
         if not h:
             raise TaskNotFoundError(task_id)
         return TaskStatus(
@@ -306,6 +417,7 @@ class _RemoteCore:
             worker_pid=None,
             error=None,
             errors=(),
+            after=tuple(json.loads(h[b"ups"])) if b"ups" in h else (),
         )
 
     def get_stats(self) -> ClusterStats:
@@ -318,7 +430,13 @@ class _RemoteCore:
             p.zcard(k.dlq)
             p.hgetall(k.nodes)
             p.time()
-            ready, delayed, leases, dlq, nodes, (sec, usec) = p.execute()
+            p.zcard(k.parked)
+            p.scard(k.waiting)
+            p.hgetall(k.caps)
+            p.hgetall(k.limits)
+            ready, delayed, leases, dlq, nodes, (sec, usec), parked, waiting, caps, specs = (
+                p.execute()
+            )
         now = sec + usec / 1e6
         infos = []
         for node, raw in sorted(nodes.items()):
@@ -334,7 +452,15 @@ class _RemoteCore:
                     processes=tuple(WorkerStats(**w) for w in d.get("processes", ())),
                 )
             )
-        return ClusterStats(ready, delayed, leases, dlq, tuple(infos))
+        return ClusterStats(
+            ready + parked,
+            delayed,
+            leases,
+            dlq,
+            tuple(infos),
+            waiting,
+            _limit_stats(caps, {n.decode(): json.loads(v) for n, v in specs.items()}),
+        )
 
     # ------------------------------------------------------------------ outcomes
 
@@ -356,7 +482,7 @@ class _RemoteCore:
         try:
             outcome, known = broker.lookup(task_id)
         except SignatureError as e:
-            outcome, known = ("signature", None, str(e)), True
+            outcome, known = Outcome("signature", None, str(e)), True
             exc: BaseException | None = e
         else:
             exc = None
@@ -373,17 +499,46 @@ class _RemoteCore:
             self.submitted.discard(task_id)
         if fut is None or fut.done():
             return True
-        state, value, error = outcome
+        state, value, error, upstream = outcome
         if exc is not None:
             fut.set_exception(exc)
         elif state == "completed":
             fut.set_result(load_outcome(value) if value else None)
         elif state == "cancelled":
-            fut.set_exception(TaskCancelledError(f"task {task_id} was cancelled"))
+            text = error if error and error != "cancelled" else f"task {task_id} was cancelled"
+            fut.set_exception(TaskCancelledError(text))
+        elif upstream is not None:
+            fut.set_exception(self._upstream_failure(error, upstream))
         else:
             remote = _load_exception(value) if value else None
             fut.set_exception(remote or RemoteTaskFailedError(f"task {task_id} failed: {error}"))
         return True
+
+    def _upstream_failure(self, error: str, upstream: int) -> UpstreamFailedError:
+        """The ``UpstreamFailedError`` of a task its failed ``upstream`` ended
+        unrun, with the upstream's own error as ``__cause__`` (down a chain:
+        each link's), as a local queue gives it, while those are still kept."""
+        broker = self._broker
+        assert broker is not None
+        head = link = UpstreamFailedError(_message(error), upstream)
+        for _ in range(1000):  # a chain of dependents ended unrun; bounded
+            try:
+                outcome = broker.lookup(upstream)[0]
+            except SignatureError:
+                break
+            if outcome is None or outcome.state != "failed":
+                break
+            if outcome.upstream is None:  # the task that really failed
+                cause = _load_exception(outcome.value) if outcome.value else None
+                link.__cause__ = cause or RemoteTaskFailedError(
+                    f"task {upstream} failed: {outcome.error}"
+                )
+                break
+            upstream = outcome.upstream
+            nxt = UpstreamFailedError(_message(outcome.error), upstream)
+            link.__cause__ = nxt
+            link = nxt
+        return head
 
     def _listen(self) -> None:
         broker = self._broker
@@ -421,24 +576,63 @@ class _RemoteCore:
         _close_quietly(pubsub)
 
 
-def _gcra_windows(key_limits: Mapping[str, Any] | None) -> dict[str, list[list[float]]]:
-    """``key_limits`` as GCRA windows per key: ``[[interval ms, tolerance ms],
-    ...]`` (tolerance: ``burst - 1`` intervals). Concurrency caps are local only."""
-    out: dict[str, list[list[float]]] = {}
+def _limit_table(key_limits: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``key_limits`` as stored in Redis, per key or pattern: ``windows``, the
+    GCRA windows ``[[interval ms, tolerance ms], ...]`` (tolerance: ``burst -
+    1`` intervals); ``cap``, the smallest ``Concurrency``; ``rate``, the specs."""
+    out: dict[str, dict[str, Any]] = {}
     table = KeyLimits(key_limits)  # validates
     for key, specs in [*table.exact.items(), *table.patterns]:
-        windows = []
+        windows: list[list[float]] = []
+        cap: int | None = None
+        rates = []
         for spec in specs:
             if isinstance(spec, Concurrency):
-                raise OptionTypeError(
-                    f"Concurrency limits ({key!r}) are not available on a broker yet"
-                )
-            for rate, cap in spec.windows():
+                cap = spec.limit if cap is None else min(cap, spec.limit)
+                continue
+            rates.append(spec.spec)
+            for rate, capacity in spec.windows():
                 interval = 1000.0 / rate
-                burst = round(cap - rate * _TIMER_SLACK)
+                burst = round(capacity - rate * _TIMER_SLACK)
                 windows.append([interval, (burst - 1) * interval])
-        out[key] = windows
+        out[key] = {"windows": windows, "cap": cap, "rate": ";".join(rates) or None}
     return out
+
+
+def _match(table: Mapping[str, dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """``key``'s entry: the exact key first, then the first matching pattern."""
+    if key in table:
+        return table[key]
+    for pattern, spec in table.items():
+        if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(key, pattern):
+            return spec
+    return None
+
+
+def _limit_stats(
+    caps: Mapping[bytes, bytes], specs: Mapping[str, dict[str, Any]]
+) -> dict[str, LimitStats]:
+    """The ``caps`` counters (``r:``/``p:``/``u:``/``t:`` + key) per key."""
+    counts: dict[str, dict[str, int]] = {}
+    for f, n in caps.items():
+        kind, _, key = f.decode().partition(":")
+        counts.setdefault(key, {})[kind] = int(n)
+    out = {}
+    for key, c in sorted(counts.items()):
+        spec = _match(specs, key) or {}
+        out[key] = LimitStats(
+            cap=spec.get("cap"),
+            rate=spec.get("rate"),
+            running=max(0, c.get("r", 0)),
+            waiting=max(0, c.get("p", 0) + c.get("u", 0) + c.get("t", 0)),
+        )
+    return out
+
+
+def _message(error: str) -> str:
+    """``"UpstreamFailedError: text"`` (how errors are stored) -> ``text``."""
+    prefix = "UpstreamFailedError: "
+    return error[len(prefix) :] if error.startswith(prefix) else error
 
 
 def _close_quietly(pubsub: Any) -> None:

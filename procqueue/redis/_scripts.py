@@ -2,17 +2,42 @@
 atomic, with every key declared (``_keys.py``) and time from Redis ``TIME``
 (never a node's clock, so clock skew between nodes moves no deadline).
 
+Each script is written with ``K.<name>`` for the queue's keys, and built from
+the helper sections it needs (``_script``): the keys it uses are its declared
+fixed keys (``KEYS[1..n]``, in ``_keys.FIXED`` order, listed in ``KEYS_OF``),
+its per-task keys follow. A dependency cascade learns which tasks it ends as
+it walks, so every key it may touch has to be a fixed one: the outcomes of
+tasks ended that way live in fields of ``ended``, not in keys of their own.
+
 Per task, ``meta`` holds JSON: ``priority``, ``seq`` (FIFO), ``attempts``
-(counted at claim), ``max_retries``, backoff (``bb``, ``bf``, ``bm``: base ms,
-factor, max ms), ``name``, ``state``, ``owner`` and ``token`` (fencing) while
-claimed, ``submitted``/``started`` (ms), ``error`` once failed. The ready
-score is ``-priority * 2^32 + seq``: higher priority first, FIFO within one.
+(counted at claim), ``max_retries``, ``ttl`` (the submitting client's
+``result_ttl``, s: it, not the node's, sets how long the outcome is kept),
+backoff (``bb``, ``bf``, ``bm``: base ms, factor, max ms), ``name``,
+``state``, ``owner`` and ``token`` (fencing) while claimed,
+``submitted``/``started`` (ms), ``error`` once failed. Limits: ``lk`` (the
+concrete key), ``lw`` (rate windows), ``lc`` (concurrency cap), ``slot`` (a
+reserved start), ``pk`` (its ``parked`` member), ``unp`` (unparked, not yet
+claimed). Dependencies: ``ups`` (upstream ids), ``ad`` (trigger ``all_done``),
+``inp`` (``{id: 1}``, the upstream results it takes), ``wait`` (upstreams not
+ended yet), ``iv`` (``{id: {s: state, e: error, u: its upstream, h: held}}``,
+how each ended), ``due`` (ms, a dependent's delay). The ready score is
+``-priority * 2^32 + seq``: higher priority first, FIFO within one.
+
+Task states in ``meta``: ``waiting`` (in ``waiting``), ``pending`` (in
+``ready``), ``scheduled``/``retrying``/``throttled`` (in ``delayed``),
+``parked`` (in ``parked``), ``running`` (in ``leases``), ``failed`` (in
+``dlq``). A completed or cancelled task leaves ``meta`` for ``r:<id>``; a
+dependent ended by its upstream without running leaves it for ``ended``.
 """
 
 from __future__ import annotations
 
-#: Shared Lua: Redis time in ms, the ready score, the backoff before a retry.
-_PRELUDE = """
+import re
+
+from ._keys import FIXED
+
+#: Redis time in ms, the ready score, the backoff before a retry.
+_CORE = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -25,31 +50,46 @@ local function backoff(m)
   if d > m.bm then d = m.bm end
   return math.floor(d)
 end
--- Queue one task (keys: ready delayed meta payload seq wake): meta ``m`` gets
--- its sequence and state; ready now, or delayed by ``delay`` ms.
-local function enqueue(k, id, priority, m, payload, delay, now)
+"""
+
+#: Putting a task on ``ready``, waking an idle node.
+_READY = """
+local function make_ready(id, m)
+  m.state = 'pending'
+  redis.call('ZADD', K.ready, score(m), id)
+  redis.call('RPUSH', K.wake, '1')
+  redis.call('LTRIM', K.wake, -64, -1)
+end
+"""
+
+#: Queueing a new task: ready or delayed.
+_ENQUEUE = """
+-- Queue one task: meta ``m`` gets its sequence and state; ready now, or
+-- delayed by ``delay`` ms.
+local function enqueue(id, priority, m, payload, delay, now)
   m.priority = priority
-  m.seq = redis.call('INCR', k.seq)
+  m.seq = redis.call('INCR', K.seq)
   m.attempts = 0
   m.submitted = now
-  redis.call('HSET', k.payload, id, payload)
+  redis.call('HSET', K.payload, id, payload)
   if delay > 0 then
     m.state = 'scheduled'
-    redis.call('ZADD', k.delayed, now + delay, id)
+    redis.call('ZADD', K.delayed, now + delay, id)
   else
-    m.state = 'pending'
-    redis.call('ZADD', k.ready, score(m), id)
-    redis.call('RPUSH', k.wake, '1')
-    redis.call('LTRIM', k.wake, -64, -1)
+    make_ready(id, m)
   end
-  redis.call('HSET', k.meta, id, cjson.encode(m))
+  redis.call('HSET', K.meta, id, cjson.encode(m))
 end
+"""
+
+#: Rate limits: a start slot per task.
+_RATE = """
 -- Rate limits (GCRA, one theoretical arrival time per key and window, in the
 -- ``buckets`` hash): may task ``m`` (key ``m.lk``, windows ``m.lw`` =
 -- {{interval ms, tolerance ms}, ...}) start now? Either way its slot is
 -- reserved, so the tasks of a key start in claim order, FIFO, each in its own
 -- slot, and a parked task holds the slot it waits for.
-local function admitted(buckets, m, now)
+local function admitted(m, now)
   if m.slot then
     if m.slot <= now then
       m.slot = nil
@@ -59,14 +99,14 @@ local function admitted(buckets, m, now)
   end
   local t = now
   for i, w in ipairs(m.lw) do
-    local tat = tonumber(redis.call('HGET', buckets, m.lk .. '#' .. i) or '0')
+    local tat = tonumber(redis.call('HGET', K.buckets, m.lk .. '#' .. i) or '0')
     if tat - w[2] > t then t = tat - w[2] end
   end
   for i, w in ipairs(m.lw) do
     local f = m.lk .. '#' .. i
-    local tat = tonumber(redis.call('HGET', buckets, f) or '0')
+    local tat = tonumber(redis.call('HGET', K.buckets, f) or '0')
     if tat < t then tat = t end
-    redis.call('HSET', buckets, f, tat + w[1])
+    redis.call('HSET', K.buckets, f, tat + w[1])
   end
   if t <= now then return true end
   m.slot = t
@@ -74,104 +114,438 @@ local function admitted(buckets, m, now)
 end
 """
 
+#: Concurrency caps: counting and parking.
+_CAPS = """
+local NUL, SOH = string.char(0), string.char(1)
+-- Counters in ``caps``, deleted at 0 (an idle queue keeps no field).
+local function bump(field, d)
+  if redis.call('HINCRBY', K.caps, field, d) <= 0 then redis.call('HDEL', K.caps, field) end
+end
+local function count(field)
+  return tonumber(redis.call('HGET', K.caps, field) or '0')
+end
+-- Concurrency caps (``m.lc``), global across nodes: ``r:<key>`` counts the
+-- key's leased tasks (kept for every limited key, for the stats). A capped
+-- task at its cap parks in ``parked`` under a member that sorts by key, then
+-- by its ready score, so ZRANGEBYLEX gives a key's parked tasks in priority,
+-- then FIFO order, in O(log n), with no key per limit key.
+local function park(id, m)
+  m.state = 'parked'
+  m.pk = m.lk .. NUL .. string.format('%017.0f', score(m) + 9007199254740992) .. id
+  redis.call('ZADD', K.parked, 0, m.pk)
+  bump('p:' .. m.lk, 1)
+  redis.call('HSET', K.meta, id, cjson.encode(m))
+end
+"""
+
+#: Concurrency caps: a slot freed, parked tasks released.
+_FREE = """
+-- Room on capped ``key``: parked tasks go back to ``ready``, in their order,
+-- while running + unparked stay under ``cap``. Unparked ones count as started
+-- until claimed (``u:<key>``), so no later task of the key overtakes them:
+-- the local limiter's ``released`` set.
+local function refill(key, cap)
+  local room = cap - count('r:' .. key) - count('u:' .. key)
+  if room <= 0 or count('p:' .. key) == 0 then return end
+  local heads = redis.call('ZRANGEBYLEX', K.parked, '[' .. key .. NUL, '(' .. key .. SOH,
+                           'LIMIT', 0, room)
+  for _, member in ipairs(heads) do
+    redis.call('ZREM', K.parked, member)
+    bump('p:' .. key, -1)
+    local id = string.sub(member, #key + 19)
+    local raw = redis.call('HGET', K.meta, id)
+    if raw then
+      local m = cjson.decode(raw)
+      m.pk = nil
+      m.unp = 1
+      bump('u:' .. key, 1)
+      make_ready(id, m)
+      redis.call('HSET', K.meta, id, cjson.encode(m))
+    end
+  end
+end
+-- A lease ended (finished, retried, reclaimed): its key's slot frees.
+local function lease_ended(m)
+  if m.lk then
+    bump('r:' .. m.lk, -1)
+    if m.lc then refill(m.lk, m.lc) end
+  end
+end
+-- Take a task that holds no lease off wherever it waits (cancel).
+local function unqueue(id, m)
+  redis.call('ZREM', K.ready, id)
+  redis.call('ZREM', K.delayed, id)
+  redis.call('SREM', K.waiting, id)
+  if m.pk then
+    redis.call('ZREM', K.parked, m.pk)
+    bump('p:' .. m.lk, -1)
+  end
+  if m.state == 'throttled' then bump('t:' .. m.lk, -1) end
+  if m.unp then
+    m.unp = nil
+    bump('u:' .. m.lk, -1)
+    refill(m.lk, m.lc)
+  end
+end
+"""
+
+#: Upstream values held for their dependents.
+_PINS = """
+-- An upstream's value stays in ``held`` while dependents that may still run
+-- need it (``<id>:n`` counts them), whatever its ``r:<id>`` TTL: in RQ a
+-- dependent that runs after its parent's result_ttl fails looking the parent
+-- up (rq/rq#2452), so here the value's lifetime is its dependents'.
+local function pin(up, blob)
+  if redis.call('HINCRBY', K.held, up .. ':n', 1) == 1 then
+    redis.call('HSET', K.held, up, blob)
+  end
+end
+-- Task ``m`` will never run again: its hold on upstream values goes.
+local function unpin(m)
+  if not m.iv then return end
+  for up, iv in pairs(m.iv) do
+    if iv.h then
+      if redis.call('HINCRBY', K.held, up .. ':n', -1) <= 0 then
+        redis.call('HDEL', K.held, up, up .. ':n')
+      end
+    end
+  end
+end
+"""
+
+#: Dependencies: edges, release, propagation.
+_GRAPH = """
+-- Edges: ``down`` holds, per upstream, a count and one field per dependent
+-- (O(1) to add, unlike a growing JSON list).
+local function link(up, dep)
+  local i = redis.call('HINCRBY', K.down, up, 1)
+  redis.call('HSET', K.down, up .. '#' .. i, dep)
+end
+local function take_dependents(up)
+  local n = tonumber(redis.call('HGET', K.down, up) or '0')
+  local out = {}
+  local i = 1
+  while i <= n do  -- chunks: unpack() has a stack limit
+    local fields = {}
+    for j = i, math.min(n, i + 999) do fields[#fields + 1] = up .. '#' .. j end
+    for _, dep in ipairs(redis.call('HMGET', K.down, unpack(fields))) do
+      if dep then out[#out + 1] = dep end
+    end
+    redis.call('HDEL', K.down, unpack(fields))
+    i = i + 1000
+  end
+  if n > 0 then redis.call('HDEL', K.down, up) end
+  return out
+end
+-- Every upstream ended as the trigger wants: queue it (or delay it, if a
+-- delay was asked for and has not passed).
+local function release(id, m, now)
+  m.wait = nil
+  redis.call('SREM', K.waiting, id)
+  if m.due and m.due > now then
+    m.state = 'scheduled'
+    redis.call('ZADD', K.delayed, m.due, id)
+  else
+    make_ready(id, m)
+  end
+  redis.call('HSET', K.meta, id, cjson.encode(m))
+end
+-- A waiting task ends without running (its upstream failed or was cancelled):
+-- its outcome goes to ``ended`` until ``ctx.ttl`` (RECLAIM sweeps it).
+local function end_unrun(id, m, state, err, up, ctx)
+  redis.call('SREM', K.waiting, id)
+  redis.call('HDEL', K.meta, id)
+  redis.call('HDEL', K.payload, id)
+  unpin(m)
+  redis.call('HSET', K.ended, id, cjson.encode({state = state, error = err, up = tonumber(up),
+                                               name = m.name, finished = ctx.now, ups = m.ups}))
+  redis.call('ZADD', K.ended_ttl, ctx.now + (m.ttl or ctx.ttl) * 1000, id)
+  redis.call('PUBLISH', ctx.channel, id)
+end
+-- Waiting task ``id`` (meta ``m``) learns that upstream ``up`` ended
+-- (``{id, state, error, name, blob, up}``). Returns the same record for
+-- ``id`` if that ended it too (its dependents learn next), else nil.
+local function count_upstream(id, m, up, ctx)
+  if up.state == 'completed' or m.ad then
+    if m.inp and m.inp[up.id] then
+      local iv = {s = up.state, e = up.error, u = up.up}
+      if up.blob and up.blob ~= '' then
+        pin(up.id, up.blob)
+        iv.h = 1
+      end
+      if not m.iv then m.iv = {} end
+      m.iv[up.id] = iv
+    end
+    m.wait = m.wait - 1
+    if m.wait <= 0 then
+      release(id, m, ctx.now)
+    else
+      redis.call('HSET', K.meta, id, cjson.encode(m))
+    end
+    return nil
+  end
+  local state, err
+  if up.state == 'failed' then
+    state = 'failed'
+    err = 'UpstreamFailedError: task ' .. id .. ' (' .. m.name .. ') did not run: '
+          .. 'its upstream task ' .. up.id .. ' (' .. (up.name or '?') .. ') failed with '
+          .. (up.error or 'an error')
+  else
+    state = 'cancelled'
+    err = 'task ' .. id .. ' was cancelled: its upstream task ' .. up.id .. ' was'
+  end
+  end_unrun(id, m, state, err, up.id, ctx)
+  return {id = id, state = state, error = err, name = m.name, up = up.id}
+end
+-- Task ``first`` ended for good: its dependents count it, and those it ends
+-- (failure and cancel propagate) are walked in turn, with a worklist. In the
+-- same script as the end itself: no window between "upstream ended" and
+-- "dependent released", and every way a task ends runs it (RQ missed the
+-- abandoned-job path: dependents never enqueued, rq/rq#2006).
+local function cascade(first, ctx)
+  local work = {first}
+  while #work > 0 do
+    local up = table.remove(work)
+    for _, dep in ipairs(take_dependents(up.id)) do
+      local raw = redis.call('HGET', K.meta, dep)
+      if raw then
+        local m = cjson.decode(raw)
+        if m.state == 'waiting' then
+          local ended = count_upstream(dep, m, up, ctx)
+          if ended then work[#work + 1] = ended end
+        end
+      end
+    end
+  end
+end
+"""
+
+_KEY = re.compile(r"\bK\.([a-z_]+)\b")
+
+#: The fixed keys each script declares (``KEYS[1..n]``, in this order; its
+#: per-task keys follow): filled by :func:`_script`.
+KEYS_OF: dict[str, tuple[str, ...]] = {}
+
+
+def _script(name: str, *parts: str) -> str:
+    """Join a script from its sections and body. Every ``K.<key>`` it uses is
+    declared: the script's fixed keys are exactly those, in ``FIXED`` order,
+    and each use becomes ``KEYS[i]`` here, once (building a name table in Lua
+    cost every call a microsecond; the unused helpers' closures and keys, three
+    more). ``NFIXED`` becomes their count."""
+    text = "\n".join(parts)
+    used = set(_KEY.findall(text))
+    unknown = used - set(FIXED)
+    if unknown:
+        raise AssertionError(f"{name} uses keys that are not in _keys.FIXED: {sorted(unknown)}")
+    names = tuple(n for n in FIXED if n in used)
+    index = {n: i for i, n in enumerate(names, 1)}
+    KEYS_OF[name] = names
+    text = _KEY.sub(lambda m: f"KEYS[{index[m.group(1)]}]", text)
+    return re.sub(r"\bNFIXED\b", str(len(names)), text)
+
+
 #: Returns the task's id: ``id``, or, for an idempotency key already used,
-#: the first task's id (nothing new is queued).
-#: KEYS: ready delayed meta payload seq wake idem (the key's own key, or "")
-#: ARGV: id priority meta_json payload delay_ms idem_ttl_s
-SUBMIT = (
-    _PRELUDE
-    + """
+#: the first task's id (nothing new is queued). With upstream ids, the task
+#: waits (``waiting``) for them; each upstream's state is read here, in the
+#: same step: one already completed counts as done, one already failed or
+#: cancelled ends the task at once (or, ``all_done``, counts as done too), so
+#: an upstream ending meanwhile cannot leave it waiting for ever (RQ's
+#: deferred-forever race, rq/rq#743). An unknown upstream is refused (error
+#: ``PQUNKNOWN <id>``), before anything is written.
+#: KEYS: its fixed keys (``KEYS_OF``), then idem (the key's own key, or ""),
+#:       then r:<up> for each upstream
+#: ARGV: id priority meta_json payload delay_ms idem_ttl_s ttl_s channel up...
+SUBMIT = _script(
+    "SUBMIT",
+    _CORE,
+    _READY,
+    _ENQUEUE,
+    _PINS,
+    _GRAPH,
+    """
 local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[3], id) == 1 then
+if redis.call('HEXISTS', K.meta, id) == 1 then
   return redis.error_reply('duplicate task id ' .. id)
 end
-if KEYS[7] ~= '' then
-  local first = redis.call('GET', KEYS[7])
+local idem = KEYS[NFIXED + 1]
+if idem ~= '' then
+  local first = redis.call('GET', idem)
   if first then return tonumber(first) end
-  redis.call('SET', KEYS[7], id, 'EX', tonumber(ARGV[6]))
 end
-local k = {ready = KEYS[1], delayed = KEYS[2], meta = KEYS[3], payload = KEYS[4],
-           seq = KEYS[5], wake = KEYS[6]}
-enqueue(k, id, tonumber(ARGV[2]), cjson.decode(ARGV[3]), ARGV[4], tonumber(ARGV[5]), now_ms())
+local now = now_ms()
+local m = cjson.decode(ARGV[3])
+local nup = #ARGV - 8
+-- Every upstream's state, before anything is written.
+local ups, decisive = {}, nil
+for i = 1, nup do
+  local up = ARGV[8 + i]
+  local u
+  local raw = redis.call('HGET', K.meta, up)
+  if raw then
+    local um = cjson.decode(raw)
+    if um.state == 'failed' then
+      u = {id = up, state = 'failed', error = um.error, name = um.name,
+           blob = redis.call('HGET', K.payload, up .. ':e') or nil}
+    else
+      u = {id = up, state = 'live'}
+    end
+  else
+    local h = redis.call('HMGET', KEYS[NFIXED + 1 + i], 'state', 'value', 'error', 'name')
+    if h[1] then
+      u = {id = up, state = h[1], error = h[3] or nil, name = h[4] or nil}
+      if h[1] == 'completed' then u.blob = h[2] or nil end
+    else
+      local gone = redis.call('HGET', K.ended, up)
+      if not gone then return redis.error_reply('PQUNKNOWN ' .. up) end
+      local g = cjson.decode(gone)
+      u = {id = up, state = g.state, error = g.error, name = g.name, up = tostring(g.up)}
+    end
+  end
+  ups[i] = u
+  if not decisive and not m.ad and u.state ~= 'live' and u.state ~= 'completed' then
+    decisive = u
+  end
+end
+if idem ~= '' then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
+local delay = tonumber(ARGV[5])
+if nup == 0 then
+  enqueue(id, tonumber(ARGV[2]), m, ARGV[4], delay, now)
+  return tonumber(id)
+end
+m.priority = tonumber(ARGV[2])
+m.seq = redis.call('INCR', K.seq)
+m.attempts = 0
+m.submitted = now
+m.state = 'waiting'
+m.wait = nup
+if delay > 0 then m.due = now + delay end
+redis.call('HSET', K.payload, id, ARGV[4])
+redis.call('SADD', K.waiting, id)
+local ctx = {now = now, ttl = tonumber(ARGV[7]), channel = ARGV[8]}
+if decisive then  -- ends at once, as if that upstream had ended just now
+  count_upstream(id, m, decisive, ctx)
+  return tonumber(id)
+end
+local final = {}
+for _, u in ipairs(ups) do
+  if u.state == 'live' then link(u.id, id) else final[#final + 1] = u end
+end
+redis.call('HSET', K.meta, id, cjson.encode(m))
+for _, u in ipairs(final) do count_upstream(id, m, u, ctx) end
 return tonumber(id)
-"""
+""",
 )
 
 #: Promote due delayed tasks, pop up to k ready ones, lease each to ``owner``
 #: with a fresh fencing token, counting the attempt: one step, no gap between
 #: "popped" and "recorded". A task with a rate-limited key (``lk``) starts only
 #: in its slot (GCRA with reservations, ``admitted``); until then it waits in
-#: ``delayed``.
-#: KEYS: ready delayed leases meta payload fence buckets
+#: ``delayed``. A capped key at its cap parks the task (``park``) until a lease
+#: of the key ends. Each claimed row carries the upstream values the task takes
+#: (``result_of``), read in this same step from ``held``.
+#: KEYS: its fixed keys (``KEYS_OF``)
 #: ARGV: k lease_ms owner
-CLAIM = (
-    _PRELUDE
-    + """
+CLAIM = _script(
+    "CLAIM",
+    _CORE,
+    _RATE,
+    _CAPS,
+    """
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  local raw = redis.call('HGET', KEYS[4], id)
-  redis.call('ZREM', KEYS[2], id)
+  local raw = redis.call('HGET', K.meta, id)
+  redis.call('ZREM', K.delayed, id)
   if raw then
     local m = cjson.decode(raw)
+    if m.state == 'throttled' then bump('t:' .. m.lk, -1) end
     m.state = 'pending'
-    redis.call('HSET', KEYS[4], id, cjson.encode(m))
-    redis.call('ZADD', KEYS[1], score(m), id)
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    redis.call('ZADD', K.ready, score(m), id)
   end
 end
-local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
+local popped = redis.call('ZPOPMIN', K.ready, tonumber(ARGV[1]))
 local out = {}
 local lease = tonumber(ARGV[2])
 for i = 1, #popped, 2 do
   local id = popped[i]
-  local raw = redis.call('HGET', KEYS[4], id)
+  local raw = redis.call('HGET', K.meta, id)
   local m = raw and cjson.decode(raw)
-  if m and m.lk and not admitted(KEYS[7], m, now) then
+  if m and m.unp then
+    m.unp = nil
+    bump('u:' .. m.lk, -1)
+  end
+  if m and m.lc and count('r:' .. m.lk) + count('u:' .. m.lk) >= m.lc then
+    -- At its cap across all nodes: parked in order, holding no worker and
+    -- using no attempt, until a lease of its key ends (``refill``).
+    park(id, m)
+    m = nil
+  end
+  if m and m.lk and #m.lw > 0 and not admitted(m, now) then
     -- Throttled: waits for the start slot it was given, off the ready set,
     -- holding no worker and using no attempt; other keys run on.
     m.state = 'throttled'
-    redis.call('HSET', KEYS[4], id, cjson.encode(m))
-    redis.call('ZADD', KEYS[2], m.slot, id)
+    bump('t:' .. m.lk, 1)
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    redis.call('ZADD', K.delayed, m.slot, id)
     m = nil
   end
   if m then
     m.attempts = m.attempts + 1
-    m.token = redis.call('INCR', KEYS[6])
+    m.token = redis.call('INCR', K.fence)
     m.owner = ARGV[3]
     m.state = 'running'
     m.started = now
-    redis.call('HSET', KEYS[4], id, cjson.encode(m))
-    redis.call('ZADD', KEYS[3], now + lease, id)
-    local payload = redis.call('HGET', KEYS[5], id) or false
-    out[#out + 1] = {id, m.token, m.attempts, payload, tostring(m.timeout or 0), m.name}
+    if m.lk then bump('r:' .. m.lk, 1) end
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    redis.call('ZADD', K.leases, now + lease, id)
+    local payload = redis.call('HGET', K.payload, id) or false
+    local row = {id, m.token, m.attempts, payload, tostring(m.timeout or 0), m.name}
+    if m.inp then
+      -- Upstream values: id, state, signed blob or '', error, its own upstream.
+      local inputs = {}
+      for up, _ in pairs(m.inp) do
+        local iv = (m.iv and m.iv[up]) or {}
+        local blob = iv.h and redis.call('HGET', K.held, up) or ''
+        inputs[#inputs + 1] = up
+        inputs[#inputs + 1] = iv.s or ''
+        inputs[#inputs + 1] = blob or ''
+        inputs[#inputs + 1] = iv.e or ''
+        inputs[#inputs + 1] = iv.u and tostring(iv.u) or ''
+      end
+      row[7] = inputs
+    end
+    out[#out + 1] = row
   end
 end
 return out
-"""
+""",
 )
 
 #: Renew the leases ``owner`` still holds (token and lease must match); the
 #: reply names the ones it lost and the ones to cancel.
-#: KEYS: leases meta cancel
+#: KEYS: its fixed keys (``KEYS_OF``)
 #: ARGV: lease_ms owner id1 token1 id2 token2 ...
-RENEW = (
-    _PRELUDE
-    + """
+RENEW = _script(
+    "RENEW",
+    _CORE,
+    """
 local deadline = now_ms() + tonumber(ARGV[1])
 local lost, cancels = {}, {}
 for i = 3, #ARGV, 2 do
   local id, token = ARGV[i], tonumber(ARGV[i + 1])
-  local raw = redis.call('HGET', KEYS[2], id)
+  local raw = redis.call('HGET', K.meta, id)
   local m = raw and cjson.decode(raw)
-  if m and m.token == token and m.owner == ARGV[2] and redis.call('ZSCORE', KEYS[1], id) then
-    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
-    if redis.call('SISMEMBER', KEYS[3], id) == 1 then cancels[#cancels + 1] = id end
+  if m and m.token == token and m.owner == ARGV[2] and redis.call('ZSCORE', K.leases, id) then
+    redis.call('ZADD', K.leases, 'XX', deadline, id)
+    if redis.call('SISMEMBER', K.cancel, id) == 1 then cancels[#cancels + 1] = id end
   else
     lost[#lost + 1] = id
   end
 end
 return {lost, cancels}
-"""
+""",
 )
 
 #: Record the outcome of one attempt, fenced: only while the lease exists and
@@ -179,23 +553,33 @@ return {lost, cancels}
 #: TTL) and the task's fields go; ``retry``: back to ``delayed`` after its
 #: backoff; ``failed``: into the DLQ (meta and payload stay, for requeue; the
 #: sealed exception, if given, as payload field ``<id>:e``);
-#: ``error``: ``retry`` while attempts remain, else ``failed``.
+#: ``error``: ``retry`` while attempts remain, else ``failed``. A final
+#: outcome releases or ends the task's dependents (``cascade``), and the lease's
+#: end frees its key's concurrency slot, both in this same step.
 #: Returns 1, or 0 when fenced off (the late result is dropped).
-#: KEYS: leases delayed meta payload dlq cancel result
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<id>
 #: ARGV: id token outcome value error ttl_s channel
-FINISH = (
-    _PRELUDE
-    + """
+FINISH = _script(
+    "FINISH",
+    _CORE,
+    _READY,
+    _CAPS,
+    _FREE,
+    _PINS,
+    _GRAPH,
+    """
 local id, token, outcome = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local raw = redis.call('HGET', KEYS[3], id)
+local raw = redis.call('HGET', K.meta, id)
 if not raw then return 0 end
 local m = cjson.decode(raw)
-if m.token ~= token or not redis.call('ZSCORE', KEYS[1], id) then return 0 end
+if m.token ~= token or not redis.call('ZSCORE', K.leases, id) then return 0 end
 local now = now_ms()
-redis.call('ZREM', KEYS[1], id)
-redis.call('SREM', KEYS[6], id)
+local ctx = {now = now, ttl = tonumber(ARGV[6]), channel = ARGV[7]}
+redis.call('ZREM', K.leases, id)
+redis.call('SREM', K.cancel, id)
 m.owner = nil
 m.token = nil
+lease_ended(m)
 if outcome == 'error' then
   -- The attempt raised or crashed: retry while attempts (counted at claim) remain.
   if m.attempts <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
@@ -203,94 +587,130 @@ end
 if outcome == 'retry' then
   m.state = 'retrying'
   m.error = ARGV[5]
-  redis.call('ZADD', KEYS[2], now + backoff(m), id)
-  redis.call('HSET', KEYS[3], id, cjson.encode(m))
+  redis.call('ZADD', K.delayed, now + backoff(m), id)
+  redis.call('HSET', K.meta, id, cjson.encode(m))
   return 1
 end
+local ended = {id = id, state = outcome, error = ARGV[5], name = m.name}
 if outcome == 'failed' then
   m.state = 'failed'
   m.error = ARGV[5]
   m.finished = now
-  redis.call('HSET', KEYS[3], id, cjson.encode(m))
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], id .. ':e', ARGV[4]) end
-  redis.call('ZADD', KEYS[5], now, id)
+  redis.call('HSET', K.meta, id, cjson.encode(m))
+  if ARGV[4] ~= '' then redis.call('HSET', K.payload, id .. ':e', ARGV[4]) end
+  redis.call('ZADD', K.dlq, now, id)
+  ended.blob = ARGV[4]
 else
-  redis.call('HSET', KEYS[7], 'state', outcome, 'value', ARGV[4], 'error', ARGV[5],
+  local r = KEYS[NFIXED + 1]
+  redis.call('HSET', r, 'state', outcome, 'value', ARGV[4], 'error', ARGV[5],
              'attempts', m.attempts, 'name', m.name, 'finished', now)
-  redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id, id .. ':e')
+  if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
+  redis.call('EXPIRE', r, m.ttl or ctx.ttl)
+  redis.call('HDEL', K.meta, id)
+  redis.call('HDEL', K.payload, id, id .. ':e')
+  unpin(m)
+  if outcome == 'completed' then ended.blob = ARGV[4] end
 end
-redis.call('PUBLISH', ARGV[7], id)
+redis.call('PUBLISH', ctx.channel, id)
+cascade(ended, ctx)
 return 1
-"""
+""",
 )
 
 #: Expired leases (node killed, partitioned, frozen): requeue with backoff, or
-#: dead-letter once the attempts (counted at claim) are spent. Atomic and
-#: lock-free: any node may run it, concurrently, and each lease is handled once.
-#: KEYS: leases delayed meta dlq
-#: ARGV: limit channel
-RECLAIM = (
-    _PRELUDE
-    + """
+#: dead-letter once the attempts (counted at claim) are spent, ending the
+#: task's dependents. Atomic and lock-free: any node may run it, concurrently,
+#: and each lease is handled once. Also sweeps the expired ``ended`` entries.
+#: KEYS: its fixed keys (``KEYS_OF``)
+#: ARGV: limit channel ttl_s
+RECLAIM = _script(
+    "RECLAIM",
+    _CORE,
+    _READY,
+    _CAPS,
+    _FREE,
+    _PINS,
+    _GRAPH,
+    """
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ctx = {now = now, ttl = tonumber(ARGV[3]), channel = ARGV[2]}
+local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local requeued, dead = {}, {}
 for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], id)
-  local raw = redis.call('HGET', KEYS[3], id)
+  redis.call('ZREM', K.leases, id)
+  local raw = redis.call('HGET', K.meta, id)
   if raw then
     local m = cjson.decode(raw)
     local err = 'lease expired on node ' .. tostring(m.owner) .. ' (attempt ' .. m.attempts .. ')'
     m.owner = nil
     m.token = nil
     m.error = err
+    lease_ended(m)
     if m.attempts <= m.max_retries then
       m.state = 'retrying'
-      redis.call('ZADD', KEYS[2], now + backoff(m), id)
+      redis.call('ZADD', K.delayed, now + backoff(m), id)
+      redis.call('HSET', K.meta, id, cjson.encode(m))
       requeued[#requeued + 1] = id
     else
       m.state = 'failed'
       m.finished = now
-      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('SREM', K.cancel, id)
+      redis.call('ZADD', K.dlq, now, id)
+      redis.call('HSET', K.meta, id, cjson.encode(m))
       dead[#dead + 1] = id
-      redis.call('PUBLISH', ARGV[2], id)
+      redis.call('PUBLISH', ctx.channel, id)
+      cascade({id = id, state = 'failed', error = err, name = m.name}, ctx)
     end
-    redis.call('HSET', KEYS[3], id, cjson.encode(m))
   end
 end
+local old = redis.call('ZRANGEBYSCORE', K.ended_ttl, '-inf', now, 'LIMIT', 0, 1000)
+if #old > 0 then
+  redis.call('HDEL', K.ended, unpack(old))
+  redis.call('ZREM', K.ended_ttl, unpack(old))
+end
 return {requeued, dead}
-"""
+""",
 )
 
-#: Cancel: a queued or delayed task ends ``cancelled`` at once (returns 1); a
-#: claimed one is flagged for its owner, whose next renewal kills it (2);
-#: 0 when it is unknown or already final.
-#: KEYS: ready delayed leases meta payload cancel result
+#: Cancel: a queued, delayed, parked or waiting task ends ``cancelled`` at
+#: once, and so do its dependents (returns 1); a claimed one is flagged for
+#: its owner, whose next renewal kills it (2); 0 when it is unknown or already
+#: final.
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<id>
 #: ARGV: id ttl_s channel
-CANCEL = (
-    _PRELUDE
-    + """
+CANCEL = _script(
+    "CANCEL",
+    _CORE,
+    _READY,
+    _CAPS,
+    _FREE,
+    _PINS,
+    _GRAPH,
+    """
 local id = ARGV[1]
-local raw = redis.call('HGET', KEYS[4], id)
+local raw = redis.call('HGET', K.meta, id)
 if not raw then return 0 end
 local m = cjson.decode(raw)
 if m.state == 'failed' then return 0 end
-if redis.call('ZSCORE', KEYS[3], id) then
-  redis.call('SADD', KEYS[6], id)
+if redis.call('ZSCORE', K.leases, id) then
+  redis.call('SADD', K.cancel, id)
   return 2
 end
-redis.call('ZREM', KEYS[1], id)
-redis.call('ZREM', KEYS[2], id)
-redis.call('HSET', KEYS[7], 'state', 'cancelled', 'value', '', 'error', 'cancelled',
-           'attempts', m.attempts, 'name', m.name, 'finished', now_ms())
-redis.call('EXPIRE', KEYS[7], tonumber(ARGV[2]))
-redis.call('HDEL', KEYS[4], id)
-redis.call('HDEL', KEYS[5], id)
-redis.call('PUBLISH', ARGV[3], id)
+local now = now_ms()
+local ctx = {now = now, ttl = tonumber(ARGV[2]), channel = ARGV[3]}
+unqueue(id, m)
+local r = KEYS[NFIXED + 1]
+redis.call('HSET', r, 'state', 'cancelled', 'value', '', 'error', 'cancelled',
+           'attempts', m.attempts, 'name', m.name, 'finished', now)
+if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
+redis.call('EXPIRE', r, m.ttl or ctx.ttl)
+redis.call('HDEL', K.meta, id)
+redis.call('HDEL', K.payload, id)
+unpin(m)
+redis.call('PUBLISH', ctx.channel, id)
+cascade({id = id, state = 'cancelled', error = 'cancelled', name = m.name}, ctx)
 return 1
-"""
+""",
 )
 
 #: One evaluation of a schedule, at most once across every node: fires only
@@ -299,19 +719,21 @@ return 1
 #: ``overlap="skip"``: a run is skipped (counted) while the last one is not
 #: final. Returns the number of runs queued, or -1 when another node (or a
 #: pause) got there first.
-#: KEYS: sched ready delayed meta payload seq wake fired (the schedule's id list)
+#: KEYS: its fixed keys (``KEYS_OF``), then sched, fired (the schedule's id list)
 #: ARGV: name expected_next_ms new_next_ms misfired skipped_catchup
 #:       then per run: id priority meta_json payload
-FIRE = (
-    _PRELUDE
-    + """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
+FIRE = _script(
+    "FIRE",
+    _CORE,
+    _READY,
+    _ENQUEUE,
+    """
+local sched, fired_list = KEYS[NFIXED + 1], KEYS[NFIXED + 2]
+local raw = redis.call('HGET', sched, ARGV[1])
 if not raw then return -1 end
 local s = cjson.decode(raw)
 if s.paused or s.next_ms ~= tonumber(ARGV[2]) then return -1 end
 local now = now_ms()
-local k = {ready = KEYS[2], delayed = KEYS[3], meta = KEYS[4], payload = KEYS[5],
-           seq = KEYS[6], wake = KEYS[7]}
 s.next_ms = tonumber(ARGV[3])
 s.misfired = (s.misfired or 0) + tonumber(ARGV[4])
 s.skipped_catchup = (s.skipped_catchup or 0) + tonumber(ARGV[5])
@@ -319,23 +741,23 @@ local fired = 0
 for i = 6, #ARGV, 4 do
   local busy = false
   if s.overlap == 'skip' and s.last_id then
-    local last = redis.call('HGET', KEYS[4], tostring(s.last_id))
+    local last = redis.call('HGET', K.meta, tostring(s.last_id))
     busy = last ~= false and cjson.decode(last).state ~= 'failed'
   end
   if busy then
     s.skipped_overlap = (s.skipped_overlap or 0) + 1
   else
-    enqueue(k, ARGV[i], tonumber(ARGV[i + 1]), cjson.decode(ARGV[i + 2]), ARGV[i + 3], 0, now)
+    enqueue(ARGV[i], tonumber(ARGV[i + 1]), cjson.decode(ARGV[i + 2]), ARGV[i + 3], 0, now)
     s.last_id = tonumber(ARGV[i])
     s.runs = (s.runs or 0) + 1
-    redis.call('RPUSH', KEYS[8], ARGV[i])
-    redis.call('LTRIM', KEYS[8], -1000, -1)
+    redis.call('RPUSH', fired_list, ARGV[i])
+    redis.call('LTRIM', fired_list, -1000, -1)
     fired = fired + 1
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(s))
+redis.call('HSET', sched, ARGV[1], cjson.encode(s))
 return fired
-"""
+""",
 )
 
 #: A schedule's controls, atomic against FIRE: ``add`` (fails if the name is
@@ -370,40 +792,50 @@ return 1
 
 #: Run a dead letter again as a new task (new id, fresh attempts): its meta
 #: moves to the new id, with the payload the caller re-sealed for that id.
-#: Returns 1, or 0 if it is not a dead letter.
-#: KEYS: dlq ready meta payload seq wake
+#: The upstream values it holds (``iv``) move with it. Returns 1, or 0 if it
+#: is not a dead letter.
+#: KEYS: its fixed keys (``KEYS_OF``)
 #: ARGV: old_id new_id max_retries ('' keeps it) priority ('' keeps it) payload
-REQUEUE = (
-    _PRELUDE
-    + """
+REQUEUE = _script(
+    "REQUEUE",
+    _CORE,
+    _READY,
+    _ENQUEUE,
+    """
 local old, new = ARGV[1], ARGV[2]
-if redis.call('ZREM', KEYS[1], old) == 0 then return 0 end
-local m = cjson.decode(redis.call('HGET', KEYS[3], old))
+if redis.call('ZREM', K.dlq, old) == 0 then return 0 end
+local m = cjson.decode(redis.call('HGET', K.meta, old))
 local payload = ARGV[5]
-redis.call('HDEL', KEYS[3], old)
-redis.call('HDEL', KEYS[4], old, old .. ':e')
+redis.call('HDEL', K.meta, old)
+redis.call('HDEL', K.payload, old, old .. ':e')
 m.error = nil
 m.finished = nil
 m.started = nil
+m.slot = nil
 if ARGV[3] ~= '' then m.max_retries = tonumber(ARGV[3]) end
 local priority = m.priority
 if ARGV[4] ~= '' then priority = tonumber(ARGV[4]) end
-local k = {ready = KEYS[2], delayed = '', meta = KEYS[3], payload = KEYS[4],
-           seq = KEYS[5], wake = KEYS[6]}
-enqueue(k, new, priority, m, payload, 0, now_ms())
+enqueue(new, priority, m, payload, 0, now_ms())
 return 1
-"""
+""",
 )
 
-#: Drop dead letters. KEYS: dlq meta payload. ARGV: ids. Returns how many.
-PURGE = """
+#: Drop dead letters (and their hold on upstream values).
+#: KEYS: its fixed keys. ARGV: ids. Returns how many.
+PURGE = _script(
+    "PURGE",
+    _PINS,
+    """
 local n = 0
 for _, id in ipairs(ARGV) do
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id, id .. ':e')
+  if redis.call('ZREM', K.dlq, id) == 1 then
+    local raw = redis.call('HGET', K.meta, id)
+    if raw then unpin(cjson.decode(raw)) end
+    redis.call('HDEL', K.meta, id)
+    redis.call('HDEL', K.payload, id, id .. ':e')
     n = n + 1
   end
 end
 return n
-"""
+""",
+)
