@@ -17,6 +17,7 @@ from ._runtime.wire import refresh_function
 from ._runtime.worker import report_progress
 from ._schedules import Schedule
 from .errors import (
+    InsecureDashboardError,
     InvalidArgumentError,
     InvalidCallableError,
     MemoryLimitExceeded,
@@ -72,6 +73,7 @@ __all__ = [
     "result_of",
     "task_id",
     # errors
+    "InsecureDashboardError",
     "InvalidArgumentError",
     "InvalidCallableError",
     "MemoryLimitExceeded",

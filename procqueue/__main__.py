@@ -1,5 +1,6 @@
 """``python -m procqueue``: a few-second demo of what a script user gets
-(``python -m procqueue worker --broker ...`` runs a Redis node instead).
+(``python -m procqueue worker --broker ...`` runs a Redis node instead;
+``python -m procqueue --dashboard`` runs a longer demo with the live dashboard).
 
 Mixed priorities, a task that fails twice and then succeeds (watch the backoff
 in the log), a task whose worker dies and is replaced, a timeout, and the final
@@ -96,6 +97,10 @@ def cli(argv: list[str] | None = None) -> int:
         from ._top import main as top_main
 
         return top_main(argv[1:])
+    if "--dashboard" in argv:  # the demo with the live dashboard (--help for options)
+        from .dashboard._demo import main as dashboard_main
+
+        return dashboard_main(argv)
     return main()
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Literal, TypedDict, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
@@ -27,6 +27,9 @@ from ._runtime.engine import Engine
 from ._runtime.futures import _TaskFuture
 from ._runtime.local import LocalTransport
 from .errors import InvalidArgumentError, InvalidCallableError, OptionTypeError, SerializationError
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard, DashboardOptions
 
 __all__ = ["CommonOptions", "DeadLetterQueue", "TaskQueueOptions"]
 
@@ -82,8 +85,7 @@ def _link_call(
         swap = _future_swapper(engine, futures)
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
-    needed: set[int] = set()
-    find_markers(args, kwargs, needed)
+        find_markers(args, kwargs, needed)
     upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
     return args, kwargs, upstream, needed, futures
 
@@ -154,6 +156,7 @@ class CommonOptions(TypedDict, total=False):
     rand: Callable[[], float] | None
     key_limits: Mapping[str, RateLimit | Concurrency | Sequence[RateLimit | Concurrency]] | None
     max_throttles: int
+    dashboard: int | bool | Mapping[str, Any] | DashboardOptions | None
 
 
 class TaskQueueOptions(CommonOptions, total=False):
@@ -163,6 +166,26 @@ class TaskQueueOptions(CommonOptions, total=False):
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     keep_unclaimed: bool
+
+
+def open_dashboard(engine: Engine, spec: object, **overrides: Any) -> Dashboard:
+    """Serve a dashboard for ``engine`` (``dashboard=`` or ``serve_dashboard``):
+    ``spec`` is a port, ``True``, a dict or a ``DashboardOptions``; the
+    ``overrides`` that are not ``None`` win. Closed when the queue stops."""
+    from .dashboard._app import serve_local
+    from .dashboard._options import resolve_options
+
+    return serve_local(engine, resolve_options(spec, **overrides))
+
+
+def close_dashboards(engine: Engine) -> None:
+    """Close ``engine``'s dashboards and join their threads (a no-op when the
+    dashboard package was never loaded)."""
+    import sys
+
+    app = sys.modules.get("procqueue.dashboard._app")
+    if app is not None:
+        app.close_for(engine)
 
 
 def make_engine(owner: str, num_workers: int, options: dict[str, Any]) -> Engine:

@@ -24,6 +24,7 @@ from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "InsecureDashboardError",
     "InvalidArgumentError",
     "InvalidCallableError",
     "MemoryLimitExceeded",
@@ -283,3 +284,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class InsecureDashboardError(ProcQueueError, ValueError):
+    """The dashboard was asked to listen on an address other than loopback
+    (``127.0.0.1``, ``::1``, ``localhost``) without a ``token``: anyone who can
+    reach that address could read task arguments and retry or purge tasks.
+    Nothing was bound. Pass ``token=...`` (``secrets.token_urlsafe()``), or
+    bind ``127.0.0.1`` and reach it through an SSH tunnel or a proxy."""

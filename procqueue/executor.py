@@ -19,8 +19,10 @@ from ._core.records import TaskStatus
 from ._frontdoor import (
     CommonOptions,
     DeadLetterQueue,
+    close_dashboards,
     due_of,
     make_engine,
+    open_dashboard,
     prepare,
     prepare_many,
     task_id,
@@ -35,6 +37,8 @@ from .stats import QueueStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from .dashboard import Dashboard
 
 __all__ = ["ProcQueue", "task_id"]
 
@@ -113,6 +117,7 @@ class ProcQueue(Executor):
         ):
             raise InvalidArgumentError("max_workers must be greater than 0")
         extra: dict[str, Any] = dict(options)
+        dashboard = extra.pop("dashboard", None)
         if mp_context is not None and extra.get("start_method") is None:
             extra["start_method"] = mp_context.get_start_method()
         if max_tasks_per_child is not None:
@@ -128,6 +133,14 @@ class ProcQueue(Executor):
         weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
         #: The dead letter queue: tasks that failed for good, with their history.
         self.dlq = DeadLetterQueue(self._engine)
+        #: The dashboard ``dashboard=`` started (``.url``), else ``None``.
+        self.dashboard: Dashboard | None = None
+        if dashboard is not None and dashboard is not False:
+            try:
+                self.dashboard = open_dashboard(self._engine, dashboard)
+            except BaseException:
+                self.shutdown(wait=True, cancel_futures=True)
+                raise
 
     @property
     def max_workers(self) -> int:
@@ -336,6 +349,7 @@ class ProcQueue(Executor):
         self._engine.request_stop(cancel_pending=cancel_futures, timeout=timeout)
         if wait:
             self._engine.wait_stopped()
+            close_dashboards(self._engine)
 
     def __exit__(
         self,
@@ -362,6 +376,30 @@ class ProcQueue(Executor):
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
         """Call ``listener`` with a :class:`TaskStatus` on every state change."""
         return self._engine.subscribe(listener)
+
+    def serve_dashboard(
+        self,
+        port: int | None = None,
+        *,
+        host: str | None = None,
+        token: str | None = None,
+        read_only: bool | None = None,
+        show_args: bool | None = None,
+    ) -> Dashboard:
+        """Serve the live web dashboard (and ``/metrics``) for this pool; returns
+        its handle (``.url``, ``.close()``). Defaults: port 8765 (0 picks a free
+        one), host ``127.0.0.1`` (any other host needs a ``token``), actions
+        allowed, arguments shown. It closes when the pool shuts down. See the
+        README's "Dashboard and metrics"."""
+        return open_dashboard(
+            self._engine,
+            True,
+            port=port,
+            host=host,
+            token=token,
+            read_only=read_only,
+            show_args=show_args,
+        )
 
 
 def _results(

@@ -17,8 +17,10 @@ from ._core.records import TaskStatus
 from ._frontdoor import (
     DeadLetterQueue,
     TaskQueueOptions,
+    close_dashboards,
     due_of,
     make_engine,
+    open_dashboard,
     prepare,
     task_policy,
 )
@@ -31,6 +33,8 @@ from .stats import QueueStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from .dashboard import Dashboard
 
 __all__ = ["TaskQueue"]
 
@@ -67,7 +71,12 @@ class TaskQueue:
         ``retain_finished``, ``keep_unclaimed``, ``initializer``, ``initargs``,
         ``forward_logs``, ``rand``): see the README's configuration table."""
         workers = os.cpu_count() or 1 if num_workers is None else num_workers
-        self._engine = make_engine("TaskQueue", workers, dict(options))
+        opts: dict[str, Any] = dict(options)
+        # Served from start() to stop() (``dashboard=``: a port, a dict, options).
+        self._dashboard_spec = opts.pop("dashboard", None)
+        #: The dashboard ``dashboard=`` started with the queue (``.url``), else ``None``.
+        self.dashboard: Dashboard | None = None
+        self._engine = make_engine("TaskQueue", workers, opts)
         # Dropped without stop(): finish the accepted work, then stop.
         weakref.finalize(self, self._engine.request_stop, cancel_pending=False, timeout=None)
         #: The dead letter queue: tasks that failed for good, with their history.
@@ -87,6 +96,13 @@ class TaskQueue:
         up to ``num_workers``, and boot in the background; tasks submitted
         meanwhile wait in the heap."""
         self._engine.start()
+        spec = self._dashboard_spec
+        if spec is not None and spec is not False:
+            try:
+                self.dashboard = open_dashboard(self._engine, spec)
+            except BaseException:
+                await self.stop(cancel_pending=True, timeout=0)
+                raise
 
     async def submit(
         self,
@@ -327,6 +343,7 @@ class TaskQueue:
         engine.request_stop(cancel_pending=cancel_pending, timeout=timeout)
         await to_asyncio(engine.stopped_future)
         engine.wait_stopped()
+        close_dashboards(engine)
 
     async def __aenter__(self) -> TaskQueue:
         await self.start()
@@ -348,3 +365,27 @@ class TaskQueue:
         """Call ``listener`` with a :class:`TaskStatus` on every state change (in
         the coordinator thread: hand off with ``loop.call_soon_threadsafe``)."""
         return self._engine.subscribe(listener)
+
+    def serve_dashboard(
+        self,
+        port: int | None = None,
+        *,
+        host: str | None = None,
+        token: str | None = None,
+        read_only: bool | None = None,
+        show_args: bool | None = None,
+    ) -> Dashboard:
+        """Serve the live web dashboard (and ``/metrics``) for this queue; returns
+        its handle (``.url``, ``.close()``). Defaults: port 8765 (0 picks a free
+        one), host ``127.0.0.1`` (any other host needs a ``token``), actions
+        allowed, arguments shown. It closes when the queue stops. See the
+        README's "Dashboard and metrics"."""
+        return open_dashboard(
+            self._engine,
+            True,
+            port=port,
+            host=host,
+            token=token,
+            read_only=read_only,
+            show_args=show_args,
+        )

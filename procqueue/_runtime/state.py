@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from .._core.config import QueueConfig
 from .._core.deadletters import DeadLetter
 from .._core.events import OK
-from .._core.records import RELEASED, TaskStatus, _TaskRecord
+from .._core.records import RELEASED, TaskState, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
 from ..errors import QueueClosedError, TaskNotFoundError
@@ -45,6 +45,32 @@ class EngineState(str, enum.Enum):
     """Coordinator gone, no worker left."""
     BROKEN = "broken"
     """Workers cannot start (or the coordinator crashed): every task failed."""
+
+
+class TaskDetail(NamedTuple):
+    """One task as the dashboard's task page reads it (``ReadSide.task_detail``)."""
+
+    status: TaskStatus
+    payload: tuple[bytes, list[Any]] | None
+    outcome: Any
+    has_outcome: bool
+    dependents: tuple[int, ...]
+    limit_key: str | None
+    timeout: float | None
+    parked: bool
+
+
+class Counters(NamedTuple):
+    """The engine's counts for metrics (``ReadSide.counters``)."""
+
+    submitted: int
+    retried: int
+    by_state: tuple[int, ...]
+    slots: tuple[tuple[str, int, int], ...]
+    startup_deaths: int
+    dead_letters: int
+    dead_letters_dropped: int
+    schedules: tuple[tuple[str, int, int, int, int, int | None], ...]
 
 
 class Publication(NamedTuple):
@@ -232,12 +258,14 @@ class ReadSide:
                 self._space_waiters.append(fut)
         return fut
 
-    def stats(self) -> QueueStats:
+    def stats(self, latencies: LatencyCache | None = None, figures: bool = True) -> QueueStats:
         """A consistent snapshot of the counts. Worker figures (psutil) and
         latency percentiles are computed after the lock is released, each
-        refreshed at most every 0.25 s."""
+        refreshed at most every 0.25 s (``latencies``: a cache of the
+        caller's own, e.g. the dashboard's, refreshed less often;
+        ``figures=False``: no psutil reading, RSS and CPU are ``None``)."""
         core = self.core
-        latencies = self._latencies
+        latencies = self._latencies if latencies is None else latencies
         samples = None
         with self._lock:
             now = time.monotonic()
@@ -262,7 +290,7 @@ class ReadSide:
         queue_wait, run_time = latencies.value
         workers = []
         for index, pid, state, done, restarts, recycled, head in slots:
-            rss, cpu = self.transport.figures(index, pid)
+            rss, cpu = self.transport.figures(index, pid) if figures else (None, None)
             workers.append(WorkerStats(index, pid, state, done, restarts, recycled, head, rss, cpu))
         return replace(snap, workers=tuple(workers), queue_wait=queue_wait, run_time=run_time)
 
@@ -307,6 +335,197 @@ class ReadSide:
     @property
     def dead_letters_dropped(self) -> int:
         return self.core.dlq.dropped
+
+    # ------------------------------------------------------------------ dashboard reads
+    # For procqueue.dashboard: each call takes the lock once for a bounded
+    # amount of work (the caller chunks its ids), copies plain values and
+    # leaves formatting, reprs and sorting to after the lock is released.
+
+    def newest_task_id(self) -> int:
+        """The id of the task admitted last (0 when the table is empty)."""
+        with self._lock:
+            return next(reversed(self.core.tasks), 0)
+
+    def probe_tasks(self, ids: Iterable[int]) -> list[tuple[int, str, tuple[int, ...]] | None]:
+        """``(state ordinal, name, upstream ids)`` of each id; ``None`` for an
+        id the table does not hold (never admitted, or dropped by retention)."""
+        out: list[tuple[int, str, tuple[int, ...]] | None] = []
+        append = out.append
+        with self._lock:
+            get = self.core.tasks.get
+            for tid in ids:
+                rec = get(tid)
+                append(None if rec is None else (rec.state.ordinal, rec.name, rec.upstream))
+        return out
+
+    def snapshots(self, ids: Iterable[int]) -> list[TaskStatus | None]:
+        """A status per id (``None`` for an unknown one), in one lock round."""
+        with self._lock:
+            get = self.core.tasks.get
+            return [None if (rec := get(t)) is None else rec.snapshot() for t in ids]
+
+    def task_detail(self, task_id: int) -> TaskDetail:
+        """What the dashboard's task page shows (values copied, not formatted)."""
+        with self._lock:
+            rec = self.core.tasks.get(task_id)
+            if rec is None:
+                raise TaskNotFoundError(task_id)
+            completed = rec.state is TaskState.COMPLETED and rec.outcome is not RELEASED
+            return TaskDetail(
+                status=rec.snapshot(),
+                payload=rec.payload,
+                outcome=rec.outcome if completed else None,
+                has_outcome=completed,
+                dependents=tuple(d.task_id for d in rec.dependents or ()),
+                limit_key=rec.limit_key,
+                timeout=rec.timeout,
+                parked=rec.parked,
+            )
+
+    def dead_letter_payload(self, task_id: int) -> tuple[bytes, list[Any]] | None:
+        """The pickled call a dead letter keeps to run again (``None``: absent)."""
+        with self._lock:
+            entry = self.core.dlq.entries.get(task_id)
+            return None if entry is None else entry.payload
+
+    def new_dead_letters(self, seen: Callable[[int], bool]) -> list[tuple[int, str]]:
+        """``(task id, final error type)`` of the dead letters newer than the
+        newest one ``seen`` knows (newest first): bounded by the DLQ's size."""
+        out: list[tuple[int, str]] = []
+        with self._lock:
+            for tid, entry in reversed(self.core.dlq.entries.items()):
+                if seen(tid):
+                    break
+                err = entry.letter.error
+                out.append((tid, err.exc_type if err is not None else "unknown"))
+        return out
+
+    def new_latency_samples(
+        self, anchor: object
+    ) -> tuple[list[float], list[float], object, bool]:
+        """Run-time and queue-wait samples appended since the run-time sample
+        ``anchor`` (an object identity: each sample is a fresh float), the new
+        anchor, and whether ``anchor`` was found (``False``: the buffers
+        turned over, some samples were missed)."""
+        tally = self.core.tally
+        with self._lock:
+            runs, waits = tally.run_samples, tally.wait_samples
+            n = 0
+            found = anchor is None
+            if not found:
+                for value in reversed(runs):
+                    if value is anchor:
+                        found = True
+                        break
+                    n += 1
+            else:
+                n = len(runs)
+            n = min(n, len(waits))
+            new_runs = list(itertools.islice(reversed(runs), n))
+            new_waits = list(itertools.islice(reversed(waits), n))
+            last = runs[-1] if runs else anchor
+        return new_runs, new_waits, last, found  # newest first
+
+    def counters(self) -> Counters:
+        """Monotonic and current counts for metrics, in one lock round."""
+        core = self.core
+        with self._lock:
+            slots = tuple((s.state.value, s.restarts, s.recycled) for s in core.slots)
+            schedules = tuple(
+                (e.name, e.runs, e.skipped_overlap, e.misfired, e.skipped_catchup, e.last_id)
+                for e in core.schedules.values()
+            )
+            return Counters(
+                submitted=core.tally.submitted,
+                retried=core.tally.retried,
+                by_state=tuple(core.tally.by_state),
+                slots=slots,
+                startup_deaths=core.guard.total_deaths,
+                dead_letters=len(core.dlq),
+                dead_letters_dropped=core.dlq.dropped,
+                schedules=schedules,
+            )
+
+    def schedule_rows(self, runs_kept: int = 10) -> list[dict[str, Any]]:
+        """Every live schedule with its newest ``runs_kept`` runs' states."""
+        core = self.core
+        out = []
+        with self._lock:
+            wall_offset = time.time() - time.monotonic()
+            for e in core.schedules.values():
+                fired = list(e.fired)[-runs_kept:]
+                runs = []
+                for tid in reversed(fired):
+                    rec = core.tasks.get(tid)
+                    runs.append((tid, rec.state.value if rec is not None else None))
+                tick = e.next_tick if e.trigger.wall else e.next_tick + wall_offset
+                out.append(
+                    {
+                        "name": e.name,
+                        "trigger": e.trigger.describe(),
+                        "paused": e.paused,
+                        "next_run": None if e.paused else tick,
+                        "runs": e.runs,
+                        "skipped": {
+                            "overlap": e.skipped_overlap,
+                            "misfire": e.misfired,
+                            "catchup": e.skipped_catchup,
+                        },
+                        "overlap": e.overlap,
+                        "last_runs": runs,
+                    }
+                )
+        return out
+
+    def schedule_entry(self, name: str) -> Any:
+        """The live schedule entry named ``name`` (``None``: no such schedule)."""
+        with self._lock:
+            return self.core.schedules.get(name)
+
+    def limit_rows(self, max_keys: int = 500) -> tuple[list[dict[str, Any]], int]:
+        """Every configured key or pattern with its limits, and each concrete
+        key's state (running, parked, tokens); at most ``max_keys`` concrete
+        keys (most parked first), and how many there are in all."""
+        keys = self.core.keys
+        with self._lock:
+            now = time.monotonic()
+            specs = [(k, list(v)) for k, v in keys.exact.items()] + [
+                (p, list(v)) for p, v in keys.patterns
+            ]
+            live = [
+                (
+                    lim.key,
+                    lim.running,
+                    None if lim.max_running == float("inf") else int(lim.max_running),
+                    len(lim.parked),
+                    len(lim.released),
+                    [min(b[1], b[2] + (now - b[3]) * b[0]) for b in lim.buckets],
+                    [b[0] for b in lim.buckets],
+                )
+                for lim in keys.limiters.values()
+            ]
+        total = len(live)
+        live.sort(key=lambda row: -(row[3] + row[4]))
+        rows = [
+            {
+                "key": key,
+                "limits": [repr(s) for s in spec],
+                "pattern": any(c in key for c in "*?["),
+            }
+            for key, spec in specs
+        ]
+        concrete = [
+            {
+                "key": key,
+                "running": running,
+                "max_running": max_running,
+                "waiting": parked + released,
+                "tokens": [round(t, 3) for t in tokens],
+                "rates": rates,
+            }
+            for key, running, max_running, parked, released, tokens, rates in live[:max_keys]
+        ]
+        return [*rows, *[{"concrete": True, **c} for c in concrete]], total
 
     # ------------------------------------------------------------------ publishing
 
