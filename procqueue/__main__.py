@@ -87,12 +87,17 @@ def main() -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """``python -m procqueue`` runs the demo; ``python -m procqueue worker ...``
-    (or the ``procqueue`` command) runs a Redis node."""
+    (or the ``procqueue`` command) runs a Redis node, ``... dashboard
+    --broker ...`` the dashboard of a Redis queue."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
         from .redis._cli import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["dashboard"]:  # the live dashboard of a Redis queue (--help)
+        from .dashboard._redis import main as cluster_dashboard_main
+
+        return cluster_dashboard_main(argv[1:])
     if argv[:1] == ["top"]:  # a live terminal view of a queue (procqueue top --help)
         from ._top import main as top_main
 

@@ -4,6 +4,8 @@ Start one with ``TaskQueue(..., dashboard=8765)`` / ``ProcQueue(...,
 dashboard=8765)`` or ``queue.serve_dashboard(port=...)``; it serves the
 pages, a JSON API under ``/api/`` and ``/metrics``, from the standard library
 alone (``/metrics`` needs the ``metrics`` extra, ``prometheus-client``).
+:func:`serve_cluster` (``procqueue dashboard --broker ...``) serves the same
+for a queue on a Redis broker.
 
 Names are imported lazily, so ``import procqueue`` never loads this package.
 """
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from ._app import Dashboard
     from ._local import LocalSource
     from ._options import DashboardOptions
+    from ._redis import serve_cluster
     from ._source import DashboardSource, DeadLetterFilter, TaskQuery
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "LocalSource",
     "TaskQuery",
     "metrics_registry",
+    "serve_cluster",
 ]
 
 _WHERE = {
@@ -35,6 +39,7 @@ _WHERE = {
     "DeadLetterFilter": "._source",
     "LocalSource": "._local",
     "TaskQuery": "._source",
+    "serve_cluster": "._redis",
 }
 
 

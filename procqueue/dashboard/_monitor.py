@@ -45,8 +45,14 @@ def _signature(overview: JSON) -> object:
         (w.get("state"), w.get("current_task"), w.get("tasks_done"), w.get("restarts"))
         for w in stats.get("workers", ())
     )
+    # A cluster's nodes and their processes (``ClusterStats``), in place of workers.
+    nodes = tuple(
+        (n.get("node"), n.get("held"), [(p.get("state"), p.get("tasks_done")) for p in procs])
+        for n in stats.get("nodes", ())
+        for procs in [n.get("processes", ())]
+    )
     counts = tuple(v for v in stats.values() if isinstance(v, int))
-    return counts, workers, overview.get("state")
+    return counts, workers, nodes, overview.get("totals"), overview.get("state")
 
 
 def dumps(value: Any) -> bytes:

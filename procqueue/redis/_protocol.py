@@ -478,6 +478,123 @@ class Broker:
             return 0
         return int(self._s["PURGE"](keys=self._kk["PURGE"], args=ids))
 
+    # ------------------------------------------------------------------ reads (dashboard)
+
+    def listing_sizes(self) -> dict[str, int]:
+        """How many ids each listable place holds (one round trip): the
+        dashboard's task listings (:meth:`list_ids`)."""
+        k = self.keys
+        with self.r.pipeline(transaction=False) as p:
+            p.zcard(k.leases)
+            p.zcard(k.ready)
+            p.zcard(k.parked)
+            p.zcard(k.delayed)
+            p.scard(k.waiting)
+            p.zcard(k.dlq)
+            running, ready, parked, delayed, waiting, dlq = p.execute()
+        return {
+            "running": running, "ready": ready, "parked": parked,
+            "delayed": delayed, "waiting": waiting, "dlq": dlq,
+        }  # fmt: skip
+
+    def list_ids(self, place: str, start: int, count: int) -> list[tuple[int, float | None]]:
+        """``(id, score)`` of ``count`` ids of one place from position
+        ``start``, in its own order: ``running`` (lease deadline ms, soonest
+        first), ``ready`` (next to be claimed first), ``parked`` (per key, in
+        order), ``delayed`` (due ms, soonest first), ``dlq`` (failed ms,
+        newest first); ``waiting`` is a set: its ids sorted, newest first,
+        read whole (``SMEMBERS``), so only for sets of a bounded size."""
+        k = self.keys
+        stop = start + count - 1
+        if place == "waiting":
+            ids = sorted((int(x) for x in self.r.smembers(k.waiting)), reverse=True)
+            return [(tid, None) for tid in ids[start : stop + 1]]
+        if place == "parked":
+            # Members are ``<key>\0<17-digit rank><id>``: the id follows the rank.
+            members = self.r.zrange(k.parked, start, stop)
+            return [(int(m[m.index(b"\0") + 18 :]), None) for m in members]
+        key, newest_first = {
+            "running": (k.leases, False),
+            "ready": (k.ready, False),
+            "delayed": (k.delayed, False),
+            "dlq": (k.dlq, True),
+        }[place]
+        rows = self.r.zrange(key, start, stop, desc=newest_first, withscores=True)
+        return [(int(tid), score) for tid, score in rows]
+
+    def metas(self, task_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        """The ``meta`` of each id (``None``: no longer live), in one ``HMGET``."""
+        if not task_ids:
+            return []
+        raws = self.r.hmget(self.keys.meta, list(task_ids))
+        return [None if raw is None else dict(json.loads(raw)) for raw in raws]
+
+    def states(self, task_ids: Sequence[int]) -> list[str | None]:
+        """Each id's state in one pipelined round trip: from ``meta`` while
+        live, else ``r:<id>`` or ``ended`` while its outcome is kept (``None``:
+        unknown or expired). Held-back states read ``pending``, as a status does."""
+        if not task_ids:
+            return []
+        k = self.keys
+        with self.r.pipeline(transaction=False) as p:
+            for tid in task_ids:
+                p.hget(k.meta, tid)
+                p.hget(k.result(tid), "state")
+                p.hget(k.ended, tid)
+            flat = p.execute()
+        out: list[str | None] = []
+        for i in range(0, len(flat), 3):
+            raw, final, gone = flat[i : i + 3]
+            if raw is not None:
+                state = str(json.loads(raw)["state"])
+                out.append("pending" if state in ("throttled", "parked") else state)
+            elif final is not None:
+                out.append(final.decode())
+            elif gone is not None:
+                out.append(str(json.loads(gone)["state"]))
+            else:
+                out.append(None)
+        return out
+
+    def dependents(self, task_id: int, limit: int = 100) -> list[int]:
+        """Up to ``limit`` ids waiting on ``task_id`` (``down``), while it has any."""
+        k = self.keys
+        n = min(limit, int(self.r.hget(k.down, task_id) or 0))
+        if not n:
+            return []
+        got = self.r.hmget(k.down, [f"{task_id}#{i}" for i in range(1, n + 1)])
+        return [int(x) for x in got if x is not None]
+
+    def task_extras(self, task_id: int) -> tuple[bytes | None, bytes | None, float | None]:
+        """``(sealed call or None, sealed result or None, dead-lettered at (s)
+        or None)`` of one task, in one round trip (the task page)."""
+        k = self.keys
+        with self.r.pipeline(transaction=True) as p:
+            p.hget(k.payload, task_id)
+            p.hmget(k.result(task_id), ["state", "value"])
+            p.zscore(k.dlq, task_id)
+            sealed, (state, value), failed_ms = p.execute()
+        result = value if state == b"completed" and value else None
+        return sealed, result, None if failed_ms is None else failed_ms / 1000.0
+
+    def dead_letter_page(self, start: int, count: int) -> list[tuple[int, dict[str, Any], float]]:
+        """``(id, meta, failed at (s))`` of ``count`` dead letters from
+        position ``start``, newest first (two round trips, whatever the DLQ's size)."""
+        k = self.keys
+        rows = self.r.zrange(k.dlq, start, start + count - 1, desc=True, withscores=True)
+        if not rows:
+            return []
+        metas = self.r.hmget(k.meta, [tid for tid, _ in rows])
+        return [
+            (int(tid), dict(json.loads(raw)), score / 1000.0)
+            for (tid, score), raw in zip(rows, metas)
+            if raw is not None
+        ]
+
+    def fired_ids(self, name: str, count: int) -> list[int]:
+        """The newest ``count`` ids a schedule fired, newest first."""
+        return [int(x) for x in reversed(self.r.lrange(self.keys.fired(name), -count, -1))]
+
     # ------------------------------------------------------------------ limits
 
     def publish_limits(self, limits: dict[str, dict[str, Any]]) -> None:

@@ -359,28 +359,7 @@ class _RemoteCore:
             p.hget(k.ended, task_id)
             raw, h, gone = p.execute()
         if raw is not None:
-            m = json.loads(raw)
-            # "throttled" and "parked" are pending, held by their key's limit (as locally).
-            held_back = m["state"] in ("throttled", "parked")
-            state = TaskState("pending" if held_back else m["state"])
-            err = None
-            if state is TaskState.FAILED:
-                err = attempt_error(m, _sec(m.get("finished")) or 0.0)
-            return TaskStatus(
-                task_id=task_id,
-                name=str(m["name"]),
-                state=state,
-                priority=int(m["priority"]),
-                attempts=int(m["attempts"]),
-                max_retries=int(m["max_retries"]),
-                submitted_at=_sec(m.get("submitted")) or 0.0,
-                started_at=_sec(m.get("started")),
-                finished_at=_sec(m.get("finished")),
-                worker_pid=_pid(m.get("owner")),
-                error=err,
-                errors=(err,) if err else (),
-                after=tuple(m.get("ups") or ()),
-            )
+            return status_from_meta(task_id, json.loads(raw))
         if not h and gone is not None:  # ended unrun by its upstream
             g = json.loads(gone)
             finished = _sec(g.get("finished"))
@@ -649,6 +628,32 @@ def _load_exception(data: bytes) -> BaseException | None:
     except Exception:
         return None
     return value if isinstance(value, BaseException) else None
+
+
+def status_from_meta(task_id: int, m: dict[str, Any]) -> TaskStatus:
+    """A live task's status from its ``meta`` (``get_task_status``, and the
+    dashboard's task listings, which read many metas in one ``HMGET``)."""
+    # "throttled" and "parked" are pending, held by their key's limit (as locally).
+    held_back = m["state"] in ("throttled", "parked")
+    state = TaskState("pending" if held_back else m["state"])
+    err = None
+    if state is TaskState.FAILED:
+        err = attempt_error(m, _sec(m.get("finished")) or 0.0)
+    return TaskStatus(
+        task_id=task_id,
+        name=str(m["name"]),
+        state=state,
+        priority=int(m["priority"]),
+        attempts=int(m["attempts"]),
+        max_retries=int(m["max_retries"]),
+        submitted_at=_sec(m.get("submitted")) or 0.0,
+        started_at=_sec(m.get("started")),
+        finished_at=_sec(m.get("finished")),
+        worker_pid=_pid(m.get("owner")),
+        error=err,
+        errors=(err,) if err else (),
+        after=tuple(m.get("ups") or ()),
+    )
 
 
 def attempt_error(m: dict[str, Any], finished_at: float) -> AttemptError:

@@ -6,11 +6,13 @@
 "use strict";
 
 const STATES = ["waiting", "scheduled", "pending", "running", "retrying", "completed", "failed", "cancelled"];
+// What a Redis cluster can list (completed and cancelled tasks are found by id only).
+const CLUSTER_STATES = ["pending", "scheduled", "running", "waiting", "failed"];
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const HISTORY_MAX = 600;          // chart points kept (one a second: 10 minutes)
 const SVGNS = "http://www.w3.org/2000/svg";
 
-const session = { csrf: "", read_only: true, show_args: false };
+const session = { csrf: "", read_only: true, show_args: false, kind: "local" };
 const live = { overview: null, history: [], mode: "connecting", source: null, poll: null, lastRefresh: 0 };
 let route = { page: "overview", params: {} };
 let renderToken = 0;              // a newer navigation cancels an older render
@@ -181,18 +183,23 @@ function onLive() {
 
 const COUNT_ORDER = ["pending", "running", "retrying", "completed", "failed", "waiting", "scheduled", "cancelled"];
 
+function chartCard() {
+  return card(h("span", { id: "chart-title" }, "Throughput and success rate"),
+    h("div", { class: "figures", id: "ov-figures" }),
+    h("div", { class: "chart", id: "ov-chart" }),
+    h("div", { class: "legend" },
+      h("span", {}, h("i", { class: "ok" }), "completed / s"),
+      h("span", {}, h("i", { class: "fail" }), "failed / s"),
+      h("span", {}, h("i", { class: "rate" }), "success rate")));
+}
+
 function renderOverview(root) {
+  if (session.kind === "cluster") return renderClusterOverview(root);
   root.append(
     h("div", { class: "page-head" }, h("h1", {}, "Overview"), h("span", { class: "sub", id: "ov-sub" })),
     h("div", { class: "counts", id: "ov-counts" }),
     h("div", { class: "grid two" },
-      card(h("span", { id: "chart-title" }, "Throughput and success rate"),
-        h("div", { class: "figures", id: "ov-figures" }),
-        h("div", { class: "chart", id: "ov-chart" }),
-        h("div", { class: "legend" },
-          h("span", {}, h("i", { class: "ok" }), "completed / s"),
-          h("span", {}, h("i", { class: "fail" }), "failed / s"),
-          h("span", {}, h("i", { class: "rate" }), "success rate"))),
+      chartCard(),
       h("div", { class: "stack" },
         card("Latency · last 10,000 tasks", h("div", { id: "ov-latency" })),
         card("Queue", h("dl", { class: "kv", id: "ov-queue" })))),
@@ -205,6 +212,7 @@ function drawOverview() {
   const ov = live.overview;
   const counts = document.getElementById("ov-counts");
   if (!ov || !counts) return;
+  if (ov.kind === "cluster") { drawClusterOverview(ov, counts); return; }
   const s = ov.stats;
   document.getElementById("ov-sub").textContent =
     `${ov.state} · ${s.workers.length} workers (${ov.start_method}) · up ${fmt.secs(s.uptime)}`;
@@ -241,6 +249,63 @@ function drawOverview() {
       h("td", { class: "num" }, fmt.int(w.recycled)), h("td", { class: "num" }, fmt.bytes(w.rss)),
       h("td", { class: "num" }, w.cpu_percent === null ? "–" : Math.round(w.cpu_percent) + "%"))),
     "No worker has started yet."));
+}
+
+// A Redis cluster: counts by where tasks are in Redis, nodes and their
+// worker processes (no latency percentiles: nodes do not publish them).
+const CLUSTER_COUNTS = ["pending", "running", "scheduled", "waiting"];
+
+function renderClusterOverview(root) {
+  root.append(
+    h("div", { class: "page-head" }, h("h1", {}, "Overview"), h("span", { class: "sub", id: "ov-sub" })),
+    h("div", { class: "counts", id: "ov-counts" }),
+    h("div", { class: "grid two" }, chartCard(), card("Queue", h("dl", { class: "kv", id: "ov-queue" }))),
+    h("div", { style: "height: 16px" }),
+    card("Nodes", h("div", { id: "ov-nodes" })),
+    h("div", { style: "height: 16px" }),
+    card("Worker processes", h("div", { id: "ov-workers" })));
+  drawOverview();
+}
+
+function drawClusterOverview(ov, counts) {
+  const s = ov.stats;
+  const procs = s.nodes.flatMap((n) => n.processes.map((p) => [n, p]));
+  document.getElementById("ov-sub").textContent =
+    `queue ${ov.queue} · ${ov.broker} · ${s.nodes.length} nodes · ${procs.length} worker processes`;
+  counts.replaceChildren(...CLUSTER_COUNTS.map((st) =>
+    h("a", { class: "count s-" + st, href: "#/tasks?state=" + st },
+      h("span", { class: "label" }, st),
+      h("span", { class: "value", "data-testid": "count-" + st }, fmt.int(s[st])))),
+    h("a", { class: "count s-failed", href: "#/dead-letters" },
+      h("span", { class: "label" }, "dead letters"),
+      h("span", { class: "value", "data-testid": "count-dead-letters" }, fmt.int(s.dead_letters))));
+  const about = ov.approximate ? "≈ " : "";
+  document.getElementById("ov-figures").replaceChildren(
+    figure(fmt.rate(ov.throughput) + "/s", "throughput (10 s)"),
+    figure(fmt.pct(ov.success_rate), "success rate"),
+    h("div", { class: "figure" }, h("div", { class: "v", "data-testid": "count-completed" }, about + fmt.int(ov.totals[0])), h("div", { class: "l" }, "completed")),
+    figure(about + fmt.int(ov.totals[1]), "failed"));
+  drawChart(document.getElementById("ov-chart"));
+  fill(document.getElementById("ov-queue"), [
+    dt("queue", ov.queue), dt("broker", ov.broker), dt("nodes", fmt.int(s.nodes.length)),
+    dt("worker processes", fmt.int(procs.length)), dt("busy limit keys", fmt.int(Object.keys(s.limits).length)),
+    dt("counting since", fmt.when(ov.since))]);
+  document.getElementById("ov-nodes").replaceChildren(table(
+    ["node", "host", "pid", "workers#", "tasks held#", "heartbeat#"],
+    s.nodes.map((n) => h("tr", { "data-node": n.node },
+      h("td", { class: "mono" }, n.node), h("td", {}, n.host), h("td", { class: "mono" }, n.pid),
+      h("td", { class: "num" }, fmt.int(n.workers)), h("td", { class: "num" }, fmt.int(n.held)),
+      h("td", { class: "num" }, fmt.secs(n.heartbeat_age) + " ago"))),
+    "No node serves this queue: start one with procqueue worker --broker ..."));
+  document.getElementById("ov-workers").replaceChildren(table(
+    ["node", "slot", "pid", "state", "done#", "restarts#", "recycled#", "RSS#", "CPU#"],
+    procs.map(([n, w]) => h("tr", {},
+      h("td", { class: "mono" }, `${n.host}:${n.pid}`), h("td", {}, w.slot), h("td", { class: "mono" }, w.pid || "–"),
+      h("td", {}, badge(w.state)), h("td", { class: "num" }, fmt.int(w.tasks_done)),
+      h("td", { class: "num" }, fmt.int(w.restarts)), h("td", { class: "num" }, fmt.int(w.recycled)),
+      h("td", { class: "num" }, fmt.bytes(w.rss)),
+      h("td", { class: "num" }, w.cpu_percent === null ? "–" : Math.round(w.cpu_percent) + "%"))),
+    "No worker process reported yet (nodes report at each heartbeat)."));
 }
 
 function figure(value, label) { return h("div", { class: "figure" }, h("div", { class: "v" }, value), h("div", { class: "l" }, label)); }
@@ -315,7 +380,8 @@ function fmtAxis(v) { return v >= 1000 ? (v / 1000).toFixed(v >= 10000 ? 0 : 1) 
 function renderTasks(root, params) {
   const state = params.state || "", name = params.name || "";
   const stateSel = h("select", { id: "filter-state", "aria-label": "state" },
-    h("option", { value: "" }, "all states"), STATES.map((s) => h("option", { value: s, selected: s === state }, s)));
+    h("option", { value: "" }, "all states"),
+    (session.kind === "cluster" ? CLUSTER_STATES : STATES).map((s) => h("option", { value: s, selected: s === state }, s)));
   const nameSel = h("select", { id: "filter-name", "aria-label": "task name" }, h("option", { value: "" }, "all names"));
   const search = h("input", { type: "search", id: "search-id", placeholder: "task id", inputmode: "numeric", value: params.id || "" });
   const go = () => {
@@ -334,7 +400,8 @@ function renderTasks(root, params) {
   const list = h("div", { id: "tasks-list" });
   const pager = h("div", { class: "pager" });
   root.append(
-    h("div", { class: "page-head" }, h("h1", {}, "Tasks"), h("span", { class: "sub" }, "newest first")),
+    h("div", { class: "page-head" }, h("h1", {}, "Tasks"), h("span", { class: "sub" },
+      session.kind === "cluster" ? "in Redis: running, pending, scheduled, waiting, failed · finished ones by id" : "newest first")),
     h("div", { class: "toolbar" }, stateSel, nameSel, search, h("span", { class: "grow" })),
     card(null, list, pager));
   // Cursor paging: a stack of "before" ids, so Newer goes back exactly.
@@ -349,7 +416,8 @@ function renderTasks(root, params) {
       fill(nameSel, h("option", { value: "" }, "all names"),
         data.names.map((n) => h("option", { value: n, selected: n === name }, n)));
     }
-    list.replaceChildren(table(["id", "name", "state", "priority#", "attempts#", "submitted", "run time#", "worker", "error"],
+    const where = session.kind === "cluster" ? "node" : "worker";  // a cluster's row has its node's pid
+    list.replaceChildren(table(["id", "name", "state", "priority#", "attempts#", "submitted", "run time#", where, "error"],
       data.tasks.map((t) => h("tr", { "data-task": t.id },
         h("td", {}, taskLink(t.id)), h("td", {}, t.name), h("td", {}, badge(t.state), progressText(t)),
         h("td", { class: "num" }, t.priority), h("td", { class: "num" }, `${t.attempts}/${t.max_retries + 1}`),
@@ -404,7 +472,7 @@ function taskView(t) {
     dt(t.attempts > 1 ? "submit → last start" : "queue wait", fmt.secs(t.queue_wait)),
     dt(t.attempts > 1 ? "last run time" : "run time", fmt.secs(t.run_time)),
     dt("timeout", t.timeout ? fmt.secs(t.timeout) : "none"), dt("priority", t.priority),
-    dt("attempts", `${t.attempts} of ${t.max_retries + 1}`), dt("worker", t.worker_pid || "–"),
+    dt("attempts", `${t.attempts} of ${t.max_retries + 1}`), t.node !== undefined ? dt("node", t.node || "–") : dt("worker", t.worker_pid || "–"),
     t.limit_key ? dt("limit key", t.limit_key + (t.throttled ? " (waiting for room)" : "")) : null));
   const prog = t.progress ? card("Progress",
     h("div", { class: "progress" }, h("div", { style: `width: ${Math.round((t.progress.fraction || 0) * 100)}%` })),
@@ -495,7 +563,7 @@ function renderDeadLetters(root, params) {
     if (nameSel.options.length - 1 !== d.names.length) {
       fill(nameSel, h("option", { value: "" }, "all names"), d.names.map((n) => h("option", { value: n, selected: n === flt.name }, n)));
     }
-    info.textContent = `${fmt.int(d.total)} matching · ${fmt.int(d.size)} kept` + (d.dropped ? ` · ${fmt.int(d.dropped)} dropped when full` : "");
+    info.textContent = `${fmt.int(d.total)} matching · ${fmt.int(d.size)} kept` + (d.dropped ? ` · ${fmt.int(d.dropped)} dropped when full` : "") + (d.partial ? " · filter reads the newest 10,000" : "");
     list.replaceChildren(table(["id", "name", "attempts#", "failed", "error", ""],
       d.dead_letters.map((l) => h("tr", { "data-letter": l.id },
         h("td", {}, taskLink(l.id)), h("td", {}, l.name), h("td", { class: "num" }, l.attempts),
@@ -560,8 +628,8 @@ function renderLimits(root) {
         keys.map((r) => h("tr", {}, h("td", { class: "mono" }, r.key), h("td", { class: "num" }, r.running),
           h("td", { class: "num" }, r.max_running === null ? "–" : r.max_running), h("td", { class: "num" }, fmt.int(r.waiting)),
           h("td", { class: "num" }, r.tokens.map((x) => x.toFixed(1)).join(" / ") || "–"),
-          h("td", { class: "num" }, r.rates.map((x) => fmt.rate(x) + "/s").join(" / ") || "–"))),
-        "No task has used a limit key yet."));
+          h("td", { class: "num" }, r.rates.map((x) => fmt.rate(x) + "/s").join(" / ") || r.rate || "–"))),
+        session.kind === "cluster" ? "No limit key has tasks running or waiting now." : "No task has used a limit key yet."));
   }
   PAGES.limits.refresh = load;
   return load();
