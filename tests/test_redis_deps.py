@@ -26,6 +26,7 @@ from procqueue import (
     InvalidArgumentError,
     OptionTypeError,
     ProcQueue,
+    RemoteTraceback,
     TaskCancelledError,
     TaskNotFoundError,
     TaskQueue,
@@ -120,6 +121,8 @@ def test_failure_and_cancel_propagate_and_all_done_runs_anyway(cluster: Cluster)
             assert isinstance(chain, UpstreamFailedError) and chain.upstream_id == one
             assert isinstance(chain.__cause__, UpstreamFailedError)
             assert isinstance(chain.__cause__.__cause__, ValueError)
+            assert "Traceback" not in str(info.value)  # the message names, the cause shows
+            assert isinstance(chain.__cause__.__cause__.__cause__, RemoteTraceback)
             # all_done runs anyway, and gets the upstream's exception as the value.
             err = await q.result(cleanup, timeout=BOUND)
             assert isinstance(err, ValueError) and str(err) == "boom"

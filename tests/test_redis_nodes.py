@@ -40,6 +40,7 @@ from procqueue import (
     InvalidArgumentError,
     ProcQueue,
     RateLimit,
+    RemoteTraceback,
     TaskCancelledError,
     TaskNotFoundError,
     TaskQueue,
@@ -153,10 +154,15 @@ def test_a_failure_comes_back_as_the_task_s_own_exception_after_its_retries(
     async def main() -> None:
         async with cluster.queue_client() as q:
             tid = await q.submit(raise_value_error, "nope", max_retries=1)
-            with pytest.raises(ValueError, match="nope"):
+            with pytest.raises(ValueError, match="nope") as info:
                 await q.result(tid, timeout=30)
+            # The worker's traceback rides along, as on a local queue.
+            assert isinstance(info.value.__cause__, RemoteTraceback)
+            assert "raise_value_error" in str(info.value.__cause__)
             st = q.get_task_status(tid)
             assert st.state == "failed" and st.attempts == 2
+            assert st.error is not None and st.error.message == "ValueError: nope"
+            assert "raise_value_error" in st.error.traceback
 
     asyncio.run(main())
 
@@ -396,7 +402,8 @@ def test_dead_letters_on_the_broker_list_requeue_and_purge(
             letters = {d.task_id: d for d in q.dlq.list()}
             assert set(letters) == {flaky, doomed} and len(q.dlq) == 2
             assert letters[doomed].error is not None
-            assert "never" in letters[doomed].error.message
+            assert letters[doomed].error.message == "ValueError: never"
+            assert "raise_value_error" in letters[doomed].error.traceback
             new = q.dlq.requeue(flaky)
             assert new != flaky and await q.result(new, timeout=30) == "second time"
             assert q.dlq.purge() == 1 and len(q.dlq) == 0

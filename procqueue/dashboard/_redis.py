@@ -59,6 +59,7 @@ from ..errors import (
     SignatureError,
     TaskNotFoundError,
 )
+from ..redis._codec import TB_SEP, split_error
 from ._local import status_row
 from ._reprs import MAX_DECODE, call_reprs, short_repr
 from ._source import JSON, DeadLetterFilter, TaskQuery
@@ -103,14 +104,15 @@ _SCHEDULE_OPS = {"pause": "pause", "resume": "resume", "run_now": "run_now", "ru
 
 
 def _error_row(text: str, attempt: int, finished_at: float | None) -> JSON:
-    """A node's error text (``Type: message``) as the pages show an attempt's error.
-    Redis keeps the text only: no traceback, pid or exit code."""
+    """A node's error text (``Type: message``, then the worker's traceback) as
+    the pages show an attempt's error. Redis keeps no pid or exit code."""
+    text, tb = split_error(text)
     exc_type, sep, message = text.partition(": ")
     return {
         "attempt": attempt,
         "exc_type": exc_type if sep else "",
         "message": message if sep else text,
-        "traceback": None,
+        "traceback": tb or None,
         "worker_pid": None,
         "exitcode": None,
         "started_at": None,
@@ -291,9 +293,9 @@ class ClusterSource:
         row["node"] = m.get("owner")
         if place == "delayed" and score is not None:
             row["due_at"] = score / 1000.0
-        # The node's text as it is ("Type: message"): the last attempt's error,
-        # also while the task is retried.
-        row["error"] = str(m["error"]) if m.get("error") else None
+        # The node's text ("Type: message", its traceback left for the task's
+        # page): the last attempt's error, also while the task is retried.
+        row["error"] = split_error(str(m["error"]))[0] if m.get("error") else None
         return row
 
     def tasks(self, query: TaskQuery) -> JSON:
@@ -361,7 +363,7 @@ class ClusterSource:
         finished = status.finished_at
         if status.errors:
             e = status.errors[-1]
-            row["errors"] = [_error_row(e.message, e.attempt, finished)]
+            row["errors"] = [_error_row(f"{e.message}{TB_SEP}{e.traceback}", e.attempt, finished)]
         elif m.get("error"):  # retried: the failed attempt's error, until the next one ends
             attempt = int(m.get("attempts", 1))
             row["errors"] = [_error_row(str(m["error"]), attempt, None)]

@@ -23,12 +23,44 @@ import cloudpickle
 
 from .._core.deps import bind
 from .._runtime import wire
-from ..errors import TaskCancelledError, UpstreamFailedError
+from ..errors import RemoteTraceback, TaskCancelledError, UpstreamFailedError
 
 if TYPE_CHECKING:
     from ._protocol import Input
 
-__all__ = ["bind_call", "dump_call", "dump_outcome", "load_call", "load_outcome", "run_bound"]
+__all__ = [
+    "bind_call",
+    "dump_call",
+    "dump_outcome",
+    "error_text",
+    "load_call",
+    "load_outcome",
+    "run_bound",
+    "split_error",
+]
+
+#: Between an error's ``Type: message`` and its remote traceback in the text a
+#: node stores (ASCII record separator: it does not occur in either).
+TB_SEP = "\x1e"
+#: The traceback's tail kept in Redis (the innermost frames matter most).
+TB_MAX = 8000
+
+
+def error_text(exc: BaseException) -> str:
+    """How a node stores a failed attempt's error: ``Type: message``, then the
+    worker's traceback (an exception's ``__cause__`` does not survive pickling,
+    so the text is what carries it to clients and the dashboard)."""
+    text = f"{type(exc).__name__}: {exc}".replace(TB_SEP, " ")
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        text += TB_SEP + cause.tb.strip().strip('"').strip()[-TB_MAX:]
+    return text
+
+
+def split_error(text: str) -> tuple[str, str]:
+    """``(Type: message, traceback)`` from :func:`error_text`'s text."""
+    message, _, tb = text.partition(TB_SEP)
+    return message, tb
 
 _LEN = struct.Struct("<I")
 

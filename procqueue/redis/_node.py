@@ -39,7 +39,7 @@ from .._policy import RetryPolicy
 from .._runtime.futures import _TaskFuture
 from ..errors import TaskCancelledError
 from ..executor import ProcQueue, task_id
-from ._codec import bind_call, dump_outcome, load_call
+from ._codec import bind_call, dump_outcome, error_text, load_call
 from ._protocol import Broker, Claimed
 
 __all__ = ["Node"]
@@ -193,7 +193,7 @@ class Node:
             else:
                 cancelled = isinstance(exc, TaskCancelledError)
                 outcome = "cancelled" if cancelled else "error"
-                value, error = _safe_dump(exc), f"{type(exc).__name__}: {exc}"
+                value, error = _safe_dump(exc), error_text(exc)
         self._report(c.task_id, c.token, outcome, value, error)
 
     def _report(self, tid: int, token: int, outcome: str, value: bytes, error: str) -> None:

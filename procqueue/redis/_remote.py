@@ -33,6 +33,7 @@ from ..errors import (
     ProcQueueError,
     QueueClosedError,
     QueueNotStartedError,
+    RemoteTraceback,
     SerializationError,
     TaskCancelledError,
     TaskNotFoundError,
@@ -40,7 +41,7 @@ from ..errors import (
 )
 from ..stats import WorkerStats
 from ._cli import signer_for
-from ._codec import dump_call, load_outcome
+from ._codec import dump_call, load_outcome, split_error
 from ._cron import RemoteSchedule, add_schedule
 from ._protocol import Broker, Outcome, connect
 from ._signing import SignatureError
@@ -489,8 +490,7 @@ class _RemoteCore:
         elif upstream is not None:
             fut.set_exception(self._upstream_failure(error, upstream))
         else:
-            remote = _load_exception(value) if value else None
-            fut.set_exception(remote or RemoteTaskFailedError(f"task {task_id} failed: {error}"))
+            fut.set_exception(_remote_error(task_id, value, error))
         return True
 
     def _upstream_failure(self, error: str, upstream: int) -> UpstreamFailedError:
@@ -508,10 +508,7 @@ class _RemoteCore:
             if outcome is None or outcome.state != "failed":
                 break
             if outcome.upstream is None:  # the task that really failed
-                cause = _load_exception(outcome.value) if outcome.value else None
-                link.__cause__ = cause or RemoteTaskFailedError(
-                    f"task {upstream} failed: {outcome.error}"
-                )
+                link.__cause__ = _remote_error(upstream, outcome.value, outcome.error)
                 break
             upstream = outcome.upstream
             nxt = UpstreamFailedError(_message(outcome.error), upstream)
@@ -608,8 +605,21 @@ def _limit_stats(
     return out
 
 
+def _remote_error(task_id: int, value: bytes | None, error: str) -> BaseException:
+    """A failed task's exception as its node pickled it (else one standing in
+    for it), the worker's traceback as ``__cause__``, as a local queue gives it."""
+    message, tb = split_error(error)
+    exc = _load_exception(value) if value else None
+    if exc is None:
+        exc = RemoteTaskFailedError(f"task {task_id} failed: {message}")
+    if tb and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}\n"""')
+    return exc
+
+
 def _message(error: str) -> str:
     """``"UpstreamFailedError: text"`` (how errors are stored) -> ``text``."""
+    error = split_error(error)[0]
     prefix = "UpstreamFailedError: "
     return error[len(prefix) :] if error.startswith(prefix) else error
 
@@ -657,13 +667,14 @@ def status_from_meta(task_id: int, m: dict[str, Any]) -> TaskStatus:
 
 
 def attempt_error(m: dict[str, Any], finished_at: float) -> AttemptError:
-    """A failed task's last error, from its meta (the node's text of it)."""
-    message = str(m.get("error", ""))
+    """A failed task's last error, from its meta (the node's text of it, with
+    the worker's traceback when the node had one)."""
+    message, tb = split_error(str(m.get("error", "")))
     return AttemptError(
         attempt=int(m["attempts"]),
         exc_type=message.split(":", 1)[0],
         message=message,
-        traceback="",
+        traceback=tb,
         worker_pid=None,
         exitcode=None,
         started_at=_sec(m.get("started")),

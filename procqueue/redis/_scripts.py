@@ -289,7 +289,7 @@ local function count_upstream(id, m, up, ctx)
     state = 'failed'
     err = 'UpstreamFailedError: task ' .. id .. ' (' .. m.name .. ') did not run: '
           .. 'its upstream task ' .. up.id .. ' (' .. (up.name or '?') .. ') failed with '
-          .. (up.error or 'an error')
+          .. string.match(up.error or 'an error', '^[^\\30]*')  -- not its traceback
   else
     state = 'cancelled'
     err = 'task ' .. id .. ' was cancelled: its upstream task ' .. up.id .. ' was'
