@@ -448,6 +448,16 @@ def test_map_timeout(tmp_path: Path) -> None:
     has passed; the remaining tasks are cancelled (Executor.map's contract)."""
     timeout = 0.5
     with ProcQueue(max_workers=1) as pool, Gate(tmp_path) as gate:
+        completed: list[int] = []
+        two_settled = threading.Event()
+
+        def listen(st: procqueue.TaskStatus) -> None:  # statuses follow settled futures
+            if st.state == "completed":
+                completed.append(st.task_id)
+                if len(completed) == 2:
+                    two_settled.set()
+
+        pool.subscribe(listen)
         start = time.monotonic()
         it = pool.map(
             value_or_gated,
@@ -456,8 +466,11 @@ def test_map_timeout(tmp_path: Path) -> None:
             timeout=timeout,
         )
         # One worker runs items in order, so once the first blocker has started,
-        # items 1 and 2 are finished: the outcome no longer depends on speed.
+        # items 1 and 2 are finished; once the coordinator has settled their
+        # futures, the outcome no longer depends on speed (a settled future is
+        # returned even past the deadline, as the stdlib's map does).
         gate.wait_started(1)
+        assert two_settled.wait(30)
         results = []
         with pytest.raises(futures.TimeoutError):
             for r in it:
