@@ -1,185 +1,28 @@
-"""``python -m procqueue.bench``: run the comparative suite, print the report.
+"""``python -m procqueue.bench``: run :mod:`procqueue.bench._cli` as the script.
 
-The markdown report goes to stdout, progress to stderr, and ``<stamp>.md``,
-``<stamp>.json`` (raw numbers and context) and, with matplotlib, PNG charts to
-``--out``. Exit status: 0 when every answer was right, 1 when something FAILed
-(a wrong answer, an exception, a hang) or the suite crashed; never anything for
-being slow.
+The suite's ``__main__`` rows need a real script: a module that, run as
+``__main__``, defines the tiny task, and that a forkserver or spawn worker runs
+again (as ``__mp_main__``) to find the task by name, as it does for a user's
+``python script.py`` or ``python -m package.module``. multiprocessing never runs
+a package's ``__main__.py`` again (``spawn._fixup_main_from_name`` skips any name
+ending in ``.__main__``), so this file hands over to ``_cli``, run as
+``__main__`` with ``sys.modules`` pointing at it (``runpy``'s ``alter_sys``),
+which workers do run again. See :mod:`procqueue.bench._task_fns`.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import multiprocessing
-import os
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import runpy
 from typing import NoReturn
 
-from . import CONTESTANTS, WORKLOADS, BenchConfig, run_suite
-from ._config import WORKLOAD_TITLES
-from ._measure import ABANDONED
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-#: The size options (their defaults depend on ``--quick``): flag, parser,
-#: metavar and help (``None``: argparse's default).
-_SIZE_OPTIONS: tuple[tuple[str, Callable[[str], object], str | None, str | None], ...] = (
-    ("--tiny-tasks", int, None, None),
-    ("--map-tasks", int, None, None),
-    ("--chunksizes", _ints, "N,N", "map chunk sizes (1,1000)"),
-    ("--cpu-tasks-per-worker", int, None, None),
-    ("--task-ms", float, None, "sequential ms of one CPU task (20)"),
-    ("--io-tasks", int, None, None),
-    ("--io-ms", float, None, "sleep of one I/O task (10)"),
-    ("--payload-mb", float, None, "MB each way per payload task (4)"),
-    ("--payload-tasks", int, None, None),
-    ("--latency-trips", int, None, "round trips per round (200)"),
-    ("--sweep-task-ms", _floats, "MS,MS", None),
-    ("--scale-sizes", _ints, "N,N", "task counts (10000,100000,1000000)"),
-    ("--scale-peer-max", int, None, "largest scale size for the stdlib pools (100000)"),
-    ("--memory-tasks", int, None, "pending tasks in the memory probe"),
-    ("--kill-tasks", int, None, None),
-)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
-    """The command line as a :class:`BenchConfig` (``--quick`` picks the base)."""
-    p = _parser()
-    return _config(p, p.parse_args(argv))
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m procqueue.bench",
-        description="procqueue next to the standard library and its peers, in one run.",
-        epilog="workloads: " + "; ".join(f"{k}: {WORKLOAD_TITLES[k]}" for k in WORKLOADS),
-    )
-    _add_run_options(p)
-    sizes = p.add_argument_group("sizes (defaults depend on --quick)")
-    for flag, parse, metavar, help_text in _SIZE_OPTIONS:
-        sizes.add_argument(flag, type=parse, metavar=metavar, help=help_text)
-    return p
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Every option but the sizes: mode, pools, contestants, workloads, output."""
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes, for a CI smoke run (under 2 minutes on 2 cores)",
-    )
-    p.add_argument("--workers", type=int, help="workers in every pool (default 2)")
-    p.add_argument(
-        "--start-method",
-        choices=multiprocessing.get_all_start_methods(),
-        help="start method of every process pool that lets you choose (default fork)",
-    )
-    p.add_argument(
-        "--extra-start-methods",
-        type=_names,
-        metavar="M,M",
-        help="ProcessPoolExecutor and ProcQueue also run on these "
-        "(default forkserver; '' for none)",
-    )
-    p.add_argument("--reps", type=int, help="timed rounds after the warm-up (>= 3; default 3)")
-    p.add_argument(
-        "--only",
-        type=_names,
-        metavar="KEY,KEY",
-        help=f"contestants to run (default: all installed): {','.join(CONTESTANTS)}",
-    )
-    p.add_argument(
-        "--skip", type=_names, metavar="KEY,KEY", default=(), help="contestants to leave out"
-    )
-    p.add_argument(
-        "--workloads",
-        type=_names,
-        metavar="W,W",
-        help=f"workloads to run (default all): {','.join(WORKLOADS)}",
-    )
-    p.add_argument("--out", type=Path, help="directory for .md/.json/.png (default bench-results)")
-    p.add_argument("--no-plots", action="store_true", help="write no PNG charts")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds one run may take before it counts as hung (default 300)",
-    )
-    p.add_argument("--prefetch", type=int, help="procqueue prefetch (default: adaptive)")
-
-
-def _config(p: argparse.ArgumentParser, a: argparse.Namespace) -> BenchConfig:
-    """The base config of ``--quick`` or full, with every option given on top;
-    a bad combination ends the program through ``p.error``."""
-    cfg = BenchConfig.quick() if a.quick else BenchConfig.full()
-    changes = {
-        name: value
-        for name, value in vars(a).items()
-        if value is not None and name not in ("quick", "skip", "no_plots", "only")
-    }
-    if a.no_plots:
-        changes["plots"] = False
-    if a.only is not None or a.skip:
-        only = a.only if a.only is not None else _all_keys(cfg, changes)
-        changes["only"] = tuple(k for k in only if k not in a.skip)
-    cfg = cfg.with_overrides(**changes)
-    if cfg.reps < 3:
-        p.error("--reps must be at least 3")
-    if cfg.workers < 1:
-        p.error("--workers must be at least 1")
-    bad = set(cfg.workloads) - set(WORKLOADS)
-    if bad:
-        p.error(f"unknown workload(s): {', '.join(sorted(bad))}")
-    return cfg
-
-
-def _all_keys(cfg: BenchConfig, changes: dict[str, object]) -> tuple[str, ...]:
-    """Every contestant key for the start methods on the command line."""
-    from ._contestants import contestant_table
-
-    method = str(changes.get("start_method", cfg.start_method))
-    extra = changes.get("extra_start_methods", cfg.extra_start_methods)
-    assert isinstance(extra, tuple)
-    return tuple(c.key for c in contestant_table(method, extra))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
-    command = [sys.executable, "-m", "procqueue.bench", *(sys.argv[1:] if argv is None else argv)]
-    result = run_suite(cfg, command)
-    print(result.markdown(), flush=True)
-    for path in result.write():
-        logging.getLogger("procqueue.bench").info("wrote %s", path)
-    return 1 if result.failed else 0
+#: The module that is the suite's script.
+SCRIPT = "procqueue.bench._cli"
 
 
 def cli() -> NoReturn:
-    """Run :func:`main` on ``sys.argv`` and exit with its status."""
-    status = main()
-    if ABANDONED:
-        # A pool whose shutdown hung was abandoned: its threads could keep the
-        # interpreter from exiting, so leave without waiting for them.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    """Run the suite's command line on ``sys.argv``, as ``__main__``; exits."""
+    runpy.run_module(SCRIPT, run_name="__main__", alter_sys=True)
+    raise SystemExit(0)  # not reached: the script exits with its status
 
 
 if __name__ == "__main__":

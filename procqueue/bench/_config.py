@@ -24,9 +24,9 @@ WORKLOADS = (
 WORKLOAD_TITLES = {
     "latency": "round trip of one task on an idle pool (p50, p99)",
     "startup": "start-up to first result, and shutdown",
-    "tiny": "tiny tasks submitted one by one",
-    "map": "tiny tasks through map, with a chunk size",
-    "payload": "large arguments and results",
+    "tiny": "tiny tasks submitted one by one (a __main__ fn and an importable fn)",
+    "map": "tiny tasks through map, with a chunk size (a __main__ fn and an importable fn)",
+    "payload": "large arguments and results: both ways, arguments only, results only",
     "io": "I/O-bound tasks (sleeping)",
     "cpu": "CPU-bound tasks of ~20 ms",
     "sweep": "throughput against task size",
@@ -34,6 +34,13 @@ WORKLOAD_TITLES = {
     "memory": "coordinator memory per pending task",
     "kill": "a worker SIGKILLed mid-run",
 }
+
+
+def workload_group(key: str) -> str:
+    """The workload a results key belongs to: ``map1000:main`` -> ``map``,
+    ``sweep@1ms`` -> ``sweep``, ``payload:args`` -> ``payload``."""
+    base = key.split(":", 1)[0].split("@", 1)[0]
+    return "map" if base.startswith("map") else base
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,10 @@ class BenchConfig:
     workloads: tuple[str, ...] = WORKLOADS
     #: Seconds one run may take before it counts as hung (FAIL).
     timeout: float = 300.0
+    #: The tiny task of the tiny and map workloads: ``main`` (defined in the
+    #: script's ``__main__``, the default case of BENCHMARKS.md rule 5) and
+    #: ``importable`` (``procqueue.bench._tasks.add_one``), each its own rows.
+    task_fns: tuple[str, ...] = ("main", "importable")
     tiny_tasks: int = 10_000
     map_tasks: int = 10_000
     chunksizes: tuple[int, ...] = (1, 1000)

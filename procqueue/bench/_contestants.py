@@ -79,8 +79,10 @@ def contestant_table(
     main_method: str, extra_methods: Sequence[str], workers: int | None = None
 ) -> list[Contestant]:
     """Every contestant, in report order. Process pools that let you choose run
-    on ``main_method``; ProcessPoolExecutor and ProcQueue run again on each of
-    ``extra_methods`` (rows keyed ``ppe/forkserver`` and so on)."""
+    on ``main_method``; ProcessPoolExecutor, multiprocessing.Pool and both
+    procqueue front doors run again on each of ``extra_methods`` (rows keyed
+    ``ppe/forkserver`` and so on), so that each target of issue #11 is judged on
+    every start method the run measures."""
     m = main_method
     w_label = "N" if workers is None else str(workers)
     table = [
@@ -115,13 +117,15 @@ def contestant_table(
     for extra in extra_methods:
         if extra == m:
             continue
-        table.append(
-            Contestant(f"ppe/{extra}", f"ProcessPoolExecutor [{extra}]", "ppe", extra, None, _ppe)
-        )
-        table.append(
+        table += [
+            Contestant(f"ppe/{extra}", f"ProcessPoolExecutor [{extra}]", "ppe", extra, None, _ppe),
+            Contestant(f"mp.Pool/{extra}", f"multiprocessing.Pool [{extra}]", "mp.Pool", extra,
+                       None, lambda w, sm, o: MpPool(w, sm)),
             Contestant(f"ProcQueue/{extra}", f"procqueue ProcQueue [{extra}]", "ProcQueue",
-                       extra, None, ProcQueuePool)
-        )  # fmt: skip
+                       extra, None, ProcQueuePool),
+            Contestant(f"TaskQueue/{extra}", f"procqueue TaskQueue [{extra}]", "TaskQueue",
+                       extra, None, TaskQueuePool),
+        ]  # fmt: skip
     return table
 
 

@@ -21,6 +21,10 @@ __all__ = ["JoblibPool", "LokyPool", "MpirePool", "PebblePool"]
 
 
 class LokyPool(FuturesPool):
+    """loky's ``ProcessPoolExecutor`` (cloudpickle, like procqueue)."""
+
+    pickles_main_by_value = True
+
     def __init__(self, workers: int, start_method: str) -> None:
         loky = importlib.import_module("loky")
         context_mod = importlib.import_module("loky.backend.context")
@@ -81,6 +85,7 @@ class JoblibPool(Pool):
     ``return_as="generator"`` run in order."""
 
     one_by_one = False
+    pickles_main_by_value = True  # through loky's cloudpickle
 
     def __init__(self, workers: int, start_method: str) -> None:
         self.joblib = importlib.import_module("joblib")

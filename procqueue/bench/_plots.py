@@ -25,10 +25,12 @@ _log = logging.getLogger("procqueue.bench")
 
 #: Throughput workloads in the ratio chart: (key, metric, higher is better).
 SPEED_WORKLOADS = (
-    ("tiny", "tasks_per_s", True),
-    ("map1", "tasks_per_s", True),
-    ("map1000", "tasks_per_s", True),
-    ("payload", "mb_per_s", True),
+    ("tiny:main", "tasks_per_s", True),
+    ("tiny:importable", "tasks_per_s", True),
+    ("map1:main", "tasks_per_s", True),
+    ("map1000:main", "tasks_per_s", True),
+    ("payload:args", "mb_per_s", True),
+    ("payload:results", "mb_per_s", True),
     ("io", "tasks_per_s", True),
     ("cpu", "wall_s", False),
     ("latency", "p50_ms", False),
@@ -143,7 +145,7 @@ def _speed(plt: Any, results: dict[str, WorkloadResult], cfg: BenchConfig) -> An
         xs = [j + i * width for j in range(len(rows))]
         ax.bar(xs, [ratios.get(label, 0.0) for _, ratios in rows], width, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
-    ax.set_xticklabels([k for k, _ in rows])
+    ax.set_xticklabels([k for k, _ in rows], rotation=20, ha="right")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set(yscale="log", ylabel="speed vs ProcessPoolExecutor (>1: faster)",
            title=f"Median speed against ProcessPoolExecutor [{cfg.start_method}]")  # fmt: skip

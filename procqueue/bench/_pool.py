@@ -54,6 +54,10 @@ class Pool:
     is_process_pool = True
     #: Whether ``run_all`` really submits one call at a time, a handle each.
     one_by_one = True
+    #: Whether the library pickles a ``__main__`` function by value
+    #: (cloudpickle), so that its workers need not find it in their own
+    #: ``__main__`` (see :mod:`._task_fns`).
+    pickles_main_by_value = False
 
     def run_all(self, fn: TaskFn, calls: Sequence[Call], timeout: float) -> list[Any]:
         """Submit every call one by one (a handle each), then collect in order."""

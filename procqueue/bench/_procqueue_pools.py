@@ -20,6 +20,8 @@ __all__ = ["ProcQueuePool", "TaskQueuePool"]
 class ProcQueuePool(FuturesPool):
     """procqueue's ``concurrent.futures`` front door."""
 
+    pickles_main_by_value = True
+
     def __init__(self, workers: int, start_method: str, options: dict[str, Any]) -> None:
         pool = ProcQueue(max_workers=workers, start_method=start_method, **options)
         super().__init__(pool, pool.start_method)
@@ -41,6 +43,8 @@ class ProcQueuePool(FuturesPool):
 class TaskQueuePool(Pool):
     """procqueue's asyncio front door, driven from a private event loop: one
     ``run_until_complete`` per batch, as an asyncio program would await them."""
+
+    pickles_main_by_value = True
 
     def __init__(self, workers: int, start_method: str, options: dict[str, Any]) -> None:
         self.loop = asyncio.new_event_loop()

@@ -14,7 +14,7 @@ import platform
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._config import BenchConfig
+from ._config import BenchConfig, workload_group
 from ._measure import FAIL, NA, Cell, WorkloadResult
 from ._memprobe import BARE_FUTURE
 from ._targets import Target
@@ -155,13 +155,34 @@ def table_startup(r: WorkloadResult) -> str:
     )
 
 
-def table_map(r: WorkloadResult) -> str:
+def table_against_pool(r: WorkloadResult, pool_api: str) -> str:
+    """tasks/s against ProcessPoolExecutor and multiprocessing.Pool (its
+    ``pool_api``) on the same start method: the tiny and map tables."""
     return _table(
         r,
         [
             ("tasks/s ÷ PPE", "---:", lambda c: _ratio(r, c, "tasks_per_s")),
-            ("÷ mp.Pool.imap", "---:", lambda c: _ratio(r, c, "tasks_per_s", family="mp.Pool")),
+            (f"÷ mp.Pool.{pool_api}", "---:",
+             lambda c: _ratio(r, c, "tasks_per_s", family="mp.Pool")),
             ("tasks/s median (min-max)", "---:", lambda c: _spread(c, "tasks_per_s", fmt_rate)),
+        ],
+    )  # fmt: skip
+
+
+def table_map(r: WorkloadResult) -> str:
+    return table_against_pool(r, "imap")
+
+
+def table_payload(r: WorkloadResult) -> str:
+    both = r.params.get("direction") == "echo"
+    return _rate_table(
+        r,
+        "mb_per_s",
+        "MB/s",
+        [
+            "MB/s = payload bytes "
+            + ("in + out" if both else "moved (one way)")
+            + " per second (MB = 10^6 B)."
         ],
     )
 
@@ -431,17 +452,21 @@ def table_kill(r: WorkloadResult) -> str:
 
 def table_targets(targets: Sequence[Target]) -> str:
     lines = [
-        "### procqueue against its targets (issue #4)",
+        "### procqueue against its targets (issues #11 and #4)",
         "",
-        "ProcQueue on the main start method against the same run's numbers. A miss is "
-        "information, not a failure: the exit status never depends on speed.",
+        "procqueue against the same run's numbers, each on the start method shown (its "
+        "baselines on the same one). A miss is information, not a failure: the exit status "
+        "never depends on speed. A target this run did not measure says so; it is never met.",
         "",
-        "| target | goal | measured | ratio | met |",
-        "|---|---|---|---:|---|",
+        "| issue | target | start method | goal | measured | ratio | met |",
+        "|---|---|---|---|---|---:|---|",
     ]
     for t in targets:
-        met = "—" if t.met is None else "yes" if t.met else "**no**"
-        lines.append(f"| {t.name} | {t.goal} | {t.measured} | {fmt_ratio(t.ratio)} | {met} |")
+        met = "not measured" if t.met is None else "yes" if t.met else "**no**"
+        lines.append(
+            f"| #{t.issue} | {t.name} | {t.start_method} | {t.goal} | {t.measured} | "
+            f"{fmt_ratio(t.ratio)} | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -450,6 +475,10 @@ def _header(cfg: BenchConfig, ctx: dict[str, Any]) -> list[str]:
     pk = ctx["packages"]
     peers = ", ".join(f"{p} {pk[p]}" for p in ("loky", "joblib", "pebble", "mpire") if pk.get(p))
     extra = ", ".join(m for m in cfg.extra_start_methods if m != cfg.start_method)
+    fns = " and ".join(
+        {"main": "one defined in __main__", "importable": "an importable one"}[k]
+        for k in cfg.task_fns
+    )
     prefetch = "adaptive" if cfg.prefetch is None else str(cfg.prefetch)
     lines = [
         f"## procqueue comparative benchmark ({ctx['date']})",
@@ -457,7 +486,12 @@ def _header(cfg: BenchConfig, ctx: dict[str, Any]) -> list[str]:
         f"Python {platform.python_version()}, nproc {ctx['nproc']}, {cfg.workers} workers for "
         f"every pool; start method {cfg.start_method} for every process pool that lets you "
         "choose"
-        + (f" (ProcessPoolExecutor and ProcQueue also on {extra})" if extra else "")
+        + (
+            f" (ProcessPoolExecutor, multiprocessing.Pool, ProcQueue and TaskQueue also on {extra})"
+            if extra
+            else ""
+        )
+        + f"; the tiny and map workloads run a tiny task {fns}, each in its own table"
         + f"; procqueue {pk.get('procqueue')} (prefetch {prefetch}); "
         + (f"peers: {peers}" if peers else "no optional peers installed")
         + f"; {'quick' if cfg.quick_mode else 'full'} mode, {cfg.reps} timed rounds after a "
@@ -473,14 +507,13 @@ def _header(cfg: BenchConfig, ctx: dict[str, Any]) -> list[str]:
 
 
 def _renderers(cfg: BenchConfig) -> dict[str, Callable[[WorkloadResult], str]]:
-    """The table of each workload with a fixed key (map and sweep keys vary)."""
+    """The table of each workload group (the sweep's points share one table)."""
     return {
         "latency": table_latency,
         "startup": table_startup,
-        "tiny": lambda r: _rate_table(r, "tasks_per_s", "tasks/s"),
-        "payload": lambda r: _rate_table(
-            r, "mb_per_s", "MB/s", ["MB/s = bytes in + bytes out per second (MB = 10^6 B)."]
-        ),
+        "tiny": lambda r: table_against_pool(r, "apply_async"),
+        "map": table_map,
+        "payload": table_payload,
         "io": lambda r: table_io(r, cfg),
         "cpu": lambda r: table_cpu(r, cfg),
         "scale": table_scale,
@@ -496,14 +529,13 @@ def _workload_tables(results: dict[str, WorkloadResult], cfg: BenchConfig) -> li
     done_sweep = False
     lines: list[str] = []
     for key, r in results.items():
-        if key.startswith("map"):
-            lines += [table_map(r), ""]
-        elif key.startswith("sweep@"):
+        group = workload_group(key)
+        if group == "sweep":
             if not done_sweep:
                 lines += [table_sweep(sweep, cfg), ""]
                 done_sweep = True
-        elif key in renderers:
-            lines += [renderers[key](r), ""]
+        elif group in renderers:
+            lines += [renderers[group](r), ""]
     return lines
 
 

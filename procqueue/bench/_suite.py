@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._config import WORKLOADS, BenchConfig
+from ._config import WORKLOADS, BenchConfig, workload_group
 from ._contestants import Contestant, contestant_table
 from ._context import context, loadavg
 from ._measure import ABANDONED, FAIL, WorkloadResult, reap_strays
@@ -21,6 +21,7 @@ from ._phases import run_kill, run_memory, run_scale
 from ._plots import write_plots
 from ._report import render
 from ._targets import Target, evaluate
+from ._task_fns import FN_KINDS
 from ._workloads import calibrate, run_sessions, session_workloads
 
 _log = logging.getLogger("procqueue.bench")
@@ -107,6 +108,8 @@ def run_suite(cfg: BenchConfig, command: Sequence[str] | None = None) -> SuiteRe
     unknown = set(cfg.workloads) - set(WORKLOADS)
     if unknown:
         raise ValueError(f"unknown workload(s) {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    if not cfg.task_fns or set(cfg.task_fns) - set(FN_KINDS):
+        raise ValueError(f"task_fns must be among {', '.join(FN_KINDS)}: {cfg.task_fns!r}")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     ctx = context(cfg, started, command if command is not None else [sys.executable, *sys.argv])
@@ -149,12 +152,16 @@ def run_suite(cfg: BenchConfig, command: Sequence[str] | None = None) -> SuiteRe
 
 
 def _report_order(results: dict[str, WorkloadResult]) -> dict[str, WorkloadResult]:
+    """Workloads in :data:`WORKLOADS` order; map by chunk size, the sweep by task
+    size; otherwise (the ``__main__`` and importable rows, the payload
+    directions) in the order they ran."""
+
     def rank(key: str) -> tuple[int, float]:
-        base = key.rstrip("0123456789") if key.startswith("map") else key.split("@", maxsplit=1)[0]
-        pos = WORKLOADS.index(base) if base in WORKLOADS else len(WORKLOADS)
-        if key.startswith("map"):
-            return pos, float(key[3:])
-        if "@" in key:
+        group = workload_group(key)
+        pos = WORKLOADS.index(group) if group in WORKLOADS else len(WORKLOADS)
+        if group == "map":
+            return pos, float(key.split(":", 1)[0][3:])
+        if group == "sweep":
             return pos, float(key.split("@")[1].rstrip("ms"))
         return pos, 0.0
 

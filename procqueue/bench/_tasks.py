@@ -1,9 +1,10 @@
-"""The functions every contestant runs.
+"""The importable functions every contestant runs.
 
 They live in an importable module, so that every pool (pickle or cloudpickle,
-fork, forkserver or spawn) sends the same small by-reference pickle: a function
-defined in ``__main__`` would travel by value under cloudpickle and by reference
-under pickle, which is not the same work.
+fork, forkserver or spawn) sends the same small by-reference pickle. The tiny
+and map workloads also run a tiny task defined in the script's ``__main__``
+(pickled by value under cloudpickle, by reference under pickle), in rows of
+their own: see :mod:`._task_fns`.
 
 Each returns something the coordinator can check: ``x + 1`` for the counting
 tasks, the payload itself for the echo, ``(x + 1, pid, start time)`` for the
@@ -57,7 +58,37 @@ def make_payload(index: int, size: int) -> bytes:
     """``size`` bytes that name ``index`` in their first 8 and last 8, so that a
     result handed to the wrong caller, or cut short, does not compare equal."""
     tag = index.to_bytes(8, "little")
-    return tag + bytes([index % 251]) * (size - 16) + tag
+    return b"".join((tag, bytes([index % 251]) * (size - 16), tag))
+
+
+#: What :func:`payload_result` returns, by size: built once per process.
+_RESULTS: dict[int, bytes] = {}
+
+
+def payload_result(index: int, size: int) -> tuple[int, bytes]:
+    """The results-only payload task: a few bytes in, ``(index, make_payload(0,
+    size))`` out. The bytes are built once per worker process and size, then
+    returned again by every task, so that what is timed is the result's trip and
+    not its making (building 4 MB costs more than pickling it)."""
+    data = _RESULTS.get(size)
+    if data is None:
+        data = _RESULTS[size] = make_payload(0, size)
+    return index, data
+
+
+def prime_payload_result(size: int, delay: float) -> int:
+    """Build :func:`payload_result`'s bytes in this worker, sleep ``delay`` s (so
+    that the other workers take the next calls) and return the pid."""
+    payload_result(-1, size)
+    time.sleep(delay)
+    return os.getpid()
+
+
+def payload_digest(data: bytes) -> tuple[int, bytes, int, bytes]:
+    """The arguments-only payload task: a large payload in, a few bytes out
+    (its length, first 8 bytes, middle byte and last 8 bytes), enough to tell
+    one :func:`make_payload` from another or from a truncated one."""
+    return len(data), data[:8], data[len(data) // 2], data[-8:]
 
 
 def worker_pid(delay: float) -> int:

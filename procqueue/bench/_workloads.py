@@ -4,8 +4,9 @@ A round opens each contestant's pool once, in rotated order, and runs every
 session workload on it::
 
     open the pool ─ first result (start-up) ─ warm every worker ─ latency (idle)
-      ─ tiny one by one ─ map chunksize 1 ─ map chunksize 1000 ─ payload ─ io
-      ─ cpu ─ sweep points ─ shutdown (timed)
+      ─ tiny one by one (__main__ fn, importable fn) ─ map chunksize 1 (both)
+      ─ map chunksize 1000 (both) ─ payload (both ways, args only, results only)
+      ─ io ─ cpu ─ sweep points ─ shutdown (timed)
 
 so a contestant pays one start-up per round, not one per workload, and only one
 pool is alive at a time (no other pool's threads run during a fork, or steal a
@@ -31,6 +32,7 @@ from ._config import BenchConfig
 from ._contestants import Contestant
 from ._measure import (
     CLEANUP_TIMEOUT_S,
+    WARM_SLEEP_S,
     Cell,
     WorkloadResult,
     check,
@@ -41,6 +43,7 @@ from ._measure import (
     warm_workers,
 )
 from ._pool import Pool, Unsupported
+from ._task_fns import TaskFns, task_fns
 
 _log = logging.getLogger("procqueue.bench")
 
@@ -76,7 +79,10 @@ class SessionWorkload:
     """One workload run inside a session. ``run`` returns the metrics of one
     repetition and raises :class:`~._measure.AnswerError` on a wrong answer."""
 
+    #: The results key (``tiny:main``, ``map1000:importable``, ``payload:args``).
     key = ""
+    #: The workload it belongs to, as ``--workloads`` and ``Contestant.only`` name it.
+    group = ""
     title = ""
     #: Families entered (``None``: every contestant but asyncio).
     families: frozenset[str] | None = None
@@ -86,7 +92,7 @@ class SessionWorkload:
         self.params: dict[str, Any] = {}
 
     def applies(self, c: Contestant) -> bool:
-        if c.only is not None and self.key not in c.only:
+        if c.only is not None and self.group not in c.only:
             return False
         if self.families is None:
             return c.family != "asyncio"
@@ -102,14 +108,14 @@ def _expected_sum(n: int) -> int:
 
 
 class Latency(SessionWorkload):
-    key = "latency"
+    key = group = "latency"
     families = EVERY_POOL
 
     def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
         self.title = (
             f"Round trip of one task on an idle pool: {cfg.latency_trips} sequential "
-            "submit-and-wait calls of add_one"
+            "submit-and-wait calls of add_one (importable fn, procqueue.bench._tasks)"
         )
         self.params = {"trips": cfg.latency_trips}
 
@@ -130,20 +136,28 @@ class Latency(SessionWorkload):
 
 
 class Tiny(SessionWorkload):
-    key = "tiny"
+    """Tiny tasks one by one, with the tiny task of ``fns`` (its own rows)."""
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    group = "tiny"
+
+    def __init__(self, cfg: BenchConfig, fns: TaskFns) -> None:
         super().__init__(cfg)
         n = cfg.tiny_tasks
+        self.fns = fns
+        self.key = f"tiny:{fns.kind}"
         self.calls = [(i,) for i in range(n)]
-        self.title = f"Tiny tasks, one by one: {n:,} x add_one(x) = x + 1, a handle each"
-        self.params = {"tasks": n}
+        self.title = (
+            f"Tiny tasks, one by one, {fns.label}: {n:,} x add_one(x) = x + 1, a handle "
+            f"each; add_one is {fns.where}"
+        )
+        self.params = {"tasks": n, "fn": fns.kind, "fn_where": fns.where}
 
     def run(self, pool: Pool) -> dict[str, float | None]:
         if not pool.one_by_one:
             raise Unsupported("no per-task handle (joblib runs batches of calls)")
-        n = len(self.calls)
-        wall, results = timed(lambda: pool.run_all(_tasks.add_one, self.calls, self.cfg.timeout))
+        self.fns.check_runs_on(pool)
+        n, fn = len(self.calls), self.fns.add_one
+        wall, results = timed(lambda: pool.run_all(fn, self.calls, self.cfg.timeout))
         check(len(results) == n, f"{len(results)} results for {n} tasks")
         got = sum(results)
         check(got == _expected_sum(n), f"sum {got}, expected {_expected_sum(n)}")
@@ -151,27 +165,30 @@ class Tiny(SessionWorkload):
 
 
 class MapChunks(SessionWorkload):
-    key = "map"
+    """``map`` with one chunk size, with the tiny task of ``fns`` (its own rows)."""
 
-    def __init__(self, cfg: BenchConfig, chunksize: int) -> None:
+    group = "map"
+
+    def __init__(self, cfg: BenchConfig, chunksize: int, fns: TaskFns) -> None:
         super().__init__(cfg)
         n = cfg.map_tasks
         if chunksize > 1:
             n = max(n, cfg.map_chunks_per_worker * chunksize * cfg.workers)
         self.chunksize = chunksize
-        self.key = f"map{chunksize}"
+        self.fns = fns
+        self.key = f"map{chunksize}:{fns.kind}"
         self.items = list(range(n))
         self.title = (
-            f"Tiny tasks through map, chunksize {chunksize}: {n:,} x add_one "
-            "(mp.Pool.imap, Executor.map, joblib batch_size, mpire chunk_size)"
+            f"Tiny tasks through map, chunksize {chunksize}, {fns.label}: {n:,} x add_one "
+            "(mp.Pool.imap, Executor.map, joblib batch_size, mpire chunk_size); add_one is "
+            f"{fns.where}"
         )
-        self.params = {"tasks": n, "chunksize": chunksize}
+        self.params = {"tasks": n, "chunksize": chunksize, "fn": fns.kind, "fn_where": fns.where}
 
     def run(self, pool: Pool) -> dict[str, float | None]:
-        n = len(self.items)
-        wall, results = timed(
-            lambda: pool.map(_tasks.add_one, self.items, self.chunksize, self.cfg.timeout)
-        )
+        self.fns.check_runs_on(pool)
+        n, fn = len(self.items), self.fns.add_one
+        wall, results = timed(lambda: pool.map(fn, self.items, self.chunksize, self.cfg.timeout))
         check(len(results) == n, f"{len(results)} results for {n} tasks")
         check(results[0] == 1 and results[-1] == n, "results out of order")
         got = sum(results)
@@ -179,33 +196,70 @@ class MapChunks(SessionWorkload):
         return {"tasks_per_s": n / wall, "wall_s": wall}
 
 
+#: The payload workload's directions: what goes in, what comes out, per task.
+PAYLOAD_DIRECTIONS = {
+    "echo": "echo(payload) -> the same bytes back: the payload goes both ways",
+    "args": "payload_digest(payload) -> (length, head, middle byte, tail): the payload "
+    "goes in only",
+    "results": "payload_result(index, size) -> (index, the payload): it comes out only "
+    "(each worker builds the payload once, before the timing, and returns it every time)",
+}
+
+
 class Payload(SessionWorkload):
-    key = "payload"
+    """Large payloads one way (``args``, ``results``) or both (``echo``)."""
+
+    group = "payload"
     families = EVERY_POOL
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, direction: str, payloads: list[bytes]) -> None:
         super().__init__(cfg)
         self.size = int(cfg.payload_mb * 1_000_000)
-        n = cfg.payload_tasks
-        self.payloads = [_tasks.make_payload(i, self.size) for i in range(n)]
+        self.direction = direction
+        self.key = f"payload:{direction}"
+        # Built once and shared by the three directions: what is sent, and what
+        # must come back.
+        self.payloads = payloads
+        n = len(payloads)
+        ways = {"echo": "in and out", "args": "arguments only", "results": "results only"}
         self.title = (
-            f"Large arguments and results: {n} x echo({cfg.payload_mb:g} MB of bytes) "
-            "-> the same bytes back"
+            f"Large payloads, {ways[direction]}: {n} x {cfg.payload_mb:g} MB; "
+            f"{PAYLOAD_DIRECTIONS[direction]}"
         )
-        self.params = {"tasks": n, "bytes_each_way": self.size}
+        self.params = {"tasks": n, "bytes": self.size, "direction": direction}
 
     def run(self, pool: Pool) -> dict[str, float | None]:
-        calls = [(p,) for p in self.payloads]
-        wall, results = timed(lambda: pool.run_all(_tasks.echo, calls, self.cfg.timeout))
-        check(len(results) == len(calls), f"{len(results)} results for {len(calls)} tasks")
+        n, size, timeout = len(self.payloads), self.size, self.cfg.timeout
+        if self.direction == "echo":
+            calls: list[tuple[Any, ...]] = [(p,) for p in self.payloads]
+            wall, results = timed(lambda: pool.run_all(_tasks.echo, calls, timeout))
+        elif self.direction == "args":
+            calls = [(p,) for p in self.payloads]
+            wall, results = timed(lambda: pool.run_all(_tasks.payload_digest, calls, timeout))
+        else:
+            # Every worker builds the result once, untimed (as warm_workers does,
+            # the sleep hands each worker its share of the calls).
+            prime = [(size, WARM_SLEEP_S)] * (2 * self.cfg.workers)
+            pool.run_all(_tasks.prime_payload_result, prime, timeout)
+            calls = [(i, size) for i in range(n)]
+            wall, results = timed(lambda: pool.run_all(_tasks.payload_result, calls, timeout))
+        check(len(results) == n, f"{len(results)} results for {n} tasks")
         for i, (got, sent) in enumerate(zip(results, self.payloads)):
-            check(got == sent, f"payload {i} came back different ({len(got)} bytes)")
-        moved = 2 * self.size * len(calls)  # in and out
+            if self.direction == "args":
+                want = _tasks.payload_digest(sent)
+                check(got == want, f"payload {i}: digest {got!r}, expected {want!r}")
+            elif self.direction == "results":
+                index, data = got
+                check(index == i, f"result {i} came back as {index}'s")
+                check(data == self.payloads[0], f"result {i} is different ({len(data)} bytes)")
+            else:
+                check(got == sent, f"payload {i} came back different ({len(got)} bytes)")
+        moved = size * n * (2 if self.direction == "echo" else 1)
         return {"mb_per_s": moved / wall / 1e6, "wall_s": wall}
 
 
 class Io(SessionWorkload):
-    key = "io"
+    key = group = "io"
     families = None
 
     def __init__(self, cfg: BenchConfig) -> None:
@@ -217,7 +271,7 @@ class Io(SessionWorkload):
         self.params = {"tasks": n, "sleep_ms": cfg.io_ms}
 
     def applies(self, c: Contestant) -> bool:
-        return c.only is None or self.key in c.only
+        return c.only is None or self.group in c.only
 
     def run(self, pool: Pool) -> dict[str, float | None]:
         n = len(self.calls)
@@ -227,7 +281,7 @@ class Io(SessionWorkload):
 
 
 class Cpu(SessionWorkload):
-    key = "cpu"
+    key = group = "cpu"
 
     def __init__(self, cfg: BenchConfig, iterations: int, measured_ms: float) -> None:
         super().__init__(cfg)
@@ -251,6 +305,7 @@ class Cpu(SessionWorkload):
 class SweepPoint(SessionWorkload):
     """One task size of the throughput-against-task-size sweep."""
 
+    group = "sweep"
     families = frozenset({"sequential", "ppe", "mp.Pool", "ProcQueue"})
 
     def __init__(self, cfg: BenchConfig, task_ms: float, iters_per_ms: float) -> None:
@@ -288,14 +343,17 @@ def session_workloads(
 ) -> list[SessionWorkload]:
     """The session workloads ``cfg`` asks for, in session order."""
     out: list[SessionWorkload] = []
+    fns = task_fns(cfg.task_fns) if cfg.wants("tiny") or cfg.wants("map") else []
     if cfg.wants("latency"):
         out.append(Latency(cfg))
     if cfg.wants("tiny"):
-        out.append(Tiny(cfg))
+        out.extend(Tiny(cfg, f) for f in fns)
     if cfg.wants("map"):
-        out.extend(MapChunks(cfg, c) for c in cfg.chunksizes)
+        out.extend(MapChunks(cfg, c, f) for c in cfg.chunksizes for f in fns)
     if cfg.wants("payload"):
-        out.append(Payload(cfg))
+        size = int(cfg.payload_mb * 1_000_000)
+        payloads = [_tasks.make_payload(i, size) for i in range(cfg.payload_tasks)]
+        out.extend(Payload(cfg, d, payloads) for d in PAYLOAD_DIRECTIONS)
     if cfg.wants("io"):
         out.append(Io(cfg))
     if calibration is not None:
