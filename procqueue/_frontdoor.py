@@ -9,12 +9,13 @@ documents each.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, overload
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
@@ -326,6 +327,40 @@ def prepare(
                 {tid: futures.get(tid) for tid in needed} if futures else dict.fromkeys(needed)
             )
     return rec
+
+
+class ChunkRunner(NamedTuple):
+    """``map``'s chunk runner bound to the user's function, pickled once per
+    ``map`` call (a script's function travels by value: pickling it with every
+    chunk's arguments cost as much as the chunk)."""
+
+    name: str
+    fn_blob: bytes
+
+
+def chunk_runner(
+    engine: Engine, runner: Callable[[Any, list[Any]], Any], fn: Callable[..., Any]
+) -> ChunkRunner:
+    if not callable(fn):
+        raise InvalidCallableError(f"{fn!r} is not callable")
+    engine.check_open()
+    name = name_of(fn)
+    try:
+        return ChunkRunner(name, wire.dump_callable(functools.partial(runner, fn)))
+    except Exception as e:
+        raise _cannot_pickle(name, e) from e
+
+
+def prepare_chunk(
+    engine: Engine, runner: ChunkRunner, chunk: list[Any], future: _TaskFuture
+) -> _TaskRecord:
+    """One chunk of ``map``: the runner's bytes, and the chunk's items pickled."""
+    engine.check_open()
+    try:
+        segments = wire.dump_arguments((chunk,), {})
+    except Exception as e:
+        raise _cannot_pickle(runner.name, e) from e
+    return engine.new_record(runner.name, 0, (runner.fn_blob, segments), None, None, future)
 
 
 def prepare_many(

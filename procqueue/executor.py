@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core.records import TaskStatus
 from ._frontdoor import (
+    ChunkRunner,
     CommonOptions,
     DeadLetterQueue,
+    chunk_runner,
     close_dashboards,
     due_of,
     make_engine,
     open_dashboard,
     prepare,
+    prepare_chunk,
     prepare_many,
     task_id,
     task_policy,
@@ -283,6 +286,11 @@ class ProcQueue(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple[Any, ...]] = zip(*iterables)
         single = iter(iterables[0]) if len(iterables) == 1 and chunksize > 1 else None
+        chunk_call = (
+            chunk_runner(self._engine, _run_chunk1 if single is not None else _run_chunk, fn)
+            if chunksize > 1
+            else None
+        )
 
         def submit_next() -> Future[Any] | None:
             if chunksize == 1:
@@ -292,11 +300,13 @@ class ProcQueue(Executor):
             elif single is not None:
                 items = list(itertools.islice(single, chunksize))
                 if items:
-                    return watch(self._submit_chunk(_run_chunk1, fn, items), len(items))
+                    assert chunk_call is not None
+                    return watch(self._submit_chunk(chunk_call, items), len(items))
             else:
                 chunk = list(itertools.islice(calls, chunksize))
                 if chunk:
-                    return watch(self._submit_chunk(_run_chunk, fn, chunk), len(chunk))
+                    assert chunk_call is not None
+                    return watch(self._submit_chunk(chunk_call, chunk), len(chunk))
             if tracker is not None:
                 tracker.input_done()
             return None
@@ -331,13 +341,11 @@ class ProcQueue(Executor):
         )
         return _shown(results, tracker)
 
-    def _submit_chunk(
-        self, runner: Callable[..., Any], fn: Callable[..., Any], chunk: Any
-    ) -> Future[Any]:
+    def _submit_chunk(self, runner: ChunkRunner, chunk: list[Any]) -> Future[Any]:
         """One ``map`` chunk: its items are not searched for futures (as the
         standard library's ``map`` passes them through as they are)."""
         fut = _TaskFuture()
-        self._engine.enqueue(prepare(self._engine, runner, (fn, chunk), {}, future=fut, link=False))
+        self._engine.enqueue(prepare_chunk(self._engine, runner, chunk, fut))
         return fut
 
     def shutdown(
