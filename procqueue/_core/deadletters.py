@@ -98,9 +98,10 @@ class _DeadLetterStore:
         self.entries: OrderedDict[int, _Entry] = OrderedDict()
         self.dropped = 0
 
-    def add(self, rec: _TaskRecord, failed_at: float) -> None:
+    def add(self, rec: _TaskRecord, failed_at: float) -> bool:
+        """Keep ``rec``'s letter (the oldest goes when full); False if not kept."""
         if self.max_size == 0 or rec.payload is None:
-            return
+            return False
         letter = DeadLetter(
             task_id=rec.task_id,
             name=rec.name,
@@ -114,6 +115,7 @@ class _DeadLetterStore:
         while len(self.entries) > self.max_size:
             self.entries.popitem(last=False)
             self.dropped += 1
+        return True
 
     def keep_dependent(self, up: _TaskRecord, dep: _TaskRecord) -> None:
         """``dep`` is ending because ``up`` failed: keep it dormant under

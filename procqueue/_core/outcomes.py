@@ -111,7 +111,9 @@ class Outcomes(CoreState):
     def _fail(self, rec: _TaskRecord, exc: BaseException, exc_type: str, now: float) -> None:
         """No retry left: ``FAILED``, into the dead letter queue."""
         self._move(rec, _FAILED)
-        self.dlq.add(rec, now + self.wall_offset)
+        self.tally.count_failure(exc_type)
+        if self.dlq.add(rec, now + self.wall_offset):
+            self.tally.dead_lettered += 1
         rec.payload = None
         rec.outcome = exc
         rec.is_error = True
@@ -142,6 +144,8 @@ class Outcomes(CoreState):
         """Finish a record that will not run (again): ``CANCELLED``, or ``FAILED``
         without a further attempt. ``settle``: how its future learns of it."""
         self._move(rec, state)
+        if state is _FAILED:
+            self.tally.count_failure(_qualname(type(err)))
         rec.payload = None
         rec.finished_at = now + self.wall_offset
         rec.outcome = err

@@ -243,6 +243,7 @@ class Scheduler(Supervision):
         rec.finished_at = ev.finished
         run = ev.finished - ev.started
         tally.run_samples.append(run)
+        tally.samples_taken += 1
         tally.wait_samples.append(max(0.0, ev.started - rec.submitted_at))
         if rec.payload is not None:
             means = self._mean_run

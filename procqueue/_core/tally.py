@@ -11,6 +11,8 @@ from .records import TaskState
 SAMPLES = 10_000
 #: Seconds of history behind ``throughput``.
 WINDOW = 10
+#: Distinct error types counted by name (a metric label: bounded cardinality).
+MAX_FAILURE_TYPES = 100
 
 _FINAL = tuple(s.ordinal for s in TaskState if s.is_final)
 _RETRYING = TaskState.RETRYING
@@ -30,6 +32,9 @@ class Tally:
         "run_samples",
         "_buckets",
         "started",
+        "samples_taken",
+        "failed_by_type",
+        "dead_lettered",
     )
 
     def __init__(self, now: float) -> None:
@@ -38,6 +43,12 @@ class Tally:
         self.retried = 0
         self.wait_samples: deque[float] = deque(maxlen=SAMPLES)
         self.run_samples: deque[float] = deque(maxlen=SAMPLES)
+        # Monotonic counts for metrics (exact, whatever the windows and the
+        # dead letter queue's bound drop): latency samples ever appended, final
+        # failures by the error's qualified type, tasks ever dead-lettered.
+        self.samples_taken = 0
+        self.failed_by_type: dict[str, int] = {}
+        self.dead_lettered = 0
         self._buckets: deque[list[int]] = deque()
         self.started = now
 
@@ -61,6 +72,14 @@ class Tally:
         """Tasks not yet in a final state."""
         c = self.by_state
         return self.submitted - sum(c[i] for i in _FINAL)
+
+    def count_failure(self, exc_type: str) -> None:
+        """A task failed for good with ``exc_type`` (at most
+        :data:`MAX_FAILURE_TYPES` distinct types; later ones count as ``other``)."""
+        by_type = self.failed_by_type
+        if exc_type not in by_type and len(by_type) >= MAX_FAILURE_TYPES:
+            exc_type = "other"
+        by_type[exc_type] = by_type.get(exc_type, 0) + 1
 
     def count_completion(self, now: float) -> None:
         sec = int(now)

@@ -71,6 +71,10 @@ class Counters(NamedTuple):
     dead_letters: int
     dead_letters_dropped: int
     schedules: tuple[tuple[str, int, int, int, int, int | None], ...]
+    #: Final failures by the error's qualified type (bounded: see Tally).
+    failed_by_type: tuple[tuple[str, int], ...] = ()
+    #: Tasks ever put in the dead letter queue.
+    dead_lettered: int = 0
 
 
 class Publication(NamedTuple):
@@ -388,43 +392,20 @@ class ReadSide:
             entry = self.core.dlq.entries.get(task_id)
             return None if entry is None else entry.payload
 
-    def new_dead_letters(self, seen: Callable[[int], bool]) -> list[tuple[int, str]]:
-        """``(task id, final error type)`` of the dead letters newer than the
-        newest one ``seen`` knows (newest first): bounded by the DLQ's size."""
-        out: list[tuple[int, str]] = []
-        with self._lock:
-            for tid, entry in reversed(self.core.dlq.entries.items()):
-                if seen(tid):
-                    break
-                err = entry.letter.error
-                out.append((tid, err.exc_type if err is not None else "unknown"))
-        return out
-
-    def new_latency_samples(
-        self, anchor: object
-    ) -> tuple[list[float], list[float], object, bool]:
-        """Run-time and queue-wait samples appended since the run-time sample
-        ``anchor`` (an object identity: each sample is a fresh float), the new
-        anchor, and whether ``anchor`` was found (``False``: the buffers
-        turned over, some samples were missed)."""
+    def new_latency_samples(self, taken: int) -> tuple[list[float], list[float], int, int]:
+        """Run-time and queue-wait samples appended since the core had taken
+        ``taken`` (newest first), the count taken now, and how many of the new
+        ones the bounded windows already dropped (0 unless more than 10,000
+        arrived since the last call)."""
         tally = self.core.tally
         with self._lock:
+            now_taken = tally.samples_taken
             runs, waits = tally.run_samples, tally.wait_samples
-            n = 0
-            found = anchor is None
-            if not found:
-                for value in reversed(runs):
-                    if value is anchor:
-                        found = True
-                        break
-                    n += 1
-            else:
-                n = len(runs)
-            n = min(n, len(waits))
+            fresh = now_taken - taken
+            n = min(fresh, len(runs), len(waits))
             new_runs = list(itertools.islice(reversed(runs), n))
             new_waits = list(itertools.islice(reversed(waits), n))
-            last = runs[-1] if runs else anchor
-        return new_runs, new_waits, last, found  # newest first
+        return new_runs, new_waits, now_taken, fresh - n
 
     def counters(self) -> Counters:
         """Monotonic and current counts for metrics, in one lock round."""
@@ -444,6 +425,8 @@ class ReadSide:
                 dead_letters=len(core.dlq),
                 dead_letters_dropped=core.dlq.dropped,
                 schedules=schedules,
+                failed_by_type=tuple(core.tally.failed_by_type.items()),
+                dead_lettered=core.tally.dead_lettered,
             )
 
     def schedule_rows(self, runs_kept: int = 10) -> list[dict[str, Any]]:

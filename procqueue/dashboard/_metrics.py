@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -80,39 +79,29 @@ class _Histogram:
 
 
 class MetricsObserver:
-    """Cumulative counts made from the engine's rolling windows."""
+    """Histograms made from the engine's latency windows: each drain takes the
+    samples the core appended since the last one (it counts them, so a drain
+    knows exactly how many are new, and how many the windows dropped)."""
 
     def __init__(self, engine: ReadSide) -> None:
         self._engine = engine
         self._lock = threading.Lock()
-        self._anchor: object = None
+        self._taken = 0
         self.run_time = _Histogram()
         self.queue_wait = _Histogram()
         #: Latency samples lost because the window turned over between drains.
         self.samples_missed = 0
-        self.failed_by_type: dict[str, int] = {}
-        self.dead_lettered = 0
-        self._seen: OrderedDict[int, None] = OrderedDict()
-        self._seen_max = max(1024, 2 * engine.config.dead_letters)
         #: Set once something reads the metrics: until then ticks skip draining.
         self.active = False
 
     def drain(self) -> None:
         """Take what the engine added since the last drain."""
         with self._lock:
-            runs, waits, self._anchor, found = self._engine.new_latency_samples(self._anchor)
-            if not found:
-                self.samples_missed += 1
+            runs, waits, self._taken, missed = self._engine.new_latency_samples(self._taken)
+            self.samples_missed += missed
             if runs:
                 self.run_time.observe_many(runs)
                 self.queue_wait.observe_many(waits)
-            seen = self._seen
-            for tid, exc_type in reversed(self._engine.new_dead_letters(seen.__contains__)):
-                seen[tid] = None
-                self.dead_lettered += 1
-                self.failed_by_type[exc_type] = self.failed_by_type.get(exc_type, 0) + 1
-            while len(seen) > self._seen_max:
-                seen.popitem(last=False)
 
 
 def make_registry(engine: ReadSide, observer: MetricsObserver | None = None) -> CollectorRegistry:
@@ -153,18 +142,17 @@ class _Collector:
         )
         failed = CounterMetricFamily(
             "procqueue_tasks_failed",
-            "Tasks failed for good, by the final error's type ('other': failures the "
-            "dead letter queue did not record, e.g. ended by an upstream failure).",
+            "Tasks failed for good, by the final error's qualified type ('other': "
+            "types beyond the first 100 seen).",
             labels=["exception"],
         )
+        by_type = dict(c.failed_by_type)
+        dead_lettered = c.dead_lettered
         with obs._lock:
-            by_type = dict(obs.failed_by_type)
-            dead_lettered = obs.dead_lettered
             run_time = obs.run_time.cumulative(), obs.run_time.sum
             queue_wait = obs.queue_wait.cumulative(), obs.queue_wait.sum
         for exc_type, n in sorted(by_type.items()):
             failed.add_metric([exc_type], n)
-        failed.add_metric(["other"], max(0, by_state[_FAILED] - sum(by_type.values())))
         yield failed
         yield CounterMetricFamily(
             "procqueue_tasks_retried", "Attempts that failed and were retried.", value=c.retried
