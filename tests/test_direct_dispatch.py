@@ -1,0 +1,69 @@
+"""A submit that finds the coordinator asleep, with a worker waiting for work,
+takes the coordinator's step in its own thread (``Engine._step_here``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from _tasks import add, hang
+
+from procqueue import ProcQueue, TaskTimeoutError
+from procqueue._runtime.engine import Engine
+
+
+def _asleep(engine: Engine) -> None:
+    """Wait (bounded) until the coordinator sits in its select with every
+    worker serving: the state a direct step needs."""
+    deadline = time.monotonic() + 10
+    while not (engine._sleeping and engine._direct_ok):
+        assert time.monotonic() < deadline, "the coordinator never went to sleep"
+        time.sleep(0.001)  # polling a state flag, with a deadline
+
+
+def _steps_by_thread(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+    step = engine._step
+
+    def counted(events: list[Any]) -> Any:
+        names.append(threading.current_thread().name)
+        return step(events)
+
+    monkeypatch.setattr(engine, "_step", counted)
+    return names
+
+
+def test_an_idle_pool_dispatches_in_the_submitting_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with ProcQueue(1) as pool:
+        assert pool.submit(add, 0, 0).result(timeout=30) == 0
+        engine = pool._engine
+        _asleep(engine)
+        names = _steps_by_thread(engine, monkeypatch)
+        fut = pool.submit(add, 1, 2)
+        assert names[:1] == [threading.current_thread().name]  # dispatched right here
+        assert fut.result(timeout=30) == 3
+
+
+def test_a_deadline_set_by_a_direct_step_wakes_the_coordinator() -> None:
+    with ProcQueue(1) as pool:
+        pool.submit(add, 0, 0).result(timeout=30)
+        _asleep(pool._engine)
+        # The coordinator slept with no deadline; the timeout must still fire.
+        with pytest.raises(TaskTimeoutError):
+            pool.submit_task(hang, timeout=0.2, max_retries=0).result(timeout=30)
+        assert pool.submit(add, 2, 2).result(timeout=30) == 4
+
+
+def test_a_done_callback_may_submit() -> None:
+    with ProcQueue(1) as pool:
+        pool.submit(add, 0, 0).result(timeout=30)
+        _asleep(pool._engine)
+        chained: Future[Future[int]] = Future()
+        first = pool.submit(add, 1, 1)
+        first.add_done_callback(lambda f: chained.set_result(pool.submit(add, f.result(), 1)))
+        assert chained.result(timeout=30).result(timeout=30) == 3
