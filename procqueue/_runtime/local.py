@@ -1,6 +1,8 @@
 """The local transport: one OS process per slot, on this machine.
 
-Each worker has two one-way pipes (tasks in, results out; ``wire.py``), a
+Each worker has two one-way pipes (tasks in, results out; ``wire.py``), two
+side files for large buffers, one per direction (``_shm.py``; they vanish with
+the last process that holds them, so a crash leaks none), a
 process sentinel that becomes readable when it exits, and a read end of the
 *lifeline* pipe whose write end only the coordinator holds (EOF there tells a
 worker its coordinator is gone; ``worker.py``). Everything the loop waits on
@@ -42,7 +44,7 @@ from ..errors import (
     SerializationError,
     UnpicklableTaskError,
 )
-from . import wire
+from . import _shm, wire
 from .processes import FiguresCache, ProcessFigures, child_conn, close_fds, kill_tree, start_process
 from .transport import Poller, Transport
 from .worker import worker_main
@@ -76,9 +78,11 @@ class _Proc:
     """One live worker process and its pipe ends (coordinator side)."""
 
     __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "sentinel", "writer", "reader",
-                 "writing", "figures", "closed", "holds")  # fmt: skip
+                 "writing", "figures", "closed", "holds", "outbox", "inbox", "spilled")  # fmt: skip
 
-    def __init__(self, slot: int, proc: Any, tasks_fd: int, results_fd: int) -> None:
+    def __init__(
+        self, slot: int, proc: Any, tasks_fd: int, results_fd: int, side: tuple[int, int]
+    ) -> None:
         self.slot = slot
         self.proc = proc
         self.pid: int = proc.pid
@@ -92,6 +96,12 @@ class _Proc:
         self.closed = False
         # The callable ids this worker keeps (wire.CallRefs), oldest first.
         self.holds: dict[int, None] = {}
+        # Side files (-1: none): arguments out, results in.
+        self.outbox = _shm.Outbox(side[0]) if side[0] >= 0 else None
+        self.inbox = _shm.Inbox(side[1], kept=True)
+        # Task id -> its arguments' regions in the tasks side file, until its
+        # result says the worker has read them. Always empty without one.
+        self.spilled = self.outbox.held if self.outbox is not None else {}
 
 
 class LocalTransport(Transport):
@@ -108,6 +118,7 @@ class LocalTransport(Transport):
         self._lifeline_r = self._lifeline_w = -1
         self._figures = FiguresCache()
         self._refs = wire.CallRefs()
+        self._started = 0
         self._init_blob: bytes | None = None
         if config.initializer is not None:
             try:
@@ -137,9 +148,15 @@ class LocalTransport(Transport):
         results_r, results_w = os.pipe()
         for fd in (tasks_w, results_r):
             wire.enlarge_pipe(fd)
+        # Named for /proc/<pid>/fd readers (and the leak tests): our pid, then
+        # a count of workers started, never reused.
+        self._started += 1
+        name = f"procqueue-{os.getpid()}-{self._started}"
+        side = (_shm.create(f"{name}-tasks"), _shm.create(f"{name}-results"))
         inherited: tuple[int, ...] = ()
         if self.start_method == "fork":
             inherited = (*poller.own_fds(), *self._fds(), self._lifeline_w, tasks_w, results_r)
+            inherited += tuple(fd for fd in side if fd >= 0)
         level = logging.getLogger().getEffectiveLevel() if self._forward_logs else None
         # The child's ends travel as Connection objects (any start method can pass
         # those); our copies are closed once the child has them.
@@ -148,18 +165,20 @@ class LocalTransport(Transport):
             child_conn(results_w, readable=False),
             child_conn(os.dup(self._lifeline_r), readable=True),
         )
-        args = (*child_ends, inherited, self._init_blob, level, os.getpid())
+        side_ends = tuple(child_conn(os.dup(fd), readable=True) if fd >= 0 else None for fd in side)
+        args = (*child_ends, side_ends, inherited, self._init_blob, level, os.getpid())
         try:
             proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
         except Exception as e:
-            close_fds(tasks_w, results_r)
+            close_fds(tasks_w, results_r, *side)
             return [StartFailed(slot, f"{type(e).__name__}: {e}")]
         finally:
-            for conn in child_ends:
-                conn.close()
+            for conn in (*child_ends, *side_ends):
+                if conn is not None:
+                    conn.close()
         os.set_blocking(tasks_w, False)
         os.set_blocking(results_r, False)
-        p = _Proc(slot, proc, tasks_w, results_r)
+        p = _Proc(slot, proc, tasks_w, results_r, side)
         self._procs[slot] = p
         poller.watch(results_r, lambda: self._on_readable(p))
         poller.watch(p.sentinel, lambda: self._on_exit(p))
@@ -169,7 +188,9 @@ class LocalTransport(Transport):
     def _fds(self) -> list[int]:
         fds = [self._lifeline_r]
         for p in self._procs.values():
-            fds += (p.tasks_fd, p.results_fd)
+            fds += (p.tasks_fd, p.results_fd, p.inbox.fd)
+            if p.outbox is not None:
+                fds.append(p.outbox.fd)
         return fds
 
     # ------------------------------------------------------------------ traffic
@@ -177,8 +198,9 @@ class LocalTransport(Transport):
     def send(self, slot: int, tasks: Sequence[_TaskRecord]) -> None:
         p = self._procs[slot]
         payloads = [r.payload for r in tasks]
-        blobs, sizes, fids = self._refs.pack(p.holds, payloads)  # type: ignore[arg-type]
-        msg = wire.RunBatch(tuple(r.task_id for r in tasks), sizes, fids)
+        ids = tuple(r.task_id for r in tasks)
+        blobs, sizes, fids = self._refs.pack(p.holds, payloads, ids, p.outbox)  # type: ignore[arg-type]
+        msg = wire.RunBatch(ids, sizes, fids, p.inbox.read)
         self._write(p, wire.encode(msg, blobs))
 
     def retire(self, slot: int) -> None:
@@ -243,7 +265,8 @@ class LocalTransport(Transport):
         assert poller is not None
         for fd in (p.results_fd, p.sentinel, p.tasks_fd):
             poller.unwatch(fd)
-        close_fds(p.tasks_fd, p.results_fd)
+        # The side files' pages go once the dead worker's copies are gone too.
+        close_fds(p.tasks_fd, p.results_fd, p.inbox.fd, p.outbox.fd if p.outbox else -1)
         try:
             p.proc.close()
         except ValueError:
@@ -286,9 +309,11 @@ class LocalTransport(Transport):
 
 def _done(p: _Proc, msg: wire.Result, blob: memoryview) -> Done:
     tb = ""
+    if p.spilled:
+        p.spilled.pop(msg.task_id, None)  # the worker has read its arguments
     if msg.ok:
         try:
-            value: Any = wire.load_value(blob)
+            value: Any = wire.load_value(blob, p.inbox)
         except BaseException as e:  # user data: __setstate__ may raise anything
             value = ResultSerializationError(
                 f"the result of task {msg.task_id} could not be unpickled: {type(e).__name__}: {e}"

@@ -2,15 +2,17 @@
 
 A frame is ``<Q body_len>`` then a body that starts with a one-byte tag:
 
-* ``RunBatch``: ``<B tag><I n><n q task_ids><2n q sizes><n q fids>`` then, per
-  call, its pickled callable (absent when the worker already holds it: see
-  :class:`CallRefs`) and its pickled ``(args, kwargs)``;
+* ``RunBatch``: ``<B tag><I n><q acked><n q task_ids><2n q sizes><n q fids>``
+  then, per call, its pickled callable (absent when the worker already holds
+  it: see :class:`CallRefs`) and its pickled ``(args, kwargs)``;
 * ``Result``: ``<B tag><q task_id><B ok><d started><d finished>`` then the
   pickled value (or :class:`ErrorInfo`);
 * anything else: ``<B tag>`` then the message pickled with the standard pickler.
 
 Blobs are written with ``writev`` straight from the bytes produced at
-``submit``, never re-pickled.
+``submit``, never re-pickled. Buffers of 64 KiB or more inside a value blob
+travel through the worker's side files instead (``_shm.py``); the blob says
+where.
 
 Each worker has two one-way pipes (``os.pipe``): *tasks* (coordinator -> worker)
 and *results* (worker -> coordinator). The coordinator's ends are non-blocking
@@ -39,8 +41,9 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from .._core.deps import ResultOf, bind
+from . import _shm
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 _LEN = struct.Struct("<Q")
 _HEADER_SIZE = _LEN.size
@@ -62,11 +65,14 @@ class RunBatch(NamedTuple):
     pickled callable, then its pickled ``(args, kwargs)``, in blob order.
     ``fids`` holds one callable id per call (see :class:`CallRefs`): 0 for a
     callable sent inline and not kept; otherwise the worker keeps the callable
-    under that id, and a later call with size 0 refers to it."""
+    under that id, and a later call with size 0 refers to it. ``acked``: how
+    many results with spilled buffers the coordinator has read from this
+    worker's side file so far (the worker may reuse their space)."""
 
     task_ids: tuple[int, ...]
     sizes: tuple[int, ...]
     fids: tuple[int, ...]
+    acked: int = 0
 
 
 class Shutdown(NamedTuple):
@@ -144,7 +150,9 @@ def encode(msg: WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> list[An
         head = _RESULT.pack(_TAG_RESULT, *msg)
     elif isinstance(msg, RunBatch):
         n = len(msg.task_ids)
-        head = struct.pack(f"<BI{4 * n}q", _TAG_RUN, n, *msg.task_ids, *msg.sizes, *msg.fids)
+        head = struct.pack(
+            f"<BIq{4 * n}q", _TAG_RUN, n, msg.acked, *msg.task_ids, *msg.sizes, *msg.fids
+        )
     else:
         head = _TAG_PICKLED_BYTE + pickle.dumps(msg, protocol=5)
     body_len = len(head)
@@ -161,9 +169,10 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[WireMessage, memoryvi
         _, task_id, ok, started, finished = _RESULT.unpack_from(view)
         return Result(task_id, bool(ok), started, finished), view[_RESULT.size :]
     if tag == _TAG_RUN:
-        (n,) = struct.unpack_from("<I", view, 1)
-        values = struct.unpack_from(f"<{4 * n}q", view, 5)
-        return RunBatch(values[:n], values[n : 3 * n], values[3 * n :]), view[5 + 32 * n :]
+        n, acked = struct.unpack_from("<Iq", view, 1)
+        values = struct.unpack_from(f"<{4 * n}q", view, 13)
+        batch = RunBatch(values[:n], values[n : 3 * n], values[3 * n :], acked)
+        return batch, view[13 + 32 * n :]
     msg: WireMessage = pickle.loads(view[1:])
     return msg, view[0:0]
 
@@ -482,10 +491,16 @@ class CallRefs:
         return fid
 
     def pack(
-        self, holds: dict[int, None], payloads: list[tuple[bytes, list[Any]]]
+        self,
+        holds: dict[int, None],
+        payloads: list[tuple[bytes, list[Any]]],
+        keys: tuple[int, ...] = (),
+        outbox: _shm.Outbox | None = None,
     ) -> tuple[list[Any], tuple[int, ...], tuple[int, ...]]:
         """The blobs, sizes and ids of a ``RunBatch`` to the worker that holds
-        ``holds`` (updated as the worker will update its own table)."""
+        ``holds`` (updated as the worker will update its own table). With an
+        ``outbox``, large argument buffers go through it, held under the
+        call's key (its task id) until its result arrives."""
         blobs: list[Any] = []
         sizes: list[int] = []
         fids: list[int] = []
@@ -500,11 +515,16 @@ class CallRefs:
                 if fid:
                     keep(holds, fid, None)
             fids.append(fid)
-            blobs += arg_segments
             if len(arg_segments) == 2 and type(arg_segments[1]) is bytes:
                 sizes.append(len(arg_segments[0]) + len(arg_segments[1]))  # no out-of-band
             else:
+                if outbox is not None and len(arg_segments) > 2:
+                    spilled = outbox.spill(arg_segments, keys[len(fids) - 1])
+                    sizes.append(sum(memoryview(seg).nbytes for seg in spilled))
+                    blobs += spilled
+                    continue
                 sizes.append(sum(memoryview(seg).nbytes for seg in arg_segments))
+            blobs += arg_segments
         return blobs, tuple(sizes), tuple(fids)
 
 
@@ -523,7 +543,11 @@ def keep(table: dict[int, Any], fid: int, value: Any) -> None:
 # A value blob is ``<I n><n Q sizes>`` + pickle + the n buffers. Large buffers
 # (numpy arrays, bytearrays, and ``bytes`` of 64 KiB or more) travel out of
 # band: written by ``writev`` straight from the object's memory and unpickled
-# from the received frame, so pickling never copies them.
+# from the received frame, so pickling never copies them. Where a buffer of
+# ``_shm.SPILL_MIN`` bytes or more went through the worker's side file instead,
+# the blob is ``<I n | 1 << 31><n Q sizes><n q locations>`` + pickle + the
+# buffers left inline (location -1); any other location is the buffer's offset
+# in the side file, plus 1 if it must arrive writable (``_shm.py``).
 
 _BIG = 1 << 16
 _NO_BUFFERS = struct.pack("<I", 0)
@@ -650,11 +674,17 @@ def dump_value(value: object) -> list[Any]:
         return _dump_with(cloudpickle.CloudPickler, value)
 
 
-def load_value(blob: memoryview) -> Any:
-    """Unpickle a value blob; out-of-band buffers are views of ``blob``."""
+def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
+    """Unpickle a value blob; out-of-band buffers are views of ``blob``, or
+    read from the side file of ``inbox`` where the blob says they were spilled."""
     (n,) = struct.unpack_from("<I", blob, 0)
     if not n:
         return pickle.loads(blob[4:])
+    if n & _shm.SPILLED:
+        if inbox is None:
+            raise ValueError("a value blob with spilled buffers, and no side file")
+        pickled, spilled = inbox.fetch(blob, n & ~_shm.SPILLED)
+        return pickle.loads(pickled, buffers=spilled)
     sizes = struct.unpack_from(f"<{n}Q", blob, 4)
     end = len(blob)
     start = end - sum(sizes)
@@ -680,10 +710,16 @@ class CallLoader:
     """Worker side: turns the two blobs back into ``(fn, args, kwargs)``,
     keeping callables by id as :class:`CallRefs` says."""
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: _shm.Inbox | None = None) -> None:
         self._fns: dict[int, Any] = {}
+        self._inbox = inbox
 
     def load(self, fn_blob: memoryview, arg_blob: memoryview, fid: int) -> tuple[Any, Any, Any]:
+        spilled = None
+        if arg_blob.nbytes >= 4 and arg_blob[3] & 0x80:  # _shm.SPILLED
+            # Spilled buffers are read (and their pages returned) first, so
+            # that a callable failing to load leaves nothing behind.
+            spilled = self._fetch(arg_blob)
         if fid and not fn_blob.nbytes:
             fn = self._fns[fid]
             if type(fn) is _Unloadable:
@@ -697,8 +733,22 @@ class CallLoader:
                 raise
             if fid:
                 keep(self._fns, fid, fn)
-        args, kwargs = load_value(arg_blob)
+        if spilled is None:
+            args, kwargs = load_value(arg_blob)
+        elif isinstance(spilled, BaseException):
+            raise spilled  # only now: the callable is kept, as CallRefs expects
+        else:
+            args, kwargs = pickle.loads(spilled[0], buffers=spilled[1])
         return fn, args, kwargs
+
+    def _fetch(self, arg_blob: memoryview) -> tuple[memoryview, list[Any]] | BaseException:
+        try:
+            if self._inbox is None:
+                raise ValueError("arguments with spilled buffers, and no side file")
+            (n,) = struct.unpack_from("<I", arg_blob, 0)
+            return self._inbox.fetch(arg_blob, n & ~_shm.SPILLED)
+        except Exception as e:
+            return e
 
 
 def _load_segments(segments: list[Any]) -> Any:

@@ -30,8 +30,15 @@ from typing import Any
 import cloudpickle
 
 from ..errors import OptionTypeError, ResultSerializationError
+from . import _shm
 from . import wire as _wire
-from .processes import close_fds, kill_children, kill_own_group_and_exit, set_parent_death_signal
+from .processes import (
+    close_fds,
+    keep_freed_memory,
+    kill_children,
+    kill_own_group_and_exit,
+    set_parent_death_signal,
+)
 
 # The worker's own log lines; task code logs through its own loggers.
 _log = logging.getLogger("procqueue.worker")
@@ -175,7 +182,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _take_fd(conn: Any) -> int:
-    """The raw fd behind a ``Connection`` (which has no ``detach``)."""
+    """The raw fd behind a ``Connection`` (which has no ``detach``); -1 for ``None``."""
+    if conn is None:
+        return -1
     fd = os.dup(conn.fileno())
     conn.close()
     return fd
@@ -185,6 +194,7 @@ def worker_main(
     tasks_fd: Any,
     results_fd: Any,
     lifeline_fd: Any,
+    side_fds: tuple[Any, Any],
     inherited: tuple[int, ...],
     init_blob: bytes | None,
     log_level: int | None,
@@ -193,11 +203,14 @@ def worker_main(
     """Entry point of a worker process (the ``target`` of its ``Process``).
 
     ``*_fd`` arrive as ``multiprocessing.connection.Connection`` objects so that
-    every start method can pass them; we take their raw fds. ``inherited`` lists
-    the coordinator's own fds that a forked child must close.
+    every start method can pass them; we take their raw fds. ``side_fds``: the
+    side files for large buffers (``_shm.py``), tasks then results, each
+    ``None`` where there is none. ``inherited`` lists the coordinator's own fds
+    that a forked child must close.
     """
     close_fds(*inherited)
     tasks, results, lifeline = (_take_fd(c) for c in (tasks_fd, results_fd, lifeline_fd))
+    tasks_side, results_side = (_take_fd(c) for c in side_fds)
     # Own process group: a terminal's Ctrl-C goes to the coordinator, which stops
     # us cleanly, instead of raising KeyboardInterrupt in every running task.
     try:
@@ -210,6 +223,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, _on_sigterm)
     set_parent_death_signal(parent_pid, signal.SIGTERM)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
+    keep_freed_memory()
 
     sender = _Sender(results)
     if log_level is not None:
@@ -232,13 +246,18 @@ def worker_main(
     _reporter = _Reporter(sender)
     me = os.getpid()
     sender.send(_wire.Hello(_wire.PROTOCOL_VERSION, me))
-    _serve(tasks, sender, me)
+    inbox = _shm.Inbox(tasks_side) if tasks_side >= 0 else None
+    outbox = _shm.Outbox(results_side) if results_side >= 0 else None
+    _serve(tasks, sender, me, inbox, outbox)
 
 
-def _serve(tasks: int, sender: _Sender, me: int) -> None:
+def _serve(
+    tasks: int, sender: _Sender, me: int, inbox: _shm.Inbox | None, outbox: _shm.Outbox | None
+) -> None:
     read_exact = _wire.read_exact
     decode = _wire.decode
-    load = _wire.CallLoader().load
+    load = _wire.CallLoader(inbox).load
+    acked = 0
     now = time.time
     Result = _wire.Result
     send = sender.send
@@ -254,7 +273,10 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
             # Shutdown: leave no process a task started behind us.
             kill_children(os.getpid())
             return
-        task_ids, sizes, fids = msg
+        task_ids, sizes, fids, read = msg
+        if read != acked and outbox is not None:
+            acked = read
+            outbox.release_through(acked)  # the coordinator has read those results
         pos = 0
         for i, task_id in enumerate(task_ids):
             fn_size = sizes[2 * i]
@@ -271,6 +293,8 @@ def _serve(tasks: int, sender: _Sender, me: int) -> None:
             )
             pos += fn_size + arg_size
             reporter.task_id = 0
+            if len(segments) > 2 and outbox is not None:
+                segments = outbox.spill(segments)
             send(Result(task_id, ok, started, now()), segments)
             # A result's out-of-band buffers are views of the value.
             del segments
