@@ -67,3 +67,20 @@ def test_a_done_callback_may_submit() -> None:
         first = pool.submit(add, 1, 1)
         first.add_done_callback(lambda f: chained.set_result(pool.submit(add, f.result(), 1)))
         assert chained.result(timeout=30).result(timeout=30) == 3
+
+
+def test_large_frames_while_the_coordinator_flushes_a_full_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submitter's step and the coordinator's flush of a full pipe never
+    write to one worker's pipe at once (frames would interleave): 4 MB
+    arguments through the pipes alone (side files off), one by one."""
+    from procqueue._runtime import _shm
+
+    monkeypatch.setattr(_shm, "_HAVE_MEMFD", False)
+    data = bytes(4 << 20)
+    with ProcQueue(2, start_method="fork") as pool:
+        pool.submit(add, 0, 0).result(timeout=30)
+        for _ in range(40):  # without the lock, a run of 12 failed one time in 3
+            futs = [pool.submit(len, data) for _ in range(4)]
+            assert [f.result(timeout=60) for f in futs] == [4 << 20] * 4

@@ -478,8 +478,11 @@ class Engine(ReadSide):
                 timeout = 0.0
             ready = selector.select(timeout)
             self._sleeping = False
-            for key, _ in ready:
-                events += key.data()
+            # The transport's callbacks (reading results, flushing a full pipe,
+            # reaping a worker) touch what a submitter's step may be writing to.
+            with self._step_lock:
+                for key, _ in ready:
+                    events += key.data()
             if self._soft_limit and events:
                 # The soft memory limit is checked after each result, before
                 # more work goes to that worker (psutil: outside the lock).
