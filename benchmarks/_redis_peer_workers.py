@@ -16,6 +16,7 @@ so one module serves every queue a run creates:
 ``PQPEERS_JOBS``     SAQ ``concurrency`` / arq ``max_jobs`` per process (default 10,
                      both systems' own default)
 ``PQPEERS_POLL``     arq ``poll_delay`` in seconds (arq's default is 0.5)
+``PQPEERS_BLOCK``    ``1`` on the reclaim row's doomed node: its ``reclaimed`` jobs block
 
 Start them as ``saq _redis_peer_workers.saq_settings`` and
 ``arq _redis_peer_workers.ArqSettings``.
@@ -35,6 +36,7 @@ __all__ = [  # and ArqSettings, built on demand by __getattr__
     "cpu_task",
     "hello",
     "noop",
+    "reclaimed",
     "saq_cpu",
     "saq_hello",
     "saq_noop",
@@ -53,6 +55,16 @@ def cpu_task(index: int, iterations: int) -> int:
 def noop(x: int) -> int:
     """The no-op job: ``x + 1`` (procqueue, RQ)."""
     return x + 1
+
+
+def reclaimed(x: int) -> tuple[int, int]:
+    """The reclaim row's job: ``(x + 1, pid)`` at once, except on a node
+    started with ``PQPEERS_BLOCK=1`` (the one the row SIGKILLs while it holds
+    the job), where it blocks; so the row times the reclaim, not the job."""
+    if os.environ.get("PQPEERS_BLOCK") == "1":
+        time.sleep(3600.0)  # until the node and its workers are killed
+        raise RuntimeError("the reclaim row's node was not killed")
+    return x + 1, os.getpid()
 
 
 def hello(seconds: float) -> tuple[str, int]:

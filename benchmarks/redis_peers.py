@@ -12,6 +12,19 @@ its own, one system's workers alive at a time:
    ``--workers`` worker processes (jobs/s; efficiency = sequential time / (wall x
    workers), the sequential time per job the fastest of 10 runs in this process in
    the same round).
+5. **reclaim** (procqueue only): two nodes with ``--lease`` s leases; node A holds
+   up to ``2 x --workers`` jobs (``--prefetch`` = workers) that block there (and
+   only there: ``PQPEERS_BLOCK``), node B idles; A and its workers are SIGKILLed,
+   and the row times the kill to the last of A's jobs answered by B (s, and in
+   leases). Checked: each answer, that no process of A gave it, and that each of
+   A's jobs ran twice (attempts = 2: on A, killed, then on B), the others once.
+   The peers' recovery is not comparable knob for knob (SAQ sweeps jobs by their
+   own heartbeat timeouts, arq re-runs a job only once its ``in-progress`` key
+   expires after the job's timeout, RQ moves jobs of dead workers to a failed
+   registry), so they are not run on this row.
+
+``--rows`` picks rows (``enqueue,rt,e2e,cpu,reclaim``), e.g. ``--rows e2e
+--systems procqueue,saq`` for a quick comparison.
 
 Every answer is checked (``x + 1``, the CPU loop's value, the count queued): a
 wrong or missing one is FAIL, never a time. Workers are the systems' own CLIs,
@@ -66,6 +79,8 @@ METRICS = {
     "rt_p99": ("round trip p99, idle", "ms", False),
     "cpu": ("CPU-bound jobs", "jobs/s", True),
     "cpu_eff": ("CPU-bound efficiency", "%", True),
+    "reclaim": ("reclaim after a node's SIGKILL", "s", False),
+    "reclaim_leases": ("reclaim after a node's SIGKILL", "leases", False),
 }
 #: The metrics each row produces (a row fails as a whole).
 ROWS = {
@@ -73,7 +88,10 @@ ROWS = {
     "e2e": ("e2e",),
     "rt": ("rt_p50", "rt_p99"),
     "cpu": ("cpu", "cpu_eff"),
+    "reclaim": ("reclaim", "reclaim_leases"),
 }
+#: Rows only procqueue runs (see the module's docstring).
+PROCQUEUE_ONLY = ("reclaim",)
 #: Keys the peers create outside any queue's names: sets we remove our members
 #: from, and a lock key that RQ's workers set (deleted only if the run made it).
 SHARED_SETS = ("rq:queues", "rq:workers")
@@ -157,6 +175,13 @@ class ProcqueueSystem(System):
             cmd += ["--prefetch", str(self.args.pq_prefetch)]
         return [cmd]
 
+    def reclaim_node(self) -> list[str]:
+        """A node of the reclaim row: ``--lease``, and a fixed prefetch (one
+        job per worker) so that it holds a known number of jobs."""
+        cmd = [sys.executable, "-m", "procqueue", "worker", "--broker", self.run.url]
+        cmd += ["--queue", self.queue, "--workers", str(self.args.workers)]
+        return [*cmd, "--lease", str(self.args.lease), "--prefetch", str(self.args.workers)]
+
     def worker_env(self) -> dict[str, str]:
         return {"PROCQUEUE_SECRET": self.run.secret}
 
@@ -183,7 +208,11 @@ class ProcqueueSystem(System):
 
     def describe(self) -> str:
         prefetch = self.args.pq_prefetch
-        prefetch_s = f"`--prefetch {prefetch}`" if prefetch is not None else "prefetch = workers"
+        prefetch_s = (
+            f"`--prefetch {prefetch}`"
+            if prefetch is not None
+            else "adaptive prefetch: ~20 ms of work at its completion rate, at least one per worker"
+        )
         return (
             f"one node, `python -m procqueue worker --workers {self.args.workers}` ({prefetch_s}, "
             "start method forkserver, the node's default); client `TaskQueue(broker=...)`: "
@@ -496,6 +525,8 @@ class Bench:
             for key in order:
                 if key not in self.not_run:
                     await self._session(key, rnd, sizes, job_s)
+            if rnd and "reclaim" in a.rows and "procqueue" in keys:
+                await self._reclaim_row(rnd)  # slow (a lease or so): no warm-up
 
     def _sequential_job(self) -> float:
         t0 = time.perf_counter()
@@ -519,7 +550,7 @@ class Bench:
         system, failed = self.systems[key], self.failed[key]
         deadline = time.monotonic() + self.args.timeout
         base = f"{self.run.token}-{key}-{rnd}"
-        if "enqueue" not in failed:
+        if "enqueue" not in failed and "enqueue" in self.args.rows:
             try:
                 await system.connect(f"{base}-enq")
                 try:
@@ -531,7 +562,7 @@ class Bench:
                 self._fail(key, rnd, "enqueue", e)
             finally:
                 delete_keys(self.run.redis, f"*{base}-enq*")
-        rows = [r for r in ("rt", "e2e", "cpu") if ROWS[r][0] not in failed]
+        rows = [r for r in ("rt", "e2e", "cpu") if r in self.args.rows and ROWS[r][0] not in failed]
         if not rows:
             return
         queue = f"{base}-run"
@@ -633,6 +664,95 @@ class Bench:
         wall = time.perf_counter() - t0
         return {"cpu": n / wall, "cpu_eff": 100 * n * job_s / (wall * self.args.workers)}
 
+    async def _reclaim_row(self, rnd: int) -> None:
+        """Two nodes; SIGKILL the one holding the jobs; time until the other
+        has answered every one of them (see the module's docstring)."""
+        system = self.systems["procqueue"]
+        assert isinstance(system, ProcqueueSystem)
+        if "reclaim" in self.failed["procqueue"]:
+            return
+        queue = f"{self.run.token}-reclaim-{rnd}"
+        deadline = time.monotonic() + self.args.timeout
+        nodes: list[Workers] = []
+        try:
+            await system.connect(queue)
+            env = {**os.environ, **system.worker_env(), **self._env(queue)}
+            logdir = self.run.logdir
+            doomed = {**env, "PQPEERS_BLOCK": "1"}  # its jobs block until it is killed
+            a = Workers([system.reclaim_node()], doomed, logdir, f"procqueue-{rnd}-reclaim-a")
+            nodes.append(a)
+            await self._ready(system, a, deadline)
+            # A holds up to one running and one prefetched job per worker (it
+            # claims in batches: maybe fewer); B takes whatever A left.
+            n = 2 * self.args.workers
+            handles = [await system.q.submit(jobs.reclaimed, i, max_retries=1) for i in range(n)]
+            await self._leased_to(queue, handles, a.procs[0].pid, deadline)
+            b = Workers([system.reclaim_node()], env, logdir, f"procqueue-{rnd}-reclaim-b")
+            nodes.append(b)
+            await self._ready(system, b, deadline)  # A's workers are busy: B answers these
+            held = await self._leased_to(queue, handles, a.procs[0].pid, deadline)
+            victims = {a.procs[0].pid}
+            with contextlib.suppress(psutil.Error):
+                victims |= {p.pid for p in psutil.Process(a.procs[0].pid).children(recursive=True)}
+            t0 = time.perf_counter()
+            for pid in victims:  # the node and every process it started: a machine lost
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for h in held:
+                got = await system.result(h, deadline)
+            took = time.perf_counter() - t0
+            for i, h in enumerate(handles):
+                got = await system.result(h, deadline)
+                check(
+                    isinstance(got, tuple) and got[0] == i + 1,
+                    f"reclaim job {i} answered {got!r}, expected ({i + 1}, pid)",
+                )
+                check(got[1] not in victims, f"job {i} answered by a process of the killed node")
+                attempts = system.q.get_task_status(h).attempts
+                want = 2 if h in held else 1  # A's: run there (killed), then on B
+                check(attempts == want, f"job {i} ran {attempts} times, expected {want}")
+            b.check_alive()
+            values = {"reclaim": took, "reclaim_leases": took / self.args.lease}
+            self._record("procqueue", rnd, "reclaim", values)
+        except Exception as e:
+            self._fail("procqueue", rnd, "reclaim", e)
+        finally:
+            for w in nodes:
+                w.stop()
+            with contextlib.suppress(Exception):
+                await system.close()
+            delete_keys(self.run.redis, f"*{queue}*")
+
+    async def _leased_to(
+        self, queue: str, ids: list[int], node_pid: int, deadline: float
+    ) -> list[int]:
+        """Those of ``ids`` leased to the node with ``node_pid`` (its owner is
+        ``host:pid:...``), once it holds at least one per worker and that set
+        has not changed for 0.3 s (short sleeps)."""
+        import json
+
+        from procqueue.redis._keys import Keys
+
+        keys, tag = Keys(queue), f":{node_pid}:"
+        limit = min(deadline, time.monotonic() + 30.0)
+        last: list[int] = []
+        since = time.monotonic()
+        while True:
+            metas = [json.loads(m) if m else {} for m in self.run.redis.hmget(keys.meta, ids)]
+            held = [
+                tid
+                for tid, m in zip(ids, metas)
+                if m.get("state") == "running" and tag in m.get("owner", "")
+            ]
+            if held != last:
+                last, since = held, time.monotonic()
+            elif len(held) >= self.args.workers and time.monotonic() - since >= 0.3:
+                return held
+            if time.monotonic() > limit:
+                states = [(m.get("state"), m.get("owner")) for m in metas]
+                raise Fail(f"node A did not take the reclaim jobs: {states}")
+            await asyncio.sleep(0.02)
+
     async def _enqueue_row(self, system: System, n: int) -> float:
         t0 = time.perf_counter()
         for i in range(n):
@@ -666,9 +786,14 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
     titles = {k: bench.systems[k].title for k in keys}
     v, failed, not_run = bench.values, bench.failed, bench.not_run
 
+    shown = [m for m in METRICS if any(m in ROWS[r] for r in args.rows)]
+    only = {m for r in PROCQUEUE_ONLY for m in ROWS[r]}
+
     def cell(k: str, m: str, fmt: str) -> str:
         if k in not_run:
             return f"not run: {not_run[k]}"
+        if m in only and k != "procqueue":
+            return "(procqueue only)"
         if m in failed[k]:
             return f"FAIL ({failed[k][m]})"
         return spread(v[k][m], fmt)
@@ -687,7 +812,10 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
         f"this process, one system's workers alive at a time. Rows: enqueue {args.jobs:,} no-op "
         f"jobs one by one, no worker running; end to end {args.jobs:,} no-op jobs{rq_note}, first "
         f"enqueue to last result; {args.trips} sequential round trips on an idle cluster; "
-        f"{args.cpu_jobs} CPU-bound jobs of {bench.cpu_ms:.1f} ms (sequential, here). "
+        f"{args.cpu_jobs} CPU-bound jobs of {bench.cpu_ms:.1f} ms (sequential, here); "
+        f"reclaim: two procqueue nodes with {args.lease:g} s leases, node A SIGKILLed while "
+        f"it holds {2 * args.workers} jobs, to the last of them answered by node B. Rows run: "
+        f"{', '.join(args.rows)}. "
         f"{args.reps} rounds {rounds}, the system order rotated; fresh queues and workers per "
         "round. Checked: every result, and the count queued.\n"
     )
@@ -700,7 +828,7 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
         print("| row | " + " | ".join(f"vs {titles[k]}" for k in peers) + " |")
         print("|---|" + "---|" * len(peers))
         for m, (label, _unit, higher) in METRICS.items():
-            if m == "cpu_eff":
+            if m == "cpu_eff" or m not in shown or m in only:
                 continue  # the same ratio as the CPU row's jobs/s
             cells = []
             for k in peers:
@@ -716,6 +844,8 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
     print("| row | unit | " + " | ".join(titles[k] for k in keys) + " |")
     print("|---|---|" + "---|" * len(keys))
     for m, (label, unit, _) in METRICS.items():
+        if m not in shown:
+            continue
         fmt = ",.0f" if unit == "jobs/s" else ".1f"
         print(f"| {label} | {unit} | " + " | ".join(cell(k, m, fmt) for k in keys) + " |")
     secs = [s * 1e3 for s in bench.job_seconds]
@@ -820,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes, no warm-up round: a smoke run (~60 s)"
     )
     p.add_argument("--pq-prefetch", type=int, help="procqueue node --prefetch (default: its own)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)} (all)")
+    p.add_argument("--lease", type=float, default=3.0, help="reclaim row: node --lease, s (3)")
     p.add_argument("--peer-jobs", type=int, default=10, help="SAQ concurrency / arq max_jobs (10)")
     p.add_argument("--arq-poll", type=float, default=0.01, help="arq poll_delay, s (0.01)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a session may take")
@@ -832,6 +964,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, value)
     args.warm_up = not args.quick
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not args.rows or any(r not in ROWS for r in args.rows):
+        p.error(f"unknown rows {args.rows}; choose from {', '.join(ROWS)}")
+    if args.lease <= 0:
+        p.error("--lease must be positive")
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown or not args.systems:
         p.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")

@@ -40,7 +40,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--lease", type=float, default=30.0, help="lease seconds (renewed every third)")
     p.add_argument(
-        "--prefetch", type=int, default=None, help="tasks claimed ahead (default: workers)"
+        "--prefetch",
+        type=int,
+        default=None,
+        help="tasks claimed ahead (default: adaptive, ~20 ms of work at the node's pace)",
     )
     p.add_argument("--start-method", default=None, choices=["fork", "forkserver", "spawn"])
     p.add_argument("--secret-file", default=None)

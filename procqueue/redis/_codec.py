@@ -62,6 +62,7 @@ def split_error(text: str) -> tuple[str, str]:
     message, _, tb = text.partition(TB_SEP)
     return message, tb
 
+
 _LEN = struct.Struct("<I")
 
 
@@ -78,7 +79,15 @@ def load_call(data: bytes) -> tuple[bytes, list[Any]]:
 
 
 def dump_outcome(value: Any) -> bytes:
-    return bytes(cloudpickle.dumps(value, protocol=5))
+    """Pickle a value or exception: by the stdlib's C pickler when it can
+    (most results: ~10x cheaper than cloudpickle's pure-Python set-up per
+    call), else by cloudpickle (a class or function from a client's
+    ``__main__`` lives in the node only as the dynamic object cloudpickle
+    rebuilt, which the stdlib cannot pickle by reference: it raises)."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return bytes(cloudpickle.dumps(value, protocol=5))
 
 
 def load_outcome(data: bytes) -> Any:

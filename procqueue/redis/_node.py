@@ -4,13 +4,17 @@ orphans) is unchanged.
 
 Threads, and who does what::
 
-    main (run)            claim up to the free capacity  -> local engine (ProcQueue)
+    main (run)            claim up to the free capacity  -> local engine (ProcQueue);
+                          the capacity beyond the workers (prefetch) adapts to
+                          the node's completion rate: ~PREFETCH_WINDOW of work
                           idle: BLPOP on the wake list (a submit pushes a token),
                           with a timeout no longer than the next delayed task
     done callbacks        queue (id, outcome) for the reporter; nothing blocks there
-    reporter              finish() each outcome, fenced by its token
+    reporter              every outcome waiting, in one FINISH run (each fenced
+                          by its token)
     keeper                every lease/3: renew every held lease (the reply says
-                          which were lost and which to cancel), heartbeat, reclaim
+                          which were lost and which to cancel), heartbeat; and,
+                          then and when the queue's earliest lease ends, reclaim
                           expired leases of dead nodes
 
 Retries are Redis's: a claimed attempt runs once here (no local retry) and its
@@ -46,6 +50,27 @@ __all__ = ["Node"]
 
 _log = logging.getLogger("procqueue.node")
 
+#: Adaptive prefetch (``--prefetch`` not given): a node holds, beyond one task
+#: per worker, about this many seconds of work at its recent completion rate,
+#: so that short tasks are claimed in large batches (one CLAIM round trip for
+#: many tasks: the lever of issue #9) while long ones are not hoarded away
+#: from idle nodes: at 20 ms a task the extra stays at its floor. (SAQ's
+#: worker, saq/worker.py ``process`` over saq/queue/redis.py ``dequeue``, takes
+#: one job per BLMOVE and writes each outcome with its own round trips; a
+#: node here claims and reports whole batches instead.)
+PREFETCH_WINDOW = 0.02
+#: The most tasks an adaptive node holds beyond its workers.
+MAX_EXTRA = 128
+#: After a claim that found fewer tasks than it asked for, a node still
+#: holding tasks waits up to this long (s) before claiming again (Nagle's
+#: algorithm, for claims): a task arriving meanwhile starts at most this much
+#: later, and only while its node's workers have work.
+LINGER = 0.002
+#: The shortest wait (s) between two reclaims by one node's keeper, which
+#: otherwise reclaims as soon as the queue's earliest lease ends (a live
+#: node's lease is renewed before that: the reclaim finds nothing, cheaply).
+RECLAIM_GAP = 0.05
+
 
 class Node:
     """One node serving ``broker``'s queue with ``workers`` local processes."""
@@ -62,8 +87,11 @@ class Node:
         self.broker = broker
         self.workers = workers
         self.lease = lease
-        #: Tasks held beyond the running ones (claimed ahead, one round trip saved).
+        #: Tasks held beyond the running ones (claimed ahead, one round trip
+        #: saved); with ``prefetch=None``, the floor of an adaptive amount.
         self.extra = workers if prefetch is None else prefetch
+        self._adaptive = prefetch is None
+        self._pace = _Pace()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._pool_options: dict[str, Any] = {
             "retry": RetryPolicy(max_retries=0),
@@ -120,24 +148,49 @@ class Node:
 
     # ------------------------------------------------------------------ claiming
 
+    def _extra_now(self) -> int:
+        """Tasks to hold beyond the workers now: ``extra``, or, adaptive,
+        ``PREFETCH_WINDOW`` of work at the recent completion rate (at least
+        ``extra``, at most ``MAX_EXTRA``)."""
+        if not self._adaptive:
+            return self.extra
+        return max(self.extra, min(MAX_EXTRA, int(self._pace.rate * PREFETCH_WINDOW)))
+
     def _claim_loop(self) -> None:
         broker = self.broker
-        capacity = self.workers + self.extra
-        batch = max(1, self.extra)
+        linger_until = 0.0
         while not self._stopping.is_set():
             with self._lock:
-                # Claim in batches of ``extra`` (one CLAIM per batch, not per
-                # task), but at once whenever a worker would otherwise idle.
-                while not self._stopping.is_set() and (
-                    len(self._held) >= capacity
-                    or (len(self._held) >= self.workers and capacity - len(self._held) < batch)
-                ):
-                    self._lock.wait()
-                free = capacity - len(self._held)
+                # Claim in batches (one CLAIM per batch, not per task): of
+                # ``extra``, or of half of a grown adaptive one (so the local
+                # queue is refilled before it runs dry); at once whenever a
+                # worker would otherwise idle, unless lingering (below).
+                while True:
+                    extra = self._extra_now()
+                    capacity = self.workers + extra
+                    batch = max(1, extra // 2 if extra > self.extra else extra)
+                    held = len(self._held)
+                    linger = linger_until - time.monotonic() if held else 0.0
+                    if self._stopping.is_set() or (
+                        held < capacity
+                        and (held < self.workers or capacity - held >= batch)
+                        and linger <= 0
+                    ):
+                        break
+                    self._lock.wait(linger if linger > 0 else None)
+                free = capacity - held
             if self._stopping.is_set():
                 return
             try:
                 claimed = broker.claim(free, self.lease, self.owner)
+                # The ready set ran dry (tasks come slower than this node runs
+                # them): while it still holds work, let the next claim wait up
+                # to LINGER for more to arrive instead of claiming them one by
+                # one (a CLAIM, a FINISH and a wake-up per task, which on a
+                # busy machine take the CPU the submitting clients need). A
+                # node holding nothing claims at once: no latency when idle.
+                short = 0 < len(claimed) < free
+                linger_until = time.monotonic() + LINGER if short else 0.0
                 if not claimed:
                     # Idle: block on the wake list (one token per submit), no
                     # longer than until the next delayed task is due.
@@ -146,8 +199,7 @@ class Node:
                 self._backoff.failed("claim", e, self._stopping)
                 continue
             self._backoff.reset()
-            for c in claimed:
-                self._start(c)
+            self._start(claimed)
 
     def _idle_wait(self) -> float:
         broker = self.broker
@@ -160,27 +212,43 @@ class Node:
         now_ms = sec * 1000 + usec // 1000
         return float(min(1.0, max(0.01, (nxt[0][1] - now_ms) / 1000.0)))
 
-    def _start(self, c: Claimed) -> None:
-        if c.payload is None:
-            return  # failed its signature check: dead-lettered, never run
+    def _start(self, claimed: list[Claimed]) -> None:
+        """Hand a claimed batch to the local engine: one task is stepped in
+        this thread (straight down a worker's pipe: the idle round trip),
+        a batch goes in with one lock round and one wake-up of the engine's
+        coordinator (``enqueue_many``), not one step per task."""
+        # A payload that failed its signature check was dead-lettered, never run.
+        runnable = [c for c in claimed if c.payload is not None]
+        if not runnable:
+            return
         pool = self.pool
         assert pool is not None
         engine = pool._engine
-        fut = _TaskFuture()
-        # A dependent's result_of markers are bound in the worker, not here
-        # (this process never unpickles user data): see _codec.bind_call.
-        payload = bind_call(c.payload, c.inputs) if c.inputs else load_call(c.payload)
-        rec = engine.new_record(c.name, 0, payload, None, c.timeout, fut)
+        started = []
+        for c in runnable:
+            assert c.payload is not None
+            fut = _TaskFuture()
+            # A dependent's result_of markers are bound in the worker, not here
+            # (this process never unpickles user data): see _codec.bind_call.
+            payload = bind_call(c.payload, c.inputs) if c.inputs else load_call(c.payload)
+            started.append((c, fut, engine.new_record(c.name, 0, payload, None, c.timeout, fut)))
         with self._lock:
-            self._held[c.task_id] = (c.token, fut)
+            for c, fut, _ in started:
+                self._held[c.task_id] = (c.token, fut)
         try:
-            engine.enqueue(rec)
+            if len(started) == 1:
+                engine.enqueue(started[0][2])
+            else:
+                engine.enqueue_many([rec for _, _, rec in started])
         except Exception as e:  # the local pool is closing or broken
             with self._lock:
-                self._held.pop(c.task_id, None)
-            self._report(c.task_id, c.token, "error", b"", f"{type(e).__name__}: {e}")
+                for c, _, _ in started:
+                    self._held.pop(c.task_id, None)
+            for c, _, _ in started:
+                self._report(c.task_id, c.token, "error", b"", f"{type(e).__name__}: {e}")
             return
-        fut.add_done_callback(functools.partial(self._done, c))
+        for c, fut, _ in started:
+            fut.add_done_callback(functools.partial(self._done, c))
 
     def _done(self, c: Claimed, fut: Future[Any]) -> None:
         # In the engine's publishing thread: hand over, never block here.
@@ -215,6 +283,7 @@ class Node:
                 for tid, _, outcome, _, _ in batch:
                     self._held.pop(tid, None)
                     self.completed += outcome == "completed"
+                self._pace.add(len(batch), time.monotonic())
                 self._lock.notify_all()
 
     def _finish(self, batch: list[tuple[int, int, str, bytes, str]]) -> None:
@@ -244,15 +313,42 @@ class Node:
 
     def _keeper(self) -> None:
         # Renews until every held task is reported, stopping or not: a task
-        # finishing after SIGTERM must keep its lease.
+        # finishing after SIGTERM must keep its lease. Reclaims every renewal,
+        # and also as soon as the queue's earliest lease ends: a dead node's
+        # tasks come back when its lease expires, not up to a third of a
+        # lease later (the reclaim row of benchmarks/redis_peers.py).
         period = self.lease / 3
-        while not self._finished.wait(period):
+        renew_at = time.monotonic() + period
+        while True:
+            wait = renew_at - time.monotonic()
             try:
-                self._renew()
-                self._beat()
+                expiry = self._next_expiry()
+            except Exception:
+                expiry = None  # the renewal below reports Redis's trouble
+            if expiry is not None:
+                wait = min(wait, max(RECLAIM_GAP, expiry + 0.005))
+            if self._finished.wait(max(0.0, wait)):
+                return
+            try:
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + period
+                    self._renew()
+                    self._beat()
                 self.broker.reclaim()
             except Exception:
                 _log.exception("lease renewal failed; retrying in %.1fs", period)
+
+    def _next_expiry(self) -> float | None:
+        """Seconds until the queue's earliest lease ends, on Redis's clock
+        (``None``: no task is leased), in one round trip."""
+        broker = self.broker
+        with broker.r.pipeline(transaction=False) as p:
+            p.zrange(broker.keys.leases, 0, 0, withscores=True)
+            p.time()
+            first, (sec, usec) = p.execute()
+        if not first:
+            return None
+        return float(first[0][1] - (int(sec) * 1000 + int(usec) // 1000)) / 1000.0
 
     def _clock(self) -> None:
         """Fire the queue's due schedules (each tick once across all nodes)."""
@@ -298,6 +394,29 @@ class Node:
             "processes": procs,
         }
         self.broker.r.hset(self.broker.keys.nodes, self.owner, json.dumps(info))
+
+
+class _Pace:
+    """A node's completions per second, smoothed (an exponentially weighted
+    mean over ~``TAU`` seconds, updated at most every ``STEP``): sizes the
+    adaptive prefetch. After an idle spell the first update brings it down
+    (few completions over a long interval)."""
+
+    TAU = 0.5
+    STEP = 0.05
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self._since = time.monotonic()
+        self._n = 0
+
+    def add(self, n: int, now: float) -> None:
+        self._n += n
+        dt = now - self._since
+        if dt < self.STEP:
+            return
+        self.rate += min(1.0, dt / self.TAU) * (self._n / dt - self.rate)
+        self._since, self._n = now, 0
 
 
 class _Backoff:

@@ -29,6 +29,8 @@ MAX_PRIORITY = 2**20
 #: Ids reserved per ``INCRBY`` round trip.
 ID_BLOCK = 256
 TASK, RESULT = b"task", b"result"
+#: What :meth:`Broker.finish` records.
+OUTCOMES = frozenset(("completed", "error", "retry", "failed", "cancelled"))
 
 
 def connect(url: str) -> Any:
@@ -106,6 +108,7 @@ class Broker:
                 "CLAIM",
                 "RENEW",
                 "FINISH",
+                "LOOKUP",
                 "RECLAIM",
                 "CANCEL",
                 "FIRE",
@@ -233,32 +236,52 @@ class Broker:
     def lookup(self, task_id: int) -> tuple[Outcome | None, bool]:
         """``(outcome, known)`` in one round trip: the outcome as :meth:`outcome`
         gives it (plus the upstream that ended it unrun, if one did), and
-        whether the queue knows the task at all. One MULTI: a task finishing
-        between two reads would otherwise look unknown."""
-        k = self.keys
-        with self.r.pipeline(transaction=True) as p:
-            p.hgetall(k.result(task_id))
-            p.hget(k.meta, task_id)
-            p.hget(k.payload, f"{task_id}:e")
-            p.hget(k.ended, task_id)
-            h, raw, sealed, gone = p.execute()
-        if h:
-            state = h[b"state"].decode()
-            value = h.get(b"value") or b""
+        whether the queue knows the task at all, in one atomic script
+        (``LOOKUP``): a task finishing between two reads would otherwise look
+        unknown."""
+        row = self._s["LOOKUP"](
+            keys=[*self._kk["LOOKUP"], self.keys.result(task_id)], args=[task_id]
+        )
+        return self._parse_lookup(task_id, row)
+
+    def lookup_many(
+        self, task_ids: list[int]
+    ) -> list[tuple[Outcome | None, bool] | SignatureError]:
+        """:meth:`lookup` for several tasks in one round trip (pipelined); a
+        task whose stored value fails its signature gives its ``SignatureError``."""
+        script = self._s["LOOKUP"]
+        declared = self._kk["LOOKUP"]
+        with self.r.pipeline(transaction=False) as p:
+            for tid in task_ids:
+                script(keys=[*declared, self.keys.result(tid)], args=[tid], client=p)
+            rows = p.execute()
+        out: list[tuple[Outcome | None, bool] | SignatureError] = []
+        for tid, row in zip(task_ids, rows):
+            try:
+                out.append(self._parse_lookup(tid, row))
+            except SignatureError as e:
+                out.append(e)
+        return out
+
+    def _parse_lookup(self, task_id: int, row: Any) -> tuple[Outcome | None, bool]:
+        kind = int(row[0])
+        if kind == 1:  # completed or cancelled
+            state, value, error = row[1].decode(), row[2], row[3].decode()
             opened = (
                 self.signer.open(RESULT, self.queue, str(task_id), value)
                 if state == "completed"
                 else None
             )
-            return Outcome(state, opened, h.get(b"error", b"").decode()), True
-        if raw is None:
-            if gone is None:
-                return None, False
-            g = json.loads(gone)
+            return Outcome(state, opened, error), True
+        if kind == 0:
+            return None, False
+        if kind == 3:  # ended unrun by its upstream
+            g = json.loads(row[1])
             return Outcome(str(g["state"]), None, str(g["error"]), int(g["up"])), True
-        m = json.loads(raw)
+        m = json.loads(row[1])
         if m["state"] != "failed":
             return None, True
+        sealed = row[2]
         exc = self.signer.open(RESULT, self.queue, str(task_id), sealed) if sealed else None
         return Outcome("failed", exc, str(m.get("error", ""))), True
 
@@ -268,20 +291,21 @@ class Broker:
         raw = self.r.hget(self.keys.ended, task_id)
         return None if raw is None else dict(json.loads(raw))
 
-    def finish_many(self, outcomes: list[tuple[int, int, str, bytes, str]]) -> list[bool]:
-        """:meth:`finish` for several outcomes in one round trip (pipelined)."""
-        k = self.keys
-        script = self._s["FINISH"]
-        declared = self._kk["FINISH"]
-        with self.r.pipeline(transaction=False) as p:
-            for tid, token, outcome, value, error in outcomes:
-                sealed = self.signer.seal(RESULT, self.queue, str(tid), value) if value else b""
-                script(
-                    keys=[*declared, k.result(tid)],
-                    args=[tid, token, outcome, sealed, error, self.result_ttl, k.done],
-                    client=p,
-                )
-            results = p.execute()
+    def finish_many(self, outcomes: Sequence[tuple[int, int, str, bytes, str]]) -> list[bool]:
+        """:meth:`finish` for several ``(id, token, outcome, value, error)``
+        in one script run (one round trip; each outcome fenced on its own)."""
+        if not outcomes:
+            return []
+        k, seal, queue = self.keys, self.signer.seal, self.queue
+        keys: list[Any] = list(self._kk["FINISH"])
+        args: list[Any] = [self.result_ttl, k.done]
+        for tid, token, outcome, value, error in outcomes:
+            if outcome not in OUTCOMES:
+                raise InvalidArgumentError(f"unknown outcome {outcome!r}")
+            keys.append(k.result(tid))
+            sealed = seal(RESULT, queue, str(tid), value) if value else b""
+            args += [tid, token, outcome, sealed, error]
+        results = self._s["FINISH"](keys=keys, args=args)
         for (tid, token, *_), ok in zip(outcomes, results):
             if not ok:
                 _log.warning(
@@ -357,19 +381,7 @@ class Broker:
         attempts remain), ``retry``, ``failed``, ``cancelled``), fenced by
         ``token``: False (and logged) when the lease was lost, so each attempt
         has exactly one recorded outcome."""
-        if outcome not in ("completed", "error", "retry", "failed", "cancelled"):
-            raise InvalidArgumentError(f"unknown outcome {outcome!r}")
-        k = self.keys
-        sealed = self.signer.seal(RESULT, self.queue, str(task_id), value) if value else b""
-        ok = self._s["FINISH"](
-            keys=[*self._kk["FINISH"], k.result(task_id)],
-            args=[task_id, token, outcome, sealed, error, self.result_ttl, k.done],
-        )
-        if not ok:
-            _log.warning(
-                "late outcome of task %d (token %d) dropped: its lease was lost", task_id, token
-            )
-        return bool(ok)
+        return self.finish_many([(task_id, token, outcome, value, error)])[0]
 
     def reclaim(self, limit: int = 100) -> tuple[list[int], list[int]]:
         """Requeue (with backoff) or dead-letter tasks whose lease expired;

@@ -548,17 +548,22 @@ return {lost, cancels}
 """,
 )
 
-#: Record the outcome of one attempt, fenced: only while the lease exists and
-#: the token matches. ``completed``/``cancelled``: the result hash (with a
+#: Record the outcomes of attempts, each fenced: only while its lease exists
+#: and its token matches. ``completed``/``cancelled``: the result hash (with a
 #: TTL) and the task's fields go; ``retry``: back to ``delayed`` after its
 #: backoff; ``failed``: into the DLQ (meta and payload stay, for requeue; the
 #: sealed exception, if given, as payload field ``<id>:e``);
 #: ``error``: ``retry`` while attempts remain, else ``failed``. A final
 #: outcome releases or ends the task's dependents (``cascade``), and the lease's
 #: end frees its key's concurrency slot, both in this same step.
-#: Returns 1, or 0 when fenced off (the late result is dropped).
-#: KEYS: its fixed keys (``KEYS_OF``), then r:<id>
-#: ARGV: id token outcome value error ttl_s channel
+#: A node reports every outcome it has in one call (issue #9: one script run
+#: and one ``TIME`` per batch, not per task, and no pipeline of scripts, which
+#: redis-py precedes with a ``SCRIPT EXISTS`` round trip); each still gets its
+#: own fence check, state change and ``PUBLISH`` (a client or the dashboard
+#: reads one id per message).
+#: Returns 1 per outcome, or 0 for one fenced off (the late result is dropped).
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<id> per outcome
+#: ARGV: ttl_s channel, then per outcome: id token outcome value error
 FINISH = _script(
     "FINISH",
     _CORE,
@@ -568,52 +573,85 @@ FINISH = _script(
     _PINS,
     _GRAPH,
     """
-local id, token, outcome = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local raw = redis.call('HGET', K.meta, id)
-if not raw then return 0 end
-local m = cjson.decode(raw)
-if m.token ~= token or not redis.call('ZSCORE', K.leases, id) then return 0 end
-local now = now_ms()
-local ctx = {now = now, ttl = tonumber(ARGV[6]), channel = ARGV[7]}
-redis.call('ZREM', K.leases, id)
-redis.call('SREM', K.cancel, id)
-m.owner = nil
-m.token = nil
-lease_ended(m)
-if outcome == 'error' then
-  -- The attempt raised or crashed: retry while attempts (counted at claim) remain.
-  if m.attempts <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
-end
-if outcome == 'retry' then
-  m.state = 'retrying'
-  m.error = ARGV[5]
-  redis.call('ZADD', K.delayed, now + backoff(m), id)
-  redis.call('HSET', K.meta, id, cjson.encode(m))
+local function finish(id, token, outcome, value, err, r, ctx)
+  local raw = redis.call('HGET', K.meta, id)
+  if not raw then return 0 end
+  local m = cjson.decode(raw)
+  if m.token ~= token or not redis.call('ZSCORE', K.leases, id) then return 0 end
+  local now = ctx.now
+  redis.call('ZREM', K.leases, id)
+  redis.call('SREM', K.cancel, id)
+  m.owner = nil
+  m.token = nil
+  lease_ended(m)
+  if outcome == 'error' then
+    -- The attempt raised or crashed: retry while attempts (counted at claim) remain.
+    if m.attempts <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
+  end
+  if outcome == 'retry' then
+    m.state = 'retrying'
+    m.error = err
+    redis.call('ZADD', K.delayed, now + backoff(m), id)
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    return 1
+  end
+  local ended = {id = id, state = outcome, error = err, name = m.name}
+  if outcome == 'failed' then
+    m.state = 'failed'
+    m.error = err
+    m.finished = now
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    if value ~= '' then redis.call('HSET', K.payload, id .. ':e', value) end
+    redis.call('ZADD', K.dlq, now, id)
+    ended.blob = value
+  else
+    redis.call('HSET', r, 'state', outcome, 'value', value, 'error', err,
+               'attempts', m.attempts, 'name', m.name, 'finished', now)
+    if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
+    redis.call('EXPIRE', r, m.ttl or ctx.ttl)
+    redis.call('HDEL', K.meta, id)
+    redis.call('HDEL', K.payload, id, id .. ':e')
+    unpin(m)
+    if outcome == 'completed' then ended.blob = value end
+  end
+  redis.call('PUBLISH', ctx.channel, id)
+  cascade(ended, ctx)
   return 1
 end
-local ended = {id = id, state = outcome, error = ARGV[5], name = m.name}
-if outcome == 'failed' then
-  m.state = 'failed'
-  m.error = ARGV[5]
-  m.finished = now
-  redis.call('HSET', K.meta, id, cjson.encode(m))
-  if ARGV[4] ~= '' then redis.call('HSET', K.payload, id .. ':e', ARGV[4]) end
-  redis.call('ZADD', K.dlq, now, id)
-  ended.blob = ARGV[4]
-else
-  local r = KEYS[NFIXED + 1]
-  redis.call('HSET', r, 'state', outcome, 'value', ARGV[4], 'error', ARGV[5],
-             'attempts', m.attempts, 'name', m.name, 'finished', now)
-  if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
-  redis.call('EXPIRE', r, m.ttl or ctx.ttl)
-  redis.call('HDEL', K.meta, id)
-  redis.call('HDEL', K.payload, id, id .. ':e')
-  unpin(m)
-  if outcome == 'completed' then ended.blob = ARGV[4] end
+local ctx = {now = now_ms(), ttl = tonumber(ARGV[1]), channel = ARGV[2]}
+local out = {}
+for i = 3, #ARGV, 5 do
+  local n = #out + 1
+  out[n] = finish(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+                  KEYS[NFIXED + n], ctx)
 end
-redis.call('PUBLISH', ctx.channel, id)
-cascade(ended, ctx)
-return 1
+return out
+""",
+)
+
+#: A task's outcome, read in one atomic step (a task finishing between two
+#: reads would otherwise look unknown): ``{1, state, value, error}`` once it
+#: completed or was cancelled (``r:<id>``); ``{2, meta, sealed exception or
+#: false}`` while live or dead-lettered; ``{3, ended}`` when its upstream
+#: ended it unrun; ``{0}`` when unknown. One script, not a MULTI of four
+#: reads: the client's cost per result (issue #9).
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<id>
+#: ARGV: id
+LOOKUP = _script(
+    "LOOKUP",
+    """
+local id = ARGV[1]
+local h = redis.call('HMGET', KEYS[NFIXED + 1], 'state', 'value', 'error')
+if h[1] then return {1, h[1], h[2] or '', h[3] or ''} end
+local raw = redis.call('HGET', K.meta, id)
+if raw then
+  local sealed = false
+  if cjson.decode(raw).state == 'failed' then sealed = redis.call('HGET', K.payload, id .. ':e') end
+  return {2, raw, sealed}
+end
+local gone = redis.call('HGET', K.ended, id)
+if gone then return {3, gone} end
+return {0}
 """,
 )
 

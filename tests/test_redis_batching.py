@@ -1,0 +1,181 @@
+"""What makes a node fast without weakening a guarantee (issue #9): outcomes
+reported in one script run, each still fenced and announced on its own; the
+client's one-script outcome read; results pickled by the stdlib when it can;
+the adaptive prefetch; the keeper's view of the earliest lease.
+
+Real Redis at 127.0.0.1:6379, a queue name per test (its keys deleted after);
+skipped without one unless ``PROCQUEUE_REQUIRE_SERVICES=1``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from conftest import require_redis
+
+from procqueue import RetryPolicy
+from procqueue.errors import InvalidArgumentError
+from procqueue.redis import _node
+from procqueue.redis._codec import dump_outcome, load_outcome
+from procqueue.redis._node import MAX_EXTRA, PREFETCH_WINDOW, Node, _Pace
+from procqueue.redis._protocol import Broker
+from procqueue.redis._signing import Signer
+
+SECRET = b"b" * 32
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    client = require_redis()
+    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
+    yield b
+    keys = list(client.scan_iter(match=f"{b.keys.tag}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_one_report_of_many_outcomes_fences_each_and_announces_each(broker: Broker) -> None:
+    retry = RetryPolicy(max_retries=1, backoff_base=0)
+    ids = [broker.submit(b"call", name=f"t{i}", policy=retry) for i in range(4)]
+    claimed = {c.task_id: c for c in broker.claim(10, 30, "node-a")}
+    pubsub = broker.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(broker.keys.done)
+    a, b, c, d = ids
+    got = broker.finish_many(
+        [
+            (a, claimed[a].token, "completed", b"1", ""),
+            (b, claimed[b].token + 1000, "completed", b"forged", ""),  # a stale token
+            (c, claimed[c].token, "error", b"", "ValueError: once"),  # retried
+            (d, claimed[d].token, "cancelled", b"", "cancelled"),
+        ]
+    )
+    assert got == [True, False, True, True]
+    assert broker.outcome(a) == ("completed", b"1", "")
+    assert broker.outcome(b) is None  # still leased to its node: the forged one was dropped
+    assert broker.meta(c)["state"] == "retrying"  # type: ignore[index]
+    assert broker.outcome(d) == ("cancelled", None, "cancelled")
+    # One message per task that ended (a retry ends nothing), one id each:
+    # every listener parses one id per message.
+    seen = []
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg is not None:
+            seen.append(int(msg["data"]))
+    pubsub.close()
+    assert sorted(seen) == sorted([a, d])
+
+
+def test_an_empty_report_costs_nothing_and_a_bad_outcome_is_refused(broker: Broker) -> None:
+    assert broker.finish_many([]) == []
+    tid = broker.submit(b"call", name="t")
+    (c,) = broker.claim(1, 30, "node-a")
+    with pytest.raises(InvalidArgumentError):
+        broker.finish_many([(tid, c.token, "completed", b"", ""), (tid, c.token, "won", b"", "")])
+    assert broker.outcome(tid) is None  # nothing was recorded
+
+
+def test_lookup_tells_unknown_live_and_final_apart_in_one_read(broker: Broker) -> None:
+    assert broker.lookup(999_999) == (None, False)
+    tid = broker.submit(b"call", name="t")
+    assert broker.lookup(tid) == (None, True)
+    (c,) = broker.claim(1, 30, "node-a")
+    assert broker.lookup(tid) == (None, True)
+    assert broker.finish(tid, c.token, "completed", value=b"v")
+    outcome, known = broker.lookup(tid)
+    assert known and outcome is not None and (outcome.state, outcome.value) == ("completed", b"v")
+
+
+def test_results_pickle_with_the_stdlib_and_fall_back_to_cloudpickle() -> None:
+    assert dump_outcome(41) == pickle.dumps(41, protocol=5)
+    assert load_outcome(dump_outcome(ValueError("x"))).args == ("x",)
+
+    class Local:  # not importable by name: the stdlib refuses, cloudpickle does it
+        def __init__(self) -> None:
+            self.v = 7
+
+    value = load_outcome(dump_outcome(Local()))
+    assert value.v == 7 and type(value).__name__ == "Local"
+
+
+def test_the_pace_follows_completions_and_falls_after_an_idle_spell() -> None:
+    pace = _Pace()
+    t = 0.0
+    pace._since = t
+    for _ in range(40):  # 1,000 completions a second for 2 s
+        t += 0.05
+        pace.add(50, t)
+    assert 900 < pace.rate <= 1000
+    pace.add(1, t + 10.0)  # one completion after 10 s of nothing
+    assert pace.rate < 10  # from ~1,000: the next claims are small again
+
+
+def test_the_adaptive_prefetch_grows_with_the_pace_between_its_bounds() -> None:
+    node = Node(cast(Any, None), 2)
+    assert node._extra_now() == 2  # the floor: one task per worker
+    node._pace.rate = 2_000.0
+    assert node._extra_now() == int(2_000 * PREFETCH_WINDOW)
+    node._pace.rate = 1e9
+    assert node._extra_now() == MAX_EXTRA
+    fixed = Node(cast(Any, None), 2, prefetch=3)
+    fixed._pace.rate = 1e9
+    assert fixed._extra_now() == 3  # --prefetch is taken as given
+
+
+def test_the_keeper_sees_when_the_earliest_lease_ends(broker: Broker) -> None:
+    node = Node(broker, 1, lease=30.0)
+    assert node._next_expiry() is None
+    broker.submit(b"call", name="t")
+    broker.claim(1, 5.0, "node-a")
+    left = node._next_expiry()
+    assert left is not None and 4.0 < left <= 5.0
+    assert _node.RECLAIM_GAP < 1.0
+
+
+def _complete_all(broker: Broker, n: int) -> None:
+    """Act as a node: claim ``n`` tasks and report each as completed with its id."""
+    claimed: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(claimed) < n:
+        assert time.monotonic() < deadline, f"claimed {len(claimed)} of {n}"
+        claimed += broker.claim(n - len(claimed), 30, "node-t")
+    broker.finish_many(
+        [(c.task_id, c.token, "completed", dump_outcome(c.task_id), "") for c in claimed]
+    )
+
+
+def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's listener reads a burst of its own tasks' outcomes with one
+    pipelined lookup and keeps them; ``result()`` afterwards asks Redis nothing."""
+    import asyncio
+
+    from conftest import REDIS_URL
+
+    from procqueue import TaskQueue
+
+    async def main() -> None:
+        async with TaskQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as q:
+            ids = [await q.submit(abs, -i) for i in range(30)]
+            remote = cast(Any, q)._remote
+            _complete_all(broker, 30)
+            deadline = time.monotonic() + 30
+            while len(remote._early) < 30:  # the listener's batch, a condition with a deadline
+                assert time.monotonic() < deadline, f"kept {len(remote._early)} of 30"
+                await asyncio.sleep(0.01)
+
+            def no_single_lookups(task_id: int) -> Any:
+                raise AssertionError(f"a round trip for task {task_id}")
+
+            monkeypatch.setattr(remote._broker, "lookup", no_single_lookups)
+            assert [await q.result(t) for t in ids] == ids  # each reported its own id
+            assert not remote._early
+
+    asyncio.run(main())
