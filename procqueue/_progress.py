@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Protocol, TypeVar
 
+from ._core.records import TaskProgress
 from .errors import InvalidArgumentError, MissingExtraError, OptionTypeError
 
 __all__ = ["ProgressOption", "SinkFactory", "Tracker", "progress_factory", "progress_map"]
@@ -136,14 +137,41 @@ class Tracker:
         self._total = total
         self._sink: Sink | None = None
         self._closed = False
+        #: The tasks whose own ``report_progress`` shows next to the bar.
+        self.task_ids: set[int] = set()
+        self._on_close: list[Callable[[], object]] = []
 
     def watch(self, fut: _F, weight: int = 1) -> _F:
         """Count ``fut`` (a ``concurrent.futures`` or asyncio future) as
         ``weight`` items once it is done; returns it."""
         with self._lock:
             self._watched += weight
+            tid = getattr(fut, "_task_id", -1)  # a ProcQueue future knows its task
+            if type(tid) is int and tid >= 0:
+                self.task_ids.add(tid)
         fut.add_done_callback(lambda f: self._on_done(f, weight))
         return fut
+
+    def note_report(self, task_id: int, progress: TaskProgress) -> None:
+        """A task's ``report_progress``: shown next to the bar if it is one of
+        ours (``Engine.watch_progress`` calls this for every report)."""
+        if task_id not in self.task_ids:
+            return
+        text = f"#{task_id} {progress.done:g}"
+        if progress.total is not None:
+            text += f"/{progress.total:g}"
+        if progress.message:
+            text += f" {progress.message}"
+        self.note(text[:60])
+
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` once the bar closes (to stop watching reports)."""
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._on_close.append(fn)
+        if closed:
+            fn()
 
     def input_done(self) -> None:
         """Everything is watched now: the total is what was watched."""
@@ -177,6 +205,9 @@ class Tracker:
             sink, self._sink = self._sink, None
             if sink is not None:
                 self._call(sink.close)
+            hooks, self._on_close = self._on_close, []
+        for fn in hooks:
+            self._call(fn)
 
     def _on_done(self, fut: Any, weight: int) -> None:
         failed = fut.cancelled() or fut.exception() is not None

@@ -282,6 +282,8 @@ class ProcQueue(Executor):
             raise InvalidArgumentError("buffersize must be None or an int >= 1.")
         factory = progress_factory(progress)
         tracker = None if factory is None else Tracker(factory, getattr(fn, "__name__", "map"))
+        if tracker is not None:  # the tasks' own report_progress, next to the bar
+            tracker.on_close(self._engine.watch_progress(tracker.note_report))
         watch = _unwatched if tracker is None else tracker.watch
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple[Any, ...]] = zip(*iterables)

@@ -299,6 +299,9 @@ class TaskQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         futs = {to_asyncio(self._future(t)): t for t in task_ids}
         tracker = None if factory is None else Tracker(factory, "tasks", len(futs))
+        if tracker is not None:  # the tasks' own report_progress, next to the bar
+            tracker.task_ids.update(futs.values())
+            tracker.on_close(self._engine.watch_progress(tracker.note_report))
         pending = set(futs)
         try:
             if tracker is not None:

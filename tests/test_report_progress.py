@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from _tasks import Gate, report_then_fail, report_then_gate
@@ -74,3 +75,27 @@ def test_bad_reports_raise_typed_errors(
 ) -> None:
     with pytest.raises(OptionTypeError):
         procqueue.report_progress(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_map_bar_shows_its_tasks_own_progress(
+    gate: Gate, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tqdm import std as tqdm_std
+
+    with ProcQueue(1) as pool:
+        results = pool.map(report_then_gate, [gate.paths], [3], progress="tqdm")
+        gate.wait_started()
+        deadline = time.monotonic() + 30
+        bar = None
+        while bar is None or "first" not in str(bar.postfix):  # the note is published
+            assert time.monotonic() < deadline, "no per-task note on the bar"
+            bar = next(iter(tqdm_std.tqdm._instances), None)
+            time.sleep(0.005)  # polling the bar's state, with a deadline
+        assert "1/3 first" in str(bar.postfix)
+        gate.release()
+        # Reports sent: 1/3, 2/3 unless it came within 0.1 s of it, and 3/3 (final).
+        (sent,) = list(results)
+        assert sent in (2, 3)
+        engine = pool._engine
+        assert not engine._progress_listeners and not engine.core.progress_watched
+    assert "first" in capsys.readouterr().err

@@ -221,6 +221,8 @@ class Scheduler(Supervision):
         if rec is not None and rec.state is TaskState.RUNNING and rec.slot == ev.slot:
             rec.progress = TaskProgress(ev.done, ev.total, ev.message)
             self._emit(rec)
+            if self.progress_watched:
+                self.progress_reports.append((rec.task_id, rec.progress))
 
     def _on_done(self, ev: Done, now: float) -> None:
         slot = self.slots[ev.slot]

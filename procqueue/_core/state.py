@@ -72,6 +72,9 @@ class CoreState:
         self.stop_deadline: float | None = None
         #: Publish a status on every transition (someone subscribed).
         self.observed = False
+        #: Publish each progress report (a progress bar watches), and the outbox.
+        self.progress_watched = False
+        self.progress_reports: list[tuple[int, Any]] = []
         # --- outboxes, emptied by the shell
         self.actions: list[Action] = []
         self.settlements: list[tuple[Any, int, Any]] = []

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from .._core.config import QueueConfig
 from .._core.deadletters import DeadLetter
 from .._core.events import OK
-from .._core.records import RELEASED, TaskState, TaskStatus, _TaskRecord
+from .._core.records import RELEASED, TaskProgress, TaskState, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
 from ..errors import QueueClosedError, TaskNotFoundError
@@ -84,6 +84,8 @@ class Publication(NamedTuple):
     statuses: list[TaskStatus]
     listeners: list[Callable[[TaskStatus], None]]
     released: list[_TaskRecord]
+    progress: list[tuple[int, TaskProgress]]
+    progress_listeners: list[Callable[[int, TaskProgress], None]]
 
 
 class _Notifier:
@@ -161,6 +163,7 @@ class ReadSide:
         self._space_waiters: list[Future[None]] = []
         self._idle_waiters: list[Future[None]] = []
         self._listeners: list[Callable[[TaskStatus], None]] = []
+        self._progress_listeners: list[Callable[[int, TaskProgress], None]] = []
         self._notifier = _Notifier()
         self._latencies = LatencyCache()
         self._stopped = threading.Event()
@@ -534,12 +537,25 @@ class ReadSide:
 
     def _take_publication(self) -> Publication | None:
         core = self.core
-        if not core.settlements and not core.statuses and not core.released:
+        if (
+            not core.settlements
+            and not core.statuses
+            and not core.released
+            and not core.progress_reports
+        ):
             return None
-        pub = Publication(core.settlements, core.statuses, self._listeners, core.released)
+        pub = Publication(
+            core.settlements,
+            core.statuses,
+            self._listeners,
+            core.released,
+            core.progress_reports,
+            self._progress_listeners,
+        )
         core.settlements = []
         core.statuses = []
         core.released = []
+        core.progress_reports = []
         return pub
 
     def _publish(self, pub: Publication | None) -> None:
@@ -553,3 +569,26 @@ class ReadSide:
             rec.outcome = RELEASED  # its future holds it now
         if pub.statuses and pub.listeners:
             self._notifier.push(pub.statuses, pub.listeners)
+        for task_id, progress in pub.progress:
+            for watch in pub.progress_listeners:
+                try:
+                    watch(task_id, progress)
+                except Exception:  # a display must never stop the engine
+                    _log.exception("progress watcher %r raised; ignored", watch)
+
+    def watch_progress(self, watch: Callable[[int, TaskProgress], None]) -> Callable[[], None]:
+        """Call ``watch(task_id, progress)`` for every ``report_progress`` of
+        any task, in the coordinator's thread as it publishes (keep it quick:
+        the progress bars' per-task note). Returns a function that stops it.
+        Costs nothing until someone watches: unlike ``subscribe``, no status
+        is made for the other moves of a task."""
+        with self._lock:
+            self._progress_listeners = [*self._progress_listeners, watch]
+            self.core.progress_watched = True
+
+        def unwatch() -> None:
+            with self._lock:
+                self._progress_listeners = [w for w in self._progress_listeners if w is not watch]
+                self.core.progress_watched = bool(self._progress_listeners)
+
+        return unwatch
