@@ -462,3 +462,21 @@ def test_index_pages_a_million_tasks_without_rescanning() -> None:
     index.refresh()
     assert engine.probed <= 100 + 1000 + 10
     assert index.candidates(TaskState.RUNNING, None, None, 5) == []
+
+
+def test_an_unreachable_backend_is_one_warning_not_a_traceback_per_request(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from procqueue.dashboard import _source
+
+    class Source:
+        unavailable = (ConnectionRefusedError,)
+
+    monkeypatch.setattr(_source, "_unreachable_logged", [float("-inf")])
+    with caplog.at_level("WARNING", logger="procqueue.dashboard"):
+        for _ in range(5):
+            assert _source.unreachable(Source(), ConnectionRefusedError("redis is down"))
+        assert not _source.unreachable(Source(), KeyError("a bug"))  # still a 500, logged
+        assert not _source.unreachable(object(), ConnectionRefusedError("no list: a bug"))
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and "redis is down" in warnings[0].getMessage()

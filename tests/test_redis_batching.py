@@ -179,3 +179,26 @@ def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
             assert not remote._early
 
     asyncio.run(main())
+
+
+def test_a_listed_schedule_runs_now_with_its_own_retry_policy(broker: Broker) -> None:
+    """``schedules()`` hands back handles whose run_now uses the policy the
+    schedule was stored with, not the client's default."""
+    import asyncio
+
+    from conftest import REDIS_URL
+
+    from procqueue import TaskQueue
+
+    async def main() -> None:
+        client_default = RetryPolicy(max_retries=0)
+        async with TaskQueue(
+            broker=REDIS_URL, queue=broker.queue, secret=SECRET, retry=client_default
+        ) as q:
+            await q.schedule(abs, -1, every=3600, name="hourly", max_retries=4)
+            [handle] = q.schedules()
+            tid = handle.run_now()
+            assert q.get_task_status(tid).max_retries == 4
+            handle.cancel()
+
+    asyncio.run(main())

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._source import JSON, DashboardSource
+from ._source import JSON, DashboardSource, unreachable
 
 __all__ = ["Monitor"]
 
@@ -102,8 +102,9 @@ class Monitor:
                     self._publish()
                 if self._on_tick is not None:
                     self._on_tick()
-            except Exception:
-                _log.exception("dashboard sampling failed; retrying")
+            except Exception as e:
+                if not unreachable(self._source, e):
+                    _log.exception("dashboard sampling failed; retrying")
             interval = self._live if self.clients else self._idle
             self._wake.wait(max(0.0, interval - (time.monotonic() - started)))
             self._wake.clear()

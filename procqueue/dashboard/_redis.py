@@ -50,7 +50,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .._policy import RetryPolicy
 from ..errors import (
     InsecureDashboardError,
     InvalidArgumentError,
@@ -206,6 +205,13 @@ class ClusterSource:
     kind = "cluster"
 
     def __init__(self, remote: _RemoteCore, options: DashboardOptions, label: str = "") -> None:
+        import redis.exceptions as redis_errors
+
+        #: Errors meaning Redis is unreachable: a 503, one warning per 30 s.
+        self.unavailable: tuple[type[BaseException], ...] = (
+            redis_errors.ConnectionError,
+            redis_errors.TimeoutError,
+        )
         self._remote = remote
         self._broker = remote._b()
         self._options = options
@@ -540,7 +546,7 @@ class ClusterSource:
         return {"schedules": rows}
 
     def control_schedule(self, name: str, op: str) -> JSON:
-        from ..redis._cron import RemoteSchedule
+        from ..redis._cron import RemoteSchedule, stored_policy
 
         action = _SCHEDULE_OPS.get(op)
         if action is None:
@@ -549,13 +555,7 @@ class ClusterSource:
         s = broker.schedule(name)
         if s is None:
             raise TaskNotFoundError(f"no schedule named {name!r}")
-        # A run now runs with the schedule's own policy, not a client's default.
-        policy = RetryPolicy(
-            max_retries=int(s["max_retries"]),
-            backoff_base=float(s["bb"]) / 1000.0,
-            backoff_factor=float(s["bf"]),
-            backoff_max=float(s["bm"]) / 1000.0,
-        )
+        policy = stored_policy(s)  # a run now runs with the schedule's own policy
         payload = broker.schedule_payload(name) if action == "run_now" else b""
         handle = RemoteSchedule(broker, name, payload, int(s["priority"]), policy, s.get("timeout"))
         task_id = None

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import InvalidArgumentError, OptionTypeError, QueueClosedError, TaskNotFoundError
 from ._monitor import dumps
 from ._options import is_loopback
-from ._source import DeadLetterFilter, TaskQuery
+from ._source import DeadLetterFilter, TaskQuery, unreachable
 
 if TYPE_CHECKING:
     from ._app import Dashboard
@@ -219,7 +219,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.CONFLICT, {"error": str(e)})
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away
-        except Exception:
+        except Exception as e:
+            if unreachable(app.source, e):
+                self._json(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    {"error": f"the queue's backend is unreachable: {e}"},
+                )
+                return
             _log.exception("dashboard: %s %s failed", method, path)
             if not app.closing:
                 self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (logged)"})

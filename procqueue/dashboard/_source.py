@@ -10,6 +10,8 @@ bounded lock round each.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,3 +103,26 @@ class DashboardSource(Protocol):
     def totals(self) -> tuple[int, int]:
         """``(completed, failed)`` so far: the throughput chart's samples."""
         ...
+
+
+#: Seconds between two warnings that a source's backend is unreachable.
+UNREACHABLE_LOG_EVERY = 30.0
+_unreachable_logged = [float("-inf")]
+
+
+def unreachable(source: object, error: BaseException) -> bool:
+    """Whether ``error`` means the source's backend (Redis) is unreachable
+    (the source lists those errors as ``unavailable``); if so, warn, at most
+    every :data:`UNREACHABLE_LOG_EVERY` seconds, instead of a traceback per
+    request and per sample."""
+    kinds = getattr(source, "unavailable", ())
+    if not kinds or not isinstance(error, kinds):
+        return False
+    now = time.monotonic()
+    if now - _unreachable_logged[0] >= UNREACHABLE_LOG_EVERY:
+        _unreachable_logged[0] = now
+        logging.getLogger("procqueue.dashboard").warning(
+            "dashboard: the queue's backend is unreachable (%s); answering 503 meanwhile", error
+        )
+    return True
+

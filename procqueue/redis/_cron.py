@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -166,6 +166,16 @@ def add_schedule(
         raise InvalidArgumentError(f"a schedule named {label!r} already exists")
     _log.info("schedule %r added on queue %r: %s", label, broker.queue, trigger.describe())
     return RemoteSchedule(broker, label, payload, priority, policy, timeout)
+
+
+def stored_policy(s: Mapping[str, Any]) -> RetryPolicy:
+    """The retry policy a schedule was stored with (its runs', and ``run_now``'s)."""
+    return RetryPolicy(
+        max_retries=int(s["max_retries"]),
+        backoff_base=float(s["bb"]) / 1000.0,
+        backoff_factor=float(s["bf"]),
+        backoff_max=float(s["bm"]) / 1000.0,
+    )
 
 
 class RemoteSchedule:

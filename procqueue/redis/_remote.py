@@ -43,7 +43,7 @@ from ..errors import (
 from ..stats import WorkerStats
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome, split_error
-from ._cron import RemoteSchedule, add_schedule
+from ._cron import RemoteSchedule, add_schedule, stored_policy
 from ._protocol import Broker, Outcome, connect
 from ._signing import SignatureError
 
@@ -343,8 +343,9 @@ class _RemoteCore:
     def schedules(self) -> list[RemoteSchedule]:
         broker = self._b()
         return [
+            # Each with its own stored policy: run_now() must not take the client's.
             RemoteSchedule(broker, name, broker.schedule_payload(name), int(s["priority"]),
-                           self._retry, s.get("timeout"))
+                           stored_policy(s), s.get("timeout"))
             for name, s in broker.schedules().items()
         ]  # fmt: skip
 
