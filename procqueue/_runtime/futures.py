@@ -89,38 +89,35 @@ class _TaskFuture(Future[Any]):
         coordinator set running: one lock where the stdlib's checks
         (``done()``, ``running()``, then the setter) take three.
         ``False`` (nothing done) in any other state: :func:`deliver` copes."""
-        if "_lazy_condition" not in self.__dict__:
+        cond = self.__dict__.get("_lazy_condition")
+        if cond is None:
             with _BARE:
-                if "_lazy_condition" not in self.__dict__:
-                    if self._state != _RUNNING:
-                        return False
-                    if ok:
-                        self._result = value
-                    else:
-                        self._exception = value
-                    self._state = _FINISHED
-                    bare = True
-                else:
-                    bare = False
-            if bare:
-                self._invoke_callbacks()  # type: ignore[attr-defined]
-                return True
-        cond = self._condition
-        with cond:
-            if self._state != _RUNNING:
-                return False
-            if ok:
-                self._result = value
-            else:
-                self._exception = value
-            self._state = _FINISHED
-            for waiter in self._waiters:
-                if ok:
-                    waiter.add_result(self)
-                else:
-                    waiter.add_exception(self)
-            cond.notify_all()
+                cond = self.__dict__.get("_lazy_condition")
+                if cond is None and not self._finish(value, ok):
+                    return False
+        if cond is not None:
+            with cond:
+                if not self._finish(value, ok):
+                    return False
+                cond.notify_all()
         self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def _finish(self, value: Any, ok: bool) -> bool:
+        """Under the future's lock (its Condition, or ``_BARE`` while it has
+        none and so no waiter): ``RUNNING`` -> ``FINISHED`` with ``value``."""
+        if self._state != _RUNNING:
+            return False
+        if ok:
+            self._result = value
+        else:
+            self._exception = value
+        self._state = _FINISHED
+        for waiter in self._waiters:
+            if ok:
+                waiter.add_result(self)
+            else:
+                waiter.add_exception(self)
         return True
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
