@@ -73,22 +73,44 @@ def _link_call(
     queue in the arguments stands for its result: a completed one is passed as
     its value at once, any other becomes a marker. (:func:`prepare` has
     already taken the two hot paths: no markers at all, and top-level ones.)"""
+    futures: dict[int, Future[Any]] = {}
+    args, kwargs, upstream, needed = link_call(
+        args,
+        kwargs,
+        after,
+        trigger,
+        functools.partial(_upstream_id, engine),
+        _future_swapper(engine, futures),
+    )
+    return args, kwargs, upstream, needed, futures
+
+
+def link_call(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    after: Iterable[Any] | None,
+    trigger: str,
+    upstream_id: Callable[[Any], int],
+    swap: Callable[[Any], Any],
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], set[int]]:
+    """The dependency rule both kinds of queue follow (local, and a broker
+    client's): the upstream ids, distinct and in order (``after`` through
+    ``upstream_id``, then the ``result_of`` markers), the ids whose results
+    the call takes, and the arguments with ``swap`` applied to every value a
+    marker may hide in (a queue's own futures become values or markers)."""
     if trigger not in TRIGGERS:
         raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
     ids: list[int] = []
     if after is not None:
         if isinstance(after, (str, bytes, int, Future)):
             raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
-        ids = [_upstream_id(engine, a) for a in after]
-    futures: dict[int, Future[Any]] = {}
+        ids = [upstream_id(a) for a in after]
     needed: set[int] = set()
     if not _all_atomic(args, kwargs):  # else no marker or future to find
-        swap = _future_swapper(engine, futures)
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
         find_markers(args, kwargs, needed)
-    upstream = tuple(dict.fromkeys([*ids, *sorted(needed)]))
-    return args, kwargs, upstream, needed, futures
+    return args, kwargs, tuple(dict.fromkeys([*ids, *sorted(needed)])), needed
 
 
 def _top_level_markers(args: tuple[Any, ...]) -> list[int] | None:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from .._core.deps import ResultOf, find_markers, replace_markers
+from .._core.deps import ResultOf
 from .._core.limits import _TIMER_SLACK, Concurrency, KeyLimits
 from .._core.records import AttemptError, TaskState, TaskStatus
-from .._frontdoor import TRIGGERS, due_of, name_of, task_policy
+from .._frontdoor import due_of, link_call, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
 from .._runtime import wire
 from ..errors import (
@@ -255,19 +255,7 @@ class _RemoteCore:
         plain = wire.all_plain(args) and (not kwargs or wire.all_plain(kwargs.values()))
         if after is None and trigger == "all_success" and plain:
             return args, kwargs, (), set()  # the hot path: nothing to look into
-        if trigger not in TRIGGERS:
-            raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
-        ids: list[int] = []
-        if after is not None:
-            if isinstance(after, (str, bytes, int, Future)):
-                raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
-            ids = [self._upstream_id(a) for a in after]
-        if not plain:
-            args = tuple(replace_markers(v, self._swap_future) for v in args)
-            kwargs = {k: replace_markers(v, self._swap_future) for k, v in kwargs.items()}
-        needs: set[int] = set()
-        find_markers(args, kwargs, needs)
-        return args, kwargs, tuple(dict.fromkeys([*ids, *sorted(needs)])), needs
+        return link_call(args, kwargs, after, trigger, self._upstream_id, self._swap_future)
 
     def _upstream_id(self, item: int | Future[Any]) -> int:
         if isinstance(item, Future):
