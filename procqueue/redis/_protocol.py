@@ -447,11 +447,13 @@ class Broker:
 
     def dead_letters(self) -> list[tuple[int, dict[str, Any], float]]:
         """``(id, meta, failed at (s))`` of every dead letter, oldest first."""
-        k = self.keys
-        rows = self.r.zrange(k.dlq, 0, -1, withscores=True)
+        return self._letters(self.r.zrange(self.keys.dlq, 0, -1, withscores=True))
+
+    def _letters(self, rows: list[tuple[bytes, float]]) -> list[tuple[int, dict[str, Any], float]]:
+        """DLQ members ``(id, failed at ms)`` with their metas (one ``HMGET``)."""
         if not rows:
             return []
-        metas = self.r.hmget(k.meta, [tid for tid, _ in rows])
+        metas = self.r.hmget(self.keys.meta, [tid for tid, _ in rows])
         return [
             (int(tid), dict(json.loads(raw)), score / 1000.0)
             for (tid, score), raw in zip(rows, metas)
@@ -592,16 +594,8 @@ class Broker:
     def dead_letter_page(self, start: int, count: int) -> list[tuple[int, dict[str, Any], float]]:
         """``(id, meta, failed at (s))`` of ``count`` dead letters from
         position ``start``, newest first (two round trips, whatever the DLQ's size)."""
-        k = self.keys
-        rows = self.r.zrange(k.dlq, start, start + count - 1, desc=True, withscores=True)
-        if not rows:
-            return []
-        metas = self.r.hmget(k.meta, [tid for tid, _ in rows])
-        return [
-            (int(tid), dict(json.loads(raw)), score / 1000.0)
-            for (tid, score), raw in zip(rows, metas)
-            if raw is not None
-        ]
+        end = start + count - 1
+        return self._letters(self.r.zrange(self.keys.dlq, start, end, desc=True, withscores=True))
 
     def fired_ids(self, name: str, count: int) -> list[int]:
         """The newest ``count`` ids a schedule fired, newest first."""
