@@ -125,4 +125,3 @@ def unreachable(source: object, error: BaseException) -> bool:
             "dashboard: the queue's backend is unreachable (%s); answering 503 meanwhile", error
         )
     return True
-
