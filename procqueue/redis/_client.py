@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .._asyncbridge import to_asyncio
 from .._core.deadletters import DeadLetter
@@ -42,11 +42,51 @@ class RemoteDeadLetterQueue:
                 return letter
         raise TaskNotFoundError(task_id)
 
+    @overload
     def requeue(
-        self, task_id: int, *, max_retries: int | None = None, priority: int | None = None
-    ) -> int:
-        """Run it again as a new task (new id, returned) with fresh attempts."""
-        new = self._remote._b().requeue_dead(task_id, max_retries, priority)
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = ...,
+        priority: int | None = ...,
+        cascade: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    def requeue(
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = ...,
+        priority: int | None = ...,
+        cascade: Literal[True],
+    ) -> dict[int, int]: ...
+
+    def requeue(
+        self,
+        task_id: int,
+        *,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        cascade: bool = False,
+    ) -> int | dict[int, int]:
+        """Run it again as a new task (new id, returned) with fresh attempts
+        (its own ``max_retries`` unless given). The letter leaves the DLQ.
+
+        ``cascade=True`` also re-arms the dependents its failure ended (with
+        ``UpstreamFailedError``), transitively, as new tasks waiting on the new
+        ones (``result_of`` markers follow), in one atomic step across every
+        node; it returns ``{old id: new id}`` for every task it queued. Those
+        dependents are kept for their ``result_ttl``: once one has expired
+        (or another upstream of one is no longer known), it raises
+        :class:`TaskNotFoundError` and queues nothing (the letter stays)."""
+        broker = self._remote._b()
+        if cascade:
+            ids = broker.requeue_cascade(task_id, max_retries, priority)
+            if ids is None:
+                raise TaskNotFoundError(task_id)
+            return ids
+        new = broker.requeue_dead(task_id, max_retries, priority)
         if new is None:
             raise TaskNotFoundError(task_id)
         return new
@@ -159,7 +199,8 @@ class RemoteTaskQueue(TaskQueue):
         self, fn: Callable[..., Any], /, *args: Any, **options: Any
     ) -> RemoteSchedule:
         """``TaskQueue.schedule`` on the broker: each tick runs once across
-        every node (``overlap="queue"`` is not available here yet)."""
+        every node, whichever evaluates it; ``overlap="queue"`` chains each
+        run behind the previous one in Redis."""
         fn_kwargs, opts = _split_schedule_options(options)
         return self._remote.schedule(fn, args, fn_kwargs, **opts)
 
@@ -226,6 +267,12 @@ class RemoteProcQueue(ProcQueue):
             trigger=trigger,
         )
         return remote.tag(remote.waiter(tid), tid)
+
+    def future(self, task_id: int) -> Future[Any]:
+        """A future for any task of this queue by id (e.g. one requeued from
+        the dead letter queue, or re-armed by ``dlq.requeue(..., cascade=True)``)."""
+        remote = self._remote
+        return remote.tag(remote.waiter(task_id), task_id)
 
     def map(
         self,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .._core.deps import bind
+from .._core.deps import ResultOf, bind
 from .._runtime import wire
 from ..errors import RemoteTraceback, TaskCancelledError, UpstreamFailedError
 
@@ -35,6 +35,7 @@ __all__ = [
     "error_text",
     "load_call",
     "load_outcome",
+    "move_markers",
     "run_bound",
     "split_error",
 ]
@@ -76,6 +77,19 @@ def load_call(data: bytes) -> tuple[bytes, list[Any]]:
     """The engine's payload ``(callable blob, argument segments)``, unpickling nothing."""
     (n,) = _LEN.unpack_from(data, 0)
     return data[4 : 4 + n], [data[4 + n :]]
+
+
+def move_markers(data: bytes, moves: dict[int, int]) -> bytes:
+    """A call whose ``result_of`` markers stand for other tasks: each marker of
+    task ``old`` becomes one of ``moves[old]`` (every marker's id must be a
+    key). For ``requeue(..., cascade=True)``, which re-arms a dependent on
+    the new ids of its upstream tasks, as the local engine does with
+    ``wire.bind_inputs``: the arguments are unpickled (the caller checked
+    their signature first) and pickled again; the callable is not."""
+    fn_blob, segments = load_call(data)
+    moved = {old: ResultOf(new) for old, new in moves.items()}
+    _, bound = wire.bind_inputs((fn_blob, segments), moved)
+    return b"".join([_LEN.pack(len(fn_blob)), fn_blob, *(bytes(memoryview(s)) for s in bound)])
 
 
 def dump_outcome(value: Any) -> bytes:

@@ -6,7 +6,12 @@ Redis's clock, with the same pure decision as a local queue
 (``_core/schedules.py``: misfire grace, then catch-up), and queues the runs
 through the ``FIRE`` script, a compare-and-set on the tick it read: of several
 nodes evaluating one tick, exactly one queues it. Clock skew between nodes
-moves nothing, since no node's clock is read.
+moves nothing, since no node's clock is read. The overlap policy is applied
+in that same script, against the state of the schedule's last run:
+``"skip"`` counts a run that would overlap, ``"queue"`` links it to the last
+run as a dependent (``all_done``), so runs follow one another across nodes.
+``run_now`` goes through ``FIRE`` too (without the compare-and-set), so it
+is recorded and overlaps the way a tick's run does.
 """
 
 from __future__ import annotations
@@ -56,18 +61,7 @@ def evaluate(broker: Broker) -> float:
         if expected > now:
             wait = min(wait, (expected - now) / 1000.0)
             continue
-        trigger = trigger_of(s)
-        entry = ScheduleEntry(
-            name,
-            trigger,
-            _no_record,
-            misfire_grace=s.get("grace"),
-            catchup=str(s["catchup"]),
-            overlap="allow",  # the FIRE script applies overlap, atomically
-            now=expected / 1000.0,
-            wall_offset=0.0,
-        )
-        entry.next_tick = expected / 1000.0
+        entry = _entry(name, s)
         due = entry.take_due(now / 1000.0)
         runs = []
         if due.run:
@@ -77,21 +71,46 @@ def evaluate(broker: Broker) -> float:
                 _log.error("schedule %r: its call fails the signature check (%s); not run", name, e)
                 payload = None
             for tick in due.run if payload is not None else ():
-                timeout = s.get("timeout") or entry.default_timeout(tick)
-                meta = {
-                    "name": s["fn"],
-                    "max_retries": s["max_retries"],
-                    "bb": s["bb"],
-                    "bf": s["bf"],
-                    "bm": s["bm"],
-                    "timeout": timeout,
-                    "schedule": name,
-                }
-                runs.append((broker.new_id(), int(s["priority"]), meta, payload or b""))
+                runs.append(_run(broker, s, entry, tick, payload or b""))
         next_ms = round(entry.next_tick * 1000)
         broker.fire(name, expected, next_ms, due.misfired, due.skipped, runs)
         wait = min(wait, max(0.0, (next_ms - now) / 1000.0))
     return wait
+
+
+def _entry(name: str, s: dict[str, Any]) -> ScheduleEntry:
+    """The core's view of a stored schedule, at its stored next tick: the
+    misfire and catch-up decisions (overlap is the ``FIRE`` script's, atomic
+    against the last run's state)."""
+    expected = int(s["next_ms"])
+    entry = ScheduleEntry(
+        name,
+        trigger_of(s),
+        _no_record,
+        misfire_grace=s.get("grace"),
+        catchup=str(s["catchup"]),
+        overlap="allow",
+        now=expected / 1000.0,
+        wall_offset=0.0,
+    )
+    entry.next_tick = expected / 1000.0
+    return entry
+
+
+def _run(
+    broker: Broker, s: Mapping[str, Any], entry: ScheduleEntry, tick: float, payload: bytes
+) -> tuple[int, int, dict[str, Any], bytes]:
+    """One run of a stored schedule for ``tick``, as ``Broker.fire`` takes it."""
+    meta = {
+        "name": s["fn"],
+        "max_retries": s["max_retries"],
+        "bb": s["bb"],
+        "bf": s["bf"],
+        "bm": s["bm"],
+        "timeout": s.get("timeout") or entry.default_timeout(tick),
+        "schedule": entry.name,
+    }
+    return broker.new_id(), int(s["priority"]), meta, payload
 
 
 def _no_record(timeout: float) -> None:
@@ -130,8 +149,6 @@ def add_schedule(
 ) -> RemoteSchedule:
     """Validate, seal and store a schedule (raises, storing nothing)."""
     check_call(fn, args, kwargs, cron, every, name)
-    if overlap == "queue":
-        raise InvalidArgumentError("overlap='queue' is not available on a broker yet")
     zone = zone_name(tz)
     now_s = broker.now_ms() / 1000.0
     definition: dict[str, Any] = {
@@ -181,8 +198,12 @@ def stored_policy(s: Mapping[str, Any]) -> RetryPolicy:
 class RemoteSchedule:
     """A schedule on a Redis queue (as ``queue.schedule`` returns it on a
     broker client): the same handle as :class:`procqueue.Schedule`, reading
-    Redis (``task_ids`` lists the runs nodes queued; ``run_now`` runs are not
-    in it)."""
+    Redis (``task_ids`` lists the runs it fired, ``run_now`` ones included).
+
+    ``payload``: its call, unsealed (``b""``: read from Redis when needed).
+    ``priority``, ``policy`` and ``timeout`` are what it was stored with;
+    every run, ``run_now``'s too, takes them from the stored definition, as a
+    tick's run does."""
 
     def __init__(
         self,
@@ -196,9 +217,6 @@ class RemoteSchedule:
         self._broker = broker
         self.name = name
         self._payload = payload
-        self._priority = priority
-        self._policy = policy
-        self._timeout = timeout
 
     def _def(self) -> dict[str, Any] | None:
         return self._broker.schedule(self.name)
@@ -257,16 +275,19 @@ class RemoteSchedule:
         self._broker.schedule_op(self.name, "cancel")
 
     def run_now(self) -> int:
-        """Queue one run now (the ticks do not move); returns its task id."""
-        if self._def() is None:
+        """Fire one run now, as a tick's run (named, timed out and counted
+        the same; its ticks do not move), and return its task id. An explicit
+        request: ``overlap="skip"`` does not stop it; ``overlap="queue"``
+        still queues it behind a run that is going, and the next tick behind it."""
+        s = self._def()
+        if s is None:
             raise QueueClosedError(f"schedule {self.name!r} was cancelled")
-        return self._broker.submit(
-            self._payload,
-            name=self.name,
-            priority=self._priority,
-            policy=self._policy,
-            timeout=self._timeout,
-        )
+        entry = _entry(self.name, s)
+        payload = self._payload or self._broker.schedule_payload(self.name)
+        run = _run(self._broker, s, entry, entry.next_tick, payload)
+        if self._broker.fire(self.name, None, 0, 0, 0, [run]) < 1:
+            raise QueueClosedError(f"schedule {self.name!r} was cancelled")
+        return run[0]
 
     def _op(self, op: str, arg: str = "") -> None:
         if not self._broker.schedule_op(self.name, op, arg):

@@ -30,6 +30,11 @@ key                           type     holds
 ``{pq:Q}:ended``              hash     id -> JSON: a dependent ended by its upstream
                                        without running (failed/cancelled), until its TTL
 ``{pq:Q}:ended_ttl``          zset     those ids; score = expiry ms (swept by RECLAIM)
+``{pq:Q}:dormant``            hash     what ``requeue(cascade=True)`` re-arms: ``<id>:n``
+                                       and ``<id>#<i>``, the dependents a failed task
+                                       ended; per such dependent ``<dep>`` (its
+                                       signed payload) and ``<dep>:m`` (its meta),
+                                       swept with its ``ended`` entry
 ``{pq:Q}:caps``               hash     ``r:<key>`` running, ``p:<key>`` parked (at its
                                        cap), ``u:<key>`` unparked, ``t:<key>`` throttled
 ``{pq:Q}:parked``             zset     tasks at their key's cap; all scores 0, member
@@ -57,6 +62,7 @@ __all__ = ["FIXED", "Keys"]
 FIXED = (
     "ready", "delayed", "leases", "meta", "payload", "dlq", "cancel", "wake", "seq",
     "fence", "buckets", "waiting", "down", "held", "ended", "ended_ttl", "caps", "parked",
+    "dormant",
 )  # fmt: skip
 
 
@@ -154,6 +160,10 @@ class Keys:
     @property
     def ended_ttl(self) -> str:
         return self._k("ended_ttl")
+
+    @property
+    def dormant(self) -> str:
+        return self._k("dormant")
 
     @property
     def caps(self) -> str:

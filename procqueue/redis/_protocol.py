@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._policy import RetryPolicy
-from ..errors import InvalidArgumentError, MissingExtraError, TaskNotFoundError
+from ..errors import (
+    InvalidArgumentError,
+    MissingExtraError,
+    ProcQueueError,
+    SerializationError,
+    TaskNotFoundError,
+)
 from . import _scripts
 from ._keys import Keys
 from ._signing import SignatureError, Signer
@@ -31,6 +37,9 @@ ID_BLOCK = 256
 TASK, RESULT = b"task", b"result"
 #: What :meth:`Broker.finish` records.
 OUTCOMES = frozenset(("completed", "error", "retry", "failed", "cancelled"))
+#: Reads of a dead letter's dormant tree a cascading requeue tries, should the
+#: tree change between the read and the script each time.
+REQUEUE_TRIES = 5
 
 
 def connect(url: str) -> Any:
@@ -426,7 +435,7 @@ class Broker:
     def fire(
         self,
         name: str,
-        expected_ms: int,
+        expected_ms: int | None,
         next_ms: int,
         misfired: int,
         skipped: int,
@@ -434,9 +443,12 @@ class Broker:
     ) -> int:
         """Queue a schedule's runs for one evaluation, if no other node did:
         the runs queued, or -1 when the tick was taken (see ``FIRE``).
-        ``runs``: ``(id, priority, meta, payload)``, payloads sealed here."""
+        ``runs``: ``(id, priority, meta, payload)``, payloads sealed here.
+        ``expected_ms=None``: ``run_now`` (no compare-and-set, the ticks do
+        not move; -1 only if the schedule is gone)."""
         k = self.keys
-        args: list[Any] = [name, expected_ms, next_ms, misfired, skipped]
+        expected = "" if expected_ms is None else expected_ms
+        args: list[Any] = [name, expected, next_ms, misfired, skipped]
         for tid, priority, meta, payload in runs:
             sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
             args += [tid, priority, json.dumps(meta), sealed]
@@ -464,26 +476,124 @@ class Broker:
         self, task_id: int, max_retries: int | None = None, priority: int | None = None
     ) -> int | None:
         """The new id of a dead letter run again, or ``None`` if it is not one."""
+        ids = self._requeue(task_id, max_retries, priority, cascade=False)
+        return None if ids is None else ids[task_id]
+
+    def requeue_cascade(
+        self, task_id: int, max_retries: int | None = None, priority: int | None = None
+    ) -> dict[int, int] | None:
+        """:meth:`requeue_dead`, and the dependents its failure ended (with
+        ``UpstreamFailedError``), transitively, as new tasks waiting on the new
+        ids, their ``result_of`` markers moved: ``{old id: new id}`` for every
+        task queued, or ``None`` if it is not a dead letter. Raises
+        :class:`TaskNotFoundError`, changing nothing (the letter stays), when a
+        dependent's kept copy expired with its outcome (``result_ttl``) or
+        another upstream of one is no longer known."""
+        for _ in range(REQUEUE_TRIES):
+            try:
+                return self._requeue(task_id, max_retries, priority, cascade=True)
+            except _TreeChanged:
+                continue  # a dependent ended or was swept meanwhile: read it again
+        raise ProcQueueError(
+            f"the dependents of dead letter {task_id} kept changing while it was "
+            f"requeued ({REQUEUE_TRIES} tries); nothing was queued"
+        )
+
+    def _requeue(
+        self, task_id: int, max_retries: int | None, priority: int | None, cascade: bool
+    ) -> dict[int, int] | None:
+        """One try of ``REQUEUE``: read the letter (and, ``cascade``, its
+        dormant tree), re-seal every payload for its new id, run the script."""
         k = self.keys
         sealed = self.r.hget(k.payload, task_id)
         if sealed is None or self.r.zscore(k.dlq, task_id) is None:
             return None
+        tree = self._dormant_tree(task_id) if cascade else []
         # The MAC binds the task id: re-seal for the new one (only after the
         # old seal checks out: a tampered letter raises SignatureError here).
-        new = self.new_id()
         data = self.signer.open(TASK, self.queue, str(task_id), sealed)
-        resealed = self.signer.seal(TASK, self.queue, str(new), data)
-        ok = self._s["REQUEUE"](
-            keys=self._kk["REQUEUE"],
-            args=[
-                task_id,
-                new,
-                "" if max_retries is None else max_retries,
-                "" if priority is None else priority,
-                resealed,
-            ],
-        )
-        return new if ok else None
+        ids = {task_id: self.new_id()}
+        for dep, _, _ in tree:
+            ids[dep] = self.new_id()
+        outside: dict[int, None] = {}  # other upstreams of the re-armed tasks, in order
+        deps: list[Any] = []
+        for dep, m, dep_sealed in tree:
+            for up in m.get("ups") or ():
+                if int(up) not in ids:
+                    outside[int(up)] = None
+            deps += [dep, ids[dep], self._rearmed(dep, ids, m, dep_sealed)]
+        args: list[Any] = [
+            task_id,
+            ids[task_id],
+            "" if max_retries is None else max_retries,
+            "" if priority is None else priority,
+            self.signer.seal(TASK, self.queue, str(ids[task_id]), data),
+            self.result_ttl,
+            k.done,
+            int(cascade),
+            len(tree),
+            len(outside),
+            *deps,
+            *outside,
+        ]
+        keys = [*self._kk["REQUEUE"], *(k.result(up) for up in outside)]
+        try:
+            ok = self._s["REQUEUE"](keys=keys, args=args)
+        except _response_error() as e:
+            code, *rest = str(e).split()
+            if code == "PQCHANGED":
+                raise _TreeChanged from None
+            if code == "PQEXPIRED":
+                raise _expired(task_id, int(rest[0])) from None
+            if code == "PQGONE":
+                raise TaskNotFoundError(
+                    f"cannot re-arm task {rest[0]}: its upstream task {rest[1]} is no longer "
+                    f"known to queue {self.queue!r} (its result expired after result_ttl)"
+                ) from None
+            raise
+        return ids if ok else None
+
+    def _dormant_tree(self, root: int) -> list[tuple[int, dict[str, Any], bytes]]:
+        """``(id, meta, sealed payload)`` of each dependent kept dormant below
+        dead letter ``root``, breadth first, as ``REQUEUE`` walks them (three
+        round trips per level of the tree)."""
+        d = self.keys.dormant
+        out: list[tuple[int, dict[str, Any], bytes]] = []
+        level = [root]
+        while level:
+            counts = self.r.hmget(d, [f"{up}:n" for up in level])
+            fields = [
+                f"{up}#{i}" for up, n in zip(level, counts) for i in range(1, int(n or 0) + 1)
+            ]
+            if not fields:
+                break
+            level = [int(x) for x in self.r.hmget(d, fields) if x is not None]
+            with self.r.pipeline(transaction=False) as p:
+                for dep in level:
+                    p.hmget(d, [dep, f"{dep}:m"])
+                rows = p.execute()
+            for dep, (sealed, raw) in zip(level, rows):
+                if sealed is None or raw is None:
+                    raise _expired(root, dep)
+                out.append((dep, dict(json.loads(raw)), sealed))
+        return out
+
+    def _rearmed(self, dep: int, ids: dict[int, int], m: dict[str, Any], sealed: bytes) -> bytes:
+        """Dependent ``dep``'s payload, sealed for its new id, with its
+        ``result_of`` markers of re-armed upstreams moved to their new ids."""
+        data = self.signer.open(TASK, self.queue, str(dep), sealed)
+        needed = [int(u) for u in m.get("inp") or ()]
+        if any(u in ids for u in needed):
+            from ._codec import move_markers  # the arguments are unpickled: only here
+
+            try:
+                data = move_markers(data, {u: ids.get(u, u) for u in needed})
+            except Exception as e:
+                raise SerializationError(
+                    f"cannot re-arm task {dep} ({m.get('name')}): its arguments do not unpickle "
+                    f"here to move their result_of markers: {type(e).__name__}: {e}"
+                ) from e
+        return self.signer.seal(TASK, self.queue, str(ids[dep]), data)
 
     def purge_dead(self, task_ids: list[int] | None = None) -> int:
         k = self.keys
@@ -613,6 +723,18 @@ class Broker:
         return {
             k.decode(): dict(json.loads(v)) for k, v in self.r.hgetall(self.keys.limits).items()
         }
+
+
+class _TreeChanged(Exception):
+    """``REQUEUE`` found the dormant tree changed since it was read."""
+
+
+def _expired(root: int, dep: int) -> TaskNotFoundError:
+    return TaskNotFoundError(
+        f"cannot re-arm task {dep}, ended by the failure of dead letter {root}: its kept copy "
+        "expired with its outcome (result_ttl); requeue the letter without cascade=True "
+        "and submit the dependents again"
+    )
 
 
 def _response_error() -> type[BaseException]:

@@ -27,7 +27,9 @@ Task states in ``meta``: ``waiting`` (in ``waiting``), ``pending`` (in
 ``ready``), ``scheduled``/``retrying``/``throttled`` (in ``delayed``),
 ``parked`` (in ``parked``), ``running`` (in ``leases``), ``failed`` (in
 ``dlq``). A completed or cancelled task leaves ``meta`` for ``r:<id>``; a
-dependent ended by its upstream without running leaves it for ``ended``.
+dependent ended by its upstream without running leaves it for ``ended``
+(and, ended by a failure, a copy of its meta and payload in ``dormant``, for
+``requeue(cascade=True)``, until its ``ended`` entry expires).
 """
 
 from __future__ import annotations
@@ -250,9 +252,24 @@ local function release(id, m, now)
   end
   redis.call('HSET', K.meta, id, cjson.encode(m))
 end
+-- A dependent ended by failed upstream ``up``: what ``requeue(cascade=True)``
+-- of the dead letter above it takes to run it again (its sealed payload and
+-- meta, in ``dormant``, under an edge from ``up``), until RECLAIM sweeps its
+-- ``ended`` entry. The local queue's ``_Dormant`` copies.
+local function keep_dormant(id, m, up)
+  local payload = redis.call('HGET', K.payload, id)
+  if not payload then return end
+  local keep = {}
+  for k, v in pairs(m) do keep[k] = v end
+  keep.iv, keep.wait, keep.state, keep.seq, keep.attempts = nil, nil, nil, nil, nil
+  keep.submitted, keep.due = nil, nil
+  local i = redis.call('HINCRBY', K.dormant, up .. ':n', 1)
+  redis.call('HSET', K.dormant, up .. '#' .. i, id, id, payload, id .. ':m', cjson.encode(keep))
+end
 -- A waiting task ends without running (its upstream failed or was cancelled):
 -- its outcome goes to ``ended`` until ``ctx.ttl`` (RECLAIM sweeps it).
 local function end_unrun(id, m, state, err, up, ctx)
+  if state == 'failed' then keep_dormant(id, m, up) end
   redis.call('SREM', K.waiting, id)
   redis.call('HDEL', K.meta, id)
   redis.call('HDEL', K.payload, id)
@@ -317,6 +334,105 @@ local function cascade(first, ctx)
       end
     end
   end
+end
+"""
+
+#: Dormant dependents (``keep_dormant``): their edges, their lifetime.
+_DORMANT = """
+-- The edges from ``up`` to the dependents its failure ended go (a dead letter
+-- purged or requeued, a dormant dependent swept or re-armed).
+local function drop_edges(up)
+  local n = tonumber(redis.call('HGET', K.dormant, up .. ':n') or '0')
+  local i = 1
+  while i <= n do  -- chunks: unpack() has a stack limit
+    local fields = {}
+    for j = i, math.min(n, i + 999) do fields[#fields + 1] = up .. '#' .. j end
+    redis.call('HDEL', K.dormant, unpack(fields))
+    i = i + 1000
+  end
+  if n > 0 then redis.call('HDEL', K.dormant, up .. ':n') end
+end
+-- Dependent ``id`` will not be re-armed: its copy and its edges go.
+local function drop_dormant(id)
+  redis.call('HDEL', K.dormant, id, id .. ':m')
+  drop_edges(id)
+end
+-- The dormant dependents below ``root``, breadth first (parents before
+-- their dependents, each level in the order they were ended).
+local function dormant_tree(root)
+  local out, todo, head = {}, {root}, 1
+  while head <= #todo do
+    local up = todo[head]
+    head = head + 1
+    local n = tonumber(redis.call('HGET', K.dormant, up .. ':n') or '0')
+    for i = 1, n do
+      local dep = redis.call('HGET', K.dormant, up .. '#' .. i)
+      if dep then
+        out[#out + 1] = dep
+        todo[#todo + 1] = dep
+      end
+    end
+  end
+  return out
+end
+"""
+
+#: Queueing a task that waits on upstream tasks, as SUBMIT does (REQUEUE's
+#: re-armed dependents; SUBMIT has its own copy, on its hot path).
+_UPSTREAMS = """
+-- How upstream ``up`` stands: live (``{state = 'live'}``), or how it ended
+-- (``{id, state, error, name, blob, up}``, as ``count_upstream`` takes it);
+-- nil when unknown. ``rkey``: its ``r:<id>`` key, if declared.
+local function read_upstream(up, rkey)
+  local raw = redis.call('HGET', K.meta, up)
+  if raw then
+    local um = cjson.decode(raw)
+    if um.state == 'failed' then
+      return {id = up, state = 'failed', error = um.error, name = um.name,
+              blob = redis.call('HGET', K.payload, up .. ':e') or nil}
+    end
+    return {id = up, state = 'live'}
+  end
+  if rkey then
+    local h = redis.call('HMGET', rkey, 'state', 'value', 'error', 'name')
+    if h[1] then
+      local u = {id = up, state = h[1], error = h[3] or nil, name = h[4] or nil}
+      if h[1] == 'completed' then u.blob = h[2] or nil end
+      return u
+    end
+  end
+  local gone = redis.call('HGET', K.ended, up)
+  if not gone then return nil end
+  local g = cjson.decode(gone)
+  return {id = up, state = g.state, error = g.error, name = g.name, up = tostring(g.up)}
+end
+-- Queue task ``id`` (meta ``m``, ``m.ups`` set) waiting on ``ups`` (each as
+-- ``read_upstream`` gives it): one that already ended counts at once, a
+-- decisive one (failed or cancelled, under ``all_success``) ends it.
+local function queue_waiting(id, m, payload, ups, ctx)
+  m.seq = redis.call('INCR', K.seq)
+  m.attempts = 0
+  m.submitted = ctx.now
+  m.state = 'waiting'
+  m.wait = #ups
+  redis.call('HSET', K.payload, id, payload)
+  redis.call('SADD', K.waiting, id)
+  if not m.ad then
+    for _, u in ipairs(ups) do
+      if u.state ~= 'live' and u.state ~= 'completed' then
+        -- Ends at once; a task re-armed with it may already wait on it.
+        local ended = count_upstream(id, m, u, ctx)
+        if ended then cascade(ended, ctx) end
+        return
+      end
+    end
+  end
+  local final = {}
+  for _, u in ipairs(ups) do
+    if u.state == 'live' then link(u.id, id) else final[#final + 1] = u end
+  end
+  redis.call('HSET', K.meta, id, cjson.encode(m))
+  for _, u in ipairs(final) do count_upstream(id, m, u, ctx) end
 end
 """
 
@@ -669,6 +785,7 @@ RECLAIM = _script(
     _FREE,
     _PINS,
     _GRAPH,
+    _DORMANT,
     """
 local now = now_ms()
 local ctx = {now = now, ttl = tonumber(ARGV[3]), channel = ARGV[2]}
@@ -705,6 +822,7 @@ local old = redis.call('ZRANGEBYSCORE', K.ended_ttl, '-inf', now, 'LIMIT', 0, 10
 if #old > 0 then
   redis.call('HDEL', K.ended, unpack(old))
   redis.call('ZREM', K.ended_ttl, unpack(old))
+  for _, id in ipairs(old) do drop_dormant(id) end
 end
 return {requeued, dead}
 """,
@@ -754,9 +872,15 @@ return 1
 #: One evaluation of a schedule, at most once across every node: fires only
 #: if its ``next_ms`` is still the one the caller read (compare-and-set), so
 #: of several nodes evaluating the same tick exactly one queues its runs.
-#: ``overlap="skip"``: a run is skipped (counted) while the last one is not
-#: final. Returns the number of runs queued, or -1 when another node (or a
-#: pause) got there first.
+#: Overlap, against the last run (``last_id``) while it is not final:
+#: ``"skip"`` skips a run (counted); ``"queue"`` queues it behind that one,
+#: waiting (``all_done``: whatever its outcome), so each run becomes the next
+#: one's upstream and the runs never overlap, however many ticks come; as on a
+#: local queue, every tick is kept. ``run_now`` (``expected_next_ms`` empty)
+#: fires one run without the compare-and-set, paused or not: the ticks do not
+#: move and ``"skip"`` does not apply, ``"queue"`` does. Returns the number of
+#: runs queued, or -1 when another node (or a pause) got there first, or the
+#: schedule is gone.
 #: KEYS: its fixed keys (``KEYS_OF``), then sched, fired (the schedule's id list)
 #: ARGV: name expected_next_ms new_next_ms misfired skipped_catchup
 #:       then per run: id priority meta_json payload
@@ -765,30 +889,52 @@ FIRE = _script(
     _CORE,
     _READY,
     _ENQUEUE,
+    _PINS,
+    _GRAPH,
     """
 local sched, fired_list = KEYS[NFIXED + 1], KEYS[NFIXED + 2]
 local raw = redis.call('HGET', sched, ARGV[1])
 if not raw then return -1 end
 local s = cjson.decode(raw)
-if s.paused or s.next_ms ~= tonumber(ARGV[2]) then return -1 end
+local run_now = ARGV[2] == ''
+if not run_now then
+  if s.paused or s.next_ms ~= tonumber(ARGV[2]) then return -1 end
+  s.next_ms = tonumber(ARGV[3])
+  s.misfired = (s.misfired or 0) + tonumber(ARGV[4])
+  s.skipped_catchup = (s.skipped_catchup or 0) + tonumber(ARGV[5])
+end
 local now = now_ms()
-s.next_ms = tonumber(ARGV[3])
-s.misfired = (s.misfired or 0) + tonumber(ARGV[4])
-s.skipped_catchup = (s.skipped_catchup or 0) + tonumber(ARGV[5])
 local fired = 0
 for i = 6, #ARGV, 4 do
-  local busy = false
-  if s.overlap == 'skip' and s.last_id then
-    local last = redis.call('HGET', K.meta, tostring(s.last_id))
-    busy = last ~= false and cjson.decode(last).state ~= 'failed'
+  local busy = nil  -- the last run, while it is not final
+  if s.overlap ~= 'allow' and s.last_id then
+    local up = tostring(s.last_id)
+    local last = redis.call('HGET', K.meta, up)
+    if last and cjson.decode(last).state ~= 'failed' then busy = up end
   end
-  if busy then
+  local id, priority, m = ARGV[i], tonumber(ARGV[i + 1]), cjson.decode(ARGV[i + 2])
+  if busy and s.overlap == 'skip' and not run_now then
     s.skipped_overlap = (s.skipped_overlap or 0) + 1
   else
-    enqueue(ARGV[i], tonumber(ARGV[i + 1]), cjson.decode(ARGV[i + 2]), ARGV[i + 3], 0, now)
-    s.last_id = tonumber(ARGV[i])
+    if busy and s.overlap == 'queue' then
+      m.priority = priority
+      m.seq = redis.call('INCR', K.seq)
+      m.attempts = 0
+      m.submitted = now
+      m.state = 'waiting'
+      m.wait = 1
+      m.ups = {tonumber(busy)}
+      m.ad = true
+      redis.call('HSET', K.payload, id, ARGV[i + 3])
+      redis.call('SADD', K.waiting, id)
+      link(busy, id)
+      redis.call('HSET', K.meta, id, cjson.encode(m))
+    else
+      enqueue(id, priority, m, ARGV[i + 3], 0, now)
+    end
+    s.last_id = tonumber(id)
     s.runs = (s.runs or 0) + 1
-    redis.call('RPUSH', fired_list, ARGV[i])
+    redis.call('RPUSH', fired_list, id)
     redis.call('LTRIM', fired_list, -1000, -1)
     fired = fired + 1
   end
@@ -832,18 +978,59 @@ return 1
 #: moves to the new id, with the payload the caller re-sealed for that id.
 #: The upstream values it holds (``iv``) move with it. Returns 1, or 0 if it
 #: is not a dead letter.
-#: KEYS: its fixed keys (``KEYS_OF``)
+#: With ``cascade``, the dependents its failure ended (``dormant``, breadth
+#: first) come back too, as new tasks (the caller's ids and payloads, whose
+#: ``result_of`` markers it moved) waiting on the new ids, each queued as
+#: SUBMIT queues a dependent. The caller read that tree first; it is checked
+#: here, before anything is written: a tree that changed since (a dependent
+#: ended or swept meanwhile) is refused (``PQCHANGED``: read it again), one
+#: whose copy expired raises ``PQEXPIRED <id>``, and an upstream outside the
+#: tree that is no longer known (its result expired) ``PQGONE <dep> <up>``.
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<up> per upstream outside the tree
 #: ARGV: old_id new_id max_retries ('' keeps it) priority ('' keeps it) payload
+#:       ttl_s channel cascade (0/1) n_dependents n_outside,
+#:       then per dependent: old_id new_id payload, then the outside upstream ids
 REQUEUE = _script(
     "REQUEUE",
     _CORE,
     _READY,
     _ENQUEUE,
+    _PINS,
+    _GRAPH,
+    _DORMANT,
+    _UPSTREAMS,
     """
 local old, new = ARGV[1], ARGV[2]
-if redis.call('ZREM', K.dlq, old) == 0 then return 0 end
+if not redis.call('ZSCORE', K.dlq, old) then return 0 end
+local ctx = {now = now_ms(), ttl = tonumber(ARGV[6]), channel = ARGV[7]}
+local ndeps, nout = tonumber(ARGV[9]), tonumber(ARGV[10])
+local ids, deps, rkeys = {[old] = new}, {}, {}
+if ARGV[8] == '1' then
+  local tree = dormant_tree(old)
+  if #tree ~= ndeps then return redis.error_reply('PQCHANGED') end
+  for i, dep in ipairs(tree) do
+    local j = 10 + (i - 1) * 3
+    if dep ~= ARGV[j + 1] then return redis.error_reply('PQCHANGED') end
+    local raw = redis.call('HGET', K.dormant, dep .. ':m')
+    if not raw then return redis.error_reply('PQEXPIRED ' .. dep) end
+    deps[i] = {old = dep, new = ARGV[j + 2], payload = ARGV[j + 3], m = cjson.decode(raw)}
+    ids[dep] = ARGV[j + 2]
+  end
+  for i = 1, nout do rkeys[ARGV[10 + ndeps * 3 + i]] = KEYS[NFIXED + i] end
+  for _, d in ipairs(deps) do
+    for _, up in ipairs(d.m.ups) do
+      local u = tostring(up)
+      if not ids[u] then
+        if not rkeys[u] then return redis.error_reply('PQCHANGED') end
+        if not read_upstream(u, rkeys[u]) then
+          return redis.error_reply('PQGONE ' .. d.old .. ' ' .. u)
+        end
+      end
+    end
+  end
+end
+redis.call('ZREM', K.dlq, old)
 local m = cjson.decode(redis.call('HGET', K.meta, old))
-local payload = ARGV[5]
 redis.call('HDEL', K.meta, old)
 redis.call('HDEL', K.payload, old, old .. ':e')
 m.error = nil
@@ -853,16 +1040,43 @@ m.slot = nil
 if ARGV[3] ~= '' then m.max_retries = tonumber(ARGV[3]) end
 local priority = m.priority
 if ARGV[4] ~= '' then priority = tonumber(ARGV[4]) end
-enqueue(new, priority, m, payload, 0, now_ms())
+enqueue(new, priority, m, ARGV[5], 0, ctx.now)
+drop_edges(old)
+for _, d in ipairs(deps) do drop_dormant(d.old) end
+for _, d in ipairs(deps) do
+  local dm, ups, mapped = d.m, {}, {}
+  for i, up in ipairs(dm.ups) do
+    local u = tostring(up)
+    local to = ids[u]
+    if to then
+      mapped[i] = tonumber(to)
+      -- Re-armed: live, or ended at once (read from there); not queued yet
+      -- (a later level), it links as live, and its end reaches this one.
+      ups[i] = read_upstream(to, nil) or {id = to, state = 'live'}
+    else
+      mapped[i] = up
+      ups[i] = read_upstream(u, rkeys[u])
+    end
+  end
+  dm.ups = mapped
+  if dm.inp then
+    local inp = {}
+    for u, _ in pairs(dm.inp) do inp[ids[u] or u] = 1 end
+    dm.inp = inp
+  end
+  queue_waiting(d.new, dm, d.payload, ups, ctx)
+end
 return 1
 """,
 )
 
-#: Drop dead letters (and their hold on upstream values).
+#: Drop dead letters (and their hold on upstream values; the dependents their
+#: failure ended can no longer be re-armed, and go with their ``ended`` TTL).
 #: KEYS: its fixed keys. ARGV: ids. Returns how many.
 PURGE = _script(
     "PURGE",
     _PINS,
+    _DORMANT,
     """
 local n = 0
 for _, id in ipairs(ARGV) do
@@ -871,6 +1085,7 @@ for _, id in ipairs(ARGV) do
     if raw then unpin(cjson.decode(raw)) end
     redis.call('HDEL', K.meta, id)
     redis.call('HDEL', K.payload, id, id .. ':e')
+    drop_edges(id)
     n = n + 1
   end
 end
