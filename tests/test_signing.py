@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from procqueue.errors import InvalidArgumentError
@@ -51,3 +54,18 @@ def test_short_or_missing_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("PROCQUEUE_SECRET")
     assert secrets_from_env() == []
     assert secrets_from_env(secret="x" * 40) == [b"x" * 40]
+
+
+def test_the_envelope_is_the_documented_layout_byte_for_byte() -> None:
+    # Nodes of different versions share a queue: the MAC input must not
+    # drift. Length-prefixed version, key id, kind, queue and task id, then
+    # the data (the module docstring's layout), computed here independently.
+    secret = b"k" * 32
+    sealed = Signer([secret]).seal(b"task", "default", "42", b"payload")
+    kid = hashlib.sha256(b"procqueue key id\0" + secret).digest()[:8]
+    h = hmac.new(secret, digestmod=hashlib.sha256)
+    for part in (b"\x01", kid, b"task", b"default", b"42"):
+        h.update(len(part).to_bytes(4, "big") + part)
+    h.update(b"payload")
+    assert sealed == b"PQ\x01" + kid + h.digest() + b"payload"
+    assert sealed.hex().startswith("505101f21dc8368d08a6ee72")

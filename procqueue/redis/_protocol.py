@@ -24,6 +24,7 @@ from ..errors import (
 )
 from . import _scripts
 from ._keys import Keys
+from ._lanes import Lanes
 from ._signing import SignatureError, Signer
 
 __all__ = ["Broker", "Claimed", "Input", "Outcome", "connect"]
@@ -40,6 +41,12 @@ OUTCOMES = frozenset(("completed", "error", "retry", "failed", "cancelled"))
 #: Reads of a dead letter's dormant tree a cascading requeue tries, should the
 #: tree change between the read and the script each time.
 REQUEUE_TRIES = 5
+
+
+def announced(data: bytes) -> list[int]:
+    """The task ids in a message of the ``done`` channel: one id, or a
+    ``FINISH`` batch of them, comma-separated."""
+    return [int(x) for x in data.split(b",")]
 
 
 def connect(url: str) -> Any:
@@ -98,6 +105,11 @@ class Outcome(NamedTuple):
     upstream: int | None = None
 
 
+_DEFAULT_POLICY = RetryPolicy()
+#: Ids per LOOKUP run: a burst larger than this is read in several.
+LOOKUP_CHUNK = 512
+
+
 class Broker:
     """One queue on one Redis: submit, claim, renew, finish, cancel, reclaim."""
 
@@ -110,8 +122,10 @@ class Broker:
         self.signer = signer
         self.result_ttl = result_ttl
         self._ids: list[int] = []
+        self._metas: dict[tuple[str, RetryPolicy], str] = {}
+        self._lanes = Lanes(client)
         scripts = {
-            name: client.register_script(getattr(_scripts, name))
+            name: self._lanes.script(getattr(_scripts, name))
             for name in (
                 "SUBMIT",
                 "CLAIM",
@@ -171,29 +185,26 @@ class Broker:
             raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
         if abs(priority) >= MAX_PRIORITY:
             raise InvalidArgumentError(f"on Redis, priority must lie within ±{MAX_PRIORITY - 1}")
-        policy = policy or RetryPolicy()
+        policy = policy or _DEFAULT_POLICY
         tid = self.new_id() if task_id is None else task_id
         k = self.keys
-        meta: dict[str, Any] = {
-            "name": name,
-            "max_retries": policy.max_retries,
-            "bb": policy.backoff_base * 1000.0,
-            "bf": policy.backoff_factor,
-            "bm": policy.backoff_max * 1000.0,
-            "ttl": self.result_ttl,
-        }
-        if timeout is not None:
-            meta["timeout"] = float(timeout)
-        if limit is not None:  # (concrete key, [[interval ms, tolerance ms], ...])
-            meta["lk"], meta["lw"] = limit
-            if cap is not None:
-                meta["lc"] = int(cap)
-        if after:
-            meta["ups"] = [int(u) for u in after]
-            if needs:
-                meta["inp"] = {str(u): 1 for u in needs}
-            if all_done:
-                meta["ad"] = True
+        if timeout is None and limit is None and not after:
+            meta_json = self._plain_meta(name, policy)  # the common case: made once
+        else:
+            meta = self._meta(name, policy)
+            if timeout is not None:
+                meta["timeout"] = float(timeout)
+            if limit is not None:  # (concrete key, [[interval ms, tolerance ms], ...])
+                meta["lk"], meta["lw"] = limit
+                if cap is not None:
+                    meta["lc"] = int(cap)
+            if after:
+                meta["ups"] = [int(u) for u in after]
+                if needs:
+                    meta["inp"] = {str(u): 1 for u in needs}
+                if all_done:
+                    meta["ad"] = True
+            meta_json = json.dumps(meta)
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
@@ -205,7 +216,7 @@ class Broker:
                     args=[
                         tid,
                         priority,
-                        json.dumps(meta),
+                        meta_json,
                         sealed,
                         max(0, int(delay * 1000)),
                         self.result_ttl + 86400,
@@ -223,6 +234,27 @@ class Broker:
                     "here, or its result expired after result_ttl)"
                 ) from None
             raise
+
+    def _meta(self, name: str, policy: RetryPolicy) -> dict[str, Any]:
+        return {
+            "name": name,
+            "max_retries": policy.max_retries,
+            "bb": policy.backoff_base * 1000.0,
+            "bf": policy.backoff_factor,
+            "bm": policy.backoff_max * 1000.0,
+            "ttl": self.result_ttl,
+        }
+
+    def _plain_meta(self, name: str, policy: RetryPolicy) -> str:
+        """The meta JSON of a task with no timeout, limit or upstream: the
+        same for every submit of a function under one policy (bounded cache)."""
+        key = (name, policy)
+        text = self._metas.get(key)
+        if text is None:
+            if len(self._metas) >= 1024:
+                self._metas.clear()
+            text = self._metas[key] = json.dumps(self._meta(name, policy))
+        return text
 
     def cancel(self, task_id: int) -> int:
         """1: cancelled now; 2: running, its owner is told; 0: unknown or final."""
@@ -248,22 +280,22 @@ class Broker:
         whether the queue knows the task at all, in one atomic script
         (``LOOKUP``): a task finishing between two reads would otherwise look
         unknown."""
-        row = self._s["LOOKUP"](
-            keys=[*self._kk["LOOKUP"], self.keys.result(task_id)], args=[task_id]
-        )
-        return self._parse_lookup(task_id, row)
+        found = self.lookup_many([task_id])[0]
+        if isinstance(found, SignatureError):
+            raise found
+        return found
 
     def lookup_many(
-        self, task_ids: list[int]
+        self, task_ids: Sequence[int]
     ) -> list[tuple[Outcome | None, bool] | SignatureError]:
-        """:meth:`lookup` for several tasks in one round trip (pipelined); a
-        task whose stored value fails its signature gives its ``SignatureError``."""
-        script = self._s["LOOKUP"]
-        declared = self._kk["LOOKUP"]
-        with self.r.pipeline(transaction=False) as p:
-            for tid in task_ids:
-                script(keys=[*declared, self.keys.result(tid)], args=[tid], client=p)
-            rows = p.execute()
+        """:meth:`lookup` for several tasks in one script run (one round trip,
+        one snapshot); a task whose stored value fails its signature gives its
+        ``SignatureError``."""
+        result, script, declared = self.keys.result, self._s["LOOKUP"], self._kk["LOOKUP"]
+        rows: list[Any] = []
+        for i in range(0, len(task_ids), LOOKUP_CHUNK):
+            ids = task_ids[i : i + LOOKUP_CHUNK]
+            rows += script(keys=[*declared, *(result(tid) for tid in ids)], args=ids)
         out: list[tuple[Outcome | None, bool] | SignatureError] = []
         for tid, row in zip(task_ids, rows):
             try:

@@ -44,7 +44,7 @@ from ..stats import WorkerStats
 from ._cli import signer_for
 from ._codec import dump_call, load_outcome, split_error
 from ._cron import RemoteSchedule, add_schedule, stored_policy
-from ._protocol import Broker, Outcome, connect
+from ._protocol import Broker, Outcome, announced, connect
 from ._signing import SignatureError
 
 __all__ = ["ClusterStats", "LimitStats", "NodeInfo", "RemoteTaskFailedError"]
@@ -571,9 +571,9 @@ class _RemoteCore:
                 msg = pubsub.get_message(timeout=0.2)
                 ended: list[int] = []
                 while msg is not None:  # a burst: read what else arrived, then one lookup
-                    tid = int(msg["data"])
-                    if tid in self._waiters or tid in self.submitted:
-                        ended.append(tid)
+                    for tid in announced(msg["data"]):
+                        if tid in self._waiters or tid in self.submitted:
+                            ended.append(tid)
                     if len(ended) >= 512:
                         break
                     msg = pubsub.get_message(timeout=0)

@@ -19,6 +19,7 @@ secret verifies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -89,16 +90,24 @@ def key_id(secret: bytes) -> bytes:
 
 
 def _mac(secret: bytes, kid: bytes, kind: bytes, queue: str, task_id: str, data: bytes) -> bytes:
+    t = task_id.encode()
+    # One C call over the joined message (the same bytes an update() per
+    # field would feed, a fifth of the Python): every submit and every
+    # result pays this.
+    msg = b"".join((_head(kid, kind, queue), len(t).to_bytes(4, "big"), t, data))
+    return hmac.digest(secret, msg, "sha256")
+
+
+@functools.lru_cache(maxsize=64)
+def _head(kid: bytes, kind: bytes, queue: str) -> bytes:
+    """The MAC's fixed fields, length-prefixed: no two different tuples hash
+    the same bytes (the task id and the data follow)."""
     if kind not in KINDS:  # pragma: no cover - a bug
         raise ValueError(kind)
-    h = hmac.new(secret, digestmod=hashlib.sha256)
-    q, t = queue.encode(), task_id.encode()
-    # Length-prefixed fields: no two different tuples hash the same bytes.
-    for part in (bytes((_VERSION,)), kid, kind, q, t):
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part)
-    h.update(data)
-    return h.digest()
+    parts: list[bytes] = []
+    for part in (bytes((_VERSION,)), kid, kind, queue.encode()):
+        parts += (len(part).to_bytes(4, "big"), part)
+    return b"".join(parts)
 
 
 def secrets_from_env(
