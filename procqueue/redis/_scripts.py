@@ -573,8 +573,12 @@ for _, id in ipairs(due) do
   end
 end
 local popped = redis.call('ZPOPMIN', K.ready, tonumber(ARGV[1]))
-local out = {}
+local out, ids = {}, {}
 local lease = tonumber(ARGV[2])
+-- Fencing tokens for the batch in one INCRBY (a parked or throttled task
+-- leaves a token unused: they need only be unique).
+local token = 0
+if #popped > 0 then token = redis.call('INCRBY', K.fence, #popped / 2) - #popped / 2 end
 for i = 1, #popped, 2 do
   local id = popped[i]
   local raw = redis.call('HGET', K.meta, id)
@@ -600,15 +604,15 @@ for i = 1, #popped, 2 do
   end
   if m then
     m.attempts = m.attempts + 1
-    m.token = redis.call('INCR', K.fence)
+    token = token + 1
+    m.token = token
     m.owner = ARGV[3]
     m.state = 'running'
     m.started = now
     if m.lk then bump('r:' .. m.lk, 1) end
     redis.call('HSET', K.meta, id, cjson.encode(m))
     redis.call('ZADD', K.leases, now + lease, id)
-    local payload = redis.call('HGET', K.payload, id) or false
-    local row = {id, m.token, m.attempts, payload, tostring(m.timeout or 0), m.name}
+    local row = {id, m.token, m.attempts, false, tostring(m.timeout or 0), m.name}
     if m.inp then
       -- Upstream values: id, state, signed blob or '', error, its own upstream.
       local inputs = {}
@@ -624,7 +628,12 @@ for i = 1, #popped, 2 do
       row[7] = inputs
     end
     out[#out + 1] = row
+    ids[#ids + 1] = id
   end
+end
+if #ids > 0 then  -- every payload in one read
+  local payloads = redis.call('HMGET', K.payload, unpack(ids))
+  for i, row in ipairs(out) do row[4] = payloads[i] end
 end
 return out
 """,
