@@ -32,6 +32,7 @@ from _tasks import (
     hang,
     raise_value_error,
     record_order,
+    report_then_gate,
 )
 from conftest import REDIS_URL as URL
 from conftest import require_redis
@@ -481,3 +482,37 @@ def test_wait_as_completed_and_join_on_a_broker_client(cluster: Cluster) -> None
             assert all(q.get_task_status(t).state == "completed" for t in more)
 
     asyncio.run(main())
+
+
+def test_report_progress_on_a_node_reaches_the_client_s_task_status(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.node(workers=1)
+    gate = Gate(tmp_path)
+
+    async def main() -> None:
+        async with cluster.queue_client() as q:
+            tid = await q.submit(report_then_gate, gate.paths, 3)
+            gate.wait_started()  # its first report was sent before this
+            assert q.get_task_status(tid).state == "running"
+            # Worker -> node's engine -> node's reporter -> Redis: poll the
+            # observable status, with a deadline.
+            deadline = time.monotonic() + 30
+            while (progress := q.get_task_status(tid).progress) is None:
+                assert time.monotonic() < deadline, "no progress reached the client"
+                await asyncio.sleep(0.01)
+            assert (progress.done, progress.total, progress.message) == (1.0, 3, "first")
+            assert progress.fraction == pytest.approx(1 / 3)
+            gate.release()
+            sent = await q.result(tid, timeout=30)
+            assert sent >= 1
+            final = q.get_task_status(tid)
+            assert final.state == "completed"
+            # The final report (done >= total) is always sent ahead of the
+            # result, and the node writes progress before it reports outcomes.
+            assert final.progress is not None and final.progress.done == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()

@@ -43,6 +43,7 @@ key                           type     holds
 ``{pq:Q}:schedp``             hash     schedule name -> signed payload
 ``{pq:Q}:fired:<name>``       list     the newest 1000 task ids a schedule fired
 ``{pq:Q}:r:<id>``             hash     a final task: state, signed result or error (TTL)
+``{pq:Q}:p:<id>``             string   JSON of a task's last ``report_progress`` (TTL)
 ``{pq:Q}:k:<key>``            string   idempotency key -> first task id (TTL)
 ``{pq:Q}:done``               channel  ids of tasks that became final
 ============================  =======  ==============================================
@@ -204,6 +205,9 @@ class Keys:
 
     def result(self, task_id: int) -> str:
         return self._k(f"r:{task_id}")
+
+    def progress(self, task_id: int) -> str:
+        return self._k(f"p:{task_id}")
 
     def fired(self, schedule: str) -> str:
         return self._k(f"fired:{schedule}")

@@ -39,6 +39,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
+from .._core.records import TaskProgress, _TaskRecord
 from .._policy import RetryPolicy
 from .._runtime.futures import _TaskFuture
 from ..errors import TaskCancelledError
@@ -101,6 +102,10 @@ class Node:
         # id -> (token, local future); guarded by _lock.
         self._held: dict[int, tuple[int, Future[Any]]] = {}
         self._outbox: deque[tuple[int, int, str, bytes, str]] = deque()
+        # report_progress of held tasks, by cluster id (the last one wins),
+        # for the reporter to write; the engine's record id -> cluster id.
+        self._progress: dict[int, TaskProgress] = {}
+        self._local_ids: dict[int, int] = {}
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._finished = threading.Event()  # every held task reported: the keeper ends
@@ -118,6 +123,7 @@ class Node:
     def run(self) -> None:
         """Serve until :meth:`stop`; returns once every held task is reported."""
         self.pool = ProcQueue(self.workers, **self._pool_options)
+        self.pool._engine.watch_progress(self._on_progress)
         threads = [
             threading.Thread(target=self._reporter, name="pq-node-reporter", daemon=True),
             threading.Thread(target=self._keeper, name="pq-node-keeper", daemon=True),
@@ -233,8 +239,9 @@ class Node:
             payload = bind_call(c.payload, c.inputs) if c.inputs else load_call(c.payload)
             started.append((c, fut, engine.new_record(c.name, 0, payload, None, c.timeout, fut)))
         with self._lock:
-            for c, fut, _ in started:
+            for c, fut, rec in started:
                 self._held[c.task_id] = (c.token, fut)
+                self._local_ids[rec.task_id] = c.task_id
         try:
             if len(started) == 1:
                 engine.enqueue(started[0][2])
@@ -242,16 +249,32 @@ class Node:
                 engine.enqueue_many([rec for _, _, rec in started])
         except Exception as e:  # the local pool is closing or broken
             with self._lock:
-                for c, _, _ in started:
+                for c, _, rec in started:
                     self._held.pop(c.task_id, None)
+                    self._local_ids.pop(rec.task_id, None)
             for c, _, _ in started:
                 self._report(c.task_id, c.token, "error", b"", f"{type(e).__name__}: {e}")
             return
-        for c, fut, _ in started:
-            fut.add_done_callback(functools.partial(self._done, c))
+        for c, fut, rec in started:
+            fut.add_done_callback(functools.partial(self._done, c, rec))
 
-    def _done(self, c: Claimed, fut: Future[Any]) -> None:
+    def _on_progress(self, local_id: int, progress: TaskProgress) -> None:
+        # In the engine's coordinator thread: note it, the reporter writes it.
+        with self._lock:
+            tid = self._local_ids.get(local_id)
+            if tid is not None:
+                self._progress[tid] = progress
+                self._lock.notify_all()
+
+    def _done(self, c: Claimed, rec: _TaskRecord, fut: Future[Any]) -> None:
         # In the engine's publishing thread: hand over, never block here.
+        with self._lock:
+            self._local_ids.pop(rec.task_id, None)
+            # Its last report (a final one comes ahead of the result, but may
+            # reach the watchers after this callback): written before the
+            # outcome, in the same reporter round.
+            if rec.progress is not None:
+                self._progress[c.task_id] = rec.progress
         if fut.cancelled():
             outcome, value, error = "cancelled", b"", "cancelled"
         else:
@@ -272,12 +295,21 @@ class Node:
     def _reporter(self) -> None:
         while True:
             with self._lock:
-                while not self._outbox and not (self._stopping.is_set() and not self._held):
+                while (
+                    not self._outbox
+                    and not self._progress
+                    and not (self._stopping.is_set() and not self._held)
+                ):
                     self._lock.wait()
-                if not self._outbox:
+                progress, self._progress = self._progress, {}
+                if not self._outbox and not progress:
                     return
                 # Every outcome waiting, in one pipelined round trip.
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 256))]
+            if progress:
+                self._write_progress(progress)
+            if not batch:
+                continue
             self._finish(batch)
             with self._lock:
                 for tid, _, outcome, _, _ in batch:
@@ -285,6 +317,20 @@ class Node:
                     self.completed += outcome == "completed"
                 self._pace.add(len(batch), time.monotonic())
                 self._lock.notify_all()
+
+    def _write_progress(self, progress: dict[int, TaskProgress]) -> None:
+        """The last report of each task, for clients' ``get_task_status``:
+        plain JSON (no pickle: nothing to sign), kept ``result_ttl``. Best
+        effort: a report lost while Redis is away is followed by the next."""
+        broker = self.broker
+        try:
+            with broker.r.pipeline(transaction=False) as p:
+                for tid, pr in progress.items():
+                    doc = {"done": pr.done, "total": pr.total, "message": pr.message}
+                    p.set(broker.keys.progress(tid), json.dumps(doc), ex=broker.result_ttl)
+                p.execute()
+        except _redis_errors() as e:
+            _log.warning("progress of %d task(s) not written: %s", len(progress), e)
 
     def _finish(self, batch: list[tuple[int, int, str, bytes, str]]) -> None:
         """Report outcomes, retrying while Redis is unreachable, for at most

@@ -9,6 +9,7 @@ once a second, so a missed message (the subscription was reconnecting) only
 delays a result.
 """
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any
 
 from .._core.deps import ResultOf
 from .._core.limits import _TIMER_SLACK, Concurrency, KeyLimits
-from .._core.records import AttemptError, TaskState, TaskStatus
+from .._core.records import AttemptError, TaskProgress, TaskState, TaskStatus
 from .._frontdoor import due_of, link_call, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
 from .._runtime import wire
@@ -350,7 +351,17 @@ class _RemoteCore:
             p.hget(k.meta, task_id)
             p.hgetall(k.result(task_id))
             p.hget(k.ended, task_id)
-            raw, h, gone = p.execute()
+            p.get(k.progress(task_id))
+            raw, h, gone, progress = p.execute()
+        status = self._status(task_id, raw, h, gone)
+        if progress is None:
+            return status
+        # The node's last report_progress of it (plain JSON, written by the node).
+        doc = json.loads(progress)
+        reported = TaskProgress(float(doc["done"]), doc["total"], str(doc["message"]))
+        return dataclasses.replace(status, progress=reported)
+
+    def _status(self, task_id: int, raw: Any, h: Any, gone: Any) -> TaskStatus:
         if raw is not None:
             return status_from_meta(task_id, json.loads(raw))
         if not h and gone is not None:  # ended unrun by its upstream
