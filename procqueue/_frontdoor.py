@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -111,18 +111,6 @@ def link_call(
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
         find_markers(args, kwargs, needed)
     return args, kwargs, tuple(dict.fromkeys([*ids, *sorted(needed)])), needed
-
-
-def _top_level_markers(args: tuple[Any, ...]) -> list[int] | None:
-    """The ids of ``args``' markers if every argument is a marker or a small
-    scalar (the usual ``f(result_of(prev))``); ``None`` otherwise."""
-    ids = []
-    for v in args:
-        if type(v) is ResultOf:
-            ids.append(v.task_id)
-        elif not wire.all_plain((v,)):
-            return None
-    return ids or None
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -312,27 +300,37 @@ def prepare(
             raise OptionTypeError(f"limit_key must be a str, got {limit_key!r}")
         engine.core.keys.check(limit_key)
     upstream: tuple[int, ...] = ()
-    needed: set[int] = set()
+    needed: Collection[int] = ()
     futures: dict[int, Future[Any]] = {}
     plain = False
+    # f(result_of(t), 3): markers only at the top level, beside small scalars.
+    # Pickled with holes where they stand, which the values fill in the
+    # worker (``wire.dump_with_holes``).
+    holes = None
     if after is None and trigger == "all_success":
         plain = _all_atomic(args, kwargs)
         if link and not plain:
-            top = None if kwargs else _top_level_markers(args)
-            if top is not None:  # f(result_of(t), 3): no walk, no swap
-                needed = set(top)
-                upstream = tuple(sorted(needed))
+            holes = wire.dump_with_holes(args, kwargs)
+            if holes is not None:  # no walk, no swap
+                ids = holes[1]
+                needed = upstream = ids if len(ids) == 1 else tuple(sorted(set(ids)))
             else:
                 args, kwargs, upstream, needed, futures = _link_call(
                     engine, args, kwargs, after, trigger
                 )
+                if needed:  # futures of a ProcQueue, now markers
+                    holes = wire.dump_with_holes(args, kwargs)
     elif link:  # map's own chunks hold items, never futures: not walked
         args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
+        if needed:
+            holes = wire.dump_with_holes(args, kwargs)
     name = name_of(fn)
     try:
         fn_blob = wire.dump_callable(fn)
         if plain:  # small scalars only (the usual tiny task): checked once, not twice
             payload = fn_blob, wire.dump_plain_arguments(args, kwargs)
+        elif holes is not None:
+            payload = fn_blob, holes[0]
         else:
             payload = fn_blob, wire.dump_arguments(args, kwargs)
     except Exception as e:

@@ -216,7 +216,9 @@ def test_results_flow_through_both_paths_end_to_end() -> None:
 
 def test_an_unpicklable_upstream_result_fails_the_dependent() -> None:
     """The result pickles in the worker but unpickles, here, as a lock: binding
-    it into the dependent's arguments cannot pickle it again."""
+    it into the dependent's arguments cannot pickle it again. (The dependents
+    are submitted once it has ended, so the coordinator binds them; one that
+    waits for it gets the worker's own bytes instead: test_holes.py.)"""
 
     class BecomesALock:
         def __reduce__(self) -> tuple[Any, ...]:
@@ -228,6 +230,7 @@ def test_an_unpicklable_upstream_result_fails_the_dependent() -> None:
     async def main() -> None:
         async with TaskQueue(num_workers=1) as q:
             up = await q.submit(make)
+            await q.result(up, timeout=BOUND)
             fast = await q.submit(ident, result_of(up))
             nested = await q.submit(ident, [{"v": result_of(up)}])
             for tid in (fast, nested):

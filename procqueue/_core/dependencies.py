@@ -74,23 +74,27 @@ class Dependencies(Outcomes):
             else:
                 up.dependents.append(rec)
 
-    def _on_final(self, rec: _TaskRecord, now: float) -> None:
+    def _on_final(self, rec: _TaskRecord, now: float, sent: Any = None) -> None:
         # The outcome is taken now: retention may drop it from the record next.
-        self._finals.append((rec, rec.outcome))
+        self._finals.append((rec, rec.outcome, sent))
         if self._cascading:
             return  # an outer call is walking the worklist
         self._cascading = True
         try:
             while self._finals:
-                up, outcome = self._finals.pop()
+                up, outcome, sent = self._finals.pop()
                 dependents, up.dependents = up.dependents, None
                 for dep in dependents or ():
                     if dep.state is _WAITING:
-                        self._upstream_ended(dep, up, outcome, now)
+                        self._upstream_ended(dep, up, outcome, now, sent)
         finally:
             self._cascading = False
 
-    def _upstream_ended(self, dep: _TaskRecord, up: _TaskRecord, outcome: Any, now: float) -> None:
+    def _upstream_ended(
+        self, dep: _TaskRecord, up: _TaskRecord, outcome: Any, now: float, sent: Any = None
+    ) -> None:
+        """``up`` ended with ``outcome`` (``sent``: see ``Done``; ``None`` for
+        a dependent linked after the fact, which gets the outcome alone)."""
         state = up.state
         if outcome is RELEASED:  # only a failed upstream under all_success gets here
             errors = up.errors or ()
@@ -99,7 +103,7 @@ class Dependencies(Outcomes):
             if dep.inputs is not None and up.task_id in dep.inputs:
                 if state is _CANCELLED and not isinstance(outcome, BaseException):
                     outcome = TaskCancelledError(f"task {up.task_id} was cancelled")
-                dep.inputs[up.task_id] = outcome
+                dep.inputs[up.task_id] = (outcome, sent)
             dep.waiting_on -= 1
             if dep.waiting_on == 0:
                 self._release(dep, now)
@@ -121,8 +125,9 @@ class Dependencies(Outcomes):
             self._end(dep, _CANCELLED, err2, now, CANCEL)
 
     def _release(self, rec: _TaskRecord, now: float) -> None:
-        """Every upstream ended as the trigger wants: bind their results into
-        the arguments, then on to the heap (or the delayed heap, if not due)."""
+        """Every upstream ended as the trigger wants: the shell puts their
+        results in the payload (``bind_inputs``), then on to the heap (or the
+        delayed heap, if not due)."""
         if self.broken is not None:
             self._end(rec, _FAILED, self.broken, now, ERROR)
             return

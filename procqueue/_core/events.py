@@ -41,7 +41,9 @@ class InitFailed(NamedTuple):
 class Done(NamedTuple):
     """The head task of ``slot`` ended: ``ok`` with ``value``, or with the
     exception ``value`` (remote traceback text ``tb``). Times are the worker's
-    wall clock."""
+    wall clock. ``sent``: the value as its worker pickled it (opaque here),
+    handed to dependents that take it so the shell can pass it on unopened;
+    ``None`` where the shell has only ``value`` to pass."""
 
     slot: int
     task_id: int
@@ -50,6 +52,7 @@ class Done(NamedTuple):
     tb: str
     started: float
     finished: float
+    sent: Any = None
 
 
 class Exited(NamedTuple):

@@ -4,6 +4,7 @@ letter queue), cancel, requeue uncharged; and how long a finished record stays."
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ..errors import (
     TaskCancelledError,
@@ -154,11 +155,12 @@ class Outcomes(CoreState):
             self.settlements.append((rec.future, settle, err))
         self._bookkeep(rec, now)
 
-    def _bookkeep(self, rec: _TaskRecord, now: float) -> None:
-        """``rec`` just became final: tell its dependents, wake submitters,
-        retention, publish."""
+    def _bookkeep(self, rec: _TaskRecord, now: float, sent: Any = None) -> None:
+        """``rec`` just became final: tell its dependents (``sent``: its value
+        as its worker pickled it, see ``Done``), wake submitters, retention,
+        publish."""
         if rec.dependents:
-            self._on_final(rec, now)
+            self._on_final(rec, now, sent)
         if self.config.max_pending is not None:
             self.space_freed = True
         if rec.future is not None and rec.external:
@@ -174,7 +176,7 @@ class Outcomes(CoreState):
             self.make_evictable(rec.task_id)
         self._emit(rec)
 
-    def _on_final(self, rec: _TaskRecord, now: float) -> None:
+    def _on_final(self, rec: _TaskRecord, now: float, sent: Any = None) -> None:
         """Hook: ``rec`` ended and has dependents (``dependencies.py``)."""
 
     def _waiting_records(self) -> list[_TaskRecord]:

@@ -276,7 +276,8 @@ class _TaskRecord:
         self.due_at: float | None = None
         # Dependencies: the upstream ids (set before admission), how many have
         # not ended, the records waiting on this one, the trigger, and the
-        # upstream values to bind into the arguments ({id: value}).
+        # upstream values to put in the arguments: {id: None, or the caller's
+        # future} until that upstream ends, then {id: (outcome, sent)} (``Done``).
         self.upstream: tuple[int, ...] = ()
         self.waiting_on = 0
         self.dependents: list[_TaskRecord] | None = None

@@ -261,7 +261,7 @@ class Scheduler(Supervision):
             tally.count_completion(now)
             if rec.future is not None:
                 self.settlements.append((rec.future, OK, ev.value))
-            self._bookkeep(rec, now)
+            self._bookkeep(rec, now, ev.sent)
         else:
             cancelled = rec.task_id in slot.cancelled
             self._attempt_failed(rec, ev.value, slot.pid, None, ev.tb, now, cancelled=cancelled)

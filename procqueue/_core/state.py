@@ -47,8 +47,9 @@ class CoreState:
     ) -> None:
         self.config = config
         self.rand = rand
-        #: Rebuilds a payload with upstream results bound in (the codec is the
-        #: shell's: the core never pickles).
+        #: ``(payload, inputs) -> payload``: a released dependent's payload with
+        #: its upstream results in it, ``inputs`` being ``{id: (outcome, sent)}``
+        #: (``sent``: see ``Done``). The codec is the shell's: the core never pickles.
         self.bind_inputs = bind_inputs
         #: Added to ``now`` to stamp records with wall-clock times.
         self.wall_offset = wall_offset
@@ -85,7 +86,7 @@ class CoreState:
         self.space_freed = False
         # Dependencies: upstream records that ended, with their outcome, whose
         # dependents are still to be told (a worklist: chains are not recursion).
-        self._finals: list[tuple[_TaskRecord, Any]] = []
+        self._finals: list[tuple[_TaskRecord, Any, Any]] = []
         self._cascading = False
         # Retention of claimed records; run-time means per callable (prefetch).
         self._finished: deque[int] = deque()

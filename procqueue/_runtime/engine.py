@@ -72,7 +72,7 @@ from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotF
 from .processes import close_fds
 from .state import EngineState, ReadSide
 from .transport import OnReady, Poller, Transport
-from .wire import bind_inputs
+from .wire import bind_inputs, pass_inputs
 
 _log = logging.getLogger("procqueue.coordinator")
 
@@ -131,7 +131,7 @@ class Engine(ReadSide):
             import random
 
             rand = random.Random().random
-        core = Scheduler(config, now=time.monotonic(), rand=rand, bind_inputs=bind_inputs)
+        core = Scheduler(config, now=time.monotonic(), rand=rand, bind_inputs=pass_inputs)
         super().__init__(config, core, transport)
         self._commands: deque[_Cancel | _Stop] = deque()
         self._sleeping = False

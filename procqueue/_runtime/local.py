@@ -232,7 +232,7 @@ class LocalTransport(Transport):
         for frame in frames:
             msg, blob = wire.decode(frame)
             if type(msg) is wire.Result:
-                events.append(_done(p, msg, blob))
+                events.append(_done(p, msg, blob, frame))
             elif type(msg) is wire.LogMessage:
                 _forward_log(msg.record)
             elif type(msg) is wire.Progress:
@@ -307,7 +307,7 @@ class LocalTransport(Transport):
         self._lifeline_r = self._lifeline_w = -1
 
 
-def _done(p: _Proc, msg: wire.Result, blob: memoryview) -> Done:
+def _done(p: _Proc, msg: wire.Result, blob: memoryview, frame: bytes | bytearray) -> Done:
     tb = ""
     if p.spilled:
         p.spilled.pop(msg.task_id, None)  # the worker has read its arguments
@@ -319,9 +319,12 @@ def _done(p: _Proc, msg: wire.Result, blob: memoryview) -> Done:
                 f"the result of task {msg.task_id} could not be unpickled: {type(e).__name__}: {e}"
             )
             return Done(p.slot, msg.task_id, False, value, tb, msg.started, msg.finished)
-    else:
-        value, tb = _rebuild_error(blob)
-    return Done(p.slot, msg.task_id, msg.ok, value, tb, msg.started, msg.finished)
+        # The frame itself goes on to the dependents' workers, unless its
+        # buffers came through the side file (whose space the worker reuses).
+        sent = None if blob[3] & 0x80 else frame  # _shm.SPILLED
+        return Done(p.slot, msg.task_id, True, value, tb, msg.started, msg.finished, sent)
+    value, tb = _rebuild_error(blob)
+    return Done(p.slot, msg.task_id, False, value, tb, msg.started, msg.finished)
 
 
 def _rebuild_error(blob: memoryview) -> tuple[BaseException, str]:

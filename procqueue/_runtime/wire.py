@@ -12,7 +12,8 @@ A frame is ``<Q body_len>`` then a body that starts with a one-byte tag:
 Blobs are written with ``writev`` straight from the bytes produced at
 ``submit``, never re-pickled. Buffers of 64 KiB or more inside a value blob
 travel through the worker's side files instead (``_shm.py``); the blob says
-where.
+where. A dependent's ``result_of`` values travel inside its arguments blob
+as the ``Result`` frames their own workers sent, unopened (see "holes" below).
 
 Each worker has two one-way pipes (``os.pipe``): *tasks* (coordinator -> worker)
 and *results* (worker -> coordinator). The coordinator's ends are non-blocking
@@ -43,7 +44,7 @@ import cloudpickle
 from .._core.deps import ResultOf, bind
 from . import _shm
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 _LEN = struct.Struct("<Q")
 _HEADER_SIZE = _LEN.size
@@ -517,6 +518,9 @@ class CallRefs:
             fids.append(fid)
             if len(arg_segments) == 2 and type(arg_segments[1]) is bytes:
                 sizes.append(len(arg_segments[0]) + len(arg_segments[1]))  # no out-of-band
+            elif arg_segments[0][3] & _HOLES_BYTE:
+                # Upstream frames, forwarded as they came: never spilled.
+                sizes.append(sum(map(len, arg_segments)))
             else:
                 if outbox is not None and len(arg_segments) > 2:
                     spilled = outbox.spill(arg_segments, keys[len(fids) - 1])
@@ -676,7 +680,9 @@ def dump_value(value: object) -> list[Any]:
 
 def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
     """Unpickle a value blob; out-of-band buffers are views of ``blob``, or
-    read from the side file of ``inbox`` where the blob says they were spilled."""
+    read from the side file of ``inbox`` where the blob says they were spilled.
+    A call with holes comes back with its upstream values in them (markers
+    where none came along yet)."""
     (n,) = struct.unpack_from("<I", blob, 0)
     if not n:
         return pickle.loads(blob[4:])
@@ -685,6 +691,8 @@ def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
             raise ValueError("a value blob with spilled buffers, and no side file")
         pickled, spilled = inbox.fetch(blob, n & ~_shm.SPILLED)
         return pickle.loads(pickled, buffers=spilled)
+    if n & HOLES:
+        return _fill_holes(blob, n & ~HOLES)
     sizes = struct.unpack_from(f"<{n}Q", blob, 4)
     end = len(blob)
     start = end - sum(sizes)
@@ -694,6 +702,143 @@ def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
         buffers.append(blob[pos : pos + size])
         pos += size
     return pickle.loads(blob[4 + 8 * n : start], buffers=buffers)
+
+
+# --- calls with holes: upstream values bound in the worker (issue #8) -----------------
+# A call whose arguments are small builtin scalars and top-level ``result_of``
+# markers (the usual ``f(result_of(t), 3)``) is pickled with ``None`` in each
+# marker's place, and its blob says where the holes are:
+# ``<I k | HOLES><k q places><k q task ids><k Q sizes>`` + pickle + k frames.
+# A place >= 0 is a positional argument, < 0 keyword argument number
+# ``-place - 1`` in the call's order. No pickle at all: the call is its holes,
+# in order (``f(result_of(t))``, a chain's link). While the dependent waits,
+# the sizes are 0 and a hole loads as its marker (what a dashboard shows). On
+# release each becomes the length of the upstream's ``Result`` frame body, as
+# its worker sent it, appended after the pickle: the coordinator forwards
+# those bytes instead of unpickling the call, binding the values and pickling
+# it again (~20k instructions a dependent, of ~160k a task), and the marker
+# is never pickled (~12k more: a class is a global, an import lookup each way).
+
+HOLES = 1 << 30
+_HOLES_BYTE = HOLES >> 24  # the flag in a blob's last header byte (little-endian)
+_ONE_HOLE = struct.Struct("<Iqqq")
+_SIZE = struct.Struct("<Q")
+
+
+def dump_with_holes(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> tuple[list[Any], tuple[int, ...]] | None:
+    """``(args, kwargs)`` as a call blob with holes, and the upstream ids
+    they take, when every argument is a small builtin scalar or a top-level
+    marker and one at least is a marker; otherwise ``None``."""
+    if len(args) == 1 and not kwargs:  # f(result_of(t)), a chain's link: no lists
+        v = args[0]
+        if type(v) is not ResultOf:
+            return None
+        tid: int = v.task_id
+        return [_ONE_HOLE.pack(1 | HOLES, 0, tid, 0), b""], (tid,)
+    places: list[int] = []
+    ids: list[int] = []
+    atomic = _ATOMIC
+    for place, v in enumerate(args):  # a plain loop: this runs on every such submit
+        t = type(v)
+        if t is ResultOf:
+            places.append(place)
+            ids.append(v.task_id)  # type: ignore[attr-defined]
+        elif t not in atomic or (t is bytes and len(v) >= _BIG):  # type: ignore[arg-type]
+            return None
+    if kwargs:
+        for j, v in enumerate(kwargs.values()):
+            t = type(v)
+            if t is ResultOf:
+                places.append(-j - 1)
+                ids.append(v.task_id)  # type: ignore[attr-defined]
+            elif t not in atomic or (t is bytes and len(v) >= _BIG):  # type: ignore[arg-type]
+                return None
+    k = len(places)
+    if not k:
+        return None
+    if k == 1:
+        header = _ONE_HOLE.pack(1 | HOLES, places[0], ids[0], 0)
+    else:
+        header = struct.pack(f"<I{3 * k}q", k | HOLES, *places, *ids, *([0] * k))
+    if k == len(args) and not kwargs:  # markers only: nothing to pickle
+        return [header, b""], tuple(ids)
+    hollow = list(args)
+    names = list(kwargs)
+    kw = dict(kwargs)
+    for place in places:
+        if place >= 0:
+            hollow[place] = None
+        else:
+            kw[names[-place - 1]] = None
+    return [header, pickle.dumps((tuple(hollow), kw), protocol=5)], tuple(ids)
+
+
+def _fill_holes(blob: memoryview, k: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call blob with ``k`` holes, unpickled: each hole holds its upstream's
+    value where its frame came along, else its marker."""
+    if k == 1:
+        _, _, tid, size = _ONE_HOLE.unpack_from(blob)
+        if len(blob) == _ONE_HOLE.size + size:  # f(result_of(t)): the hole is the call
+            frame = _ONE_HOLE.size + _RESULT.size
+            return (load_value(blob[frame:]) if size else ResultOf(tid),), {}
+    spec = struct.unpack_from(f"<{3 * k}q", blob, 4)
+    pos = len(blob) - sum(spec[2 * k :])
+    if pos == 4 + 24 * k:  # no pickle: the holes are the call
+        args: tuple[Any, ...] = (None,) * k
+        kwargs: dict[str, Any] = {}
+    else:
+        args, kwargs = pickle.loads(blob[4 + 24 * k : pos])
+    filled = list(args)
+    names: list[str] | None = None
+    for i in range(k):
+        place, size = spec[i], spec[2 * k + i]
+        if size:
+            value = load_value(blob[pos + _RESULT.size : pos + size])
+            pos += size
+        else:
+            value = ResultOf(spec[k + i])
+        if place >= 0:
+            filled[place] = value
+        else:
+            if names is None:
+                names = list(kwargs)
+            kwargs[names[-place - 1]] = value
+    return tuple(filled), kwargs
+
+
+def pass_inputs(
+    payload: tuple[bytes, list[Any]], inputs: dict[int, tuple[Any, Any]]
+) -> tuple[bytes, list[Any]]:
+    """The scheduler's hook when a dependent is released: its payload with
+    the upstream values it takes. ``inputs``: upstream id -> ``(outcome,
+    sent)``, ``sent`` being the upstream's ``Result`` frame (``Done.sent``), or
+    ``None`` where only the outcome is at hand. A call with holes whose every
+    upstream sent one gets those frames, to be unpickled in its worker only;
+    anything else is bound here by :func:`bind_inputs`: markers nested in
+    containers, an exception under ``all_done``, a value that had arrived
+    before the dependent was submitted, one that came through the side file.
+    Raises if a value bound here cannot be pickled."""
+    fn_blob, segments = payload
+    header = segments[0]
+    if len(segments) == 2 and header[3] & _HOLES_BYTE:
+        k = len(header) // 24  # 4 + 24 k bytes
+        if k == 1 and len(inputs) == 1:  # one hole, so its one upstream
+            frames = [pair[1] for pair in inputs.values()]
+        else:
+            frames = [inputs[tid][1] for tid in struct.unpack_from(f"<{k}q", header, 4 + 8 * k)]
+        if None not in frames:
+            if k == 1:
+                sizes = _SIZE.pack(len(frames[0]))
+            else:
+                sizes = struct.pack(f"<{k}Q", *map(len, frames))
+            parts = [header[: 4 + 16 * k], sizes, segments[1], *frames]
+            if sum(map(len, frames)) < _BIG:
+                # One blob: a batch then takes an iovec per call (writev takes 512).
+                return fn_blob, [b"".join(parts)]
+            return fn_blob, [parts[0] + parts[1], *parts[2:]]
+    return bind_inputs(payload, {tid: pair[0] for tid, pair in inputs.items()})
 
 
 class _Unloadable:

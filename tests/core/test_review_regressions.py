@@ -55,7 +55,7 @@ def test_a_dependent_admitted_before_the_upstream_future_is_settled_gets_its_val
     shell.done(0, a, 1.0)
     assert a.state is TaskState.COMPLETED and not a.future.done()
     mk(shell, after=(a.task_id,), needs=(a.task_id,), now=1.0)
-    assert bound == {a.task_id: "r1"}
+    assert bound == {a.task_id: ("r1", None)}  # linked after the fact: no frame to forward
 
 
 def test_a_released_task_waiting_for_a_worker_does_not_spin_or_drain_the_fifo() -> None:
