@@ -792,6 +792,7 @@ def test_del_shutdown() -> None:
     """test_shutdown.py ProcessPoolShutdownTest.test_del_shutdown: dropping the
     last reference to an executor that was never shut down lets its workers
     exit once the submitted work is done, and the results are all computed."""
+    before = set(threading.enumerate())
     pool = ProcQueue(max_workers=1)
     engine_ref = None
     pid = None
@@ -811,6 +812,12 @@ def test_del_shutdown() -> None:
             pass  # already exited and reaped: what this test wants
         except psutil.TimeoutExpired:
             pytest.fail("the worker of a garbage-collected ProcQueue is still running")
+        # Its coordinator thread ends too, once it has reaped the worker (on a
+        # loaded machine that can come a little after the worker's exit).
+        for t in set(threading.enumerate()) - before:
+            if t.name.startswith("procqueue"):
+                t.join(HANG_BOUND)
+                assert not t.is_alive(), f"{t.name} of a garbage-collected ProcQueue still runs"
     finally:
         engine = engine_ref() if engine_ref is not None else None
         if engine is not None:
