@@ -720,7 +720,7 @@ def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
 # is never pickled (~12k more: a class is a global, an import lookup each way).
 
 HOLES = 1 << 30
-_HOLES_BYTE = HOLES >> 24  # the flag in a blob's last header byte (little-endian)
+_HOLES_BYTE = HOLES >> 24  # the flag in a blob's fourth byte (the count's high byte)
 _ONE_HOLE = struct.Struct("<Iqqq")
 _SIZE = struct.Struct("<Q")
 
