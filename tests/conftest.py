@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -102,3 +103,21 @@ def require_redis() -> object:
         if os.environ.get("PROCQUEUE_REQUIRE_SERVICES") == "1":
             pytest.fail(f"Redis is required (PROCQUEUE_REQUIRE_SERVICES=1) but {REDIS_URL}: {e}")
         pytest.skip(f"no Redis at {REDIS_URL}: {e}")
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A ``Broker`` on a queue of its own (deleted afterwards), signing with the
+    test module's ``SECRET``; skips (or, in CI, fails) without Redis."""
+    import uuid
+
+    from procqueue.redis._protocol import Broker
+    from procqueue.redis._signing import Signer
+
+    client: Any = require_redis()
+    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([request.module.SECRET]), result_ttl=60)
+    yield b
+    keys = list(client.scan_iter(match=f"{b.keys.tag}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

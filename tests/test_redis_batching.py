@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import pickle
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from conftest import require_redis
 
 from procqueue import RetryPolicy
 from procqueue.errors import InvalidArgumentError
@@ -24,20 +21,9 @@ from procqueue.redis import _node
 from procqueue.redis._codec import dump_outcome, load_outcome
 from procqueue.redis._node import MAX_EXTRA, PREFETCH_WINDOW, Node, _Pace
 from procqueue.redis._protocol import Broker, announced
-from procqueue.redis._signing import Signer
 
 SECRET = b"b" * 32
 
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    client = require_redis()
-    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
-    yield b
-    keys = list(client.scan_iter(match=f"{b.keys.tag}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_one_report_of_many_outcomes_fences_each_and_announces_them_at_once(broker: Broker) -> None:

@@ -13,8 +13,6 @@ on a node started through the CLI. Without Redis they skip, unless
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +35,10 @@ from procqueue import (
 from procqueue._runtime import wire
 from procqueue.redis._codec import dump_call, load_call
 from procqueue.redis._protocol import Broker
-from procqueue.redis._signing import Signer
 
 SECRET = b"s" * 32
 NO_WAIT = RetryPolicy(max_retries=0, backoff_base=0)
 
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    client = require_redis()
-    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
-    yield b
-    keys = list(b.r.scan_iter(match=f"{b.keys.tag}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def call(fn: Any, *args: Any) -> bytes:

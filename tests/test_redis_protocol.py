@@ -13,7 +13,6 @@ import itertools
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,16 +30,6 @@ from procqueue.redis._signing import Signer
 SECRET = b"s" * 32
 NO_WAIT = RetryPolicy(max_retries=0, backoff_base=0)
 
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    client = require_redis()
-    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
-    yield b
-    keys = list(client.scan_iter(match=f"{b.keys.tag}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def tag_keys(b: Broker) -> set[bytes]:

@@ -17,8 +17,6 @@ import itertools
 import json
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +33,6 @@ from procqueue.redis._signing import Signer
 
 SECRET = b"s" * 32
 
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    client = require_redis()
-    b = Broker(client, f"t-{uuid.uuid4().hex[:12]}", Signer([SECRET]), result_ttl=60)
-    yield b
-    keys = list(b.r.scan_iter(match=f"{b.keys.tag}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def scheduled(broker: Broker, overlap: str) -> RemoteSchedule:
