@@ -98,19 +98,30 @@ def link_call(
     ``upstream_id``, then the ``result_of`` markers), the ids whose results
     the call takes, and the arguments with ``swap`` applied to every value a
     marker may hide in (a queue's own futures become values or markers)."""
-    if trigger not in TRIGGERS:
-        raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
-    ids: list[int] = []
-    if after is not None:
-        if isinstance(after, (str, bytes, int, Future)):
-            raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
-        ids = [upstream_id(a) for a in after]
+    ids = after_ids(after, trigger, upstream_id)
     needed: set[int] = set()
     if not _all_atomic(args, kwargs):  # else no marker or future to find
         args = tuple(replace_markers(v, swap) for v in args)
         kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
         find_markers(args, kwargs, needed)
-    return args, kwargs, tuple(dict.fromkeys([*ids, *sorted(needed)])), needed
+    if needed:
+        ids = tuple(dict.fromkeys([*ids, *sorted(needed)]))
+    return args, kwargs, ids, needed
+
+
+def after_ids(
+    after: Iterable[Any] | None, trigger: str, upstream_id: Callable[[Any], int]
+) -> tuple[int, ...]:
+    """``after``'s upstream ids through ``upstream_id``, distinct and in
+    order; a typed error for a bad ``trigger`` or ``after``."""
+    if trigger not in TRIGGERS:
+        raise InvalidArgumentError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+    if after is None:
+        return ()
+    if isinstance(after, (str, bytes, int, Future)):
+        raise OptionTypeError(f"after must be a list of task ids or futures, got {after!r}")
+    ids = tuple(map(upstream_id, after))
+    return ids if len(ids) < 2 else tuple(dict.fromkeys(ids))
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -126,6 +137,8 @@ def task_id(future: Future[Any]) -> int:
 
 
 def _upstream_id(engine: Engine, item: int | Future[Any]) -> int:
+    if type(item) is int:
+        return item
     if isinstance(item, Future):
         if getattr(item, "_cancel_hook", None) is not engine._cancel_ref:
             raise InvalidArgumentError(f"{item!r} is not a future of this queue")
@@ -320,6 +333,10 @@ def prepare(
                 )
                 if needed:  # futures of a ProcQueue, now markers
                     holes = wire.dump_with_holes(args, kwargs)
+    elif link and _all_atomic(args, kwargs):
+        # f(x, after=[t]): small scalars hold no marker or future; only the ids.
+        upstream = after_ids(after, trigger, functools.partial(_upstream_id, engine))
+        plain = True
     elif link:  # map's own chunks hold items, never futures: not walked
         args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
         if needed:

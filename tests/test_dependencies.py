@@ -114,8 +114,16 @@ def test_bad_dependencies_are_rejected_at_the_call() -> None:
                 await q.submit(add, 1, after=5)  # type: ignore[arg-type]
             with pytest.raises(InvalidArgumentError):
                 await q.submit(add, 1, after=[], trigger="sometimes")
+            for bad in (["1"], [True], [1.0]):
+                with pytest.raises(OptionTypeError):
+                    await q.submit(add, 1, after=bad)  # type: ignore[arg-type]
             assert q.get_stats().submitted == 0  # nothing of the above was queued
             first = await q.submit(add, 1)
+            second = await q.submit(add, 2)
+            # Repeated ids count once, in the order given.
+            both = await q.submit(add, 3, after=[second, first, second])
+            assert q.get_task_status(both).after == (second, first)
+            assert await q.result(both, timeout=BOUND) == 3
             assert await q.result(first, timeout=BOUND) == 1
             # An upstream that already completed: the dependent runs at once.
             later = await q.submit(add, result_of(first), 1)

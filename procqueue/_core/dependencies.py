@@ -43,14 +43,28 @@ class Dependencies(Outcomes):
         """Admit ``rec`` (born ``WAITING``) under its upstream tasks. Raises,
         before changing anything, for an unknown upstream or a result that is
         no longer held."""
+        upstream = rec.upstream
+        if len(upstream) == 1 and rec.inputs is None:  # a chain link: after=[t]
+            up = self.tasks.get(upstream[0])
+            if up is None:
+                raise _unknown(upstream[0])
+            rec.state = _WAITING
+            rec.waiting_on = 1
+            self.tasks[rec.task_id] = rec
+            self.tally.admit(1, _WAITING)
+            self._emit(rec)
+            if up.state.is_final:
+                self._upstream_ended(rec, up, up.outcome, now)
+            elif up.dependents is None:
+                up.dependents = [rec]
+            else:
+                up.dependents.append(rec)
+            return
         ups = []
         for tid in rec.upstream:
             up = self.tasks.get(tid)
             if up is None:
-                raise TaskNotFoundError(
-                    f"upstream task {tid} is unknown to this queue (never submitted here, "
-                    "or dropped by retain_finished)"
-                )
+                raise _unknown(tid)
             needed = rec.inputs is not None and tid in rec.inputs
             wanted = needed and (up.state is _COMPLETED or (rec.all_done and up.state.is_final))
             if wanted and _outcome_of(up, rec) is RELEASED:
@@ -157,6 +171,13 @@ class Dependencies(Outcomes):
     def _waiting_records(self) -> list[_TaskRecord]:
         """Every ``WAITING`` record, in id order (a scan: only for stop and break)."""
         return [r for r in self.tasks.values() if r.state is _WAITING]
+
+
+def _unknown(tid: int) -> TaskNotFoundError:
+    return TaskNotFoundError(
+        f"upstream task {tid} is unknown to this queue (never submitted here, "
+        "or dropped by retain_finished)"
+    )
 
 
 def _outcome_of(up: _TaskRecord, dep: _TaskRecord) -> Any:
