@@ -189,3 +189,42 @@ def test_a_listed_schedule_runs_now_with_its_own_retry_policy(broker: Broker) ->
             handle.cancel()
 
     asyncio.run(main())
+
+
+def test_a_node_never_holds_more_than_its_capacity_with_two_claimers(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim loop and the reporter (which claims when its reports free
+    room) take turns: no claim asks for more than the room left, so a node
+    with 1 worker and ``prefetch=1`` never holds more than 2 tasks."""
+    import threading
+
+    from procqueue.redis._codec import dump_call
+
+    ids = [broker.submit(dump_call(abs, (-i,), {}), name="abs") for i in range(40)]
+    node = Node(broker, 1, prefetch=1)
+    capacity, seen = 2, []
+    claim = broker.claim
+
+    def counted_claim(n: int, lease: float, owner: str) -> Any:
+        with node._lock:
+            seen.append((threading.current_thread().name, len(node._held), n))
+        return claim(n, lease, owner)
+
+    monkeypatch.setattr(broker, "claim", counted_claim)
+    runner = threading.Thread(target=node.run, name="node-run")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while node.completed < len(ids):  # a condition with a deadline
+            assert time.monotonic() < deadline, f"{node.completed} of {len(ids)} done"
+            time.sleep(0.01)
+    finally:
+        node.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    outcomes = [broker.lookup(t)[0] for t in ids]
+    assert [o.state if o else None for o in outcomes] == ["completed"] * len(ids)
+    assert [load_outcome(o.value) for o in outcomes if o] == list(range(len(ids)))
+    assert all(held + n <= capacity for _, held, n in seen), seen
+    assert {who for who, _, _ in seen} == {"node-run", "pq-node-reporter"}
