@@ -13,7 +13,7 @@ from ._core.limits import Concurrency, RateLimit
 from ._core.records import AttemptError, TaskProgress, TaskState, TaskStatus
 from ._frontdoor import DeadLetterQueue, result_of
 from ._policy import RetryPolicy, WorkerLimits
-from ._runtime.wire import refresh_function
+from ._runtime._calls import refresh_function
 from ._runtime.worker import report_progress
 from ._schedules import Schedule
 from .errors import (

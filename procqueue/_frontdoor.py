@@ -23,7 +23,7 @@ from ._core.deps import ResultOf, find_markers, replace_markers
 from ._core.limits import Concurrency, RateLimit
 from ._core.records import _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits, resolve_policy
-from ._runtime import wire
+from ._runtime import _calls
 from ._runtime.engine import Engine
 from ._runtime.futures import _TaskFuture
 from ._runtime.local import LocalTransport
@@ -125,7 +125,7 @@ def after_ids(
 
 
 def _all_atomic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    return wire.all_plain(args) and (not kwargs or wire.all_plain(kwargs.values()))
+    return _calls.all_plain(args) and (not kwargs or _calls.all_plain(kwargs.values()))
 
 
 def task_id(future: Future[Any]) -> int:
@@ -318,12 +318,12 @@ def prepare(
     plain = False
     # f(result_of(t), 3): markers only at the top level, beside small scalars.
     # Pickled with holes where they stand, which the values fill in the
-    # worker (``wire.dump_with_holes``).
+    # worker (``_calls.dump_with_holes``).
     holes = None
     if after is None and trigger == "all_success":
         plain = _all_atomic(args, kwargs)
         if link and not plain:
-            holes = wire.dump_with_holes(args, kwargs)
+            holes = _calls.dump_with_holes(args, kwargs)
             if holes is not None:  # no walk, no swap
                 ids = holes[1]
                 needed = upstream = ids if len(ids) == 1 else tuple(sorted(set(ids)))
@@ -332,7 +332,7 @@ def prepare(
                     engine, args, kwargs, after, trigger
                 )
                 if needed:  # futures of a ProcQueue, now markers
-                    holes = wire.dump_with_holes(args, kwargs)
+                    holes = _calls.dump_with_holes(args, kwargs)
     elif link and _all_atomic(args, kwargs):
         # f(x, after=[t]): small scalars hold no marker or future; only the ids.
         upstream = after_ids(after, trigger, functools.partial(_upstream_id, engine))
@@ -340,16 +340,16 @@ def prepare(
     elif link:  # map's own chunks hold items, never futures: not walked
         args, kwargs, upstream, needed, futures = _link_call(engine, args, kwargs, after, trigger)
         if needed:
-            holes = wire.dump_with_holes(args, kwargs)
+            holes = _calls.dump_with_holes(args, kwargs)
     name = name_of(fn)
     try:
-        fn_blob = wire.dump_callable(fn)
+        fn_blob = _calls.dump_callable(fn)
         if plain:  # small scalars only (the usual tiny task): checked once, not twice
-            payload = fn_blob, wire.dump_plain_arguments(args, kwargs)
+            payload = fn_blob, _calls.dump_plain_arguments(args, kwargs)
         elif holes is not None:
             payload = fn_blob, holes[0]
         else:
-            payload = fn_blob, wire.dump_arguments(args, kwargs)
+            payload = fn_blob, _calls.dump_arguments(args, kwargs)
     except Exception as e:
         raise _cannot_pickle(name, e) from e
     rec = engine.new_record(name, priority, payload, policy, timeout, future)
@@ -383,7 +383,7 @@ def chunk_runner(
     engine.check_open()
     name = name_of(fn)
     try:
-        return ChunkRunner(name, wire.dump_callable(functools.partial(runner, fn)))
+        return ChunkRunner(name, _calls.dump_callable(functools.partial(runner, fn)))
     except Exception as e:
         raise _cannot_pickle(name, e) from e
 
@@ -394,7 +394,7 @@ def prepare_chunk(
     """One chunk of ``map``: the runner's bytes, and the chunk's items pickled."""
     engine.check_open()
     try:
-        segments = wire.dump_arguments((chunk,), {})
+        segments = _calls.dump_arguments((chunk,), {})
     except Exception as e:
         raise _cannot_pickle(runner.name, e) from e
     return engine.new_record(runner.name, 0, (runner.fn_blob, segments), None, None, future)
@@ -409,13 +409,13 @@ def prepare_many(
     engine.check_open()
     name = name_of(fn)
     try:
-        fn_blob = wire.dump_callable(fn)
+        fn_blob = _calls.dump_callable(fn)
     except Exception as e:
         raise _cannot_pickle(name, e) from e
     records = []
     for args, fut in zip(calls, futures):
         try:
-            segments = wire.dump_arguments(args, {})
+            segments = _calls.dump_arguments(args, {})
         except Exception as e:
             raise _cannot_pickle(name, e) from e
         records.append(engine.new_record(name, 0, (fn_blob, segments), None, None, fut))

@@ -1,4 +1,4 @@
-"""``wire.bind_inputs``: binding upstream results into a waiting call's pickled
+"""``_calls.bind_inputs``: binding upstream results into a waiting call's pickled
 arguments. The fast path (top-level markers bound to scalars) and the general
 walk (markers nested in lists, tuples and dicts, keyword arguments, values
 that are not scalars, out-of-band buffers) must both give exactly what
@@ -19,10 +19,10 @@ from _tasks import add, ident
 
 from procqueue import SerializationError, TaskQueue, result_of
 from procqueue._core.deps import ResultOf, bind
-from procqueue._runtime import wire
+from procqueue._runtime import _calls
 
 BOUND = 30.0
-BIG = b"x" * (1 << 17)  # above wire._BIG: travels out of band
+BIG = b"x" * (1 << 17)  # above _calls._BIG: travels out of band
 Pair = namedtuple("Pair", "a b")
 
 
@@ -40,14 +40,14 @@ def _reference_bind(value: Any, values: dict[int, Any]) -> Any:
 
 
 def _payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[Any]]:
-    return wire.dump_callable(ident), wire.dump_arguments(args, kwargs)
+    return _calls.dump_callable(ident), _calls.dump_arguments(args, kwargs)
 
 
 def _decode(segments: list[Any]) -> Any:
     """What a worker does with the bound segments."""
-    fn_blob = wire.dump_callable(ident)
+    fn_blob = _calls.dump_callable(ident)
     blob = memoryview(b"".join(bytes(memoryview(s)) for s in segments))
-    fn, args, kwargs = wire.CallLoader().load(memoryview(fn_blob), blob, 0)
+    fn, args, kwargs = _calls.CallLoader().load(memoryview(fn_blob), blob, 0)
     assert fn is ident
     return args, kwargs
 
@@ -89,27 +89,27 @@ def test_bound_payload_is_what_dump_arguments_gives(
         walks.append(value)
         return bind(value, values)
 
-    monkeypatch.setattr(wire, "bind", spy)  # the general path walks with wire.bind
-    fn_blob, segments = wire.bind_inputs(_payload(args, kwargs), VALUES)
+    monkeypatch.setattr(_calls, "bind", spy)  # the general path walks with _calls.bind
+    fn_blob, segments = _calls.bind_inputs(_payload(args, kwargs), VALUES)
     assert bool(walks) is not fast
     want_args = _reference_bind(args, VALUES)
     want_kwargs = _reference_bind(kwargs, VALUES)
-    assert fn_blob == wire.dump_callable(ident)
-    assert _flat_bytes(segments) == _flat_bytes(wire.dump_arguments(want_args, want_kwargs))
+    assert fn_blob == _calls.dump_callable(ident)
+    assert _flat_bytes(segments) == _flat_bytes(_calls.dump_arguments(want_args, want_kwargs))
     got_args, got_kwargs = _decode(segments)
     assert got_args == want_args and type(got_args) is tuple
     assert got_kwargs == want_kwargs and list(got_kwargs) == list(kwargs)
 
 
 def test_fast_path_result_is_one_plain_pickle() -> None:
-    _, segments = wire.bind_inputs(_payload((ResultOf(9), 1), {"k": ResultOf(8)}), {9: 5, 8: "v"})
-    assert segments == [wire._NO_BUFFERS, pickle.dumps(((5, 1), {"k": "v"}), protocol=5)]
+    _, segments = _calls.bind_inputs(_payload((ResultOf(9), 1), {"k": ResultOf(8)}), {9: 5, 8: "v"})
+    assert segments == [_calls._NO_BUFFERS, pickle.dumps(((5, 1), {"k": "v"}), protocol=5)]
 
 
 def test_nothing_but_lists_tuples_and_dict_values_is_looked_into() -> None:
     marker = ResultOf(1)
     args = (Pair(marker, 1), {marker: 1}, frozenset([marker]))
-    _, segments = wire.bind_inputs(_payload(args, {}), {1: 99})
+    _, segments = _calls.bind_inputs(_payload(args, {}), {1: 99})
     (pair, keyed, frozen), _ = _decode(segments)
     assert type(pair) is Pair and type(pair.a) is ResultOf and pair.a.task_id == 1
     assert [type(k) for k in keyed] == [ResultOf]
@@ -117,15 +117,15 @@ def test_nothing_but_lists_tuples_and_dict_values_is_looked_into() -> None:
 
 
 def test_a_bound_value_that_is_a_marker_is_not_bound_again() -> None:
-    _, segments = wire.bind_inputs(_payload((ResultOf(1),), {}), {1: ResultOf(2)})
+    _, segments = _calls.bind_inputs(_payload((ResultOf(1),), {}), {1: ResultOf(2)})
     (value,), _ = _decode(segments)
     assert type(value) is ResultOf and value.task_id == 2
 
 
 def test_big_bound_bytes_travel_out_of_band() -> None:
-    _, segments = wire.bind_inputs(_payload((ResultOf(1), 2), {}), {1: BIG})
+    _, segments = _calls.bind_inputs(_payload((ResultOf(1), 2), {}), {1: BIG})
     assert struct.unpack_from("<I", segments[0])[0] == 1
-    assert _flat_bytes(segments) == _flat_bytes(wire.dump_arguments((BIG, 2), {}))
+    assert _flat_bytes(segments) == _flat_bytes(_calls.dump_arguments((BIG, 2), {}))
     assert _decode(segments) == ((BIG, 2), {})
 
 
@@ -137,10 +137,10 @@ def test_out_of_band_arguments_beside_a_marker_survive(where: str) -> None:
     )
     payload = _payload(args, {**kwargs, "k": ResultOf(2)})
     assert struct.unpack_from("<I", payload[1][0])[0] == 1  # the argument is out of band
-    _, segments = wire.bind_inputs(payload, {1: 1, 2: [2]})
+    _, segments = _calls.bind_inputs(payload, {1: 1, 2: [2]})
     want_args = _reference_bind(args, {1: 1})
     want_kwargs = {**kwargs, "k": [2]}
-    assert _flat_bytes(segments) == _flat_bytes(wire.dump_arguments(want_args, want_kwargs))
+    assert _flat_bytes(segments) == _flat_bytes(_calls.dump_arguments(want_args, want_kwargs))
     assert struct.unpack_from("<I", segments[0])[0] == 1
     assert _decode(segments) == (want_args, want_kwargs)
 
@@ -148,7 +148,7 @@ def test_out_of_band_arguments_beside_a_marker_survive(where: str) -> None:
 def test_a_joined_blob_is_accepted_too() -> None:
     """A payload whose segments were split otherwise (one blob) still binds."""
     fn_blob, segments = _payload((BIG, [ResultOf(1)]), {})
-    _, bound = wire.bind_inputs((fn_blob, [_flat_bytes(segments)]), {1: 7})
+    _, bound = _calls.bind_inputs((fn_blob, [_flat_bytes(segments)]), {1: 7})
     assert _decode(bound) == ((BIG, [7]), {})
 
 
@@ -165,7 +165,7 @@ def test_an_unpicklable_upstream_value_raises(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     with pytest.raises(TypeError, match="lock"):
-        wire.bind_inputs(_payload(args, kwargs), {1: threading.Lock()})
+        _calls.bind_inputs(_payload(args, kwargs), {1: threading.Lock()})
 
 
 def test_bind_copies_only_containers_that_hold_a_marker() -> None:
@@ -182,7 +182,7 @@ def test_bind_copies_only_containers_that_hold_a_marker() -> None:
 
 def test_objects_shared_between_arguments_stay_shared() -> None:
     shared = [1, 2]
-    _, segments = wire.bind_inputs(_payload((shared, shared, ResultOf(1)), {}), {1: 0})
+    _, segments = _calls.bind_inputs(_payload((shared, shared, ResultOf(1)), {}), {1: 0})
     (a, b, c), _ = _decode(segments)
     assert a == [1, 2] and a is b and c == 0
 
@@ -191,10 +191,10 @@ def test_marker_arguments_pickle_as_the_fast_pickler_would() -> None:
     """``dump_arguments`` pickles top-level markers with the plain C pickler;
     the bytes are those ``_FastPickler`` gave, which workers already read."""
     for call in [((ResultOf(1),), {}), ((1, ResultOf(2), "s"), {"k": ResultOf(3)})]:
-        via_fast = wire._dump_with(wire._FastPickler, (wire._wrap_big(call[0]), call[1]))
-        assert _flat_bytes(wire.dump_arguments(*call)) == _flat_bytes(via_fast)
+        via_fast = _calls._dump_with(_calls._FastPickler, (_calls._wrap_big(call[0]), call[1]))
+        assert _flat_bytes(_calls.dump_arguments(*call)) == _flat_bytes(via_fast)
     # all_plain still refuses markers: the front doors look for them by it.
-    assert not wire.all_plain([ResultOf(1)])
+    assert not _calls.all_plain([ResultOf(1)])
 
 
 # --- end to end --------------------------------------------------------------------------

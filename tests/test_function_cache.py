@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import procqueue
 from procqueue import ProcQueue
-from procqueue._runtime import wire
+from procqueue._runtime import _calls, wire
 
 
 def _constant(i: int) -> Any:
@@ -42,7 +42,7 @@ def test_a_by_value_function_is_snapshotted_until_refreshed() -> None:
 
 
 def test_workers_keep_callables_and_evict_in_step_with_the_coordinator() -> None:
-    fns = [_constant(i) for i in range(wire.KEEP_MAX + 60)]
+    fns = [_constant(i) for i in range(_calls.KEEP_MAX + 60)]
     order = list(range(len(fns))) + list(reversed(range(len(fns)))) + list(range(40))
     with ProcQueue(1) as pool:
         futures = [pool.submit(fns[i]) for i in order]
@@ -58,25 +58,25 @@ def test_a_kept_callable_that_cannot_load_fails_each_call_alone() -> None:
 
 
 def test_large_closures_are_neither_cached_nor_kept() -> None:
-    big = bytes(wire._SNAPSHOT_MAX + 1)
+    big = bytes(_calls._SNAPSHOT_MAX + 1)
 
     def size() -> int:
         return len(big)
 
-    blob = wire.dump_callable(size)
-    assert blob is not wire.dump_callable(size)  # pickled afresh each time
-    assert wire.CallRefs().fid(blob) == 0
+    blob = _calls.dump_callable(size)
+    assert blob is not _calls.dump_callable(size)  # pickled afresh each time
+    assert _calls.CallRefs().fid(blob) == 0
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, wire.KEEP_MAX + 40), max_size=800), st.integers(1, 7))
+@given(st.lists(st.integers(0, _calls.KEEP_MAX + 40), max_size=800), st.integers(1, 7))
 def test_refs_and_worker_tables_agree(picks: list[int], batch: int) -> None:
     """Whatever the order, a worker finds each callable the coordinator means."""
     import pickle
 
-    blobs = [pickle.dumps(("fn", i)) for i in range(wire.KEEP_MAX + 41)]
-    refs, holds, loader = wire.CallRefs(), {}, wire.CallLoader()
-    args = wire.dump_arguments((), {})
+    blobs = [pickle.dumps(("fn", i)) for i in range(_calls.KEEP_MAX + 41)]
+    refs, holds, loader = _calls.CallRefs(), {}, _calls.CallLoader()
+    args = _calls.dump_arguments((), {})
     for start in range(0, len(picks), batch):
         chunk = picks[start : start + batch]
         out, sizes, fids = refs.pack(holds, [(blobs[i], args) for i in chunk])

@@ -1,10 +1,10 @@
-"""Calls with holes (``wire.dump_with_holes``, ``wire.pass_inputs``): a call
+"""Calls with holes (``_calls.dump_with_holes``, ``_calls.pass_inputs``): a call
 made of small scalars and top-level ``result_of`` markers is pickled with
 holes where the markers stand, and its upstream values reach the worker as
 the ``Result`` frames their own workers sent, never unpickled and pickled
 again by the coordinator. What a worker binds must be what the coordinator
 would have bound; whatever the holes cannot carry falls back to
-``wire.bind_inputs``."""
+``_calls.bind_inputs``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from procqueue import ProcQueue, SerializationError, TaskQueue, result_of
 from procqueue._core.deps import ResultOf, bind
-from procqueue._runtime import _shm, wire
+from procqueue._runtime import _calls, _shm, wire
 
 BOUND = 30.0
 BIG = b"b" * (_shm.SPILL_MIN + 1)
@@ -29,19 +29,19 @@ BIG = b"b" * (_shm.SPILL_MIN + 1)
 
 def _frame(task_id: int, value: Any) -> bytes:
     """A ``Result`` frame body, as a worker sends it and the coordinator reads it."""
-    buffers = wire.encode(wire.Result(task_id, True, 1.0, 2.0), wire.dump_value(value))
+    buffers = wire.encode(wire.Result(task_id, True, 1.0, 2.0), _calls.dump_value(value))
     return b"".join(bytes(memoryview(b)) for b in buffers)[8:]
 
 
 def _in_worker(payload: tuple[bytes, list[Any]]) -> tuple[Any, Any]:
     """What a worker's ``CallLoader`` makes of a payload sent on its own."""
-    refs = wire.CallRefs()
+    refs = _calls.CallRefs()
     blobs, sizes, fids = refs.pack({}, [payload], (1,), None)
     batch = wire.encode(wire.RunBatch((1,), sizes, fids), blobs)
     msg, body = wire.decode(b"".join(bytes(memoryview(b)) for b in batch)[8:])
     assert isinstance(msg, wire.RunBatch)
     fn_size, arg_size = msg.sizes
-    fn, args, kwargs = wire.CallLoader().load(
+    fn, args, kwargs = _calls.CallLoader().load(
         body[:fn_size], body[fn_size : fn_size + arg_size], msg.fids[0]
     )
     assert fn is ident
@@ -60,9 +60,9 @@ def _plain(value: Any) -> Any:
 
 
 def _holes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[Any]]:
-    made = wire.dump_with_holes(args, kwargs)
+    made = _calls.dump_with_holes(args, kwargs)
     assert made is not None
-    return wire.dump_callable(ident), made[0]
+    return _calls.dump_callable(ident), made[0]
 
 
 VALUES: dict[int, Any] = {1: 41, 2: "two", 3: [3, {"x": (3,)}], 4: None, 5: BIG}
@@ -76,16 +76,16 @@ item = st.one_of(scalar, st.sampled_from(sorted(VALUES)).map(ResultOf))
 @given(args=st.lists(item, max_size=5), kwargs=st.dictionaries(st.text(max_size=3), item))
 def test_a_worker_binds_what_the_coordinator_would(args: list[Any], kwargs: dict[str, Any]) -> None:
     call = (tuple(args), kwargs)
-    made = wire.dump_with_holes(*call)
+    made = _calls.dump_with_holes(*call)
     if made is None:  # no marker at all: not a call with holes
         assert not any(type(v) is ResultOf for v in [*args, *kwargs.values()])
         return
     blob, ids = made
     markers = [v for v in [*args, *kwargs.values()] if type(v) is ResultOf]
     assert list(ids) == [m.task_id for m in markers]
-    payload = (wire.dump_callable(ident), blob)
+    payload = (_calls.dump_callable(ident), blob)
     inputs = {tid: (VALUES[tid], _frame(tid, VALUES[tid])) for tid in ids}
-    sent = wire.pass_inputs(payload, inputs)
+    sent = _calls.pass_inputs(payload, inputs)
     # The frames follow the call's own pickle, as they came: nothing pickled again.
     frames = b"".join(inputs[tid][1] for tid in ids)
     assert sent[0] is payload[0] and b"".join(sent[1]).endswith(blob[1] + frames)
@@ -94,9 +94,9 @@ def test_a_worker_binds_what_the_coordinator_would(args: list[Any], kwargs: dict
     assert got == want and list(got[1]) == list(kwargs)
     # The coordinator's own binding agrees (the fallback), and so does what a
     # dashboard decodes from the payload: markers while waiting, then values.
-    assert _in_worker(wire.bind_inputs(payload, VALUES)) == want
-    assert _plain(wire.load_value(memoryview(b"".join(blob)))) == _plain(call)
-    assert wire.load_value(memoryview(b"".join(sent[1]))) == want
+    assert _in_worker(_calls.bind_inputs(payload, VALUES)) == want
+    assert _plain(_calls.load_value(memoryview(b"".join(blob)))) == _plain(call)
+    assert _calls.load_value(memoryview(b"".join(sent[1]))) == want
 
 
 @pytest.mark.parametrize(
@@ -105,19 +105,19 @@ def test_a_worker_binds_what_the_coordinator_would(args: list[Any], kwargs: dict
         ((1, 2), {}),  # no marker
         (([ResultOf(1)],), {}),  # nested: the general walk
         ((ResultOf(1), [2]), {}),  # a container beside it
-        ((ResultOf(1), b"x" * wire._BIG), {}),  # big bytes travel out of band
+        ((ResultOf(1), b"x" * _calls._BIG), {}),  # big bytes travel out of band
         ((ResultOf(1),), {"k": object()}),
     ],
     ids=["plain", "nested", "container", "big bytes", "object"],
 )
 def test_only_flat_calls_get_holes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    assert wire.dump_with_holes(args, kwargs) is None
+    assert _calls.dump_with_holes(args, kwargs) is None
 
 
 def test_the_same_upstream_in_two_holes_and_a_keyword() -> None:
     payload = _holes((ResultOf(7), 0, ResultOf(7)), {"a": 1, "b": ResultOf(8)})
     inputs = {7: ("seven", _frame(7, "seven")), 8: (8.5, _frame(8, 8.5))}
-    assert _in_worker(wire.pass_inputs(payload, inputs)) == (
+    assert _in_worker(_calls.pass_inputs(payload, inputs)) == (
         ("seven", 0, "seven"),
         {"a": 1, "b": 8.5},
     )
@@ -127,9 +127,9 @@ def test_a_call_of_markers_alone_pickles_nothing() -> None:
     for args in [(ResultOf(1),), (ResultOf(1), ResultOf(2))]:
         segments = _holes(args, {})[1]
         assert segments[1] == b""
-        assert _plain(wire.load_value(memoryview(b"".join(segments)))) == (_plain(args), {})
+        assert _plain(_calls.load_value(memoryview(b"".join(segments)))) == (_plain(args), {})
         inputs = {m.task_id: (m.task_id * 10, _frame(m.task_id, m.task_id * 10)) for m in args}
-        sent = wire.pass_inputs((wire.dump_callable(ident), segments), inputs)
+        sent = _calls.pass_inputs((_calls.dump_callable(ident), segments), inputs)
         assert len(sent[1]) == 1  # small frames: joined, one iovec in a batch
         assert _in_worker(sent) == (tuple(m.task_id * 10 for m in args), {})
 
@@ -139,12 +139,12 @@ def test_without_every_frame_the_coordinator_binds() -> None:
     all_done, a spilled result): the values are bound here, as before."""
     payload = _holes((ResultOf(1), ResultOf(2)), {})
     err = ValueError("boom")
-    bound = wire.pass_inputs(payload, {1: (5, _frame(1, 5)), 2: (err, None)})
-    assert len(bound[1]) == 2 and not bound[1][0][3] & wire._HOLES_BYTE
+    bound = _calls.pass_inputs(payload, {1: (5, _frame(1, 5)), 2: (err, None)})
+    assert len(bound[1]) == 2 and not bound[1][0][3] & _calls._HOLES_BYTE
     (five, got), _ = _in_worker(bound)
     assert five == 5 and type(got) is ValueError and str(got) == "boom"
     with pytest.raises(TypeError, match="lock"):
-        wire.pass_inputs(payload, {1: (threading.Lock(), None), 2: (0, None)})
+        _calls.pass_inputs(payload, {1: (threading.Lock(), None), 2: (0, None)})
 
 
 def test_forwarded_frames_are_never_spilled(tmp_path: Path) -> None:
@@ -156,8 +156,8 @@ def test_forwarded_frames_are_never_spilled(tmp_path: Path) -> None:
         outbox = _shm.Outbox(fd)
         frame = _frame(1, list(range(40_000)))  # in band, over SPILL_MIN
         assert len(frame) > _shm.SPILL_MIN
-        sent = wire.pass_inputs(_holes((ResultOf(1),), {}), {1: (None, frame)})
-        blobs, sizes, _ = wire.CallRefs().pack({}, [sent], (9,), outbox)
+        sent = _calls.pass_inputs(_holes((ResultOf(1),), {}), {1: (None, frame)})
+        blobs, sizes, _ = _calls.CallRefs().pack({}, [sent], (9,), outbox)
         assert blobs[-1] is frame and not outbox.held
         assert sizes[1] == sum(len(s) for s in sent[1])
     finally:
@@ -261,6 +261,6 @@ def test_a_frame_pickles_nothing_again_in_the_coordinator(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "dumps", refuse)
-    monkeypatch.setattr(wire, "bind_inputs", refuse)
-    sent = wire.pass_inputs(payload, {1: ({"v": 1}, frame)})
+    monkeypatch.setattr(_calls, "bind_inputs", refuse)
+    sent = _calls.pass_inputs(payload, {1: ({"v": 1}, frame)})
     assert b"".join(sent[1]).endswith(payload[1][1] + frame)

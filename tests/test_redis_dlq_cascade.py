@@ -32,13 +32,12 @@ from procqueue import (
     result_of,
     task_id,
 )
-from procqueue._runtime import wire
+from procqueue._runtime import _calls
 from procqueue.redis._codec import dump_call, load_call
 from procqueue.redis._protocol import Broker
 
 SECRET = b"s" * 32
 NO_WAIT = RetryPolicy(max_retries=0, backoff_base=0)
-
 
 
 def call(fn: Any, *args: Any) -> bytes:
@@ -59,7 +58,7 @@ def complete(broker: Broker, tid: int, value: bytes = b"v") -> Any:
 
 def arguments(payload: bytes | None) -> Any:
     assert payload is not None
-    return wire._load_segments(load_call(payload)[1])
+    return _calls._load_segments(load_call(payload)[1])
 
 
 def dormant(broker: Broker) -> dict[bytes, bytes]:

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from procqueue import ProcQueue, WorkerCrashedError
-from procqueue._runtime import _shm, wire
+from procqueue._runtime import _calls, _shm, wire
 from procqueue._runtime import worker as worker_module
 
 MB = 1_000_000
@@ -167,12 +167,12 @@ def test_spilled_values_round_trip_and_keep_their_types(
     big = payload(1)
     small = pickle.PickleBuffer(bytearray(b"s" * 1000))  # out of band, but inline
     value = ((big, 5, small, bytearray(big)), {"k": payload(2)})
-    segments = wire.dump_arguments(*value)  # top-level bytes travel out of band
+    segments = _calls.dump_arguments(*value)  # top-level bytes travel out of band
     spilled = outbox.spill(segments, key=1)
     assert spilled is not segments
     # Only the small buffer is left in the frame.
     assert sum(memoryview(s).nbytes for s in spilled[2:]) == 1000
-    got = wire.load_value(_frame(spilled), inbox)
+    got = _calls.load_value(_frame(spilled), inbox)
     assert got[0][:2] == value[0][:2] and got[0][3:] == value[0][3:] and got[1] == value[1]
     assert bytes(got[0][2]) == b"s" * 1000
     assert type(got[0][0]) is bytes and type(got[0][3]) is bytearray
@@ -191,14 +191,14 @@ def test_bytes_are_read_once_and_handed_on_uncopied(
         return read[-1]
 
     monkeypatch.setattr(_shm, "_read_at", spy)
-    got = wire.load_value(_frame(outbox.spill(wire.dump_value(payload(3)), key=1)), inbox)
+    got = _calls.load_value(_frame(outbox.spill(_calls.dump_value(payload(3)), key=1)), inbox)
     assert got is read[0]  # the bytes pread made, not a copy of them
 
 
 def test_small_values_are_left_alone(side: tuple[_shm.Outbox, _shm.Inbox]) -> None:
     outbox, _ = side
     for value in (1, b"x" * 1000, b"y" * (_shm.SPILL_MIN - 1), bytearray(100)):
-        segments = wire.dump_value(value)
+        segments = _calls.dump_value(value)
         assert outbox.spill(segments, key=1) is segments
     assert not outbox.held and outbox.sent == 0
 
@@ -210,10 +210,10 @@ def test_space_is_reused_once_released(side: tuple[_shm.Outbox, _shm.Inbox]) -> 
         return outbox.held[key][0][0]
 
     for key in (1, 2, 3):
-        outbox.spill(wire.dump_value(payload(key)), key=key)
+        outbox.spill(_calls.dump_value(payload(key)), key=key)
     assert [offset(k) for k in (1, 2, 3)] == sorted({offset(k) for k in (1, 2, 3)})
     outbox.release(1)
-    outbox.spill(wire.dump_value(payload(4)), key=4)
+    outbox.spill(_calls.dump_value(payload(4)), key=4)
     assert offset(4) == 0  # first fit: the hole key 1 left
     outbox.release_through(3)
     assert list(outbox.held) == [4]
@@ -236,11 +236,11 @@ def test_pages_beyond_keep_are_returned_once_read(
 ) -> None:
     outbox, inbox = side
     size = _shm.KEEP // 2 + _shm.SPILL_MIN
-    frames = [_frame(outbox.spill(wire.dump_value(payload(i, size)), key=i)) for i in range(3)]
+    frames = [_frame(outbox.spill(_calls.dump_value(payload(i, size)), key=i)) for i in range(3)]
     fd_stat = os.fstat(outbox.fd)
     assert fd_stat.st_blocks * 512 >= 3 * size - 3 * _shm._PAGE
     for i, frame in enumerate(frames):
-        assert wire.load_value(frame, inbox) == payload(i, size)
+        assert _calls.load_value(frame, inbox) == payload(i, size)
     assert os.fstat(outbox.fd).st_blocks * 512 <= _shm.KEEP
 
 

@@ -11,17 +11,8 @@ from hypothesis import strategies as st
 from procqueue import InvalidArgumentError, OptionTypeError, RetryPolicy, TaskState
 from procqueue._core.heaps import _DelayedHeap, _ReadyHeap
 from procqueue._core.records import _IllegalTransitionError, _TaskRecord
-from procqueue._runtime.wire import (
-    Hello,
-    RunBatch,
-    _FrameReader,
-    _FrameWriter,
-    decode,
-    dump_arguments,
-    dump_value,
-    encode,
-    load_value,
-)
+from procqueue._runtime._calls import dump_arguments, dump_value, load_value
+from procqueue._runtime.wire import Hello, RunBatch, _FrameReader, _FrameWriter, decode, encode
 
 
 def _rec(task_id: int, priority: int) -> _TaskRecord:

@@ -38,7 +38,7 @@ import struct
 from typing import Any
 
 #: Out-of-band buffers of this many bytes or more go through the side file:
-#: every one the pickler puts out of band (``wire._BIG``) but small numpy
+#: every one the pickler puts out of band (``_calls._BIG``) but small numpy
 #: arrays. Measured against the pipe (2 workers, echo and results): 15-20 %
 #: faster per task at 70 KB and 100 KB, ~25 % at 250 KB, ~35 % at 700 KB.
 SPILL_MIN = 1 << 16

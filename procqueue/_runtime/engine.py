@@ -69,10 +69,10 @@ from .._core.records import TaskState, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._core.schedules import ScheduleEntry
 from ..errors import PoolBrokenError, QueueClosedError, QueueFullError, TaskNotFoundError
+from ._calls import bind_inputs, pass_inputs
 from .processes import close_fds
 from .state import EngineState, ReadSide
 from .transport import OnReady, Poller, Transport
-from .wire import bind_inputs, pass_inputs
 
 _log = logging.getLogger("procqueue.coordinator")
 

@@ -44,7 +44,7 @@ from ..errors import (
     SerializationError,
     UnpicklableTaskError,
 )
-from . import _shm, wire
+from . import _calls, _shm, wire
 from .processes import FiguresCache, ProcessFigures, child_conn, close_fds, kill_tree, start_process
 from .transport import Poller, Transport
 from .worker import worker_main
@@ -94,7 +94,7 @@ class _Proc:
         self.writing = False
         self.figures: ProcessFigures | None = None
         self.closed = False
-        # The callable ids this worker keeps (wire.CallRefs), oldest first.
+        # The callable ids this worker keeps (_calls.CallRefs), oldest first.
         self.holds: dict[int, None] = {}
         # Side files (-1: none): arguments out, results in.
         self.outbox = _shm.Outbox(side[0]) if side[0] >= 0 else None
@@ -117,7 +117,7 @@ class LocalTransport(Transport):
         self._poller: Poller | None = None
         self._lifeline_r = self._lifeline_w = -1
         self._figures = FiguresCache()
-        self._refs = wire.CallRefs()
+        self._refs = _calls.CallRefs()
         self._started = 0
         self._init_blob: bytes | None = None
         if config.initializer is not None:
@@ -313,7 +313,7 @@ def _done(p: _Proc, msg: wire.Result, blob: memoryview, frame: bytes | bytearray
         p.spilled.pop(msg.task_id, None)  # the worker has read its arguments
     if msg.ok:
         try:
-            value: Any = wire.load_value(blob, p.inbox)
+            value: Any = _calls.load_value(blob, p.inbox)
         except BaseException as e:  # user data: __setstate__ may raise anything
             value = ResultSerializationError(
                 f"the result of task {msg.task_id} could not be unpickled: {type(e).__name__}: {e}"

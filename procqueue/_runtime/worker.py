@@ -30,7 +30,7 @@ from typing import Any
 import cloudpickle
 
 from ..errors import OptionTypeError, ResultSerializationError
-from . import _shm
+from . import _calls, _shm
 from . import wire as _wire
 from .processes import (
     close_fds,
@@ -256,7 +256,7 @@ def _serve(
 ) -> None:
     read_exact = _wire.read_exact
     decode = _wire.decode
-    load = _wire.CallLoader(inbox).load
+    load = _calls.CallLoader(inbox).load
     acked = 0
     now = time.time
     Result = _wire.Result
@@ -327,7 +327,7 @@ def _run_call(
     if os.getpid() != me:
         os._exit(0)
     try:
-        return True, _wire.dump_value(value)
+        return True, _calls.dump_value(value)
     except Exception as e:
         err = ResultSerializationError(
             f"result of type {type(value).__qualname__} cannot be pickled: {e}"

@@ -54,7 +54,7 @@ def call_reprs(payload: tuple[bytes, list[Any]] | None, limit: int) -> dict[str,
     if size > MAX_DECODE:
         return {"note": f"arguments not decoded ({size:,} bytes pickled)"}
     try:
-        from .._runtime.wire import load_value
+        from .._runtime._calls import load_value
 
         args, kwargs = load_value(memoryview(b"".join(segments)))
     except Exception as e:  # unpickling user data: anything may go wrong

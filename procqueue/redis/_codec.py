@@ -1,7 +1,7 @@
 """What a task and its outcome look like inside their signed envelopes.
 
-A task is the local engine's own payload (``wire.dump_callable`` and
-``wire.dump_arguments``) flattened to bytes, so a node hands it to a worker
+A task is the local engine's own payload (``_calls.dump_callable`` and
+``_calls.dump_arguments``) flattened to bytes, so a node hands it to a worker
 as it is: the node's own process never unpickles user code; only a worker,
 after the signature was checked, does. Values and exceptions are pickled by
 the node from what its worker returned.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._core.deps import ResultOf, bind
-from .._runtime import wire
+from .._runtime import _calls
 from ..errors import RemoteTraceback, TaskCancelledError, UpstreamFailedError
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ _LEN = struct.Struct("<I")
 
 
 def dump_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    fn_blob = wire.dump_callable(fn)
-    segments = wire.dump_arguments(args, kwargs)
+    fn_blob = _calls.dump_callable(fn)
+    segments = _calls.dump_arguments(args, kwargs)
     return b"".join([_LEN.pack(len(fn_blob)), fn_blob, *(bytes(memoryview(s)) for s in segments)])
 
 
@@ -84,11 +84,11 @@ def move_markers(data: bytes, moves: dict[int, int]) -> bytes:
     task ``old`` becomes one of ``moves[old]`` (every marker's id must be a
     key). For ``requeue(..., cascade=True)``, which re-arms a dependent on
     the new ids of its upstream tasks, as the local engine does with
-    ``wire.bind_inputs``: the arguments are unpickled (the caller checked
+    ``_calls.bind_inputs``: the arguments are unpickled (the caller checked
     their signature first) and pickled again; the callable is not."""
     fn_blob, segments = load_call(data)
     moved = {old: ResultOf(new) for old, new in moves.items()}
-    _, bound = wire.bind_inputs((fn_blob, segments), moved)
+    _, bound = _calls.bind_inputs((fn_blob, segments), moved)
     return b"".join([_LEN.pack(len(fn_blob)), fn_blob, *(bytes(memoryview(s)) for s in bound)])
 
 
@@ -117,7 +117,7 @@ def bind_call(data: bytes, inputs: tuple[Input, ...]) -> tuple[bytes, list[Any]]
     (n,) = _LEN.unpack_from(data, 0)
     rows = tuple((i.task_id, i.state, i.value, i.error, i.upstream) for i in inputs)
     args = (bytes(data[4 : 4 + n]), bytes(data[4 + n :]), rows)
-    return wire.dump_callable(run_bound), wire.dump_arguments(args, {})
+    return _calls.dump_callable(run_bound), _calls.dump_arguments(args, {})
 
 
 def run_bound(
@@ -128,7 +128,7 @@ def run_bound(
     """In the worker: unpickle the call and its upstream values (the node
     verified their signatures), bind the markers, run it."""
     fn = pickle.loads(fn_blob)
-    args, kwargs = wire.load_value(memoryview(arg_blob))
+    args, kwargs = _calls.load_value(memoryview(arg_blob))
     values = {row[0]: _upstream_value(*row) for row in inputs}
     return fn(*bind(tuple(args), values), **(bind(kwargs, values) if kwargs else kwargs))
 

@@ -27,7 +27,7 @@ from .._core.limits import _TIMER_SLACK, Concurrency, KeyLimits
 from .._core.records import AttemptError, TaskProgress, TaskState, TaskStatus
 from .._frontdoor import due_of, link_call, name_of, task_policy
 from .._policy import RetryPolicy, resolve_policy
-from .._runtime import wire
+from .._runtime import _calls
 from ..errors import (
     InvalidArgumentError,
     InvalidCallableError,
@@ -253,7 +253,7 @@ class _RemoteCore:
         takes. A future of this client (``ProcQueue(broker=...)``) in the
         arguments stands for its result: a completed one is passed as its
         value at once, any other becomes a marker."""
-        plain = wire.all_plain(args) and (not kwargs or wire.all_plain(kwargs.values()))
+        plain = _calls.all_plain(args) and (not kwargs or _calls.all_plain(kwargs.values()))
         if after is None and trigger == "all_success" and plain:
             return args, kwargs, (), set()  # the hot path: nothing to look into
         return link_call(args, kwargs, after, trigger, self._upstream_id, self._swap_future)
