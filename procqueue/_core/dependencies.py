@@ -44,17 +44,25 @@ class Dependencies(Outcomes):
         before changing anything, for an unknown upstream or a result that is
         no longer held."""
         upstream = rec.upstream
-        if len(upstream) == 1 and rec.inputs is None:  # a chain link: after=[t]
+        if len(upstream) == 1:  # a chain link: after=[t] or f(result_of(t))
             up = self.tasks.get(upstream[0])
             if up is None:
                 raise _unknown(upstream[0])
+            final = up.state.is_final
+            outcome = _outcome_of(up, rec) if final else None
+            if (
+                outcome is RELEASED
+                and rec.inputs  # it takes the value (the marker's only upstream)
+                and (up.state is _COMPLETED or rec.all_done)
+            ):
+                raise _released(up.task_id)
             rec.state = _WAITING
             rec.waiting_on = 1
             self.tasks[rec.task_id] = rec
             self.tally.admit(1, _WAITING)
             self._emit(rec)
-            if up.state.is_final:
-                self._upstream_ended(rec, up, up.outcome, now)
+            if final:
+                self._upstream_ended(rec, up, outcome, now)
             elif up.dependents is None:
                 up.dependents = [rec]
             else:
@@ -68,10 +76,7 @@ class Dependencies(Outcomes):
             needed = rec.inputs is not None and tid in rec.inputs
             wanted = needed and (up.state is _COMPLETED or (rec.all_done and up.state.is_final))
             if wanted and _outcome_of(up, rec) is RELEASED:
-                raise InvalidArgumentError(
-                    f"the result of task {tid} is no longer held (its future was "
-                    "settled and released): pass the future itself"
-                )
+                raise _released(tid)
             ups.append(up)
         rec.state = _WAITING
         rec.waiting_on = len(ups)
@@ -177,6 +182,13 @@ def _unknown(tid: int) -> TaskNotFoundError:
     return TaskNotFoundError(
         f"upstream task {tid} is unknown to this queue (never submitted here, "
         "or dropped by retain_finished)"
+    )
+
+
+def _released(tid: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"the result of task {tid} is no longer held (its future was "
+        "settled and released): pass the future itself"
     )
 
 
