@@ -1,5 +1,5 @@
 """``Broker``: the Redis side of one queue, as typed calls over the scripts in
-``_scripts.py``. Every blob it writes is sealed and every blob it reads is
+``_scripts*.py``. Every blob it writes is sealed and every blob it reads is
 opened (``_signing.py``) before anyone unpickles it; it never unpickles itself.
 
 Not thread-safe per instance beyond what redis-py's connection pool gives;
@@ -22,9 +22,10 @@ from ..errors import (
     SerializationError,
     TaskNotFoundError,
 )
-from . import _scripts
+from . import _scripts_client, _scripts_node, _scripts_schedules
 from ._keys import Keys
 from ._lanes import Lanes
+from ._scripts import KEYS_OF
 from ._signing import SignatureError, Signer
 
 __all__ = ["Broker", "Claimed", "Input", "Outcome", "connect"]
@@ -106,6 +107,16 @@ class Outcome(NamedTuple):
 
 
 _DEFAULT_POLICY = RetryPolicy()
+#: Every script by name: the client's, the node's and the schedules'.
+_SCRIPTS: dict[str, str] = {
+    name: getattr(module, name)
+    for module, names in (
+        (_scripts_client, ("SUBMIT", "LOOKUP", "CANCEL", "REQUEUE", "PURGE")),
+        (_scripts_node, ("CLAIM", "RENEW", "FINISH", "RECLAIM")),
+        (_scripts_schedules, ("FIRE", "SCHEDULE")),
+    )
+    for name in names
+}
 #: Ids per LOOKUP run: a burst larger than this is read in several.
 LOOKUP_CHUNK = 512
 
@@ -124,25 +135,9 @@ class Broker:
         self._ids: list[int] = []
         self._metas: dict[tuple[str, RetryPolicy], str] = {}
         self._lanes = Lanes(client)
-        scripts = {
-            name: self._lanes.script(getattr(_scripts, name))
-            for name in (
-                "SUBMIT",
-                "CLAIM",
-                "RENEW",
-                "FINISH",
-                "LOOKUP",
-                "RECLAIM",
-                "CANCEL",
-                "FIRE",
-                "SCHEDULE",
-                "REQUEUE",
-                "PURGE",
-            )
-        }
-        self._s = scripts
+        self._s = {name: self._lanes.script(text) for name, text in _SCRIPTS.items()}
         #: Each script's declared fixed keys, encoded once.
-        self._kk = {name: self.keys.declared(keys) for name, keys in _scripts.KEYS_OF.items()}
+        self._kk = {name: self.keys.declared(keys) for name, keys in KEYS_OF.items()}
 
     # ------------------------------------------------------------------ ids
 
