@@ -20,7 +20,9 @@ from procqueue.errors import InvalidArgumentError
 from procqueue.redis import _node
 from procqueue.redis._codec import dump_outcome, load_outcome
 from procqueue.redis._node import MAX_EXTRA, PREFETCH_WINDOW, Node, _Pace
-from procqueue.redis._protocol import Broker, announced
+from procqueue.redis._protocol import Broker, Outcome, announced, announcement
+from procqueue.redis._scripts import INLINE_MAX
+from procqueue.redis._signing import SignatureError
 
 SECRET = b"b" * 32
 
@@ -53,10 +55,47 @@ def test_one_report_of_many_outcomes_fences_each_and_announces_them_at_once(brok
     while msg is None and time.monotonic() < deadline:
         msg = pubsub.get_message(timeout=0.2)
     assert msg is not None
-    seen = announced(msg["data"])
+    seen = announcement(msg["data"])
     assert pubsub.get_message(timeout=0.05) is None  # nothing else was published
     pubsub.close()
-    assert seen == [a, d]
+    assert sorted(seen) == sorted(announced(msg["data"])) == sorted([a, d])
+    # A completed task's small value rides along, sealed; a cancelled one has none.
+    carried, none = seen[a], seen[d]
+    assert carried is not None and none is None
+    assert broker.carried(a, carried) == (Outcome("completed", b"1", ""), True)
+
+
+def test_a_done_message_carries_small_values_only_and_each_is_checked(broker: Broker) -> None:
+    big = b"x" * (INLINE_MAX + 1)
+    small = b":|,~:12:"  # the message's own separators, inside a value
+    ids = [broker.submit(b"call", name=f"t{i}") for i in range(3)]
+    claimed = {c.task_id: c for c in broker.claim(10, 30, "node-a")}
+    pubsub = broker.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(broker.keys.done)
+    a, b, c = ids
+    values = {a: small, b: big, c: b"ok"}
+    broker.finish_many([(t, claimed[t].token, "completed", values[t], "") for t in ids])
+    msg = None
+    deadline = time.monotonic() + 5
+    while msg is None and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+    pubsub.close()
+    assert msg is not None
+    seen = announcement(msg["data"])
+    assert seen[b] is None  # too big: read with LOOKUP
+    assert broker.carried(a, seen[a] or b"") == (Outcome("completed", small, ""), True)
+    assert broker.carried(c, seen[c] or b"") == (Outcome("completed", b"ok", ""), True)
+    # Whatever a message carries is opened before use: a forged or moved value fails.
+    with pytest.raises(SignatureError):
+        broker.carried(b, seen[a] or b"")  # another task's sealed value
+    with pytest.raises(SignatureError):
+        broker.carried(a, b"PQ1" + b"\0" * 40)
+    # The format, by hand: plain ids, inline entries, both, and a cut-short one.
+    assert announcement(b"7") == {7: None}
+    assert announcement(b"7,8") == {7: None, 8: None}
+    assert announcement(b"~7:3:a|b9:0:|8,10") == {7: b"a|b", 9: b"", 8: None, 10: None}
+    with pytest.raises(ValueError):
+        announcement(b"~7:30:short")
 
 
 def test_an_empty_report_costs_nothing_and_a_bad_outcome_is_refused(broker: Broker) -> None:
@@ -140,8 +179,9 @@ def _complete_all(broker: Broker, n: int) -> None:
 def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
     broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The client's listener reads a burst of its own tasks' outcomes with one
-    pipelined lookup and keeps them; ``result()`` afterwards asks Redis nothing."""
+    """The client's listener takes a burst of its own tasks' outcomes from the
+    done messages (small values ride in them) and keeps them; ``result()``
+    afterwards asks Redis nothing."""
     import asyncio
 
     from conftest import REDIS_URL
@@ -152,6 +192,14 @@ def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
         async with TaskQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as q:
             ids = [await q.submit(abs, -i) for i in range(30)]
             remote = cast(Any, q)._remote
+            looked_up: list[int] = []
+            lookup_many = remote._broker.lookup_many
+
+            def counted(task_ids: list[int]) -> Any:
+                looked_up.extend(task_ids)
+                return lookup_many(task_ids)
+
+            monkeypatch.setattr(remote._broker, "lookup_many", counted)
             _complete_all(broker, 30)
             deadline = time.monotonic() + 30
             while len(remote._early) < 30:  # the listener's batch, a condition with a deadline
@@ -164,6 +212,7 @@ def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
             monkeypatch.setattr(remote._broker, "lookup", no_single_lookups)
             assert [await q.result(t) for t in ids] == ids  # each reported its own id
             assert not remote._early
+            assert not looked_up  # small values came in the done messages
 
     asyncio.run(main())
 
@@ -228,3 +277,31 @@ def test_a_node_never_holds_more_than_its_capacity_with_two_claimers(
     assert [load_outcome(o.value) for o in outcomes if o] == list(range(len(ids)))
     assert all(held + n <= capacity for _, held, n in seen), seen
     assert {who for who, _, _ in seen} == {"node-run", "pq-node-reporter"}
+
+
+def test_a_forged_value_in_a_done_message_fails_its_task_and_is_never_unpickled(
+    broker: Broker,
+) -> None:
+    """Anyone who can publish on the queue's channel can put bytes in a done
+    message: the client opens them like a stored value, so a forged one
+    raises ``SignatureError`` on the client, never reaching the unpickler."""
+    import asyncio
+
+    from conftest import REDIS_URL
+
+    from procqueue import TaskQueue
+
+    async def main() -> None:
+        async with TaskQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as q:
+            tid = await q.submit(abs, -1)
+            deadline = time.monotonic() + 30
+            while broker.r.pubsub_numsub(broker.keys.done)[0][1] < 1:  # the listener is on
+                assert time.monotonic() < deadline, "the client never subscribed"
+                await asyncio.sleep(0.01)
+            forged = b"PQ1" + bytes(40) + pickle.dumps(1)
+            message = b"~%d:%d:%s" % (tid, len(forged), forged)
+            broker.r.publish(broker.keys.done, message)
+            with pytest.raises(SignatureError):
+                await asyncio.wait_for(q.result(tid), 30)
+
+    asyncio.run(main())

@@ -45,9 +45,32 @@ REQUEUE_TRIES = 5
 
 
 def announced(data: bytes) -> list[int]:
-    """The task ids in a message of the ``done`` channel: one id, or a
-    ``FINISH`` batch of them, comma-separated."""
-    return [int(x) for x in data.split(b",")]
+    """The task ids in a message of the ``done`` channel."""
+    return list(announcement(data))
+
+
+def announcement(data: bytes) -> dict[int, bytes | None]:
+    """A message of the ``done`` channel: the ids of the tasks that ended,
+    each with its sealed value where the message carries it (a completed
+    task's, up to ``INLINE_MAX`` bytes), else ``None`` (``lookup_many``
+    reads it). One id, comma-separated ids, or ``~``, inline entries
+    ``<id>:<size>:<bytes>``, then ``|`` and comma-separated ids (the
+    ``announce`` and ``flush`` of the scripts)."""
+    if data[:1] != b"~":
+        return dict.fromkeys(int(x) for x in data.split(b","))
+    out: dict[int, bytes | None] = {}
+    pos, n = 1, len(data)
+    while pos < n and data[pos] != 0x7C:  # b"|": the ids without a value follow
+        c1 = data.index(b":", pos)
+        c2 = data.index(b":", c1 + 1)
+        end = c2 + 1 + int(data[c1 + 1 : c2])
+        if end > n:
+            raise ValueError("a done message cut short")
+        out[int(data[pos:c1])] = data[c2 + 1 : end]
+        pos = end
+    if pos < n:
+        out.update(dict.fromkeys(int(x) for x in data[pos + 1 :].split(b",")))
+    return out
 
 
 def connect(url: str) -> Any:
@@ -298,6 +321,13 @@ class Broker:
             except SignatureError as e:
                 out.append(e)
         return out
+
+    def carried(self, task_id: int, sealed: bytes) -> tuple[Outcome | None, bool]:
+        """The outcome of a completed task whose sealed value came in its
+        ``done`` message (:func:`announcement`): opened, as a lookup gives it.
+        Raises :class:`SignatureError` for a value that fails its check."""
+        value = self.signer.open(RESULT, self.queue, str(task_id), sealed)
+        return Outcome("completed", value, ""), True
 
     def _parse_lookup(self, task_id: int, row: Any) -> tuple[Outcome | None, bool]:
         kind = int(row[0])

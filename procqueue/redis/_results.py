@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamFailedError,
 )
 from ._codec import load_outcome, split_error
-from ._protocol import Broker, Outcome, announced
+from ._protocol import Broker, Outcome, announcement
 from ._signing import SignatureError
 
 _log = logging.getLogger("procqueue.redis")
@@ -92,15 +92,22 @@ class _Results:
             found = e
         return self._resolve(task_id, found, new_waiter)
 
-    def _settle_ended(self, task_ids: list[int]) -> None:
-        """Tasks announced as ended: one pipelined read for the lot. Waiters
-        are resolved; this client's own tasks nobody waits on yet keep their
-        outcome here (bounded), so that a ``result()`` after a burst costs no
-        round trip of its own (it was one read per result, half the cost of a
-        no-op task end to end)."""
+    def _settle_ended(self, task_ids: list[int], carried: dict[int, bytes] | None = None) -> None:
+        """Tasks announced as ended: one read for the lot, none for those
+        whose value came in the message (``carried``: id -> sealed value).
+        Waiters are resolved; this client's own tasks nobody waits on yet keep
+        their outcome here (bounded), so that a ``result()`` after a burst
+        costs no round trip of its own (it was one read per result, half the
+        cost of a no-op task end to end)."""
         broker = self._broker
         assert broker is not None
-        for found, tid in zip(broker.lookup_many(task_ids), task_ids):
+        found_all = list(zip(broker.lookup_many(task_ids), task_ids)) if task_ids else []
+        for tid, sealed in (carried or {}).items():
+            try:
+                found_all.append((broker.carried(tid, sealed), tid))
+            except SignatureError as e:
+                found_all.append((e, tid))
+        for found, tid in found_all:
             with self._lock:
                 waited = tid in self._waiters
                 own = tid in self.submitted
@@ -199,15 +206,19 @@ class _Results:
                     pubsub.subscribe(broker.keys.done)
                 msg = pubsub.get_message(timeout=0.2)
                 ended: list[int] = []
+                carried: dict[int, bytes] = {}
                 while msg is not None:  # a burst: read what else arrived, then one lookup
-                    for tid in announced(msg["data"]):
+                    for tid, sealed in announcement(msg["data"]).items():
                         if tid in self._waiters or tid in self.submitted:
-                            ended.append(tid)
-                    if len(ended) >= 512:
+                            if sealed is None:
+                                ended.append(tid)
+                            else:
+                                carried[tid] = sealed
+                    if len(ended) + len(carried) >= 512:
                         break
                     msg = pubsub.get_message(timeout=0)
-                if ended:
-                    self._settle_ended(ended)
+                if ended or carried:
+                    self._settle_ended(ended, carried)
             except Exception as e:
                 if self._closed.is_set():
                     break

@@ -42,7 +42,11 @@ import re
 
 from ._keys import FIXED
 
-#: Redis time in ms, the ready score, the backoff before a retry.
+#: A completed task's sealed value of up to this many bytes is carried in
+#: its ``done`` message (``announce``), not only in ``r:<id>``.
+INLINE_MAX = 512
+
+#: Redis time in ms, the ready score, the backoff before a retry, announcing.
 CORE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -57,18 +61,32 @@ local function backoff(m)
   return math.floor(d)
 end
 -- Tell the ``done`` channel that task ``id`` ended: at once, or, in a script
--- that set ``ctx.pub`` (FINISH), gathered into one message of comma-separated
--- ids (``flush``): one PUBLISH, and one message for each client to read, per
--- batch of outcomes rather than per task.
-local function announce(ctx, id)
-  if ctx.pub then ctx.pub[#ctx.pub + 1] = id else redis.call('PUBLISH', ctx.channel, id) end
-end
-local function flush(ctx)
-  if ctx.pub and #ctx.pub > 0 then
-    redis.call('PUBLISH', ctx.channel, table.concat(ctx.pub, ','))
+-- that set ``ctx.pub`` and ``ctx.inl`` (FINISH), gathered into one message
+-- per batch of outcomes (``flush``): one PUBLISH, and one message for each
+-- client to read. ``v``: a completed task's sealed value; up to INLINE_MAX
+-- bytes it rides in the message (``<id>:<size>:<bytes>``), so that a client
+-- needs no LOOKUP for it. The message: comma-separated ids, or ``~``, the
+-- inline entries, then ``|`` and the comma-separated ids without one.
+local function announce(ctx, id, v)
+  if not ctx.pub then
+    redis.call('PUBLISH', ctx.channel, id)
+  elseif v and #v <= INLINE_MAX then
+    ctx.inl[#ctx.inl + 1] = id .. ':' .. #v .. ':' .. v
+  else
+    ctx.pub[#ctx.pub + 1] = id
   end
 end
-"""
+local function flush(ctx)
+  if not ctx.pub then return end
+  local plain = table.concat(ctx.pub, ',')
+  if #ctx.inl > 0 then
+    if plain ~= '' then plain = '|' .. plain end
+    redis.call('PUBLISH', ctx.channel, '~' .. table.concat(ctx.inl) .. plain)
+  elseif plain ~= '' then
+    redis.call('PUBLISH', ctx.channel, plain)
+  end
+end
+""".replace("INLINE_MAX", str(INLINE_MAX))
 
 #: Putting a task on ``ready``, waking an idle node.
 READY = """

@@ -190,11 +190,11 @@ local function finish(id, token, outcome, value, err, r, ctx)
     unpin(m)
     if outcome == 'completed' then ended.blob = value end
   end
-  announce(ctx, id)
+  announce(ctx, id, outcome == 'completed' and err == '' and value or nil)
   cascade(ended, ctx)
   return 1
 end
-local ctx = {now = now_ms(), ttl = tonumber(ARGV[1]), channel = ARGV[2], pub = {}}
+local ctx = {now = now_ms(), ttl = tonumber(ARGV[1]), channel = ARGV[2], pub = {}, inl = {}}
 local out = {}
 for i = 3, #ARGV, 5 do
   local n = #out + 1
