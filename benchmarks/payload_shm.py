@@ -163,8 +163,10 @@ def main() -> int:
             finally:
                 pool.close()
     names = [f"{k}/{m}" for k, m in contestants]
-    print(f"\n{args.tasks} x {args.mb:g} MB per workload, {args.workers} workers; MB/s, median of "
-          f"{args.reps} (min-max); ratio = MB/s / ProcessPoolExecutor's on the same start method\n")
+    print(
+        f"\n{args.tasks} x {args.mb:g} MB per workload, {args.workers} workers; MB/s, median of "
+        f"{args.reps} (min-max); ratio = MB/s / ProcessPoolExecutor's on the same start method\n"
+    )
     print("| contestant | " + " | ".join(loads) + " |")
     print("|---|" + "---:|" * len(loads))
     for c in names:
@@ -178,9 +180,11 @@ def main() -> int:
                 ratio = f" **{med / statistics.median(ppe):.2f}x**"
             cells.append(f"{med:,.0f} ({min(mbs):,.0f}-{max(mbs):,.0f}){ratio}")
         print(f"| {c} | " + " | ".join(cells) + " |")
-    print(f"\n{datetime.now(timezone.utc).isoformat(timespec='seconds')}, Python "
-          f"{sys.version.split()[0]}, nproc {os.cpu_count()}, load {os.getloadavg()}, "
-          f"command: {' '.join(sys.argv)}")
+    print(
+        f"\n{datetime.now(timezone.utc).isoformat(timespec='seconds')}, Python "
+        f"{sys.version.split()[0]}, nproc {os.cpu_count()}, load {os.getloadavg()}, "
+        f"command: {' '.join(sys.argv)}"
+    )
     return 1 if failed else 0
 
 

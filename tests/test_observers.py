@@ -53,9 +53,7 @@ def test_a_slow_stats_reading_does_not_stall_the_queue() -> None:
             assert reading.wait(BOUND)
             # The reader is inside get_stats(), blocked in the figures: submits,
             # dispatch and results go on, and so do other readers of the counts.
-            assert [pool.submit(add, i).result(timeout=BOUND) for i in range(10)] == list(
-                range(10)
-            )
+            assert [pool.submit(add, i).result(timeout=BOUND) for i in range(10)] == list(range(10))
             assert pool.get_task_status(1).state == "completed"
         finally:
             release.set()

@@ -27,7 +27,6 @@ from procqueue.redis._signing import SignatureError
 SECRET = b"b" * 32
 
 
-
 def test_one_report_of_many_outcomes_fences_each_and_announces_them_at_once(broker: Broker) -> None:
     retry = RetryPolicy(max_retries=1, backoff_base=0)
     ids = [broker.submit(b"call", name=f"t{i}", policy=retry) for i in range(4)]

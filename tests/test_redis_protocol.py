@@ -31,7 +31,6 @@ SECRET = b"s" * 32
 NO_WAIT = RetryPolicy(max_retries=0, backoff_base=0)
 
 
-
 def tag_keys(b: Broker) -> set[bytes]:
     return set(b.r.scan_iter(match=f"{b.keys.tag}*", count=1000))
 

@@ -34,7 +34,6 @@ from procqueue.redis._signing import Signer
 SECRET = b"s" * 32
 
 
-
 def scheduled(broker: Broker, overlap: str) -> RemoteSchedule:
     """A schedule ``job`` (every 60 s) on ``broker``; :func:`tick` makes it due."""
     return add_schedule(
