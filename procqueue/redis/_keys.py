@@ -45,7 +45,7 @@ key                           type     holds
 ``{pq:Q}:r:<id>``             hash     a final task: state, signed result or error (TTL)
 ``{pq:Q}:p:<id>``             string   JSON of a task's last ``report_progress`` (TTL)
 ``{pq:Q}:k:<key>``            string   idempotency key -> first task id (TTL)
-``{pq:Q}:done``               channel  ids of tasks that became final
+``{pq:Q}:done``               channel  ids of ended tasks (small sealed values too)
 ============================  =======  ==============================================
 """
 

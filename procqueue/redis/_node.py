@@ -167,7 +167,7 @@ class Node:
             return self.extra
         return max(self.extra, min(MAX_EXTRA, int(self._pace.rate * PREFETCH_WINDOW)))
 
-    def _room(self) -> int:
+    def _room(self, now: float) -> int:
         """How many tasks to claim now (under ``_lock``; 0: none). In batches
         (one CLAIM per batch, not per task): of ``extra``, or of half of a
         grown adaptive one (so the local queue is refilled before it runs
@@ -181,7 +181,7 @@ class Node:
         held = len(self._held)
         if held >= capacity or (held >= self.workers and capacity - held < batch):
             return 0
-        if held and self._linger_until > time.monotonic():
+        if held and self._linger_until > now:
             return 0
         return capacity - held
 
@@ -189,8 +189,12 @@ class Node:
         broker = self.broker
         while not self._stopping.is_set():
             with self._lock:
-                while not (free := self._room()) and not self._stopping.is_set():
-                    linger = self._linger_until - time.monotonic()
+                while True:
+                    now = time.monotonic()  # once: _room's linger and the wait agree
+                    free = self._room(now)
+                    if free or self._stopping.is_set():
+                        break
+                    linger = self._linger_until - now
                     lingering = self._held and not self._claiming and linger > 0
                     self._lock.wait(linger if lingering else None)
                 if self._stopping.is_set():
@@ -202,7 +206,7 @@ class Node:
                 self._backoff.failed("claim", e, self._stopping)
                 continue
             self._backoff.reset()
-            if not claimed:
+            if not claimed and not self._stopping.is_set():
                 try:
                     # Idle: block on the wake list (one token per submit), no
                     # longer than until the next delayed task is due.
@@ -212,22 +216,25 @@ class Node:
 
     def _claim(self, free: int) -> list[Claimed]:
         """Claim up to ``free`` tasks and start them (the caller set
-        ``_claiming``; cleared here, also when Redis fails)."""
+        ``_claiming``; cleared here, also when Redis fails). Not once the
+        node is stopping: a claim decided just before ``stop()`` is dropped.
+        A short claim (the ready set ran dry: tasks come slower than this
+        node runs them) sets the linger: while the node still holds work,
+        its next claim waits up to LINGER for more to arrive instead of
+        claiming them one by one (a CLAIM, a FINISH and a wake-up per task,
+        which on a busy machine take the CPU the submitting clients need).
+        A node holding nothing claims at once: no latency when idle."""
+        claimed: list[Claimed] = []
         try:
-            claimed = self.broker.claim(free, self.lease, self.owner)
-            self._start(claimed)
+            if not self._stopping.is_set():
+                claimed = self.broker.claim(free, self.lease, self.owner)
+                self._start(claimed)
         finally:
             with self._lock:
+                short = 0 < len(claimed) < free
+                self._linger_until = time.monotonic() + LINGER if short else 0.0
                 self._claiming = False
                 self._lock.notify_all()
-        # The ready set ran dry (tasks come slower than this node runs them):
-        # while it still holds work, let the next claim wait up to LINGER for
-        # more to arrive instead of claiming them one by one (a CLAIM, a
-        # FINISH and a wake-up per task, which on a busy machine take the CPU
-        # the submitting clients need). A node holding nothing claims at
-        # once: no latency when idle.
-        short = 0 < len(claimed) < free
-        self._linger_until = time.monotonic() + LINGER if short else 0.0
         return claimed
 
     def _idle_wait(self) -> float:
@@ -321,7 +328,7 @@ class Node:
                 while (
                     not self._outbox
                     and not self._progress
-                    and not (self._stopping.is_set() and not self._held)
+                    and not (self._stopping.is_set() and not self._held and not self._claiming)
                 ):
                     self._lock.wait()
                 progress, self._progress = self._progress, {}
@@ -342,14 +349,18 @@ class Node:
                 # Room freed: claim here, not by waking the claim loop (one
                 # thread wake-up less per batch of outcomes: with ~20 ms
                 # tasks, each wake-up of a cold thread cost ~0.3 ms of CPU).
-                free = self._room()
-                self._claiming = self._claiming or bool(free)
-                self._lock.notify_all()
+                free = self._room(time.monotonic())
+                if free:
+                    self._claiming = True  # _claim notifies when it is done
+                else:
+                    self._lock.notify_all()
             if free:
                 try:
                     self._claim(free)
                 except _redis_errors() as e:  # the claim loop retries, with backoff
                     _log.debug("claim after a report failed: %s", e)
+                except Exception:  # the reporter must live on: it drains the node
+                    _log.exception("claim after a report failed; the claim loop retries")
 
     def _write_progress(self, progress: dict[int, TaskProgress]) -> None:
         """The last report of each task, for clients' ``get_task_status``:
@@ -383,9 +394,10 @@ class Node:
                 backoff.failed(f"report of {len(batch)} outcome(s)", e, None)
 
     def _drain(self) -> None:
-        """Wait for every held task to be reported (graceful stop)."""
+        """Wait for every held task to be reported (graceful stop), and for
+        a claim under way (the reporter's) to have started what it took."""
         with self._lock:
-            while self._held:
+            while self._held or self._claiming:
                 self._lock.wait()
 
     # ------------------------------------------------------------------ leases

@@ -63,7 +63,10 @@ def announcement(data: bytes) -> dict[int, bytes | None]:
     while pos < n and data[pos] != 0x7C:  # b"|": the ids without a value follow
         c1 = data.index(b":", pos)
         c2 = data.index(b":", c1 + 1)
-        end = c2 + 1 + int(data[c1 + 1 : c2])
+        size = data[c1 + 1 : c2]
+        if not size.isdigit():  # anyone may publish here: no sign, no blank, no "_"
+            raise ValueError(f"a done message with a bad size {bytes(size[:20])!r}")
+        end = c2 + 1 + int(size)
         if end > n:
             raise ValueError("a done message cut short")
         out[int(data[pos:c1])] = data[c2 + 1 : end]
