@@ -261,17 +261,7 @@ def test_a_node_never_holds_more_than_its_capacity_with_two_claimers(
         return claim(n, lease, owner)
 
     monkeypatch.setattr(broker, "claim", counted_claim)
-    runner = threading.Thread(target=node.run, name="node-run")
-    runner.start()
-    try:
-        deadline = time.monotonic() + 60
-        while node.completed < len(ids):  # a condition with a deadline
-            assert time.monotonic() < deadline, f"{node.completed} of {len(ids)} done"
-            time.sleep(0.01)
-    finally:
-        node.stop()
-        runner.join(timeout=60)
-    assert not runner.is_alive()
+    _serve_until_done(node, ids, broker)
     outcomes = [broker.lookup(t)[0] for t in ids]
     assert [o.state if o else None for o in outcomes] == ["completed"] * len(ids)
     assert [load_outcome(o.value) for o in outcomes if o] == list(range(len(ids)))
@@ -342,6 +332,15 @@ def test_a_failed_claim_in_the_reporter_leaves_the_node_serving(
         return claim(n, lease, owner)
 
     monkeypatch.setattr(broker, "claim", flaky_claim)
+    _serve_until_done(node, ids, broker)
+    assert failed  # the reporter's claim did fail once
+
+
+def _serve_until_done(node: Node, ids: list[int], broker: Broker) -> None:
+    """Run ``node`` in a thread until it has completed ``ids``, stop it (it
+    must drain and return), and check each task answered its own index."""
+    import threading
+
     runner = threading.Thread(target=node.run, name="node-run")
     runner.start()
     try:
@@ -353,6 +352,5 @@ def test_a_failed_claim_in_the_reporter_leaves_the_node_serving(
         node.stop()
         runner.join(timeout=60)
     assert not runner.is_alive()  # it drained and stopped
-    assert failed  # the reporter's claim did fail once
     outcomes = [broker.lookup(t)[0] for t in ids]
     assert [load_outcome(o.value) for o in outcomes if o] == list(range(len(ids)))
