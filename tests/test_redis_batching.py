@@ -354,3 +354,28 @@ def _serve_until_done(node: Node, ids: list[int], broker: Broker) -> None:
     assert not runner.is_alive()  # it drained and stopped
     outcomes = [broker.lookup(t)[0] for t in ids]
     assert [load_outcome(o.value) for o in outcomes if o] == list(range(len(ids)))
+
+
+def test_a_stopping_node_waits_for_a_claim_under_way() -> None:
+    """A claim the reporter began before ``stop()`` starts its tasks, which
+    the node then runs and reports: the drain waits for that claim to end,
+    not only for the held tasks (else the keeper stops renewing leases the
+    claim just took)."""
+    import threading
+
+    node = Node(cast(Any, None), 1)
+    node._claiming = True  # as the reporter sets it, under the lock
+    drained = threading.Event()
+    drainer = threading.Thread(target=lambda: (node._drain(), drained.set()))
+    drainer.start()
+    deadline = time.monotonic() + 30
+    while not cast(Any, node._lock)._waiters:  # the drain is waiting on the node's lock
+        assert not drained.is_set(), "the drain returned while a claim was under way"
+        assert time.monotonic() < deadline, "the drain never waited"
+        time.sleep(0.001)
+    assert not drained.is_set()
+    with node._lock:  # what _claim's finally does
+        node._claiming = False
+        node._lock.notify_all()
+    drainer.join(timeout=30)
+    assert drained.is_set()
