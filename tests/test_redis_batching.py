@@ -192,14 +192,7 @@ def test_a_burst_of_results_is_read_in_one_go_then_awaited_without_a_round_trip(
         async with TaskQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as q:
             ids = [await q.submit(abs, -i) for i in range(30)]
             remote = cast(Any, q)._remote
-            looked_up: list[int] = []
-            lookup_many = remote._broker.lookup_many
-
-            def counted(task_ids: list[int]) -> Any:
-                looked_up.extend(task_ids)
-                return lookup_many(task_ids)
-
-            monkeypatch.setattr(remote._broker, "lookup_many", counted)
+            looked_up = _count_lookups(remote, monkeypatch)
             _complete_all(broker, 30)
             deadline = time.monotonic() + 30
             while len(remote._early) < 30:  # the listener's batch, a condition with a deadline
@@ -286,14 +279,7 @@ def test_a_forged_value_in_a_done_message_is_never_unpickled_nor_believed(
         async with TaskQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as q:
             tid = await q.submit(abs, -1)
             remote = cast(Any, q)._remote
-            looked_up: list[int] = []
-            lookup_many = remote._broker.lookup_many
-
-            def counted(task_ids: list[int]) -> Any:
-                looked_up.extend(task_ids)
-                return lookup_many(task_ids)
-
-            monkeypatch.setattr(remote._broker, "lookup_many", counted)
+            looked_up = _count_lookups(remote, monkeypatch)
             deadline = time.monotonic() + 30
             while broker.r.pubsub_numsub(broker.keys.done)[0][1] < 1:  # the listener is on
                 assert time.monotonic() < deadline, "the client never subscribed"
@@ -379,3 +365,16 @@ def test_a_stopping_node_waits_for_a_claim_under_way() -> None:
         node._lock.notify_all()
     drainer.join(timeout=30)
     assert drained.is_set()
+
+
+def _count_lookups(remote: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids a client's ``lookup_many`` reads from now on, as a list that fills."""
+    looked_up: list[int] = []
+    lookup_many = remote._broker.lookup_many
+
+    def counted(task_ids: list[int]) -> Any:
+        looked_up.extend(task_ids)
+        return lookup_many(task_ids)
+
+    monkeypatch.setattr(remote._broker, "lookup_many", counted)
+    return looked_up
