@@ -44,7 +44,7 @@ class Dependencies(Outcomes):
         before changing anything, for an unknown upstream or a result that is
         no longer held."""
         upstream = rec.upstream
-        if len(upstream) == 1:  # a chain link: after=[t] or f(result_of(t))
+        if len(upstream) == 1:  # a chain link: after=[t] or f(result_of(t)), no loop
             up = self.tasks.get(upstream[0])
             if up is None:
                 raise _unknown(upstream[0])
@@ -56,20 +56,14 @@ class Dependencies(Outcomes):
                 and (up.state is _COMPLETED or rec.all_done)
             ):
                 raise _released(up.task_id)
-            rec.state = _WAITING
-            rec.waiting_on = 1
-            self.tasks[rec.task_id] = rec
-            self.tally.admit(1, _WAITING)
-            self._emit(rec)
+            self._admit_waiting(rec, 1)
             if final:
                 self._upstream_ended(rec, up, outcome, now)
-            elif up.dependents is None:
-                up.dependents = [rec]
             else:
-                up.dependents.append(rec)
+                _depend(up, rec)
             return
         ups = []
-        for tid in rec.upstream:
+        for tid in upstream:
             up = self.tasks.get(tid)
             if up is None:
                 raise _unknown(tid)
@@ -78,20 +72,21 @@ class Dependencies(Outcomes):
             if wanted and _outcome_of(up, rec) is RELEASED:
                 raise _released(tid)
             ups.append(up)
-        rec.state = _WAITING
-        rec.waiting_on = len(ups)
-        self.tasks[rec.task_id] = rec
-        self.tally.admit(1, _WAITING)
-        self._emit(rec)
+        self._admit_waiting(rec, len(ups))
         for up in ups:
             if rec.state is not _WAITING:
                 break  # ended by an upstream that had already failed
             if up.state.is_final:
                 self._upstream_ended(rec, up, _outcome_of(up, rec), now)
-            elif up.dependents is None:
-                up.dependents = [rec]
             else:
-                up.dependents.append(rec)
+                _depend(up, rec)
+
+    def _admit_waiting(self, rec: _TaskRecord, waiting_on: int) -> None:
+        rec.state = _WAITING
+        rec.waiting_on = waiting_on
+        self.tasks[rec.task_id] = rec
+        self.tally.admit(1, _WAITING)
+        self._emit(rec)
 
     def _on_final(self, rec: _TaskRecord, now: float, sent: Any = None) -> None:
         # The outcome is taken now: retention may drop it from the record next.
@@ -176,6 +171,14 @@ class Dependencies(Outcomes):
     def _waiting_records(self) -> list[_TaskRecord]:
         """Every ``WAITING`` record, in id order (a scan: only for stop and break)."""
         return [r for r in self.tasks.values() if r.state is _WAITING]
+
+
+def _depend(up: _TaskRecord, dep: _TaskRecord) -> None:
+    """``dep`` waits on ``up``, which has not ended."""
+    if up.dependents is None:
+        up.dependents = [dep]
+    else:
+        up.dependents.append(dep)
 
 
 def _unknown(tid: int) -> TaskNotFoundError:
