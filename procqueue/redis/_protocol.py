@@ -329,18 +329,17 @@ class Broker:
         """The outcome of a completed task whose sealed value came in its
         ``done`` message (:func:`announcement`): opened, as a lookup gives it.
         Raises :class:`SignatureError` for a value that fails its check."""
-        value = self.signer.open(RESULT, self.queue, str(task_id), sealed)
-        return Outcome("completed", value, ""), True
+        return Outcome("completed", self._opened(task_id, sealed), ""), True
+
+    def _opened(self, task_id: int, sealed: bytes) -> bytes:
+        """A result sealed for ``task_id`` of this queue, checked and opened."""
+        return self.signer.open(RESULT, self.queue, str(task_id), sealed)
 
     def _parse_lookup(self, task_id: int, row: Any) -> tuple[Outcome | None, bool]:
         kind = int(row[0])
         if kind == 1:  # completed or cancelled
             state, value, error = row[1].decode(), row[2], row[3].decode()
-            opened = (
-                self.signer.open(RESULT, self.queue, str(task_id), value)
-                if state == "completed"
-                else None
-            )
+            opened = self._opened(task_id, value) if state == "completed" else None
             return Outcome(state, opened, error), True
         if kind == 0:
             return None, False
@@ -351,7 +350,7 @@ class Broker:
         if m["state"] != "failed":
             return None, True
         sealed = row[2]
-        exc = self.signer.open(RESULT, self.queue, str(task_id), sealed) if sealed else None
+        exc = self._opened(task_id, sealed) if sealed else None
         return Outcome("failed", exc, str(m.get("error", ""))), True
 
     def ended(self, task_id: int) -> dict[str, Any] | None:
@@ -418,7 +417,7 @@ class Broker:
         for i in range(0, len(flat), 5):
             up_b, state_b, sealed, error_b, uu_b = flat[i : i + 5]
             up = int(up_b)
-            value = self.signer.open(RESULT, self.queue, str(up), sealed) if sealed else None
+            value = self._opened(up, sealed) if sealed else None
             out.append(
                 Input(up, state_b.decode(), value, error_b.decode(), int(uu_b) if uu_b else None)
             )

@@ -103,6 +103,7 @@ class _Results:
         broker = self._broker
         assert broker is not None
         found_all: list[tuple[tuple[Outcome | None, bool] | SignatureError, int]] = []
+        reread = list(task_ids)
         for tid, sealed in (carried or {}).items():
             try:
                 found_all.append((broker.carried(tid, sealed), tid))
@@ -110,9 +111,9 @@ class _Results:
                 # Anyone who may publish on the channel can send this: the
                 # stored outcome decides, not the message.
                 _log.warning("task %d: a done message carried a bad value (%s); reading it", tid, e)
-                task_ids = [*task_ids, tid]
-        if task_ids:
-            found_all += zip(broker.lookup_many(task_ids), task_ids)
+                reread.append(tid)
+        if reread:
+            found_all += zip(broker.lookup_many(reread), reread)
         for found, tid in found_all:
             with self._lock:
                 waited = tid in self._waiters
