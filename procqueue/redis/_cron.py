@@ -33,7 +33,8 @@ from ..errors import (
     SignatureError,
 )
 from ._codec import dump_call
-from ._protocol import TASK, Broker
+from ._protocol import Broker
+from ._signing import TASK
 
 __all__ = ["RemoteSchedule", "add_schedule", "evaluate"]
 

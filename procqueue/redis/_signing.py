@@ -34,7 +34,9 @@ _VERSION = 1
 _HEADER = len(_MAGIC) + 1 + 8 + 32
 #: Shortest secret accepted (bytes): HMAC-SHA256 wants at least 32 of entropy.
 MIN_SECRET = 32
-KINDS = (b"task", b"result")
+#: What a sealed blob is: a task's call, or a task's outcome.
+TASK, RESULT = b"task", b"result"
+KINDS = (TASK, RESULT)
 
 
 class Signer:
