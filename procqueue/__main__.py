@@ -95,7 +95,7 @@ def cli(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     if argv[:1] == ["dashboard"]:  # the live dashboard of a Redis queue (--help)
-        from .dashboard._redis import main as cluster_dashboard_main
+        from .dashboard._redis_serve import main as cluster_dashboard_main
 
         return cluster_dashboard_main(argv[1:])
     if argv[:1] == ["top"]:  # a live terminal view of a queue (procqueue top --help)

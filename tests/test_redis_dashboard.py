@@ -31,7 +31,7 @@ from test_redis_nodes import SECRET, TESTS, Cluster, _kill_tree
 
 from procqueue import InsecureDashboardError, ProcQueue
 from procqueue.dashboard import Dashboard, DashboardOptions, serve_cluster
-from procqueue.dashboard._redis import redact
+from procqueue.dashboard._redis_serve import redact
 from procqueue.redis import ClusterStats
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._app import Dashboard
     from ._local import LocalSource
     from ._options import DashboardOptions
-    from ._redis import serve_cluster
+    from ._redis_serve import serve_cluster
     from ._source import DashboardSource, DeadLetterFilter, TaskQuery
 
 __all__ = [
@@ -39,7 +39,7 @@ _WHERE = {
     "DeadLetterFilter": "._source",
     "LocalSource": "._local",
     "TaskQuery": "._source",
-    "serve_cluster": "._redis",
+    "serve_cluster": "._redis_serve",
 }
 
 
