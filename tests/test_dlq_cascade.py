@@ -9,9 +9,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from _tasks import add, fail_times, ident
+from _tasks import Gate, add, fail_times, gated, ident
 
 from procqueue import (
+    InvalidArgumentError,
     ProcQueue,
     RetryPolicy,
     TaskNotFoundError,
@@ -86,3 +87,70 @@ def test_cascade_refuses_when_another_upstream_was_dropped(tmp_path: Path) -> No
         with pytest.raises(TaskNotFoundError, match="no longer known"):
             pool.dlq.requeue(task_id(root), cascade=True)
         assert [d.task_id for d in pool.dlq.list()] == [task_id(root)]  # not lost
+
+
+def test_cascade_rearms_a_diamond_with_the_branch_that_completed(
+    tmp_path: Path, gate: Gate
+) -> None:
+    """``merge(left, right)`` (futures as arguments), ``right`` failed: the
+    re-armed merge takes ``left``'s value as it was passed before (the
+    record has handed it to ``left``'s future since) and waits on the new
+    ``right`` alone; nothing is admitted unless all of it can be."""
+    with ProcQueue(max_workers=2, retry=NO_WAIT) as pool:
+        left = pool.submit(gated, gate.paths, 2)
+        gate.wait_started()
+        right = pool.submit_task(
+            fail_times, str(tmp_path / "c"), 1, 40, max_retries=0, after=[left]
+        )
+        merge = pool.submit(add, left, right)  # linked while left runs
+        gate.release()
+        with pytest.raises(UpstreamFailedError):
+            merge.result()
+        assert left.result() == 2
+        ids = pool.dlq.requeue(task_id(right), cascade=True)
+        assert set(ids) == {task_id(right), task_id(merge)}
+        assert pool.future(ids[task_id(merge)]).result() == 42
+        assert pool.get_task_status(ids[task_id(merge)]).after == (ids[task_id(right)],)
+        assert pool.dlq.list() == []
+
+
+def test_cascade_rearms_a_diamond_on_taskqueue(tmp_path: Path, gate: Gate) -> None:
+    async def main() -> None:
+        async with TaskQueue(num_workers=2, retry=NO_WAIT) as q:
+            left = await q.submit(gated, gate.paths, 2)
+            gate.wait_started()
+            # Both linked while left runs: merge is passed left's value when
+            # it completes, then right (after left) fails.
+            right = await q.submit(
+                fail_times, str(tmp_path / "c"), 1, 40, max_retries=0, after=[left]
+            )
+            merge = await q.submit(add, result_of(left), result_of(right))
+            gate.release()
+            with pytest.raises(UpstreamFailedError):
+                await q.result(merge)
+            ids = q.dlq.requeue(right, cascade=True)
+            assert await q.result(ids[merge]) == 42
+
+    asyncio.run(main())
+
+
+def test_cascade_admits_nothing_when_a_dependent_cannot_take_a_value(
+    tmp_path: Path, gate: Gate
+) -> None:
+    """``merge(left, right)``: right failed while left ran, and left's value
+    then went to its own future: the re-armed merge could not be passed it.
+    The requeue raises and admits nothing (not the new ``right`` either)."""
+    with ProcQueue(max_workers=2, retry=NO_WAIT) as pool:
+        left = pool.submit(gated, gate.paths, 2)
+        gate.wait_started()
+        right = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 40, max_retries=0)
+        merge = pool.submit(add, left, right)
+        with pytest.raises(UpstreamFailedError):
+            merge.result()
+        gate.release()
+        assert left.result() == 2
+        with pytest.raises(InvalidArgumentError, match="no longer held"):
+            pool.dlq.requeue(task_id(right), cascade=True)
+        assert [d.task_id for d in pool.dlq.list()] == [task_id(right)]
+        stats = pool.get_stats()
+        assert (stats.pending, stats.waiting, stats.running) == (0, 0, 0)

@@ -41,10 +41,12 @@ class _Dormant:
     """A dependent that ended with ``UpstreamFailedError`` because a dead
     letter (or a dependent of one) failed: what it takes to re-arm it with
     ``requeue(..., cascade=True)``. Its payload still holds its ``result_of``
-    markers, unbound. Kept in its dead letter's tree, so it goes with it."""
+    markers, unbound; the values already passed to it are kept beside it.
+    Kept in its dead letter's tree, so it goes with it."""
 
     __slots__ = (
         "all_done",
+        "arrived",
         "dependents",
         "limit_key",
         "name",
@@ -67,13 +69,22 @@ class _Dormant:
         self.timeout = rec.timeout
         self.limit_key = rec.limit_key
         self.upstream = rec.upstream
-        self.needed = tuple(rec.inputs) if rec.inputs else ()
+        inputs = rec.inputs
+        self.needed = tuple(inputs) if inputs else ()
+        #: The values it had already been passed (upstream id -> value), for
+        #: a re-armed copy to take as they were: an upstream that completed
+        #: may have handed its own value to its future since (``RELEASED``).
+        #: A value still to come is ``None`` or a future in ``inputs``, never
+        #: an ``(outcome, sent)`` pair.
+        self.arrived: dict[int, Any] = (
+            {u: pair[0] for u, pair in inputs.items() if type(pair) is tuple} if inputs else {}
+        )
         self.all_done = rec.all_done
         self.dependents: list[_Dormant] = []
 
 
 class _Entry:
-    __slots__ = ("dependents", "letter", "payload", "policy", "timeout")
+    __slots__ = ("dependents", "letter", "limit_key", "payload", "policy", "timeout")
 
     def __init__(
         self,
@@ -81,11 +92,14 @@ class _Entry:
         payload: tuple[bytes, list[Any]],
         policy: RetryPolicy,
         timeout: float | None,
+        limit_key: str | None,
     ) -> None:
         self.letter = letter
         self.payload = payload
         self.policy = policy
         self.timeout = timeout
+        #: Run again, it is held to its key's limits as it was.
+        self.limit_key = limit_key
         #: Dependents it took down with it (``_Dormant``), for a cascade.
         self.dependents: list[_Dormant] = []
 
@@ -111,7 +125,9 @@ class _DeadLetterStore:
             submitted_at=rec.submitted_at,
             failed_at=failed_at,
         )
-        self.entries[rec.task_id] = _Entry(letter, rec.payload, rec.policy, rec.timeout)
+        self.entries[rec.task_id] = _Entry(
+            letter, rec.payload, rec.policy, rec.timeout, rec.limit_key
+        )
         while len(self.entries) > self.max_size:
             self.entries.popitem(last=False)
             self.dropped += 1

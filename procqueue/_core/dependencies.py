@@ -18,6 +18,7 @@ recursion, so depth costs no stack.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Any
 
@@ -62,16 +63,7 @@ class Dependencies(Outcomes):
             else:
                 _depend(up, rec)
             return
-        ups = []
-        for tid in upstream:
-            up = self.tasks.get(tid)
-            if up is None:
-                raise _unknown(tid)
-            needed = rec.inputs is not None and tid in rec.inputs
-            wanted = needed and (up.state is _COMPLETED or (rec.all_done and up.state.is_final))
-            if wanted and _outcome_of(up, rec) is RELEASED:
-                raise _released(tid)
-            ups.append(up)
+        ups = [self._linkable(rec, tid) for tid in upstream]
         self._admit_waiting(rec, len(ups))
         for up in ups:
             if rec.state is not _WAITING:
@@ -80,6 +72,28 @@ class Dependencies(Outcomes):
                 self._upstream_ended(rec, up, _outcome_of(up, rec), now)
             else:
                 _depend(up, rec)
+
+    def _linkable(self, rec: _TaskRecord, tid: int) -> _TaskRecord:
+        """Upstream ``tid`` of ``rec``; raises for an unknown one, or one
+        whose result ``rec`` takes but that is no longer held."""
+        up = self.tasks.get(tid)
+        if up is None:
+            raise _unknown(tid)
+        needed = rec.inputs is not None and tid in rec.inputs
+        wanted = needed and (up.state is _COMPLETED or (rec.all_done and up.state.is_final))
+        if wanted and _outcome_of(up, rec) is RELEASED:
+            raise _released(tid)
+        return up
+
+    def check_links(self, records: list[_TaskRecord], fresh: Collection[int]) -> None:
+        """Raise, changing nothing, if one of ``records`` could not be linked
+        to its upstream tasks (those in ``fresh`` are admitted along with
+        them, so not checked): what :meth:`_link` would raise, for a batch
+        that must be admitted whole or not at all."""
+        for rec in records:
+            for tid in rec.upstream:
+                if tid not in fresh:
+                    self._linkable(rec, tid)
 
     def _admit_waiting(self, rec: _TaskRecord, waiting_on: int) -> None:
         rec.state = _WAITING

@@ -256,6 +256,7 @@ class Engine(ReadSide):
             policy = replace(policy, max_retries=max_retries)
         prio = letter.priority if priority is None else priority
         rec = self.new_record(letter.name, prio, entry.payload, policy, entry.timeout, None)
+        rec.limit_key = entry.limit_key
         records = [rec]
         ids = {task_id: rec.task_id}
         try:
@@ -288,16 +289,28 @@ class Engine(ReadSide):
         todo = deque(roots)
         while todo:
             node = todo.popleft()
-            moved = {old: ResultOf(ids[old]) for old in node.needed if old in ids}
-            payload = bind_inputs(node.payload, moved) if moved else node.payload
+            # Each marker: moved to its re-armed upstream's new id; else bound
+            # to the value it had already been passed (a diamond's branch that
+            # completed, whose record may have released that value since);
+            # else left for an upstream still under way.
+            arrived = node.arrived
+            taken = [u for u in node.needed if u in arrived and u not in ids]
+            moved: dict[int, Any] = {u: arrived[u] for u in taken}
+            for old in node.needed:
+                if old not in moved:
+                    moved[old] = ResultOf(ids.get(old, old))
+            payload = bind_inputs(node.payload, moved) if node.needed else node.payload
             rec = self.new_record(
                 node.name, node.priority, payload, node.policy, node.timeout, None
             )
-            rec.upstream = tuple(ids.get(u, u) for u in node.upstream)
+            # An upstream whose value is bound in has ended as its trigger
+            # wanted: nothing to wait for (and its record may be gone).
+            rec.upstream = tuple(ids.get(u, u) for u in node.upstream if u not in taken)
             rec.all_done = node.all_done
             rec.limit_key = node.limit_key
-            if node.needed:
-                rec.inputs = {ids.get(u, u): None for u in node.needed}
+            still = [u for u in node.needed if u not in taken]
+            if still:
+                rec.inputs = {ids.get(u, u): None for u in still}
             ids[node.task_id] = rec.task_id
             out.append(rec)
             todo.extend(node.dependents)
@@ -308,6 +321,9 @@ class Engine(ReadSide):
         lock round (an operator's requeue: ``max_pending`` does not apply)."""
         with self._lock:
             self.check_open()
+            # All or none: a record that cannot be linked raises before any
+            # is admitted (the caller puts its dead letter back).
+            self.core.check_links(records, {rec.task_id for rec in records})
             now = time.monotonic()
             for rec in records:
                 self.core.admit(rec, now)
