@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -11,8 +12,9 @@ __all__ = ["RetryPolicy", "WorkerLimits"]
 
 
 def _check_non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise InvalidArgumentError(f"{name} must be >= 0, got {value!r}")
+    # ``not 0 <= value``, not ``value < 0``: NaN fails too.
+    if not 0 <= value < math.inf:
+        raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class RetryPolicy:
         _check_non_negative("max_retries", self.max_retries)
         _check_non_negative("backoff_base", self.backoff_base)
         _check_non_negative("backoff_max", self.backoff_max)
-        if self.backoff_factor < 1:
+        if not 1 <= self.backoff_factor < math.inf:
             raise InvalidArgumentError(f"backoff_factor must be >= 1, got {self.backoff_factor!r}")
         if not 0 <= self.jitter <= 1:
             raise InvalidArgumentError(f"jitter must be within [0, 1], got {self.jitter!r}")

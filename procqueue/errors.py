@@ -19,6 +19,7 @@ standard library does.
 
 from __future__ import annotations
 
+import math
 import pickle
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
@@ -194,8 +195,14 @@ class Throttle(ProcQueueError):
     """
 
     def __init__(self, retry_after: float = 1.0, message: str = "") -> None:
+        seconds = float(retry_after)
+        if not 0 <= seconds < math.inf:  # NaN fails too; inf would stall the queue's timers
+            raise InvalidArgumentError(
+                f"Throttle(retry_after=...) must be a finite number of seconds >= 0, "
+                f"got {retry_after!r}"
+            )
         super().__init__(message or f"throttled: retry after {retry_after}s")
-        self.retry_after = float(retry_after)
+        self.retry_after = seconds
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.retry_after, str(self)))

@@ -4,6 +4,7 @@ letter queue), cancel, requeue uncharged; and how long a finished record stays."
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from ..errors import (
@@ -45,13 +46,13 @@ class Outcomes(CoreState):
         it. ``cancelled``: the task was cancelled while this attempt ran (the
         kill lost the race): it ends cancelled, its error kept in the history."""
         exc_type = self._record_error(rec, exc, pid, exitcode, tb, now)
-        if cancelled:
+        throttle = isinstance(exc, Throttle) and 0 <= exc.retry_after < math.inf
+        if cancelled or (throttle and self.cancel_pending):
+            # A throttled task was going back to wait: under stop(cancel_pending)
+            # it is cancelled like any task that has not started, not failed.
             self._cancel_running(rec, now)
-        elif (
-            isinstance(exc, Throttle)
-            and not self.cancel_pending
-            and rec.throttles < self.config.max_throttles
-        ):
+        elif throttle and rec.throttles < self.config.max_throttles:
+            assert isinstance(exc, Throttle)
             # "Not now": back to wait, without using an attempt; not a retry.
             rec.throttles += 1
             rec.attempts -= 1

@@ -256,7 +256,11 @@ class ScheduleEntry:
         if first > clock:
             return due
         trigger = self.trigger
-        latest = trigger.last_at_or_before(clock)
+        # ``first`` is due, so the latest tick is at least ``first``; the
+        # trigger's own arithmetic can put it a rounding error earlier (an
+        # interval of 0.1 s at exactly its tick: floor((t - anchor) / p) is
+        # one short), which would read a due tick as missed.
+        latest = max(trigger.last_at_or_before(clock), first)
         # Ticks at or before ``clock`` are those before the next one after it
         # (an epsilon past ``clock`` would count a tick that is not due yet).
         after = trigger.next_after(clock)

@@ -24,7 +24,7 @@ from .._core.events import OK
 from .._core.records import RELEASED, TaskProgress, TaskState, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
-from ..errors import QueueClosedError, TaskNotFoundError
+from ..errors import InvalidArgumentError, QueueClosedError, TaskNotFoundError
 from ..stats import LatencyCache, QueueStats, WorkerStats, build_stats
 from .futures import _TaskFuture, deliver, resolve_now
 from .transport import Transport
@@ -233,11 +233,20 @@ class ReadSide:
                 raise TaskNotFoundError(task_id)
             fut = rec.future
             if fut is None:
+                if rec.outcome is RELEASED:
+                    # Its outcome went to the future submit() returned, and the
+                    # record let go of it (so a dropped result is freed): a new
+                    # future could only make one up.
+                    raise InvalidArgumentError(
+                        f"task {task_id} ended and its outcome was handed to the future "
+                        "that submit() returned; it is no longer held here: use that future"
+                    )
                 fut = rec.future = _TaskFuture()
                 fut.bind(self._cancel_ref, task_id)
                 if rec.state.is_final:
                     resolve_now(fut, rec)
-                    if self.config.keep_unclaimed:
+                    # A schedule's run was made evictable when it ended.
+                    if self.config.keep_unclaimed and rec.fired_by is None:
                         self.core.make_evictable(task_id)
             return fut
 

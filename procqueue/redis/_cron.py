@@ -84,9 +84,10 @@ def _entry(name: str, s: dict[str, Any]) -> ScheduleEntry:
     misfire and catch-up decisions (overlap is the ``FIRE`` script's, atomic
     against the last run's state)."""
     expected = int(s["next_ms"])
+    trigger = trigger_of(s)
     entry = ScheduleEntry(
         name,
-        trigger_of(s),
+        trigger,
         _no_record,
         misfire_grace=s.get("grace"),
         catchup=str(s["catchup"]),
@@ -94,7 +95,12 @@ def _entry(name: str, s: dict[str, Any]) -> ScheduleEntry:
         now=expected / 1000.0,
         wall_offset=0.0,
     )
-    entry.next_tick = expected / 1000.0
+    # The tick is stored rounded to the millisecond: take the trigger's own
+    # (exact) tick that was rounded, or a tick a rounding error late or
+    # early would read as missed or count a phantom skip.
+    stored = expected / 1000.0
+    exact = trigger.next_after(stored - 0.001)
+    entry.next_tick = exact if abs(exact - stored) <= 0.0005 else stored
     return entry
 
 
