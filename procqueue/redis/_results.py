@@ -21,6 +21,7 @@ from ..errors import (
     QueueClosedError,
     QueueNotStartedError,
     RemoteTraceback,
+    SerializationError,
     TaskCancelledError,
     TaskNotFoundError,
     UpstreamFailedError,
@@ -163,17 +164,29 @@ class _Results:
         if fut is None or fut.done():
             return True
         state, value, error, upstream = outcome
-        if exc is not None:
-            fut.set_exception(exc)
-        elif state == "completed":
-            fut.set_result(load_outcome(value) if value else None)
-        elif state == "cancelled":
-            text = error if error and error != "cancelled" else f"task {task_id} was cancelled"
-            fut.set_exception(TaskCancelledError(text))
-        elif upstream is not None:
-            fut.set_exception(self._upstream_failure(error, upstream))
-        else:
-            fut.set_exception(_remote_error(task_id, value, error))
+        try:
+            if exc is not None:
+                fut.set_exception(exc)
+            elif state == "completed":
+                fut.set_result(load_outcome(value) if value else None)
+            elif state == "cancelled":
+                text = error if error and error != "cancelled" else f"task {task_id} was cancelled"
+                fut.set_exception(TaskCancelledError(text))
+            elif upstream is not None:
+                fut.set_exception(self._upstream_failure(error, upstream))
+            else:
+                fut.set_exception(_remote_error(task_id, value, error))
+        except Exception as e:
+            # Its waiter is already taken off the list: it must be settled
+            # here, or nobody would. A value whose class this client cannot
+            # import (a module only the nodes have) lands here.
+            if not fut.done():
+                fut.set_exception(
+                    SerializationError(
+                        f"task {task_id} {state}, but its outcome does not unpickle "
+                        f"here: {type(e).__name__}: {e}"
+                    )
+                )
         return True
 
     def _upstream_failure(self, error: str, upstream: int) -> UpstreamFailedError:

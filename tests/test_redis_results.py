@@ -1,0 +1,46 @@
+"""A client's side of outcomes on a broker: what ``result()`` gives when a
+stored outcome cannot become a value here.
+
+Real Redis at 127.0.0.1:6379, a queue name per test (its keys deleted after);
+skipped without one unless ``PROCQUEUE_REQUIRE_SERVICES=1``.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from procqueue import ProcQueue, SerializationError
+from procqueue.redis._protocol import Broker
+
+SECRET = b"r" * 32
+
+
+class _Thing:
+    """Pickled by reference to its module, renamed below to one the client has not got."""
+
+
+@pytest.mark.parametrize("padding", [0, 4096], ids=["in the done message", "read back"])
+def test_a_value_that_does_not_unpickle_here_fails_its_future(broker: Broker, padding: int) -> None:
+    """A node returned an object of a class only the nodes can import: the
+    future fails with SerializationError; it used to wait for ever (the
+    waiter was taken off the list before the unpickling raised)."""
+    from conftest import REDIS_URL
+
+    # The same bytes a node would send, naming a module of the same length
+    # that this process cannot import.
+    missing = "z" * len(__name__)
+    value = pickle.dumps((_Thing(), b"x" * padding), protocol=5)
+    value = value.replace(__name__.encode(), missing.encode())
+    with ProcQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as pool:
+        fut = pool.submit(abs, -1)
+        other = pool.submit(abs, -2)
+        claimed = {c.task_id: c for c in broker.claim(2, 30, "node-a")}
+        (a, ca), (b, cb) = sorted(claimed.items())
+        broker.finish_many(
+            [(a, ca.token, "completed", value, ""), (b, cb.token, "completed", pickle.dumps(2), "")]
+        )
+        with pytest.raises(SerializationError, match=missing):
+            fut.result(timeout=30)
+        assert other.result(timeout=30) == 2  # the rest of the burst is not lost
