@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from procqueue import RetryPolicy
 from procqueue.errors import InvalidArgumentError
 from procqueue.redis._protocol import Broker, connect
+from procqueue.redis._scripts_node import LOST_FREE
 from procqueue.redis._signing import Signer
 
 SECRET = b"s" * 32
@@ -103,14 +104,19 @@ def test_concurrent_reclaimers_requeue_each_expired_lease_once(broker: Broker) -
 
 def test_a_task_that_kills_its_node_each_time_ends_in_the_dlq(broker: Broker) -> None:
     tid = broker.submit(b"call", name="t", policy=RetryPolicy(max_retries=2, backoff_base=0))
-    for attempt in (1, 2, 3):
+    deaths = LOST_FREE + 2 + 1  # the free lost leases, then every attempt
+    for attempt in range(1, deaths + 1):
         (c,) = broker.claim(1, 0, f"node-{attempt}")
-        assert c.attempts == attempt
+        assert c.attempts == attempt  # runs started, refunded or not
         requeued, dead = broker.reclaim()
-        assert (requeued, dead) == (([tid], []) if attempt < 3 else ([], [tid]))
-    assert broker.claim(1, 30, "node-4") == []
+        assert (requeued, dead) == (([tid], []) if attempt < deaths else ([], [tid]))
+    assert broker.claim(1, 30, "node-last") == []
     state, value, error = broker.outcome(tid)  # type: ignore[misc]
-    assert (state, value) == ("failed", None) and "lease expired" in error
+    assert (state, value) == ("failed", None)
+    assert error == (
+        f"lease expired on node node-{deaths} (attempt {deaths}; "
+        f"{deaths} leases lost, the first {LOST_FREE} not charged)"
+    )
     assert broker.r.zscore(broker.keys.dlq, tid) is not None
 
 

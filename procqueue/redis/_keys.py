@@ -18,11 +18,13 @@ key                           type     holds
 ``{pq:Q}:meta``               hash     id -> JSON: priority, attempts, token, owner...
 ``{pq:Q}:payload``            hash     id -> signed payload (until the task is final)
 ``{pq:Q}:dlq``                zset     dead-lettered ids; score = failed ms
-``{pq:Q}:cancel``             set      ids whose owner must kill them
+``{pq:Q}:cancel``             set      ids whose owner must kill them (until their
+                                       lease ends: finished, reclaimed)
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
 ``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows, cap
-``{pq:Q}:buckets``            hash     concrete key#window -> theoretical arrival time (ms)
+``{pq:Q}:rate``               zset     ``<concrete key>#<window>``; score = its theoretical
+                                       arrival time (ms), swept once past (GCRA)
 ``{pq:Q}:waiting``            set      ids waiting for their upstream tasks (``after=``)
 ``{pq:Q}:down``               hash     upstream id -> n, ``<id>#<i>`` -> i-th dependent id
 ``{pq:Q}:held``               hash     upstream id -> signed value its dependents still
@@ -62,7 +64,7 @@ __all__ = ["FIXED", "Keys"]
 #: it goes. Per-task keys (``r:<id>``) follow them.
 FIXED = (
     "ready", "delayed", "leases", "meta", "payload", "dlq", "cancel", "wake", "seq",
-    "fence", "buckets", "waiting", "down", "held", "ended", "ended_ttl", "caps", "parked",
+    "fence", "rate", "waiting", "down", "held", "ended", "ended_ttl", "caps", "parked",
     "dormant",
 )  # fmt: skip
 
@@ -139,8 +141,8 @@ class Keys:
         return self._k("limits")
 
     @property
-    def buckets(self) -> str:
-        return self._k("buckets")
+    def rate(self) -> str:
+        return self._k("rate")
 
     @property
     def waiting(self) -> str:

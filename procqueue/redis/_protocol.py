@@ -140,6 +140,10 @@ _SCRIPTS: dict[str, str] = {
 }
 #: Ids per LOOKUP run: a burst larger than this is read in several.
 LOOKUP_CHUNK = 512
+#: RECLAIM runs per :meth:`Broker.reclaim` at most: each further one only
+#: for tasks flagged for cancel meanwhile; any still left keep their expired
+#: lease for the next reclaim.
+RECLAIM_RUNS = 3
 
 
 class Broker(AdminCalls):
@@ -225,11 +229,13 @@ class Broker(AdminCalls):
         sealed = self.signer.seal(TASK, self.queue, str(tid), payload)
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
-        idem = k.idem(key) if key is not None else ""
+        # The idempotency key's own key only when there is one: every key
+        # declared shares the queue's hash tag (Cluster: one slot).
+        idem = (k.idem(key),) if key is not None else ()
         try:
             return int(
                 self._s["SUBMIT"](
-                    keys=[*self._kk["SUBMIT"], idem, *(k.result(u) for u in after)],
+                    keys=[*self._kk["SUBMIT"], *idem, *(k.result(u) for u in after)],
                     args=[
                         tid,
                         priority,
@@ -448,14 +454,30 @@ class Broker(AdminCalls):
         return self.finish_many([(task_id, token, outcome, value, error)])[0]
 
     def reclaim(self, limit: int = 100) -> tuple[list[int], list[int]]:
-        """Requeue (with backoff) or dead-letter tasks whose lease expired;
-        returns ``(requeued, dead-lettered)``. Safe to run from every node.
-        Also drops the kept outcomes of dependents ended unrun, once expired."""
-        k = self.keys
-        requeued, dead = self._s["RECLAIM"](
-            keys=self._kk["RECLAIM"], args=[limit, k.done, self.result_ttl]
-        )
-        return [int(x) for x in requeued], [int(x) for x in dead]
+        """Requeue or dead-letter tasks whose lease expired (the first
+        ``LOST_FREE`` lost leases of a task are not charged; later ones are
+        spent attempts, retried with backoff); returns ``(requeued,
+        dead-lettered)``. A task whose cancel was asked while it ran ends
+        cancelled instead (announced; in neither list). Safe to run from every
+        node. Also drops the kept outcomes of dependents ended unrun, once
+        expired."""
+        k, script, declared = self.keys, self._s["RECLAIM"], self._kk["RECLAIM"]
+        requeued: list[int] = []
+        dead: list[int] = []
+        later: list[bytes] = []
+        for _ in range(RECLAIM_RUNS):
+            # Ending a flagged task writes its r:<id>, which a script has to
+            # declare: the run returns the ids it met without it (its
+            # ``later``), for this next run to declare. None, almost always.
+            got, lost, later = script(
+                keys=[*declared, *(k.result(int(t)) for t in later)],
+                args=[limit, k.done, self.result_ttl, *later],
+            )
+            requeued += (int(x) for x in got)
+            dead += (int(x) for x in lost)
+            if not later:
+                break
+        return requeued, dead
 
     # ------------------------------------------------------------------ schedules
 

@@ -14,10 +14,11 @@ it walks, so every key it may touch has to be a fixed one: the outcomes of
 tasks ended that way live in fields of ``ended``, not in keys of their own.
 
 Per task, ``meta`` holds JSON: ``priority``, ``seq`` (FIFO), ``attempts``
-(counted at claim), ``max_retries``, ``ttl`` (the submitting client's
-``result_ttl``, s: it, not the node's, sets how long the outcome is kept),
-backoff (``bb``, ``bf``, ``bm``: base ms, factor, max ms), ``name``,
-``state``, ``owner`` and ``token`` (fencing) while claimed,
+(counted at claim), ``lost`` (its leases that expired: the first
+``_scripts_node.LOST_FREE`` of them are not charged), ``max_retries``,
+``ttl`` (the submitting client's ``result_ttl``, s: it, not the node's, sets
+how long the outcome is kept), backoff (``bb``, ``bf``, ``bm``: base ms,
+factor, max ms), ``name``, ``state``, ``owner`` and ``token`` (fencing) while claimed,
 ``submitted``/``started`` (ms), ``error`` once failed. Limits: ``lk`` (the
 concrete key), ``lw`` (rate windows), ``lc`` (concurrency cap), ``slot`` (a
 reserved start), ``pk`` (its ``parked`` member), ``unp`` (unparked, not yet
@@ -46,7 +47,7 @@ from ._keys import FIXED
 #: its ``done`` message (``announce``), not only in ``r:<id>``.
 INLINE_MAX = 512
 
-#: Redis time in ms, the ready score, the backoff before a retry, announcing.
+#: Redis time in ms, the ready score, announcing.
 CORE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -54,11 +55,6 @@ local function now_ms()
 end
 local function score(m)
   return -m.priority * 4294967296 + m.seq
-end
-local function backoff(m)
-  local d = m.bb * (m.bf ^ (m.attempts - 1))
-  if d > m.bm then d = m.bm end
-  return math.floor(d)
 end
 -- Tell the ``done`` channel that task ``id`` ended: at once, or, in a script
 -- that set ``ctx.pub`` and ``ctx.inl`` (FINISH), gathered into one message
@@ -106,6 +102,7 @@ local function enqueue(id, priority, m, payload, delay, now)
   m.priority = priority
   m.seq = redis.call('INCR', K.seq)
   m.attempts = 0
+  m.lost = nil
   m.submitted = now
   redis.call('HSET', K.payload, id, payload)
   if delay > 0 then
@@ -120,11 +117,17 @@ end
 
 #: Rate limits: a start slot per task.
 RATE = """
--- Rate limits (GCRA, one theoretical arrival time per key and window, in the
--- ``buckets`` hash): may task ``m`` (key ``m.lk``, windows ``m.lw`` =
--- {{interval ms, tolerance ms}, ...}) start now? Either way its slot is
--- reserved, so the tasks of a key start in claim order, FIFO, each in its own
--- slot, and a parked task holds the slot it waits for.
+-- Rate limits (GCRA): one theoretical arrival time (TAT) per key and window,
+-- the score of ``<key>#<window>`` in the ``rate`` zset. May task ``m`` (key
+-- ``m.lk``, windows ``m.lw`` = {{interval ms, tolerance ms}, ...}) start now?
+-- Either way its slot is reserved, so the tasks of a key start in claim
+-- order, FIFO, each in its own slot, and a parked task holds the slot it
+-- waits for. A TAT at or before now is a full bucket, the same as none: the
+-- first admission of a script run drops every such one (ZREMRANGEBYSCORE,
+-- amortised O(1) per member ever added), so the zset holds only keys that
+-- started within their last interval, however many keys ("tenant:*") come
+-- and go.
+local rate_swept = false
 local function admitted(m, now)
   if m.slot then
     if m.slot <= now then
@@ -133,16 +136,20 @@ local function admitted(m, now)
     end
     return false
   end
-  local t = now
+  if not rate_swept then
+    redis.call('ZREMRANGEBYSCORE', K.rate, '-inf', now)
+    rate_swept = true
+  end
+  local t, tats = now, {}
   for i, w in ipairs(m.lw) do
-    local tat = tonumber(redis.call('HGET', K.buckets, m.lk .. '#' .. i) or '0')
+    local tat = tonumber(redis.call('ZSCORE', K.rate, m.lk .. '#' .. i) or '0')
+    tats[i] = tat
     if tat - w[2] > t then t = tat - w[2] end
   end
   for i, w in ipairs(m.lw) do
-    local f = m.lk .. '#' .. i
-    local tat = tonumber(redis.call('HGET', K.buckets, f) or '0')
+    local tat = tats[i]
     if tat < t then tat = t end
-    redis.call('HSET', K.buckets, f, tat + w[1])
+    redis.call('ZADD', K.rate, tat + w[1], m.lk .. '#' .. i)
   end
   if t <= now then return true end
   m.slot = t
@@ -470,9 +477,26 @@ local function queue_waiting(id, m, payload, ups, ctx)
 end
 """
 
+#: A task's end with an outcome of its own: its result hash.
+FINAL = """
+-- Task ``id`` (meta ``m``) ends ``state`` (completed or cancelled): the
+-- result hash ``r`` (its ``r:<id>``, declared by the script's caller) keeps
+-- the outcome for the submitting client's ``result_ttl``; its fields and its
+-- hold on upstream values go.
+local function keep_outcome(id, m, r, state, value, err, ctx)
+  redis.call('HSET', r, 'state', state, 'value', value, 'error', err,
+             'attempts', m.attempts, 'name', m.name, 'finished', ctx.now)
+  if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
+  redis.call('EXPIRE', r, m.ttl or ctx.ttl)
+  redis.call('HDEL', K.meta, id)
+  redis.call('HDEL', K.payload, id, id .. ':e')
+  unpin(m)
+end
+"""
+
 #: The sections a script needs to end a task: free its key's slot, release
-#: or end its dependents, drop the upstream values it held.
-ENDING = (CORE, READY, CAPS, FREE, PINS, GRAPH)
+#: or end its dependents, drop the upstream values it held, keep its outcome.
+ENDING = (CORE, READY, CAPS, FREE, PINS, GRAPH, FINAL)
 
 _KEY = re.compile(r"\bK\.([a-z_]+)\b")
 

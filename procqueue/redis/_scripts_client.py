@@ -25,8 +25,8 @@ from ._scripts import (
 #: an upstream ending meanwhile cannot leave it waiting for ever (RQ's
 #: deferred-forever race, rq/rq#743). An unknown upstream is refused (error
 #: ``PQUNKNOWN <id>``), before anything is written.
-#: KEYS: its fixed keys (``KEYS_OF``), then idem (the key's own key, or ""),
-#:       then r:<up> for each upstream
+#: KEYS: its fixed keys (``KEYS_OF``), then the idempotency key's own key
+#:       (``k:<key>``) only when there is one, then r:<up> for each upstream
 #: ARGV: id priority meta_json payload delay_ms idem_ttl_s ttl_s channel up...
 SUBMIT = script(
     "SUBMIT",
@@ -37,13 +37,17 @@ SUBMIT = script(
     UPSTREAMS,
     """
 local id = ARGV[1]
-local idem = KEYS[NFIXED + 1]
-if idem ~= '' then
+local nup = #ARGV - 8
+-- The idempotency key is declared only when given: a placeholder key
+-- outside the queue's hash tag (the empty key is slot 0) fails a Cluster's
+-- CROSSSLOT check. ``ik``: 1 when it is there, before the upstreams' keys.
+local ik = #KEYS - NFIXED - nup
+local idem = ik == 1 and KEYS[NFIXED + 1]
+if idem then
   local first = redis.call('GET', idem)
   if first then return tonumber(first) end
 end
 local now = now_ms()
-local nup = #ARGV - 8
 if nup == 0 then
   -- The common case, in as few calls as it takes (each costs ~4 µs inside a
   -- script): no JSON round trip (the client's meta is an object, closed
@@ -58,7 +62,7 @@ if nup == 0 then
   if redis.call('HSETNX', K.meta, id, meta) == 0 then
     return redis.error_reply('duplicate task id ' .. id)
   end
-  if idem ~= '' then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
+  if idem then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
   redis.call('HSET', K.payload, id, ARGV[4])
   if delay > 0 then
     redis.call('ZADD', K.delayed, now + delay, id)
@@ -76,10 +80,10 @@ local m = cjson.decode(ARGV[3])
 -- Every upstream's state, before anything is written.
 local ups = {}
 for i = 1, nup do
-  ups[i] = read_upstream(ARGV[8 + i], KEYS[NFIXED + 1 + i])
+  ups[i] = read_upstream(ARGV[8 + i], KEYS[NFIXED + ik + i])
   if not ups[i] then return redis.error_reply('PQUNKNOWN ' .. ARGV[8 + i]) end
 end
-if idem ~= '' then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
+if idem then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
 m.priority = tonumber(ARGV[2])
 local delay = tonumber(ARGV[5])
 if delay > 0 then m.due = now + delay end
@@ -126,8 +130,9 @@ return out
 
 #: Cancel: a queued, delayed, parked or waiting task ends ``cancelled`` at
 #: once, and so do its dependents (returns 1); a claimed one is flagged for
-#: its owner, whose next renewal kills it (2); 0 when it is unknown or already
-#: final.
+#: its owner, whose next renewal kills it (2: should its attempt end in a
+#: retry, or its lease expire, instead, FINISH or RECLAIM ends it cancelled);
+#: 0 when it is unknown or already final.
 #: KEYS: its fixed keys (``KEYS_OF``), then r:<id>
 #: ARGV: id ttl_s channel
 CANCEL = script(
@@ -143,17 +148,12 @@ if redis.call('ZSCORE', K.leases, id) then
   redis.call('SADD', K.cancel, id)
   return 2
 end
-local now = now_ms()
-local ctx = {now = now, ttl = tonumber(ARGV[2]), channel = ARGV[3]}
+local ctx = {now = now_ms(), ttl = tonumber(ARGV[2]), channel = ARGV[3]}
 unqueue(id, m)
-local r = KEYS[NFIXED + 1]
-redis.call('HSET', r, 'state', 'cancelled', 'value', '', 'error', 'cancelled',
-           'attempts', m.attempts, 'name', m.name, 'finished', now)
-if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
-redis.call('EXPIRE', r, m.ttl or ctx.ttl)
-redis.call('HDEL', K.meta, id)
-redis.call('HDEL', K.payload, id)
-unpin(m)
+-- A flag left behind (by a RECLAIM of an older version, which requeued a
+-- flagged task) would outlive the task: the key count must come back down.
+redis.call('SREM', K.cancel, id)
+keep_outcome(id, m, KEYS[NFIXED + 1], 'cancelled', '', 'cancelled', ctx)
 announce(ctx, id)
 cascade({id = id, state = 'cancelled', error = 'cancelled', name = m.name}, ctx)
 return 1

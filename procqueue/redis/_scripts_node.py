@@ -7,6 +7,33 @@ from __future__ import annotations
 
 from ._scripts import CAPS, CORE, DORMANT, ENDING, RATE, script
 
+#: Expired leases a task is not charged for. Attempts are counted at claim,
+#: so that a task that kills its node every time ends in the DLQ instead of
+#: looping; but a node that dies (SIGKILL, OOM, a lost host) takes with it
+#: every lease it held, its prefetched tasks' too, which never started: with
+#: the default ``max_retries=0`` all of them were dead-lettered. So RECLAIM
+#: refunds the attempt of each of a task's first ``LOST_FREE`` lost leases
+#: (``m.lost`` counts them) and requeues it at once, in its place in line;
+#: from the next one on, an expired lease is a spent attempt, as an error
+#: is. A task that kills its node every time is dead-lettered after
+#: ``LOST_FREE + max_retries + 1`` node deaths: "at least once" holds for the
+#: tasks that merely shared a node with a crash, and the loop stays bounded.
+LOST_FREE = 2
+
+#: Charging attempts: what a task has spent, the backoff before a retry.
+CHARGE = """
+-- The attempts a task has spent: those claimed (``attempts``, which the
+-- status and dashboards show: runs started), less the lost leases refunded.
+local function charged(m)
+  return m.attempts - math.min(m.lost or 0, LOST_FREE)
+end
+local function backoff(m)
+  local d = m.bb * (m.bf ^ (charged(m) - 1))
+  if d > m.bm then d = m.bm end
+  return math.floor(d)
+end
+""".replace("LOST_FREE", str(LOST_FREE))
+
 #: Promote due delayed tasks, pop up to k ready ones, lease each to ``owner``
 #: with a fresh fencing token, counting the attempt: one step, no gap between
 #: "popped" and "recorded". A task with a rate-limited key (``lk``) starts only
@@ -136,7 +163,9 @@ return {lost, cancels}
 #: sealed exception, if given, as payload field ``<id>:e``);
 #: ``error``: ``retry`` while attempts remain, else ``failed``. A final
 #: outcome releases or ends the task's dependents (``cascade``), and the lease's
-#: end frees its key's concurrency slot, both in this same step.
+#: end frees its key's concurrency slot, both in this same step. A task whose
+#: cancel was asked while it ran (``cancel``) and whose attempt ends in a
+#: retry ends ``cancelled`` instead: the request outlives its attempt.
 #: A node reports every outcome it has in one call (issue #9: one script run
 #: and one ``TIME`` per batch, not per task, and no pipeline of scripts, which
 #: redis-py precedes with a ``SCRIPT EXISTS`` round trip); each still gets its
@@ -148,6 +177,7 @@ return {lost, cancels}
 FINISH = script(
     "FINISH",
     *ENDING,
+    CHARGE,
     """
 local function finish(id, token, outcome, value, err, r, ctx)
   local raw = redis.call('HGET', K.meta, id)
@@ -156,13 +186,16 @@ local function finish(id, token, outcome, value, err, r, ctx)
   if m.token ~= token or not redis.call('ZSCORE', K.leases, id) then return 0 end
   local now = ctx.now
   redis.call('ZREM', K.leases, id)
-  redis.call('SREM', K.cancel, id)
+  local flagged = redis.call('SREM', K.cancel, id) == 1
   m.owner = nil
   m.token = nil
   lease_ended(m)
   if outcome == 'error' then
     -- The attempt raised or crashed: retry while attempts (counted at claim) remain.
-    if m.attempts <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
+    if charged(m) <= m.max_retries then outcome = 'retry' else outcome = 'failed' end
+  end
+  if outcome == 'retry' and flagged then
+    outcome, value, err = 'cancelled', '', 'cancelled'
   end
   if outcome == 'retry' then
     m.state = 'retrying'
@@ -181,13 +214,7 @@ local function finish(id, token, outcome, value, err, r, ctx)
     redis.call('ZADD', K.dlq, now, id)
     ended.blob = value
   else
-    redis.call('HSET', r, 'state', outcome, 'value', value, 'error', err,
-               'attempts', m.attempts, 'name', m.name, 'finished', now)
-    if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
-    redis.call('EXPIRE', r, m.ttl or ctx.ttl)
-    redis.call('HDEL', K.meta, id)
-    redis.call('HDEL', K.payload, id, id .. ':e')
-    unpin(m)
+    keep_outcome(id, m, r, outcome, value, err, ctx)
     if outcome == 'completed' then ended.blob = value end
   end
   announce(ctx, id, outcome == 'completed' and err == '' and value or nil)
@@ -207,46 +234,88 @@ return out
 )
 
 
-#: Expired leases (node killed, partitioned, frozen): requeue with backoff, or
-#: dead-letter once the attempts (counted at claim) are spent, ending the
-#: task's dependents. Atomic and lock-free: any node may run it, concurrently,
-#: and each lease is handled once. Also sweeps the expired ``ended`` entries
-#: (and the dormant copies kept with them).
-#: KEYS: its fixed keys (``KEYS_OF``)
-#: ARGV: limit channel ttl_s
+#: Expired leases (node killed, partitioned, frozen). Each lost lease counts
+#: (``m.lost``); the first ``LOST_FREE`` of a task are refunded: it goes back
+#: to ``ready`` at once, uncharged. From then on a lost lease is a spent
+#: attempt: requeued with backoff, or dead-lettered once the attempts are
+#: spent, ending the task's dependents. A task whose cancel was asked while it
+#: ran ends ``cancelled`` (its dependents too), as CANCEL ends a queued one:
+#: that writes its ``r:<id>``, which the caller declares (the ids in ARGV,
+#: read from ``cancel``); one it did not declare keeps its expired lease and
+#: is returned in the third list, for the caller to run again declaring it.
+#: Atomic and lock-free: any node may run it, concurrently, and each lease is
+#: handled once. Also sweeps the expired ``ended`` entries (and the dormant
+#: copies kept with them).
+#: KEYS: its fixed keys (``KEYS_OF``), then r:<id> per id in ARGV[4..]
+#: ARGV: limit channel ttl_s, then the ids flagged for cancel it may end
+#: Returns {requeued, dead-lettered, flagged but undeclared}.
 RECLAIM = script(
     "RECLAIM",
     *ENDING,
+    CHARGE,
     DORMANT,
     """
 local now = now_ms()
 local ctx = {now = now, ttl = tonumber(ARGV[3]), channel = ARGV[2]}
+local rkeys = {}
+for i = 4, #ARGV do rkeys[ARGV[i]] = KEYS[NFIXED + i - 3] end
 local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local requeued, dead = {}, {}
+local requeued, dead, later = {}, {}, {}
+-- Task ``id`` (meta ``m``) lost its lease on ``node``: refunded, retried or
+-- dead-lettered (LOST_FREE).
+local function lost(id, m, node)
+  m.lost = (m.lost or 0) + 1
+  local err = 'lease expired on node ' .. node .. ' (attempt ' .. m.attempts
+  if m.lost <= LOST_FREE then
+    -- Not charged: its node may have died for another task's sake (a
+    -- prefetched task had not even started). Back in its place in line.
+    m.error = err .. ', not charged: lost lease ' .. m.lost .. ' of LOST_FREE free)'
+    make_ready(id, m)
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    requeued[#requeued + 1] = id
+    return
+  end
+  err = err .. '; ' .. m.lost .. ' leases lost, the first LOST_FREE not charged)'
+  m.error = err
+  if charged(m) <= m.max_retries then
+    m.state = 'retrying'
+    redis.call('ZADD', K.delayed, now + backoff(m), id)
+    redis.call('HSET', K.meta, id, cjson.encode(m))
+    requeued[#requeued + 1] = id
+    return
+  end
+  m.state = 'failed'
+  m.finished = now
+  redis.call('ZADD', K.dlq, now, id)
+  redis.call('HSET', K.meta, id, cjson.encode(m))
+  dead[#dead + 1] = id
+  announce(ctx, id)
+  cascade({id = id, state = 'failed', error = err, name = m.name}, ctx)
+end
 for _, id in ipairs(expired) do
-  redis.call('ZREM', K.leases, id)
   local raw = redis.call('HGET', K.meta, id)
-  if raw then
-    local m = cjson.decode(raw)
-    local err = 'lease expired on node ' .. tostring(m.owner) .. ' (attempt ' .. m.attempts .. ')'
-    m.owner = nil
-    m.token = nil
-    m.error = err
-    lease_ended(m)
-    if m.attempts <= m.max_retries then
-      m.state = 'retrying'
-      redis.call('ZADD', K.delayed, now + backoff(m), id)
-      redis.call('HSET', K.meta, id, cjson.encode(m))
-      requeued[#requeued + 1] = id
-    else
-      m.state = 'failed'
-      m.finished = now
-      redis.call('SREM', K.cancel, id)
-      redis.call('ZADD', K.dlq, now, id)
-      redis.call('HSET', K.meta, id, cjson.encode(m))
-      dead[#dead + 1] = id
-      announce(ctx, id)
-      cascade({id = id, state = 'failed', error = err, name = m.name}, ctx)
+  local m = raw and cjson.decode(raw)
+  local r = nil  -- its r:<id>, if its cancel was asked
+  if m and redis.call('SISMEMBER', K.cancel, id) == 1 then r = rkeys[id] or false end
+  if r == false then
+    -- Ending it writes its r:<id>, not declared here: its lease stays, for
+    -- the caller's next run.
+    later[#later + 1] = id
+  else
+    redis.call('ZREM', K.leases, id)
+    if m then
+      local node = tostring(m.owner)
+      m.owner = nil
+      m.token = nil
+      lease_ended(m)
+      if r then
+        redis.call('SREM', K.cancel, id)
+        keep_outcome(id, m, r, 'cancelled', '', 'cancelled', ctx)
+        announce(ctx, id)
+        cascade({id = id, state = 'cancelled', error = 'cancelled', name = m.name}, ctx)
+      else
+        lost(id, m, node)
+      end
     end
   end
 end
@@ -256,6 +325,6 @@ if #old > 0 then
   redis.call('ZREM', K.ended_ttl, unpack(old))
   for _, id in ipairs(old) do drop_dormant(id) end
 end
-return {requeued, dead}
-""",
+return {requeued, dead, later}
+""".replace("LOST_FREE", str(LOST_FREE)),
 )
