@@ -39,7 +39,9 @@ class RateLimit:
     """At most ``count`` task starts per period, for each ``count/unit``
     window of ``spec`` (``;``-separated; units ``s``, ``m``, ``h``, ``d``, with
     an optional multiplier: ``"100/10s"``). ``burst``: starts allowed back to
-    back (default 1: evenly spaced).
+    back (default 1: evenly spaced), plus 10 ms worth of slack (``rate *
+    0.01``) for a timer that fires late: after an idle spell, ``burst +
+    rate * 0.01`` may start back to back.
 
     ``catchup`` (seconds, default 0.1): while the key has a backlog, the
     starts that fell due while the coordinator could not run (a starved CPU,
@@ -47,8 +49,9 @@ class RateLimit:
     average rate holds (1000/s held 996/s beside a saturating stream, against
     719/s without). The price: right after such a stall, up to ``rate *
     catchup`` starts come back to back, so a 1 s window can see that many
-    more than the rate. ``catchup=0`` never exceeds ``rate + burst`` in any
-    window and under-delivers under load instead. No credit builds up while
+    more than the rate. ``catchup=0`` never exceeds ``rate + burst + rate *
+    0.01`` starts in any one-second window and under-delivers under load
+    instead. No credit builds up while
     the key is idle."""
 
     spec: str
@@ -149,6 +152,14 @@ class Limiter:
             b[2] -= 1.0
         self.running += 1
 
+    def idle(self, now: float) -> bool:
+        """Nothing running, parked or released, and every bucket full again:
+        a new limiter for the key would be in the same state."""
+        if self.running or self.parked or self.released:
+            return False
+        self._refill(now)
+        return all(b[2] >= b[1] for b in self.buckets)
+
     def next_room(self, now: float) -> float | None:
         """When a token is next due (``None``: only a running task ending frees room)."""
         claimed = len(self.released)
@@ -169,6 +180,8 @@ class KeyLimits:
         self.exact: dict[str, list[Spec]] = {}
         self.patterns: list[tuple[str, list[Spec]]] = []
         self.limiters: dict[str, Limiter] = {}
+        #: Limiters kept before the next sweep of idle pattern keys' ones.
+        self._sweep_at = SWEEP_MIN
         for key, value in (config or {}).items():
             if not isinstance(key, str):
                 raise OptionTypeError(f"limit keys are strings, got {key!r}")
@@ -191,8 +204,23 @@ class KeyLimits:
     def limiter(self, key: str, now: float) -> Limiter:
         lim = self.limiters.get(key)
         if lim is None:
+            if len(self.limiters) >= self._sweep_at:
+                self._sweep(now)
             specs = self.exact.get(key)
             if specs is None:
                 specs = next(s for p, s in self.patterns if fnmatch.fnmatchcase(key, p))
             lim = self.limiters[key] = Limiter(key, specs, now)
         return lim
+
+    def _sweep(self, now: float) -> None:
+        """Drop the idle limiters of a pattern's concrete keys (``tenant:42``):
+        with many distinct keys they would otherwise pile up for ever. Amortised:
+        the next sweep waits until the table has doubled."""
+        for key, lim in list(self.limiters.items()):
+            if key not in self.exact and lim.idle(now):
+                del self.limiters[key]
+        self._sweep_at = max(SWEEP_MIN, 2 * len(self.limiters))
+
+
+#: Limiters kept before the first sweep of idle ones.
+SWEEP_MIN = 1024

@@ -9,6 +9,7 @@ from test_scheduler_machine import Shell, sent
 
 from procqueue import Concurrency, InvalidArgumentError, RateLimit, RetryPolicy, Throttle
 from procqueue._core.events import Done
+from procqueue._core.limits import SWEEP_MIN, KeyLimits, Limiter
 from procqueue._core.records import TaskState, _TaskRecord
 
 
@@ -144,3 +145,41 @@ def test_a_backlog_makes_up_a_stall_up_to_catchup_and_catchup_0_never_exceeds() 
         assert len(released) == expected, catchup  # all 50 made up, or capped at 1 + 10 ms
     with pytest.raises(InvalidArgumentError):
         RateLimit("1/s", catchup=-1)
+
+
+@pytest.mark.parametrize("rate", [100, 1000])
+def test_a_rate_limit_keeps_the_bounds_its_docs_give(rate: int) -> None:
+    """After an idle spell: ``burst + rate * 0.01`` back to back (the timer
+    slack); with ``catchup=0``, at most ``rate + burst + rate * 0.01`` starts
+    in a one-second window of a permanent backlog, read every millisecond."""
+    lim = Limiter("api", [RateLimit(f"{rate}/s", catchup=0)], now=0.0)
+    n = 0
+    while lim.room(5.0) >= 1:
+        lim.take(5.0)
+        n += 1
+    assert n == 1 + int(rate * 0.01)
+    lim = Limiter("api", [RateLimit(f"{rate}/s", catchup=0)], now=0.0)
+    starts = 0
+    for i in range(1000):
+        t = 5.0 + i / 1000
+        while lim.room(t) >= 1:
+            lim.take(t)
+            starts += 1
+    assert rate <= starts <= rate + 1 + rate * 0.01
+
+
+def test_idle_limiters_of_a_pattern_s_keys_do_not_pile_up() -> None:
+    """Each concrete key of ``tenant:*`` gets a limiter; once idle and full
+    again, it is dropped at the next sweep (a busy one is kept)."""
+    keys = KeyLimits({"tenant:*": RateLimit("2/s"), "db": Concurrency(1)})
+    busy = keys.limiter("tenant:busy", 0.0)
+    busy.take(0.0)  # running for the whole test
+    db = keys.limiter("db", 0.0)
+    t = 0.0
+    for i in range(10_000):
+        lim = keys.limiter(f"tenant:{i}", t)
+        lim.take(t)
+        lim.running -= 1  # ended
+        t += 1.0  # a token refills in 0.5 s: idle and full by the next key
+    assert len(keys.limiters) <= 2 * SWEEP_MIN
+    assert keys.limiters["tenant:busy"] is busy and keys.limiters["db"] is db
