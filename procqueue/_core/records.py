@@ -316,6 +316,27 @@ class _TaskRecord:
         else:
             self.errors.append(err)
 
+    def _final_error(self, errors: tuple[AttemptError, ...]) -> AttemptError | None:
+        """A failed task's last attempt's error; for one that ended without
+        a failed attempt of its own (an upstream failed, its results could not
+        be passed, the pool broke), the error it ended with."""
+        if errors:
+            return errors[-1]
+        outcome = self.outcome
+        if not isinstance(outcome, BaseException):
+            return None  # released to its future
+        cls = type(outcome)
+        return AttemptError(
+            attempt=self.attempts,
+            exc_type=f"{cls.__module__}.{cls.__qualname__}",
+            message=str(outcome),
+            traceback="",
+            worker_pid=None,
+            exitcode=None,
+            started_at=None,
+            finished_at=self.finished_at or 0.0,
+        )
+
     def snapshot(self) -> TaskStatus:
         errors = tuple(self.errors) if self.errors else ()
         return TaskStatus(
@@ -329,7 +350,7 @@ class _TaskRecord:
             started_at=self.started_at,
             finished_at=self.finished_at,
             worker_pid=self.worker_pid,
-            error=errors[-1] if errors and self.state is TaskState.FAILED else None,
+            error=self._final_error(errors) if self.state is TaskState.FAILED else None,
             errors=errors,
             due_at=self.due_at,
             after=self.upstream,

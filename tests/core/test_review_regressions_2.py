@@ -11,7 +11,7 @@ from test_scheduler_machine import Shell
 
 from procqueue import Concurrency, InvalidArgumentError, RetryPolicy, Throttle
 from procqueue._core.events import Done, Ready, Started
-from procqueue._core.records import TaskState
+from procqueue._core.records import TaskState, _TaskRecord
 from procqueue._core.schedules import Every, ScheduleEntry
 from procqueue._frontdoor import make_engine
 from procqueue._runtime.engine import Engine
@@ -143,3 +143,19 @@ def test_a_redis_schedule_stored_to_the_millisecond_runs_each_tick(period: float
         due = entry.take_due(ms / 1000 + 0.002)  # a node looking 2 ms after the tick
         assert len(due.run) == 1 and due.misfired == due.skipped == 0
         ms = round(entry.next_tick * 1000)
+
+
+def test_a_dependent_ended_by_its_upstream_s_failure_shows_that_error() -> None:
+    sh = Shell(workers=1)
+    up = sh.submit()
+    dep = _TaskRecord(99, "dep", 0, (b"f", []), RetryPolicy(), None, 0.0, None)
+    dep.upstream = (up.task_id,)
+    sh.sched.admit(dep, 0.0)
+    sh.turn(0.0)
+    sh.boot(0, 0.0)
+    sh.done(0, up, 0.1, ok=False)
+    status = dep.snapshot()
+    assert status.state is TaskState.FAILED and status.errors == ()
+    assert status.error is not None
+    assert status.error.exc_type == "procqueue.errors.UpstreamFailedError"
+    assert f"upstream task {up.task_id}" in status.error.message
