@@ -304,6 +304,30 @@ def test_cross_origin_action_refused(pool: ProcQueue) -> None:
     assert call(dash.base_url + "api/dead-letters/purge", "POST", {}, headers)[0] == 403
 
 
+@pytest.mark.parametrize("length", ["-5", "abc"])
+def test_a_bad_content_length_is_refused(pool: ProcQueue, length: str) -> None:
+    """A negative length would read the request stream to its end (unbounded)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    dash = dash_of(pool)
+    csrf = get_json(dash, "api/session")["csrf"]
+    url = urlsplit(dash.base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    try:
+        conn.putrequest("POST", url.path + "api/dead-letters/purge")
+        for name, value in (
+            ("Content-Type", "application/json"),
+            ("Content-Length", length),
+            ("X-CSRF-Token", csrf),
+        ):
+            conn.putheader(name, value)
+        conn.endheaders()
+        assert conn.getresponse().status == 400
+    finally:
+        conn.close()
+
+
 def test_security_headers(pool: ProcQueue) -> None:
     status, headers, body = call(dash_of(pool).base_url)
     assert status == 200 and b"/static/app.js" in body

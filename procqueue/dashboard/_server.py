@@ -295,7 +295,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(HTTPStatus.FORBIDDEN, "cross-origin action refused")
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
+        if length < 0:  # read(-n) would read to the end of the stream, unbounded
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
         if length > _MAX_BODY:
             raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
         if not length:
