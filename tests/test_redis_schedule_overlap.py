@@ -160,3 +160,19 @@ def test_queued_runs_follow_one_another_across_two_nodes(tmp_path: Path) -> None
     finally:
         cluster.close()
         gate.close()
+
+
+def test_a_schedule_this_node_cannot_build_does_not_hold_up_the_others(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored schedule in a zone this node's tz database lacks is logged
+    (once) and left to other nodes; the schedules after it still fire."""
+    handle = scheduled(broker, "allow")
+    tick(broker)
+    bad = dict(broker.schedules()["job"], cron="* * * * *", tz="Nowhere/Atlantis")
+    broker.r.hset(broker.keys.sched, "bad", json.dumps(bad))
+    with caplog.at_level("ERROR", logger="procqueue.schedules"):
+        evaluate(broker)
+        evaluate(broker)
+    assert handle.runs == 1
+    assert sum("'bad'" in r.getMessage() for r in caplog.records) == 1

@@ -62,7 +62,14 @@ def evaluate(broker: Broker) -> float:
         if expected > now:
             wait = min(wait, (expected - now) / 1000.0)
             continue
-        entry = _entry(name, s)
+        try:
+            entry = _entry(name, s)
+        except Exception as e:
+            # A trigger this node cannot build (a zone its tz database lacks,
+            # cron without the extra): leave it to the nodes that can, and go
+            # on with the other schedules.
+            _warn_once(name, f"{type(e).__name__}: {e}")
+            continue
         due = entry.take_due(now / 1000.0)
         runs = []
         if due.run:
@@ -77,6 +84,21 @@ def evaluate(broker: Broker) -> float:
         broker.fire(name, expected, next_ms, due.misfired, due.skipped, runs)
         wait = min(wait, max(0.0, (next_ms - now) / 1000.0))
     return wait
+
+
+#: (schedule, error) pairs this process has logged: a schedule this node
+#: cannot evaluate is reported once, not at every evaluation.
+_unbuildable: set[tuple[str, str]] = set()
+
+
+def _warn_once(name: str, error: str) -> None:
+    if (name, error) not in _unbuildable:
+        if len(_unbuildable) >= 1000:
+            _unbuildable.clear()
+        _unbuildable.add((name, error))
+        _log.error(
+            "schedule %r cannot be evaluated on this node (%s); other nodes fire it", name, error
+        )
 
 
 def _entry(name: str, s: dict[str, Any]) -> ScheduleEntry:
