@@ -8,6 +8,7 @@ skipped without one unless ``PROCQUEUE_REQUIRE_SERVICES=1``.
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 
@@ -44,3 +45,28 @@ def test_a_value_that_does_not_unpickle_here_fails_its_future(broker: Broker, pa
         with pytest.raises(SerializationError, match=missing):
             fut.result(timeout=30)
         assert other.result(timeout=30) == 2  # the rest of the burst is not lost
+
+
+def test_a_malformed_done_message_is_ignored_not_a_reason_to_resubscribe(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone allowed to publish on the channel can send garbage: the
+    listener logs it and reads on (it used to drop its burst and resubscribe,
+    leaving results to the 1 s poll)."""
+    from conftest import REDIS_URL
+
+    with (
+        caplog.at_level("WARNING", logger="procqueue.redis"),
+        ProcQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as pool,
+    ):
+        fut = pool.submit(abs, -3)
+        # Published until the listener (subscribed by now, or soon) gets one.
+        deadline = time.monotonic() + 30
+        while broker.r.publish(broker.keys.done, b"~x:y:z") == 0:
+            assert time.monotonic() < deadline, "the client never subscribed"
+        (c,) = broker.claim(1, 30, "node-a")
+        broker.finish_many([(c.task_id, c.token, "completed", pickle.dumps(3), "")])
+        assert fut.result(timeout=30) == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("malformed message on the done channel" in m for m in messages)
+    assert not any("resubscribing" in m for m in messages)

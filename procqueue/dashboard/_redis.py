@@ -52,7 +52,7 @@ from ..errors import (
     TaskNotFoundError,
 )
 from ..redis._codec import TB_SEP, split_error
-from ..redis._protocol import announced
+from ..redis._protocol import announcement_or_none
 from ._local import status_row
 from ._reprs import MAX_DECODE, call_reprs, short_repr
 from ._source import JSON, DeadLetterFilter, TaskQuery
@@ -150,7 +150,7 @@ class DoneCounter:
                     if msg is None:
                         break
                     if msg.get("type") == "message":
-                        ids += announced(msg["data"])
+                        ids += announcement_or_none(msg["data"])
             except Exception as e:
                 _log.warning("dashboard: done channel lost (%s); resubscribing", e)
                 self._close_pubsub()

@@ -71,6 +71,17 @@ def announcement(data: bytes) -> dict[int, bytes | None]:
     return out
 
 
+def announcement_or_none(data: bytes) -> dict[int, bytes | None]:
+    """:func:`announcement`, or nothing (logged) for a malformed message:
+    anyone allowed to publish on the channel can send one, and it must not
+    make a listener drop its burst and resubscribe."""
+    try:
+        return announcement(data)
+    except (ValueError, TypeError) as e:
+        _log.warning("a malformed message on the done channel was ignored: %s", e)
+        return {}
+
+
 def connect(url: str) -> Any:
     """A redis-py client for ``url`` (``redis://`` or ``rediss://``)."""
     try:

@@ -27,7 +27,7 @@ from ..errors import (
     UpstreamFailedError,
 )
 from ._codec import load_outcome, split_error
-from ._protocol import Broker, Outcome, announcement
+from ._protocol import Broker, Outcome, announcement_or_none
 from ._signing import SignatureError
 
 _log = logging.getLogger("procqueue.redis")
@@ -228,7 +228,7 @@ class _Results:
                 ended: list[int] = []
                 carried: dict[int, bytes] = {}
                 while msg is not None:  # a burst: read what else arrived, then one lookup
-                    for tid, sealed in announcement(msg["data"]).items():
+                    for tid, sealed in announcement_or_none(msg["data"]).items():
                         if tid in self._waiters or tid in self.submitted:
                             if sealed is None:
                                 ended.append(tid)
