@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from _tasks import add, crash_times, fail_times
+from _tasks import Gate, add, crash_times, fail_times, gated
 
 from procqueue import (
     DeadLetter,
@@ -64,6 +64,27 @@ def test_requeue_gets_a_fresh_budget_and_can_succeed(tmp_path: Path) -> None:
         assert pool.dlq.list() == []
         with pytest.raises(TaskNotFoundError):
             pool.dlq.requeue(old)
+
+
+def test_requeue_is_not_held_to_max_pending(tmp_path: Path, gate: Gate) -> None:
+    """An operator's requeue never blocks on back-pressure (it would stall a
+    dashboard's request, or an event loop calling ``queue.dlq.requeue``)."""
+    import concurrent.futures
+
+    counter = str(tmp_path / "c")
+    with ProcQueue(max_workers=1, retry=NO_WAIT, max_pending=1) as pool:
+        fut = pool.submit_task(fail_times, counter, 1, "again", max_retries=0)
+        with pytest.raises(ValueError):
+            fut.result()
+        busy = pool.submit(gated, gate.paths, "done")  # the one unfinished task allowed
+        gate.wait_started()
+        with concurrent.futures.ThreadPoolExecutor(1) as helper:
+            try:
+                new = helper.submit(pool.dlq.requeue, task_id(fut)).result(timeout=30)
+            finally:
+                gate.release()  # a requeue that blocked (the bug) gets its room
+        assert busy.result() == "done"
+        assert pool.future(new).result() == "again"
 
 
 def test_purge_and_bound() -> None:

@@ -271,10 +271,9 @@ class Engine(ReadSide):
                                 f"cannot re-arm task {r.name}: its upstream task {up} is no "
                                 "longer known (dropped by retain_finished)"
                             )
-            if len(records) == 1:
-                self.enqueue(rec)
-            else:
-                self.enqueue_linked(records)
+            # An operator's act, like the cascade's: not held to max_pending
+            # (blocking here would stall a dashboard's request or an event loop).
+            self.enqueue_linked(records)
         except BaseException:
             with self._lock:
                 self.core.dlq.entries[task_id] = entry  # not lost if it cannot be queued
