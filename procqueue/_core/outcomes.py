@@ -149,6 +149,7 @@ class Outcomes(CoreState):
         if state is _FAILED:
             self.tally.count_failure(_qualname(type(err)))
         rec.payload = None
+        rec.inputs = None  # upstream values it will never take (a dormant copy kept its own)
         rec.finished_at = now + self.wall_offset
         rec.outcome = err
         rec.is_error = True

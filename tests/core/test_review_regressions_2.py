@@ -159,3 +159,18 @@ def test_a_dependent_ended_by_its_upstream_s_failure_shows_that_error() -> None:
     assert status.error is not None
     assert status.error.exc_type == "procqueue.errors.UpstreamFailedError"
     assert f"upstream task {up.task_id}" in status.error.message
+
+
+def test_a_cancelled_dependent_lets_go_of_the_values_it_was_passed() -> None:
+    sh = Shell(workers=1, prefetch=0)
+    a, b = sh.submit(), sh.submit()
+    dep = _TaskRecord(99, "dep", 0, (b"f", []), RetryPolicy(), None, 0.0, None)
+    dep.upstream = (a.task_id, b.task_id)
+    dep.inputs = dict.fromkeys(dep.upstream)
+    sh.sched.admit(dep, 0.0)
+    sh.turn(0.0)
+    sh.boot(0, 0.0)
+    sh.done(0, a, 0.1)  # a's value is passed to dep; b is still to run
+    assert dep.inputs is not None and dep.inputs[a.task_id] is not None
+    sh.sched.cancel(dep.task_id, 0.2)
+    assert dep.state is TaskState.CANCELLED and dep.inputs is None
