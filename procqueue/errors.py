@@ -299,3 +299,12 @@ class InsecureDashboardError(ProcQueueError, ValueError):
     reach that address could read task arguments and retry or purge tasks.
     Nothing was bound. Pass ``token=...`` (``secrets.token_urlsafe()``), or
     bind ``127.0.0.1`` and reach it through an SSH tunnel or a proxy."""
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when a task's exception class makes that
+    raise: the coordinator must never run user code that can take it down."""
+    try:
+        return str(exc)
+    except BaseException as e:  # its __str__ is user code
+        return f"<{type(exc).__name__}: str() raised {type(e).__name__}>"

@@ -334,3 +334,38 @@ class LoadsOnlyHere:
 
     def __call__(self) -> int:
         return 0
+
+
+class BadStrError(Exception):
+    """An exception whose ``str()`` raises: the coordinator must not."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def raise_bad_str() -> None:
+    raise BadStrError("x")
+
+
+class RebuildsAsStrError(Exception):
+    """Unpickles as something that is not an exception at all."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (str, ("not an exception",))
+
+
+def raise_rebuilds_as_str() -> None:
+    raise RebuildsAsStrError("x")
+
+
+class CodeError(Exception):
+    """Pickles (args = the message) but does not unpickle: two required arguments."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def log_unloadable_extra() -> str:
+    logging.getLogger("tests.tasks").warning("failed", extra={"error": CodeError(404, "nf")})
+    return "done"

@@ -13,6 +13,7 @@ from ..errors import (
     Throttle,
     UnpicklableTaskError,
     WorkerCrashedError,
+    _safe_str,
 )
 from .events import CANCEL, ERROR
 from .records import AttemptError, TaskState, _TaskRecord
@@ -89,7 +90,7 @@ class Outcomes(CoreState):
             AttemptError(
                 attempt=rec.attempts,
                 exc_type=exc_type,
-                message=str(exc),
+                message=_safe_str(exc),
                 traceback=tb,
                 worker_pid=pid,
                 exitcode=exitcode,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._policy import RetryPolicy
+from ..errors import _safe_str
 
 __all__ = ["AttemptError", "TaskProgress", "TaskState", "TaskStatus"]
 
@@ -329,7 +330,7 @@ class _TaskRecord:
         return AttemptError(
             attempt=self.attempts,
             exc_type=f"{cls.__module__}.{cls.__qualname__}",
-            message=str(outcome),
+            message=_safe_str(outcome),
             traceback="",
             worker_pid=None,
             exitcode=None,

@@ -43,6 +43,7 @@ from ..errors import (
     ResultSerializationError,
     SerializationError,
     UnpicklableTaskError,
+    _safe_str,
 )
 from . import _calls, _shm, wire
 from .processes import FiguresCache, ProcessFigures, child_conn, close_fds, kill_tree, start_process
@@ -230,7 +231,14 @@ class LocalTransport(Transport):
             return []  # EOF: the sentinel reports the exit
         events: list[Event] = []
         for frame in frames:
-            msg, blob = wire.decode(frame)
+            try:
+                msg, blob = wire.decode(frame)  # a Result is read by struct: never raises
+            except Exception as e:
+                # A log record whose extras do not unpickle here (an exception
+                # class with its own __init__): user data, never the pool's end.
+                _log.warning("worker %d: a message that does not unpickle here was dropped "
+                             "(%s: %s)", p.pid, type(e).__name__, _safe_str(e))  # fmt: skip
+                continue
             if type(msg) is wire.Result:
                 events.append(_done(p, msg, blob, frame))
             elif type(msg) is wire.LogMessage:
@@ -316,7 +324,8 @@ def _done(p: _Proc, msg: wire.Result, blob: memoryview, frame: bytes | bytearray
             value: Any = _calls.load_value(blob, p.inbox)
         except BaseException as e:  # user data: __setstate__ may raise anything
             value = ResultSerializationError(
-                f"the result of task {msg.task_id} could not be unpickled: {type(e).__name__}: {e}"
+                f"the result of task {msg.task_id} could not be unpickled: "
+                f"{type(e).__name__}: {_safe_str(e)}"
             )
             return Done(p.slot, msg.task_id, False, value, tb, msg.started, msg.finished)
         # The frame itself goes on to the dependents' workers, unless its
@@ -336,14 +345,20 @@ def _rebuild_error(blob: memoryview) -> tuple[BaseException, str]:
             exc = pickle.loads(info.exc)
         except BaseException:  # user data: its __setstate__ may raise anything
             exc = None
-    if exc is None:
+    if not isinstance(exc, BaseException):  # a __reduce__ that rebuilds something else
         exc = UnpicklableTaskError(info.exc_type, info.message)
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{info.traceback}"""')
+    try:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{info.traceback}"""')
+    except BaseException:  # a class that guards its attributes: keep it, untraced
+        _log.debug("task exception %s takes no __cause__", info.exc_type, exc_info=True)
     return exc, info.traceback
 
 
 def _forward_log(d: dict[str, object]) -> None:
-    record = logging.makeLogRecord(d)
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
+    try:
+        record = logging.makeLogRecord(d)
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+    except Exception:  # a user's filter or odd record: logging's failure, not the pool's
+        _log.warning("a worker's log record could not be handled here", exc_info=True)
