@@ -6,6 +6,7 @@ import itertools
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -35,7 +36,7 @@ from ._policy import RetryPolicy, WorkerLimits
 from ._progress import ProgressOption, Tracker, progress_factory
 from ._runtime.futures import _TaskFuture
 from ._schedules import Schedule, make_schedule, schedules_of
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, OptionTypeError
 from .stats import QueueStats
 
 if TYPE_CHECKING:
@@ -278,8 +279,11 @@ class ProcQueue(Executor):
         """
         if chunksize < 1:
             raise InvalidArgumentError("chunksize must be >= 1.")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise InvalidArgumentError("buffersize must be None or an int >= 1.")
+        if buffersize is not None:  # the errors Python 3.14's map raises
+            if not isinstance(buffersize, int):
+                raise OptionTypeError("buffersize must be None or an int >= 1.")
+            if buffersize < 1:
+                raise InvalidArgumentError("buffersize must be None or an int >= 1.")
         factory = progress_factory(progress)
         tracker = None if factory is None else Tracker(factory, getattr(fn, "__name__", "map"))
         if tracker is not None:  # the tasks' own report_progress, next to the bar
@@ -425,27 +429,38 @@ def _results(
     # keeps a yielded result (or its future) alive: the caller may drop it.
     # ``refill`` (streaming): each consumed task is replaced by the next one.
     # ``tracker``: the progress bar, closed with this generator.
-    futures.reverse()
+    window = deque(futures)
+    futures.clear()
     try:
-        while futures:
+        while window:
             if deadline is None:
                 timeout = None
             else:
                 timeout = deadline - time.monotonic()
-                if timeout <= 0 and not futures[-1].done():
+                if timeout <= 0 and not window[0].done():
                     raise FuturesTimeoutError()
                 timeout = max(0.0, timeout)
             if refill is not None and (nxt := refill()) is not None:
-                futures.insert(0, nxt)
+                window.append(nxt)
             if flatten:
-                chunk = futures.pop().result(timeout)
+                chunk = _result_or_cancel(window.popleft(), timeout)
                 chunk.reverse()
                 while chunk:
                     yield chunk.pop()
             else:
-                yield futures.pop().result(timeout)
+                yield _result_or_cancel(window.popleft(), timeout)
     finally:
         if tracker is not None:
             tracker.close()  # first: the cancellations below are not progress
-        for fut in futures:
+        for fut in window:
             fut.cancel()
+
+
+def _result_or_cancel(fut: Future[Any], timeout: float | None) -> Any:
+    """The future's result; on a timeout it is cancelled too, as the rest of
+    the window is (CPython's ``_result_or_cancel`` in ``Executor.map``): the
+    call the caller gave up on does not run late."""
+    try:
+        return fut.result(timeout)
+    finally:
+        fut.cancel()  # a no-op once done

@@ -190,7 +190,13 @@ class Engine(ReadSide):
         ``QueueFullError``."""
         limit = self.config.max_pending
         with self._lock:
-            if limit is not None and self.core.tally.unfinished >= limit:
+            if (
+                limit is not None
+                and self.core.tally.unfinished >= limit
+                # A done-callback's or listener's follow-up work is admitted
+                # over the limit: no room could come while it waits.
+                and not self.in_callback()
+            ):
                 self._wait_for_room(limit, block, wait)
             self.check_open()  # under the lock: stop() may have begun since
             core = self.core
@@ -403,6 +409,12 @@ class Engine(ReadSide):
         self._wake()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait for the stop to end (``False``: ``timeout`` passed first). In
+        a done-callback or a listener it does not wait (the stop goes on; it
+        would wait on its own thread): ``shutdown(wait=True)`` from there
+        returns at once."""
+        if self.in_callback() or threading.current_thread() is self._thread:
+            return self._stopped.is_set()
         if not self._stopped.wait(timeout):
             return False
         thread = self._thread

@@ -137,6 +137,10 @@ class _Notifier:
                     except Exception:
                         _log.exception("a procqueue listener raised; ignored")
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
     def close(self) -> None:
         """Deliver what is queued, then end the thread."""
         with self._cond:
@@ -165,6 +169,8 @@ class ReadSide:
         self._listeners: list[Callable[[TaskStatus], None]] = []
         self._progress_listeners: list[Callable[[int, TaskProgress], None]] = []
         self._notifier = _Notifier()
+        #: ``.depth`` > 0 in a thread running done-callbacks (``_publish``).
+        self._publishing = threading.local()
         self._latencies = LatencyCache()
         self._stopped = threading.Event()
         #: Resolved (``None``) once the coordinator thread has finished.
@@ -572,6 +578,23 @@ class ReadSide:
         queue the statuses for the listeners' thread."""
         if pub is None:
             return
+        flag = self._publishing
+        flag.depth = getattr(flag, "depth", 0) + 1
+        try:
+            self._deliver(pub)
+        finally:
+            flag.depth -= 1
+
+    def in_callback(self) -> bool:
+        """Whether this thread runs the pool's own user code: a done-callback
+        (in the coordinator, or in a submitter that stepped for it) or a
+        ``subscribe`` listener. Waiting there for the pool to make progress
+        (room under ``max_pending``, the stop) would wait on itself."""
+        if getattr(self._publishing, "depth", 0):
+            return True
+        return threading.current_thread() is self._notifier.thread
+
+    def _deliver(self, pub: Publication) -> None:
         for fut, kind, value in pub.settlements:
             deliver(fut, kind, value)
         for rec in pub.released:

@@ -266,8 +266,15 @@ class _FrameReader:
         frames: list[bytes | bytearray] = []
         while True:
             if self._big is not None:
-                if not self._fill_big(frames):
-                    return frames
+                try:
+                    if not self._fill_big(frames):
+                        return frames
+                except EOFError:
+                    # Cut off inside a large frame (its writer died): the
+                    # complete frames before it still count (a Result sent
+                    # before the crash must not be taken for the crashed task).
+                    self._big = None
+                    return frames if frames else None
                 continue
             try:
                 data = os.read(self.fd, _READ_CHUNK)
