@@ -32,10 +32,12 @@ __all__ = [
     "bind_call",
     "dump_call",
     "dump_outcome",
+    "encodable",
     "error_text",
     "load_call",
     "load_outcome",
     "move_markers",
+    "node_gone",
     "run_bound",
     "split_error",
 ]
@@ -50,18 +52,53 @@ TB_MAX = 8000
 def error_text(exc: BaseException) -> str:
     """How a node stores a failed attempt's error: ``Type: message``, then the
     worker's traceback (an exception's ``__cause__`` does not survive pickling,
-    so the text is what carries it to clients and the dashboard)."""
+    so the text is what carries it to clients and the dashboard). Always
+    encodable as UTF-8 (see :func:`encodable`)."""
     text = f"{type(exc).__name__}: {exc}".replace(TB_SEP, " ")
     cause = exc.__cause__
     if isinstance(cause, RemoteTraceback):
         text += TB_SEP + cause.tb.strip().strip('"').strip()[-TB_MAX:]
-    return text
+    return encodable(text)
+
+
+def encodable(text: str) -> str:
+    """``text`` with whatever UTF-8 cannot encode written as escapes
+    (``caf\\udce9``): a lone surrogate, as ``os.fsdecode`` makes of a file
+    name that is not UTF-8, would otherwise make redis-py raise
+    ``UnicodeEncodeError`` when it sends the report."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text  # the common case: no copy
 
 
 def split_error(text: str) -> tuple[str, str]:
     """``(Type: message, traceback)`` from :func:`error_text`'s text."""
     message, _, tb = text.partition(TB_SEP)
     return message, tb
+
+
+#: A node's entry in ``{pq:Q}:nodes`` (its heartbeat, written every third of
+#: its lease) is stale once older than this many of its leases: the node is
+#: gone (SIGKILLed, its host lost), since a live one beats nine times in that
+#: span. Live nodes delete stale entries (once a lease: ``_node.PRUNE_EVERY``);
+#: stats skip them.
+GONE_AFTER_LEASES = 3
+#: The lease assumed for an entry that does not carry its own (written by an
+#: older node): the default ``--lease``.
+DEFAULT_LEASE = 30.0
+
+
+def node_gone(entry: dict[str, Any], now: float) -> bool:
+    """Whether a ``{pq:Q}:nodes`` entry (its JSON, decoded) is stale at ``now``
+    (Redis's clock, in seconds): see :data:`GONE_AFTER_LEASES`. An entry that
+    cannot be read is stale too (nothing could show it)."""
+    try:
+        lease = float(entry.get("lease", DEFAULT_LEASE))
+        return now - float(entry["beat"]) > GONE_AFTER_LEASES * lease
+    except (KeyError, TypeError, ValueError):
+        return True
 
 
 _LEN = struct.Struct("<I")

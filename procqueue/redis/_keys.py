@@ -21,7 +21,8 @@ key                           type     holds
 ``{pq:Q}:cancel``             set      ids whose owner must kill them (until their
                                        lease ends: finished, reclaimed)
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
-``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, heartbeat
+``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, lease, heartbeat
+                                       (Redis TIME); dropped 3 leases after the last
 ``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows, cap
 ``{pq:Q}:rate``               zset     ``<concrete key>#<window>``; score = its theoretical
                                        arrival time (ms), swept once past (GCRA)

@@ -14,15 +14,29 @@ Threads, and who does what::
     reporter              every outcome waiting, in one FINISH run (each fenced
                           by its token)
     keeper                every lease/3: renew every held lease (the reply says
-                          which were lost and which to cancel), heartbeat; and,
-                          then and when the queue's earliest lease ends, reclaim
-                          expired leases of dead nodes
+                          which were lost and which to cancel; a failed renewal
+                          is retried after a short backoff), heartbeat (and
+                          drop dead nodes' entries); and, then and when the
+                          queue's earliest lease ends, reclaim expired leases
+                          of dead nodes
 
 Retries are Redis's: a claimed attempt runs once here (no local retry) and its
 error is reported as ``error``; the FINISH script retries it with backoff while
-attempts (counted at claim) remain. A node's tasks outlive a lease only while
+attempts (counted at claim, less the refunded lost leases: LOST_FREE in
+_scripts_node.py) remain. A node's tasks outlive a lease only while
 the keeper renews it: a frozen or partitioned node loses them, and its late
 results are fenced off.
+
+Every entry of ``_held`` is one attempt, ``(token, local future)``: a node
+whose lease lapsed (a missed renewal) may claim the same task again, under a
+new token. The new attempt replaces the old one, whose local copy is
+cancelled; whatever ends the old copy, its report and its renewal reply touch
+nothing of the new one (each lookup compares tokens).
+
+Redis failing (unreachable, or refusing: OOM, READONLY during a failover,
+BUSY) never ends a thread: claims, reports and renewals are retried with
+backoff. An error of any other kind in the reporter is logged, and the
+batch's tasks are let go: their leases lapse and other nodes rerun them.
 """
 
 from __future__ import annotations
@@ -45,7 +59,7 @@ from .._policy import RetryPolicy
 from .._runtime.futures import _TaskFuture
 from ..errors import TaskCancelledError
 from ..executor import ProcQueue, task_id
-from ._codec import bind_call, dump_outcome, error_text, load_call
+from ._codec import bind_call, dump_outcome, encodable, error_text, load_call, node_gone
 from ._protocol import Broker, Claimed
 
 __all__ = ["Node"]
@@ -72,6 +86,14 @@ LINGER = 0.002
 #: otherwise reclaims as soon as the queue's earliest lease ends (a live
 #: node's lease is renewed before that: the reclaim finds nothing, cheaply).
 RECLAIM_GAP = 0.05
+#: The first wait (s) before a failed lease renewal is tried again (doubling,
+#: up to a third of the lease): a renewal waiting a whole third of a lease
+#: after one failure lost every lease after two.
+RENEW_RETRY = 0.1
+#: A node's heartbeat (every third of its lease) drops dead nodes' entries
+#: from the node list once in this many beats (and at its first): the read
+#: of every entry costs more than the write of its own.
+PRUNE_EVERY = 3
 
 
 class Node:
@@ -100,17 +122,21 @@ class Node:
             "start_method": start_method,
         }
         self.pool: ProcQueue | None = None
-        # id -> (token, local future); guarded by _lock.
+        # id -> (token, local future) of the attempt this node holds now (an
+        # older attempt's entry is replaced: see the module docstring);
+        # guarded by _lock.
         self._held: dict[int, tuple[int, Future[Any]]] = {}
         self._outbox: deque[tuple[int, int, str, bytes, str]] = deque()
         # report_progress of held tasks, by cluster id (the last one wins),
-        # for the reporter to write; the engine's record id -> cluster id.
+        # for the reporter to write; the engine's record id -> (cluster id,
+        # token).
         self._progress: dict[int, TaskProgress] = {}
-        self._local_ids: dict[int, int] = {}
+        self._local_ids: dict[int, tuple[int, int]] = {}
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._finished = threading.Event()  # every held task reported: the keeper ends
         self._backoff = _Backoff()
+        self._beats = 0  # heartbeats written: every PRUNE_EVERY-th also prunes
         self.completed = 0
         # One thread claims at a time (the claim loop, or the reporter when
         # outcomes free room); a short claim lingers (LINGER). Under _lock.
@@ -136,7 +162,10 @@ class Node:
         ]
         for t in threads:
             t.start()
-        self._beat()
+        try:
+            self._beat()
+        except Exception as e:  # the keeper beats again; the threads must be joined
+            _log.warning("heartbeat failed (%r)", e)
         _log.info(
             "node %s serving queue %r with %d workers", self.owner, self.broker.queue, self.workers
         )
@@ -200,6 +229,8 @@ class Node:
                 if self._stopping.is_set():
                     return
                 self._claiming = True
+            # Redis refusing (OOM, READONLY, BUSY: _redis_errors) is retried
+            # like Redis away: a node outlives a failover or a full server.
             try:
                 claimed = self._claim(free)
             except _redis_errors() as e:
@@ -268,10 +299,21 @@ class Node:
             # (this process never unpickles user data): see _codec.bind_call.
             payload = bind_call(c.payload, c.inputs) if c.inputs else load_call(c.payload)
             started.append((c, fut, engine.new_record(c.name, 0, payload, None, c.timeout, fut)))
+        superseded = []
         with self._lock:
             for c, fut, rec in started:
+                old = self._held.get(c.task_id)
+                if old is not None and old[0] != c.token:
+                    # Claimed again: this node's lease lapsed (a missed
+                    # renewal) and the task was reclaimed. The old copy is
+                    # cancelled, its report fenced off in Redis; the new
+                    # attempt is the one held and renewed.
+                    superseded.append((c.task_id, old))
                 self._held[c.task_id] = (c.token, fut)
-                self._local_ids[rec.task_id] = c.task_id
+                self._local_ids[rec.task_id] = (c.task_id, c.token)
+        for tid, (token, old_fut) in superseded:
+            _log.warning("task %d claimed again: killing its stale attempt (token %d)", tid, token)
+            self._cancel_local(old_fut)
         try:
             if len(started) == 1:
                 engine.enqueue(started[0][2])
@@ -280,20 +322,40 @@ class Node:
         except Exception as e:  # the local pool is closing or broken
             with self._lock:
                 for c, _, rec in started:
-                    self._held.pop(c.task_id, None)
+                    self._release(c.task_id, c.token)
                     self._local_ids.pop(rec.task_id, None)
             for c, _, _ in started:
-                self._report(c.task_id, c.token, "error", b"", f"{type(e).__name__}: {e}")
+                error = encodable(f"{type(e).__name__}: {e}")
+                self._report(c.task_id, c.token, "error", b"", error)
             return
         for c, fut, rec in started:
             fut.add_done_callback(functools.partial(self._done, c, rec))
 
+    def _release(self, tid: int, token: int) -> bool:
+        """Forget attempt ``(tid, token)`` (under ``_lock``), unless a newer
+        attempt of the task is held: that one's entry stays. True if dropped."""
+        entry = self._held.get(tid)
+        if entry is None or entry[0] != token:
+            return False
+        del self._held[tid]
+        return True
+
+    def _cancel_local(self, fut: Future[Any]) -> None:
+        """Cancel a local copy (killed if running), as a lost lease's is."""
+        pool = self.pool
+        assert pool is not None
+        try:
+            pool._engine.request_cancel(task_id(fut))
+        except Exception:  # already gone from the engine: nothing to kill
+            _log.debug("local copy already gone", exc_info=True)
+
     def _on_progress(self, local_id: int, progress: TaskProgress) -> None:
         # In the engine's coordinator thread: note it, the reporter writes it.
         with self._lock:
-            tid = self._local_ids.get(local_id)
-            if tid is not None:
-                self._progress[tid] = progress
+            ids = self._local_ids.get(local_id)
+            # Not a superseded copy's: it would overwrite the new attempt's.
+            if ids is not None and self._holds(*ids):
+                self._progress[ids[0]] = progress
                 self._lock.notify_all()
 
     def _done(self, c: Claimed, rec: _TaskRecord, fut: Future[Any]) -> None:
@@ -303,7 +365,7 @@ class Node:
             # Its last report (a final one comes ahead of the result, but may
             # reach the watchers after this callback): written before the
             # outcome, in the same reporter round.
-            if rec.progress is not None:
+            if rec.progress is not None and self._holds(c.task_id, c.token):
                 self._progress[c.task_id] = rec.progress
         if fut.cancelled():
             outcome, value, error = "cancelled", b"", "cancelled"
@@ -316,6 +378,11 @@ class Node:
                 outcome = "cancelled" if cancelled else "error"
                 value, error = _safe_dump(exc), error_text(exc)
         self._report(c.task_id, c.token, outcome, value, error)
+
+    def _holds(self, tid: int, token: int) -> bool:
+        """Whether attempt ``(tid, token)`` is the one held (under ``_lock``)."""
+        entry = self._held.get(tid)
+        return entry is not None and entry[0] == token
 
     def _report(self, tid: int, token: int, outcome: str, value: bytes, error: str) -> None:
         with self._lock:
@@ -337,13 +404,23 @@ class Node:
                 # Every outcome waiting, in one pipelined round trip.
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 256))]
             if progress:
-                self._write_progress(progress)
+                self._write_progress(progress)  # logs its errors, never raises
             if not batch:
                 continue
-            self._finish(batch)
+            try:
+                self._finish(batch)
+            except Exception:
+                # The reporter must live on: it alone frees _held, which the
+                # keeper renews and the drain waits for. The batch is let go
+                # below as if reported; its leases lapse and other nodes (or
+                # this one) reclaim and rerun those tasks.
+                ids = [b[0] for b in batch]
+                _log.exception("tasks %s: outcomes not reported; their leases will lapse", ids)
             with self._lock:
-                for tid, _, outcome, _, _ in batch:
-                    self._held.pop(tid, None)
+                for tid, token, outcome, _, _ in batch:
+                    # Only this attempt's entry: a task claimed again since
+                    # holds a newer token, whose lease must be renewed on.
+                    self._release(tid, token)
                     self.completed += outcome == "completed"
                 self._pace.add(len(batch), time.monotonic())
                 # Room freed: claim here, not by waking the claim loop (one
@@ -375,11 +452,16 @@ class Node:
                 p.execute()
         except _redis_errors() as e:
             _log.warning("progress of %d task(s) not written: %s", len(progress), e)
+        except Exception:  # never the reporter's end: outcomes come next
+            _log.exception("progress of %d task(s) not written", len(progress))
 
     def _finish(self, batch: list[tuple[int, int, str, bytes, str]]) -> None:
-        """Report outcomes, retrying while Redis is unreachable, for at most
-        two leases: after that the leases have expired, the tasks were (or
-        will be) reclaimed, and the reports would be fenced off anyway."""
+        """Report outcomes, retrying while Redis is unreachable or refuses
+        (OOM, READONLY, BUSY), for at most two leases: after that the leases
+        have expired, the tasks were (or will be) reclaimed, and the reports
+        would be fenced off anyway. An error of another kind (an outcome
+        Redis cannot be sent) is not retried: the batch is reported one
+        outcome at a time, so that only the bad one is lost; that one raises."""
         give_up = time.monotonic() + 2 * self.lease
         backoff = _Backoff()
         while True:
@@ -392,6 +474,15 @@ class Node:
                     _log.error("tasks %s: outcomes not reported (%s); reclaimed later", ids, e)
                     return
                 backoff.failed(f"report of {len(batch)} outcome(s)", e, None)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                break
+        for one in batch:
+            try:
+                self._finish([one])
+            except Exception:  # the reporter lets it go with the rest
+                _log.exception("task %d: outcome not reported; its lease will lapse", one[0])
 
     def _drain(self) -> None:
         """Wait for every held task to be reported (graceful stop), and for
@@ -408,8 +499,12 @@ class Node:
         # and also as soon as the queue's earliest lease ends: a dead node's
         # tasks come back when its lease expires, not up to a third of a
         # lease later (the reclaim row of benchmarks/redis_peers.py).
+        # A failed renewal is retried after RENEW_RETRY, doubling up to a
+        # period: soon enough that one failure costs no lease, and no more
+        # than a few calls a second while Redis is away.
         period = self.lease / 3
         renew_at = time.monotonic() + period
+        retry = 0.0
         while True:
             wait = renew_at - time.monotonic()
             try:
@@ -420,14 +515,31 @@ class Node:
                 wait = min(wait, max(RECLAIM_GAP, expiry + 0.005))
             if self._finished.wait(max(0.0, wait)):
                 return
-            try:
-                if time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + period
+            if time.monotonic() >= renew_at:
+                try:
                     self._renew()
+                except Exception as e:
+                    retry = min(period, max(RENEW_RETRY, retry * 2))
+                    renew_at = time.monotonic() + retry
+                    _log.warning(
+                        "lease renewal failed (%r); retrying in %.1fs",
+                        e,
+                        retry,
+                        exc_info=not isinstance(e, _redis_errors()),  # a bug: its traceback
+                    )
+                    continue
+                if retry:
+                    _log.info("leases renewed again")
+                retry = 0.0
+                renew_at = time.monotonic() + period
+                try:
                     self._beat()
+                except Exception as e:  # the next one, a period later, will do
+                    _log.warning("heartbeat failed (%r)", e)
+            try:
                 self.broker.reclaim()
-            except Exception:
-                _log.exception("lease renewal failed; retrying in %.1fs", period)
+            except Exception as e:
+                _log.warning("reclaim failed (%r); retrying", e)
 
     def _next_expiry(self) -> float | None:
         """Seconds until the queue's earliest lease ends, on Redis's clock
@@ -460,31 +572,56 @@ class Node:
 
     def _renew(self) -> None:
         with self._lock:
-            held = [(tid, token) for tid, (token, _) in self._held.items()]
-        lost, cancels = self.broker.renew(self.owner, held, self.lease)
-        pool = self.pool
-        assert pool is not None
+            held = {tid: token for tid, (token, _) in self._held.items()}
+        lost, cancels = self.broker.renew(self.owner, list(held.items()), self.lease)
         for tid in lost + cancels:
             with self._lock:
                 entry = self._held.get(tid)
-            if entry is None:
+            # The reply is about the attempt renewed: a task claimed again
+            # meanwhile (a newer token) is not the one lost.
+            if entry is None or entry[0] != held.get(tid):
                 continue
             why = "was cancelled" if tid in cancels else "lost its lease"
             _log.warning("task %d %s: killing it here", tid, why)
-            pool._engine.request_cancel(task_id(entry[1]))
+            self._cancel_local(entry[1])
 
     def _beat(self) -> None:
+        """Write this node's entry in ``{pq:Q}:nodes``, stamped with Redis's
+        clock (the one ``get_stats`` ages it by), with its lease; and, every
+        ``PRUNE_EVERY`` beats, delete the entries of nodes gone (older than
+        ``GONE_AFTER_LEASES`` of their leases: ``_codec.node_gone``), which
+        no clean stop removed (SIGKILL, a host lost)."""
         pool = self.pool
         procs = [dataclasses.asdict(w) for w in pool.get_stats().workers] if pool else []
+        r, key = self.broker.r, self.broker.keys.nodes
+        prune = self._beats % PRUNE_EVERY == 0
+        self._beats += 1
+        with r.pipeline(transaction=False) as p:
+            p.time()
+            if prune:
+                p.hgetall(key)
+            (sec, usec), *read = p.execute()
+        now = int(sec) + int(usec) / 1e6
+        entries: dict[bytes, bytes] = read[0] if read else {}
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "workers": self.workers,
             "held": len(self._held),
-            "beat": time.time(),
+            "beat": now,
+            "lease": self.lease,
             "processes": procs,
         }
-        self.broker.r.hset(self.broker.keys.nodes, self.owner, json.dumps(info))
+        gone = [n for n, raw in entries.items() if n != self.owner.encode() and _gone(raw, now)]
+        with r.pipeline(transaction=False) as p:
+            p.hset(key, self.owner, json.dumps(info))
+            if gone:
+                # A node gone only for a while (paused past three leases)
+                # writes its entry back at its next heartbeat.
+                p.hdel(key, *gone)
+            p.execute()
+        if gone:
+            _log.info("dropped %d dead node(s) from the node list: %s", len(gone), gone)
 
 
 class _Pace:
@@ -511,7 +648,8 @@ class _Pace:
 
 
 class _Backoff:
-    """Waits between retries while Redis is unreachable: 0.1 s doubling to 5 s."""
+    """Waits between retries while Redis is unreachable or refuses (see
+    ``_redis_errors``): 0.1 s doubling to 5 s."""
 
     def __init__(self) -> None:
         self.delay = 0.0
@@ -523,7 +661,7 @@ class _Backoff:
 
     def failed(self, what: str, error: BaseException, stop: threading.Event | None) -> None:
         self.delay = min(5.0, max(0.1, self.delay * 2))
-        _log.warning("%s: Redis unreachable (%s); retrying in %.1fs", what, error, self.delay)
+        _log.warning("%s: Redis failed (%r); retrying in %.1fs", what, error, self.delay)
         if stop is None:
             time.sleep(self.delay)  # a bounded wait for the server to come back
         else:
@@ -531,9 +669,26 @@ class _Backoff:
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
+    """What a node retries with backoff: Redis away (connection, timeout) or
+    refusing a command (an error reply: OOM under ``noeviction``, READONLY
+    during a failover, BUSY, LOADING). A script Redis lost (NOSCRIPT) never
+    gets here: ``_lanes`` loads it and runs it again."""
     import redis
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ResponseError,
+    )
+
+
+def _gone(raw: bytes, now: float) -> bool:
+    """Whether a ``{pq:Q}:nodes`` entry is stale (unreadable ones are)."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return True
+    return not isinstance(entry, dict) or node_gone(entry, now)
 
 
 def _safe_dump(value: Any) -> bytes:

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..stats import WorkerStats
 from ._cli import signer_for
-from ._codec import dump_call, split_error
+from ._codec import dump_call, node_gone, split_error
 from ._cron import RemoteSchedule, add_schedule, stored_policy
 from ._protocol import Broker, connect
 from ._results import RemoteTaskFailedError, _Results
@@ -76,7 +76,8 @@ class LimitStats:
 @dataclass(frozen=True, slots=True)
 class ClusterStats:
     """The queue across every node: tasks by where they are in Redis, and the
-    nodes (a node whose heartbeat is older than three leases is gone).
+    nodes (a node whose heartbeat is older than three of its leases is gone,
+    and not listed: ``_codec.GONE_AFTER_LEASES``).
     ``pending`` includes tasks parked at their key's concurrency cap;
     ``waiting``: tasks waiting for their upstream tasks (``after=``);
     ``limits``: each busy limit key."""
@@ -392,6 +393,8 @@ class _RemoteCore(_Results):
         infos = []
         for node, raw in sorted(nodes.items()):
             d = json.loads(raw)
+            if node_gone(d, now):  # a node killed: its entry stays until a live one drops it
+                continue
             infos.append(
                 NodeInfo(
                     node=node.decode(),
