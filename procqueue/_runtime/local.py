@@ -13,6 +13,7 @@ but outside the engine lock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.spawn
@@ -51,6 +52,9 @@ from .transport import Poller, Transport
 from .worker import worker_main
 
 _log = logging.getLogger("procqueue.coordinator")
+
+#: Numbers the side files of workers, across every pool of the process.
+_worker_numbers = itertools.count(1)
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -150,9 +154,9 @@ class LocalTransport(Transport):
         for fd in (tasks_w, results_r):
             wire.enlarge_pipe(fd)
         # Named for /proc/<pid>/fd readers (and the leak tests): our pid, then
-        # a count of workers started, never reused.
+        # a count of workers started by every pool of this process, never reused.
         self._started += 1
-        name = f"procqueue-{os.getpid()}-{self._started}"
+        name = f"procqueue-{os.getpid()}-{next(_worker_numbers)}"
         side = (_shm.create(f"{name}-tasks"), _shm.create(f"{name}-results"))
         inherited: tuple[int, ...] = ()
         if self.start_method == "fork":
