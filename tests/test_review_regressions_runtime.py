@@ -146,3 +146,59 @@ def test_buffersize_errors_match_python_3_14() -> None:
             pool.map(add, [1], buffersize=2.0)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             pool.map(add, [1], buffersize=0)
+
+
+def test_a_done_callback_raising_systemexit_leaves_the_pool_serving(
+    caplog: pytest.LogCaptureFixture, gate: Gate
+) -> None:
+    """SystemExit escapes a Future's callback loop; in the coordinator it
+    used to end the thread and break the pool."""
+
+    def leave(f: object) -> None:
+        raise SystemExit(3)
+
+    with (
+        caplog.at_level("ERROR", logger="procqueue.coordinator"),
+        ProcQueue(max_workers=1) as pool,
+    ):
+        first = pool.submit(gated, gate.paths, "free")
+        first.add_done_callback(leave)  # before it ends: run by the coordinator
+        gate.wait_started()
+        gate.release()
+        assert first.result(timeout=30) == "free"
+        assert pool.submit(add, 20, 22).result(timeout=30) == 42
+    assert any("done-callback raised SystemExit" in r.getMessage() for r in caplog.records)
+
+
+def test_future_cancel_never_raises_for_a_record_already_let_go() -> None:
+    from procqueue import TaskNotFoundError
+    from procqueue._runtime.futures import _TaskFuture
+
+    def gone(task_id: int) -> bool:
+        raise TaskNotFoundError(task_id)
+
+    fut = _TaskFuture()
+    fut.bind(lambda: gone, 7)
+    assert fut.cancel() and fut.cancelled()
+
+
+def test_map_under_max_pending_times_out_waiting_for_room(gate: Gate) -> None:
+    """The window's submits wait for room no longer than ``timeout``."""
+    import concurrent.futures
+
+    with ProcQueue(max_workers=1, max_pending=1) as pool:
+        blocker = pool.submit(gated, gate.paths, "free")  # the one unfinished task allowed
+        gate.wait_started()
+
+        def mapped() -> list[int]:
+            return list(pool.map(add, [1, 2, 3], timeout=0.05))
+
+        with concurrent.futures.ThreadPoolExecutor(1) as helper:
+            try:
+                run = helper.submit(mapped)
+                concurrent.futures.wait([run], timeout=30)
+                assert run.done(), "map waited for room past its timeout"
+                assert isinstance(run.exception(), FuturesTimeoutError)
+            finally:
+                gate.release()  # a map that blocked for room (the bug) gets it
+        assert blocker.result(timeout=30) == "free"

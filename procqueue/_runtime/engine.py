@@ -157,6 +157,9 @@ class Engine(ReadSide):
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
+        # A write to the wake pipe and its closing exclude each other: a write
+        # after the close could land in a reused fd number (another file).
+        self._wake_lock = threading.Lock()
         self._soft_limit = config.limits.memory_soft is not None
 
     # ------------------------------------------------------------------ front doors
@@ -448,10 +451,13 @@ class Engine(ReadSide):
     def _wake(self) -> None:
         # One byte per sleep is enough: a burst of submits costs one syscall.
         self._wake_pending = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (already awake) or closed (already stopped)
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # stopped
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: already awake
 
     def _drain_wake(self) -> list[Event]:
         self._wake_pending = False
@@ -591,8 +597,10 @@ class Engine(ReadSide):
         if self._selector is not None:
             self._selector.close()
         self.transport.close()
-        close_fds(self._wake_r, self._wake_w)
-        self._wake_r = self._wake_w = -1
+        with self._wake_lock:
+            wake_w, self._wake_w = self._wake_w, -1
+        close_fds(self._wake_r, wake_w)
+        self._wake_r = -1
         with self._lock:
             if self.state is not EngineState.BROKEN:
                 self.state = EngineState.STOPPED

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._core.events import CANCEL, ERROR, OK
 from .._core.records import RELEASED, TaskState, _TaskRecord
+from ..errors import TaskNotFoundError
 
 _log = logging.getLogger("procqueue.coordinator")
 
@@ -166,7 +167,13 @@ class _TaskFuture(Future[Any]):
         if cancelled:
             hook = self._cancel_hook() if self._cancel_hook is not None else None
             if hook is not None:
-                hook(self._task_id)
+                try:
+                    hook(self._task_id)
+                except TaskNotFoundError:
+                    # It ended and was let go (retain_finished) between its
+                    # end and this future's settling: nothing left to cancel,
+                    # and Future.cancel() never raises.
+                    pass
         return cancelled
 
 

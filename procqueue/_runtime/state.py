@@ -595,8 +595,21 @@ class ReadSide:
         return threading.current_thread() is self._notifier.thread
 
     def _deliver(self, pub: Publication) -> None:
+        # A done-callback that raises an Exception is logged by the future; a
+        # BaseException (SystemExit, KeyboardInterrupt) escapes it. The other
+        # futures are settled first (their records are final: nothing would
+        # settle them later); then, in the main thread (a submitter's direct
+        # step: a Ctrl-C there is the user's), it goes on up; in the pool's
+        # own thread it is logged, and the pool serves on.
+        escaped: BaseException | None = None
         for fut, kind, value in pub.settlements:
-            deliver(fut, kind, value)
+            try:
+                deliver(fut, kind, value)
+            except BaseException as e:
+                if threading.current_thread() is threading.main_thread():
+                    escaped = escaped or e
+                else:
+                    _log.exception("a done-callback raised %s; ignored", type(e).__name__)
         for rec in pub.released:
             rec.outcome = RELEASED  # its future holds it now
         if pub.statuses and pub.listeners:
@@ -607,6 +620,8 @@ class ReadSide:
                     watch(task_id, progress)
                 except Exception:  # a display must never stop the engine
                     _log.exception("progress watcher %r raised; ignored", watch)
+        if escaped is not None:
+            raise escaped
 
     def watch_progress(self, watch: Callable[[int, TaskProgress], None]) -> Callable[[], None]:
         """Call ``watch(task_id, progress)`` for every ``report_progress`` of
