@@ -20,7 +20,7 @@ from _tasks import (
 )
 
 from procqueue import ProcQueue, TaskState, UnpicklableTaskError, task_id
-from procqueue._runtime import wire
+from procqueue._runtime import _shm, wire
 
 
 def test_an_exception_whose_str_raises_fails_its_task_alone() -> None:
@@ -202,3 +202,38 @@ def test_map_under_max_pending_times_out_waiting_for_room(gate: Gate) -> None:
             finally:
                 gate.release()  # a map that blocked for room (the bug) gets it
         assert blocker.result(timeout=30) == "free"
+
+
+def _memfds(pid: int) -> set[int]:
+    """Inodes of the side files process ``pid`` holds."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:procqueue-"):
+                found.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:
+            continue  # closed meanwhile
+    return found
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd") or not _shm._HAVE_MEMFD, reason="needs /proc and memfd"
+)
+def test_a_forked_worker_holds_no_other_pool_s_fds() -> None:
+    """Fork copies every fd of the process: a second pool's worker used to
+    keep the first pool's pipes and side files past its shutdown."""
+    import multiprocessing
+
+    from _tasks import pid
+
+    fork = multiprocessing.get_context("fork")
+    first = ProcQueue(max_workers=1, mp_context=fork)
+    try:
+        first_worker = first.submit(pid).result(timeout=30)
+        firsts = _memfds(first_worker)
+        assert firsts  # the side files (Linux memfd)
+        with ProcQueue(max_workers=1, mp_context=fork) as second:
+            second_worker = second.submit(pid).result(timeout=30)
+            assert not _memfds(second_worker) & firsts
+    finally:
+        first.shutdown()

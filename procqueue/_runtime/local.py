@@ -19,7 +19,9 @@ import multiprocessing
 import multiprocessing.spawn
 import os
 import pickle
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,6 +57,11 @@ _log = logging.getLogger("procqueue.coordinator")
 
 #: Numbers the side files of workers, across every pool of the process.
 _worker_numbers = itertools.count(1)
+#: Every open transport of this process: a worker forked for one pool closes
+#: the fds of all of them (fork copies them all, and a copy held by another
+#: pool's worker would outlive this pool's shutdown).
+_live: weakref.WeakSet[LocalTransport] = weakref.WeakSet()
+_live_lock = threading.Lock()
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -143,6 +150,8 @@ class LocalTransport(Transport):
     def open(self, poller: Poller) -> None:
         self._poller = poller
         self._lifeline_r, self._lifeline_w = os.pipe()
+        with _live_lock:
+            _live.add(self)
 
     # ------------------------------------------------------------------ starting
 
@@ -158,10 +167,6 @@ class LocalTransport(Transport):
         self._started += 1
         name = f"procqueue-{os.getpid()}-{next(_worker_numbers)}"
         side = (_shm.create(f"{name}-tasks"), _shm.create(f"{name}-results"))
-        inherited: tuple[int, ...] = ()
-        if self.start_method == "fork":
-            inherited = (*poller.own_fds(), *self._fds(), self._lifeline_w, tasks_w, results_r)
-            inherited += tuple(fd for fd in side if fd >= 0)
         level = logging.getLogger().getEffectiveLevel() if self._forward_logs else None
         # The child's ends travel as Connection objects (any start method can pass
         # those); our copies are closed once the child has them.
@@ -171,6 +176,11 @@ class LocalTransport(Transport):
             child_conn(os.dup(self._lifeline_r), readable=True),
         )
         side_ends = tuple(child_conn(os.dup(fd), readable=True) if fd >= 0 else None for fd in side)
+        inherited: tuple[int, ...] = ()
+        if self.start_method == "fork":
+            keep = {c.fileno() for c in (*child_ends, *side_ends) if c is not None}
+            parents = (*_open_fds(), tasks_w, results_r, *(fd for fd in side if fd >= 0))
+            inherited = tuple(fd for fd in dict.fromkeys(parents) if fd >= 0 and fd not in keep)
         args = (*child_ends, side_ends, inherited, self._init_blob, level, os.getpid())
         try:
             proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
@@ -192,7 +202,7 @@ class LocalTransport(Transport):
 
     def _fds(self) -> list[int]:
         fds = [self._lifeline_r]
-        for p in self._procs.values():
+        for p in list(self._procs.values()):
             fds += (p.tasks_fd, p.results_fd, p.inbox.fd)
             if p.outbox is not None:
                 fds.append(p.outbox.fd)
@@ -315,8 +325,34 @@ class LocalTransport(Transport):
         return events
 
     def close(self) -> None:
+        with _live_lock:
+            _live.discard(self)
         close_fds(self._lifeline_r, self._lifeline_w)
         self._lifeline_r = self._lifeline_w = -1
+
+    def _open_fds(self) -> list[int]:
+        """This transport's fds and its engine's, for a forked child to close."""
+        poller = self._poller
+        own = list(poller.own_fds()) if poller is not None else []
+        return [*own, *self._fds(), self._lifeline_w]
+
+
+def _open_fds() -> list[int]:
+    """The fds of every open transport (this one's included). Another pool's
+    coordinator may be starting or ending a worker meanwhile: its table is
+    read again then. A number it closes meanwhile and the child's own ends
+    reuse is left out by the caller; any other is closed in the child only."""
+    with _live_lock:
+        transports = list(_live)
+    fds: list[int] = []
+    for t in transports:
+        for _ in range(5):
+            try:
+                fds += t._open_fds()
+                break
+            except RuntimeError:  # its worker table changed size under us
+                continue
+    return fds
 
 
 def _done(p: _Proc, msg: wire.Result, blob: memoryview, frame: bytes | bytearray) -> Done:
