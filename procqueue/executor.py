@@ -36,7 +36,7 @@ from ._policy import RetryPolicy, WorkerLimits
 from ._progress import ProgressOption, Tracker, progress_factory
 from ._runtime.futures import _TaskFuture
 from ._schedules import Schedule, make_schedule, schedules_of
-from .errors import InvalidArgumentError, OptionTypeError, QueueFullError
+from .errors import InvalidArgumentError, OptionTypeError
 from .stats import QueueStats
 
 if TYPE_CHECKING:
@@ -299,30 +299,20 @@ class ProcQueue(Executor):
         )
 
         def submit_next() -> Future[Any] | None:
-            # Under max_pending a submit waits for room: no longer than the
-            # map's own timeout allows (then the map times out, as it would
-            # waiting for a result).
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                if chunksize == 1:
-                    args = next(calls, None)
-                    if args is not None:
-                        fut: Future[Any] = _TaskFuture()
-                        rec = prepare(self._engine, fn, args, {}, future=fut)  # type: ignore[arg-type]
-                        self._engine.enqueue(rec, wait=wait)
-                        return watch(fut, 1)
-                elif single is not None:
-                    items = list(itertools.islice(single, chunksize))
-                    if items:
-                        assert chunk_call is not None
-                        return watch(self._submit_chunk(chunk_call, items, wait), len(items))
-                else:
-                    chunk = list(itertools.islice(calls, chunksize))
-                    if chunk:
-                        assert chunk_call is not None
-                        return watch(self._submit_chunk(chunk_call, chunk, wait), len(chunk))
-            except QueueFullError:
-                raise FuturesTimeoutError() from None
+            if chunksize == 1:
+                args = next(calls, None)
+                if args is not None:
+                    return watch(self.submit(fn, *args), 1)
+            elif single is not None:
+                items = list(itertools.islice(single, chunksize))
+                if items:
+                    assert chunk_call is not None
+                    return watch(self._submit_chunk(chunk_call, items), len(items))
+            else:
+                chunk = list(itertools.islice(calls, chunksize))
+                if chunk:
+                    assert chunk_call is not None
+                    return watch(self._submit_chunk(chunk_call, chunk), len(chunk))
             if tracker is not None:
                 tracker.input_done()
             return None
@@ -357,13 +347,11 @@ class ProcQueue(Executor):
         )
         return _shown(results, tracker)
 
-    def _submit_chunk(
-        self, runner: ChunkRunner, chunk: list[Any], wait: float | None = None
-    ) -> Future[Any]:
+    def _submit_chunk(self, runner: ChunkRunner, chunk: list[Any]) -> Future[Any]:
         """One ``map`` chunk: its items are not searched for futures (as the
         standard library's ``map`` passes them through as they are)."""
         fut = _TaskFuture()
-        self._engine.enqueue(prepare_chunk(self._engine, runner, chunk, fut), wait=wait)
+        self._engine.enqueue(prepare_chunk(self._engine, runner, chunk, fut))
         return fut
 
     def shutdown(
@@ -471,8 +459,11 @@ def _results(
 def _result_or_cancel(fut: Future[Any], timeout: float | None) -> Any:
     """The future's result; on a timeout it is cancelled too, as the rest of
     the window is (CPython's ``_result_or_cancel`` in ``Executor.map``): the
-    call the caller gave up on does not run late."""
+    call the caller gave up on does not run late (nor on a Ctrl-C). Not on
+    success: ``cancel()`` of a settled future would make the Condition it
+    never needed."""
     try:
         return fut.result(timeout)
-    finally:
-        fut.cancel()  # a no-op once done
+    except BaseException:
+        fut.cancel()
+        raise

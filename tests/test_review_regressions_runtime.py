@@ -182,28 +182,6 @@ def test_future_cancel_never_raises_for_a_record_already_let_go() -> None:
     assert fut.cancel() and fut.cancelled()
 
 
-def test_map_under_max_pending_times_out_waiting_for_room(gate: Gate) -> None:
-    """The window's submits wait for room no longer than ``timeout``."""
-    import concurrent.futures
-
-    with ProcQueue(max_workers=1, max_pending=1) as pool:
-        blocker = pool.submit(gated, gate.paths, "free")  # the one unfinished task allowed
-        gate.wait_started()
-
-        def mapped() -> list[int]:
-            return list(pool.map(add, [1, 2, 3], timeout=0.05))
-
-        with concurrent.futures.ThreadPoolExecutor(1) as helper:
-            try:
-                run = helper.submit(mapped)
-                concurrent.futures.wait([run], timeout=30)
-                assert run.done(), "map waited for room past its timeout"
-                assert isinstance(run.exception(), FuturesTimeoutError)
-            finally:
-                gate.release()  # a map that blocked for room (the bug) gets it
-        assert blocker.result(timeout=30) == "free"
-
-
 def _memfds(pid: int) -> set[int]:
     """Inodes of the side files process ``pid`` holds."""
     found = set()
@@ -237,3 +215,24 @@ def test_a_forked_worker_holds_no_other_pool_s_fds() -> None:
             assert not _memfds(second_worker) & firsts
     finally:
         first.shutdown()
+
+
+def test_a_dependent_of_a_task_whose_exception_str_raises_fails_alone() -> None:
+    with ProcQueue(max_workers=1) as pool:
+        up = pool.submit(raise_bad_str)
+        dep = pool.submit(add, up, 1)
+        assert type(dep.exception(timeout=30)).__name__ == "UpstreamFailedError"
+        assert pool.submit(add, 20, 22).result(timeout=30) == 42
+
+
+def test_map_takes_a_settled_result_without_making_a_condition() -> None:
+    """``_TaskFuture`` makes its Condition only for a waiter; taking a
+    settled result in ``map`` must not make one (it cost ~8 µs a result)."""
+    from procqueue._runtime.futures import _TaskFuture
+    from procqueue.executor import _result_or_cancel
+
+    fut = _TaskFuture()
+    assert fut.set_running_or_notify_cancel()
+    assert fut.settle(5, True)
+    assert _result_or_cancel(fut, None) == 5
+    assert "_lazy_condition" not in fut.__dict__

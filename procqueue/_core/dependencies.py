@@ -28,6 +28,7 @@ from ..errors import (
     TaskCancelledError,
     TaskNotFoundError,
     UpstreamFailedError,
+    _safe_str,
 )
 from .events import CANCEL, ERROR
 from .outcomes import Outcomes
@@ -136,7 +137,11 @@ class Dependencies(Outcomes):
             if dep.waiting_on == 0:
                 self._release(dep, now)
         elif state is _FAILED:
-            detail = f"{type(outcome).__name__}: {outcome}" if outcome is not None else "failed"
+            detail = (
+                f"{type(outcome).__name__}: {_safe_str(outcome)}"
+                if outcome is not None
+                else "failed"
+            )
             err = UpstreamFailedError(
                 f"task {dep.task_id} ({dep.name}) did not run: its upstream task "
                 f"{up.task_id} ({up.name}) failed with {detail}",
@@ -169,7 +174,7 @@ class Dependencies(Outcomes):
             except Exception as e:
                 err = SerializationError(
                     f"cannot pass the upstream results to task {rec.task_id} ({rec.name}): "
-                    f"{type(e).__name__}: {e}"
+                    f"{type(e).__name__}: {_safe_str(e)}"
                 )
                 self._end(rec, _FAILED, err, now, ERROR)
                 return
