@@ -134,12 +134,12 @@ def test_cascade_rearms_a_diamond_on_taskqueue(tmp_path: Path, gate: Gate) -> No
     asyncio.run(main())
 
 
-def test_cascade_admits_nothing_when_a_dependent_cannot_take_a_value(
+def test_cascade_passes_a_future_argument_whose_upstream_ended_since(
     tmp_path: Path, gate: Gate
 ) -> None:
     """``merge(left, right)``: right failed while left ran, and left's value
-    then went to its own future: the re-armed merge could not be passed it.
-    The requeue raises and admits nothing (not the new ``right`` either)."""
+    then went to its own future. The re-armed merge keeps that future, and
+    takes the value from it."""
     with ProcQueue(max_workers=2, retry=NO_WAIT) as pool:
         left = pool.submit(gated, gate.paths, 2)
         gate.wait_started()
@@ -149,8 +149,44 @@ def test_cascade_admits_nothing_when_a_dependent_cannot_take_a_value(
             merge.result()
         gate.release()
         assert left.result() == 2
+        ids = pool.dlq.requeue(task_id(right), cascade=True)
+        assert pool.future(ids[task_id(merge)]).result() == 42
+
+
+def test_cascade_admits_nothing_when_a_dependent_cannot_take_a_value(
+    tmp_path: Path, gate: Gate
+) -> None:
+    """``merge(result_of(left), right)`` by id: right failed while left ran,
+    and left's value then went to its own future, which merge was not given.
+    The requeue raises and admits nothing (not the new ``right`` either)."""
+    with ProcQueue(max_workers=2, retry=NO_WAIT) as pool:
+        left = pool.submit(gated, gate.paths, 2)
+        gate.wait_started()
+        right = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 40, max_retries=0)
+        merge = pool.submit(add, result_of(task_id(left)), right)
+        with pytest.raises(UpstreamFailedError):
+            merge.result()
+        gate.release()
+        assert left.result() == 2
         with pytest.raises(InvalidArgumentError, match="no longer held"):
             pool.dlq.requeue(task_id(right), cascade=True)
         assert [d.task_id for d in pool.dlq.list()] == [task_id(right)]
         stats = pool.get_stats()
         assert (stats.pending, stats.waiting, stats.running) == (0, 0, 0)
+
+
+def test_cascade_rearms_branches_of_unequal_depth_in_order(tmp_path: Path) -> None:
+    """``d(b, c3)`` with ``b`` one step below the letter and ``c3`` three: the
+    re-armed ``d`` waits on the new ``c3`` (breadth-first order linked it to
+    the old, failed one, and it failed at once)."""
+    with ProcQueue(max_workers=1, retry=NO_WAIT) as pool:
+        root = pool.submit_task(fail_times, str(tmp_path / "c"), 1, 1, max_retries=0)
+        c1 = pool.submit(add, root, 1)
+        b = pool.submit(add, root, 1)
+        c2 = pool.submit(add, c1, 1)
+        c3 = pool.submit(add, c2, 1)
+        d = pool.submit(add, b, c3)
+        with pytest.raises(UpstreamFailedError):
+            d.result()
+        ids = pool.dlq.requeue(task_id(root), cascade=True)
+        assert pool.future(ids[task_id(d)]).result() == 2 + 4

@@ -8,6 +8,7 @@ batch with a systematic failure cannot grow memory without limit.
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class _Dormant:
     __slots__ = (
         "all_done",
         "arrived",
+        "awaited",
         "dependents",
         "limit_key",
         "name",
@@ -78,6 +80,10 @@ class _Dormant:
         #: an ``(outcome, sent)`` pair.
         self.arrived: dict[int, Any] = (
             {u: pair[0] for u, pair in inputs.items() if type(pair) is tuple} if inputs else {}
+        )
+        #: The ProcQueue futures it was given for upstreams still to come.
+        self.awaited: dict[int, Future[Any]] = (
+            {u: v for u, v in inputs.items() if isinstance(v, Future)} if inputs else {}
         )
         self.all_done = rec.all_done
         self.dependents: list[_Dormant] = []
