@@ -10,6 +10,7 @@ without one unless ``PROCQUEUE_REQUIRE_SERVICES=1``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -239,3 +240,17 @@ def test_the_rate_slots_of_idle_keys_do_not_pile_up(broker: Broker) -> None:
     assert claim_ids(broker, 2, "node") == [first]
     assert broker.r.zcard(k.rate) == 1 and broker.r.zscore(k.rate, "busy#1") is not None
     assert broker.meta(second)["state"] == "throttled"  # type: ignore[index]
+
+
+def test_the_rate_slots_expire_with_their_latest_time(broker: Broker) -> None:
+    """Once every slot's time has passed the zset means nothing: it expires
+    then, so a queue that stops admitting rate-limited tasks is left
+    without it (it used to stay for ever: the sweep runs only on admission)."""
+    k = broker.keys
+    tids = [
+        broker.submit(b"call", name="t", limit=(f"tenant:{i}", [[500.0, 0.0]])) for i in range(3)
+    ]
+    assert sorted(claim_ids(broker, 3, "node")) == sorted(tids)
+    latest = max(score for _, score in broker.r.zrange(k.rate, 0, -1, withscores=True))
+    expires_at = broker.r.pexpiretime(k.rate)
+    assert expires_at == math.ceil(latest) + 1

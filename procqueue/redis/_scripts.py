@@ -146,10 +146,19 @@ local function admitted(m, now)
     tats[i] = tat
     if tat - w[2] > t then t = tat - w[2] end
   end
+  local latest = 0
   for i, w in ipairs(m.lw) do
     local tat = tats[i]
     if tat < t then tat = t end
     redis.call('ZADD', K.rate, tat + w[1], m.lk .. '#' .. i)
+    if tat + w[1] > latest then latest = tat + w[1] end
+  end
+  -- Once every TAT is past, the zset means nothing: it expires then, so a
+  -- queue that stops admitting rate-limited tasks is left without it. Pushed
+  -- later only (the latest TAT of the whole set is what counts).
+  local ttl = redis.call('PTTL', K.rate)
+  if ttl < 0 or now + ttl < latest then
+    redis.call('PEXPIREAT', K.rate, math.ceil(latest) + 1)
   end
   if t <= now then return true end
   m.slot = t
