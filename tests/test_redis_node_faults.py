@@ -136,6 +136,31 @@ def test_a_batch_with_an_outcome_redis_cannot_take_reports_the_others(broker: Br
     assert broker.outcome(b) is None  # still leased: reclaimed once its lease lapses
 
 
+def test_an_error_reply_about_one_outcome_is_not_retried_for_the_batch(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reply that is about the command (a script error for one
+    outcome), not about Redis's state, would come back every time: the batch
+    is reported one outcome at a time at once, not retried for two leases."""
+    a, b = _submit(broker, double, 1), _submit(broker, double, 2)
+    tokens = {c.task_id: c.token for c in broker.claim(2, 30, "node-a")}
+    finish_many, calls = broker.finish_many, list[int]()
+
+    def refuses_b(outcomes: Any) -> list[bool]:
+        calls.append(len(outcomes))
+        if any(o[0] == b for o in outcomes):
+            raise redis.exceptions.ResponseError("ERR Error running script: bad value")
+        return finish_many(outcomes)
+
+    monkeypatch.setattr(broker, "finish_many", refuses_b)
+    node = Node(broker, 1, lease=30.0)
+    with pytest.raises(redis.exceptions.ResponseError):
+        node._finish([(b, tokens[b], "completed", b"x", "")])
+    node._finish([(a, tokens[a], "completed", b"ok", ""), (b, tokens[b], "completed", b"x", "")])
+    assert calls == [1, 2, 1, 1]  # no retries: the batch, then each outcome once
+    assert broker.outcome(a) == ("completed", b"ok", "")
+
+
 def test_a_report_redis_refuses_is_retried(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     oom = redis.exceptions.ResponseError("OOM command not allowed when used memory")
     refused = _fail_first_report(broker, monkeypatch, oom)

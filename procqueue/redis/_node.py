@@ -455,20 +455,29 @@ class Node:
         except Exception:  # never the reporter's end: outcomes come next
             _log.exception("progress of %d task(s) not written", len(progress))
 
-    def _finish(self, batch: list[tuple[int, int, str, bytes, str]]) -> None:
-        """Report outcomes, retrying while Redis is unreachable or refuses
-        (OOM, READONLY, BUSY), for at most two leases: after that the leases
-        have expired, the tasks were (or will be) reclaimed, and the reports
-        would be fenced off anyway. An error of another kind (an outcome
-        Redis cannot be sent) is not retried: the batch is reported one
-        outcome at a time, so that only the bad one is lost; that one raises."""
-        give_up = time.monotonic() + 2 * self.lease
+    def _finish(
+        self, batch: list[tuple[int, int, str, bytes, str]], give_up: float | None = None
+    ) -> None:
+        """Report outcomes, retrying while Redis is unreachable or refuses for
+        a while (OOM, READONLY, BUSY: :func:`_transient`), until ``give_up``
+        (two leases from now): after that the leases have expired, the tasks
+        were (or will be) reclaimed, and the reports would be fenced off
+        anyway. An error of another kind (an outcome Redis cannot be sent, an
+        error reply about this batch) is not retried: the batch is reported
+        one outcome at a time, within the same ``give_up``, so that only the
+        bad one is lost; that one raises."""
+        if give_up is None:
+            give_up = time.monotonic() + 2 * self.lease
         backoff = _Backoff()
         while True:
             try:
                 self.broker.finish_many(batch)
                 return
             except _redis_errors() as e:
+                if not _transient(e):
+                    if len(batch) == 1:
+                        raise
+                    break
                 if time.monotonic() >= give_up:
                     ids = [b[0] for b in batch]
                     _log.error("tasks %s: outcomes not reported (%s); reclaimed later", ids, e)
@@ -480,7 +489,7 @@ class Node:
                 break
         for one in batch:
             try:
-                self._finish([one])
+                self._finish([one], give_up)
             except Exception:  # the reporter lets it go with the rest
                 _log.exception("task %d: outcome not reported; its lease will lapse", one[0])
 
@@ -666,6 +675,29 @@ class _Backoff:
             time.sleep(self.delay)  # a bounded wait for the server to come back
         else:
             stop.wait(self.delay)
+
+
+#: Error replies that say Redis cannot take writes for now (memory full, a
+#: replica during a failover, a script or a load running), not that this
+#: command is wrong: a report is retried through them.
+_TRANSIENT_REPLIES = frozenset(
+    ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+     "MISCONF")
+)  # fmt: skip
+
+
+def _transient(e: BaseException) -> bool:
+    """Redis away, or refusing every write for a while; not an error reply
+    about the command itself (which the same command would get again)."""
+    import redis
+
+    rx = redis.exceptions
+    if not isinstance(e, rx.ResponseError):
+        return True
+    by_class = ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError")
+    if any(isinstance(e, getattr(rx, name)) for name in by_class if hasattr(rx, name)):
+        return True  # redis-py strips the code from these
+    return str(e).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
