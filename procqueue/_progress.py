@@ -350,7 +350,8 @@ def _rich_factory() -> SinkFactory:
         def __init__(self, desc: str, total: int | None) -> None:
             self._desc = desc
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                # Plain text: a task's message ("[/tmp] step") is no markup.
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TaskProgressColumn(),

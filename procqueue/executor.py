@@ -288,64 +288,72 @@ class ProcQueue(Executor):
         tracker = None if factory is None else Tracker(factory, getattr(fn, "__name__", "map"))
         if tracker is not None:  # the tasks' own report_progress, next to the bar
             tracker.on_close(self._engine.watch_progress(tracker.note_report))
-        watch = _unwatched if tracker is None else tracker.watch
-        deadline = None if timeout is None else time.monotonic() + timeout
-        calls: Iterator[tuple[Any, ...]] = zip(*iterables)
-        single = iter(iterables[0]) if len(iterables) == 1 and chunksize > 1 else None
-        chunk_call = (
-            chunk_runner(self._engine, _run_chunk1 if single is not None else _run_chunk, fn)
-            if chunksize > 1
-            else None
-        )
+        try:
+            watch = _unwatched if tracker is None else tracker.watch
+            deadline = None if timeout is None else time.monotonic() + timeout
+            calls: Iterator[tuple[Any, ...]] = zip(*iterables)
+            single = iter(iterables[0]) if len(iterables) == 1 and chunksize > 1 else None
+            chunk_call = (
+                chunk_runner(self._engine, _run_chunk1 if single is not None else _run_chunk, fn)
+                if chunksize > 1
+                else None
+            )
 
-        def submit_next() -> Future[Any] | None:
-            if chunksize == 1:
-                args = next(calls, None)
-                if args is not None:
-                    return watch(self.submit(fn, *args), 1)
-            elif single is not None:
-                items = list(itertools.islice(single, chunksize))
-                if items:
-                    assert chunk_call is not None
-                    return watch(self._submit_chunk(chunk_call, items), len(items))
-            else:
-                chunk = list(itertools.islice(calls, chunksize))
-                if chunk:
-                    assert chunk_call is not None
-                    return watch(self._submit_chunk(chunk_call, chunk), len(chunk))
-            if tracker is not None:
-                tracker.input_done()
-            return None
-
-        window = buffersize if buffersize is not None else self._engine.config.max_pending
-        if window is None:
-            # Eager, as the stdlib: everything is queued now. Single calls go in
-            # batches of 64 (one pickling of fn, one lock round per batch);
-            # chunks one by one, so workers start while the rest is pickled.
-            futures: list[Future[Any]] = []
-            if chunksize > 1:
-                futures = list(iter(submit_next, None))
-                return _shown(_results(futures, deadline, flatten=True, tracker=tracker), tracker)
-            while batch := list(itertools.islice(calls, 64)):
-                batch_futures = [_TaskFuture() for _ in batch]
-                self._engine.enqueue_many(prepare_many(self._engine, fn, batch, batch_futures))
-                futures += batch_futures
+            def submit_next() -> Future[Any] | None:
+                if chunksize == 1:
+                    args = next(calls, None)
+                    if args is not None:
+                        return watch(self.submit(fn, *args), 1)
+                elif single is not None:
+                    items = list(itertools.islice(single, chunksize))
+                    if items:
+                        assert chunk_call is not None
+                        return watch(self._submit_chunk(chunk_call, items), len(items))
+                else:
+                    chunk = list(itertools.islice(calls, chunksize))
+                    if chunk:
+                        assert chunk_call is not None
+                        return watch(self._submit_chunk(chunk_call, chunk), len(chunk))
                 if tracker is not None:
-                    for f in batch_futures:
-                        tracker.watch(f)
+                    tracker.input_done()
+                return None
+
+            window = buffersize if buffersize is not None else self._engine.config.max_pending
+            if window is None:
+                # Eager, as the stdlib: everything is queued now. Single calls go in
+                # batches of 64 (one pickling of fn, one lock round per batch);
+                # chunks one by one, so workers start while the rest is pickled.
+                futures: list[Future[Any]] = []
+                if chunksize > 1:
+                    futures = list(iter(submit_next, None))
+                    results = _results(futures, deadline, flatten=True, tracker=tracker)
+                    return _shown(results, tracker)
+                while batch := list(itertools.islice(calls, 64)):
+                    batch_futures = [_TaskFuture() for _ in batch]
+                    self._engine.enqueue_many(prepare_many(self._engine, fn, batch, batch_futures))
+                    futures += batch_futures
+                    if tracker is not None:
+                        for f in batch_futures:
+                            tracker.watch(f)
+                if tracker is not None:
+                    tracker.input_done()
+                return _shown(_results(futures, deadline, flatten=False, tracker=tracker), tracker)
+            futures = []
+            for _ in range(window):
+                fut = submit_next()
+                if fut is None:
+                    break
+                futures.append(fut)
+            results = _results(
+                futures, deadline, flatten=chunksize > 1, refill=submit_next, tracker=tracker
+            )
+            return _shown(results, tracker)
+        except BaseException:
+            # Nothing was handed back to close it: its watcher would stay on
+            # the engine for the queue's life (one more per failed map).
             if tracker is not None:
-                tracker.input_done()
-            return _shown(_results(futures, deadline, flatten=False, tracker=tracker), tracker)
-        futures = []
-        for _ in range(window):
-            fut = submit_next()
-            if fut is None:
-                break
-            futures.append(fut)
-        results = _results(
-            futures, deadline, flatten=chunksize > 1, refill=submit_next, tracker=tracker
-        )
-        return _shown(results, tracker)
+                tracker.close()
+            raise
 
     def _submit_chunk(self, runner: ChunkRunner, chunk: list[Any]) -> Future[Any]:
         """One ``map`` chunk: its items are not searched for futures (as the

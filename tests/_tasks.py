@@ -369,3 +369,11 @@ class CodeError(Exception):
 def log_unloadable_extra() -> str:
     logging.getLogger("tests.tasks").warning("failed", extra={"error": CodeError(404, "nf")})
     return "done"
+
+
+def report_bracketed(x: int) -> int:
+    """Report a message a markup language would read as a closing tag."""
+    import procqueue
+
+    procqueue.report_progress(1, 1, message="[/tmp] step")
+    return x

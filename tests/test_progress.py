@@ -259,3 +259,27 @@ def test_tracker_ignores_completions_after_close() -> None:
     tracker.close()
     b.set_result(2)
     assert rec.calls == [(0, 2), (1, 2)]
+
+
+def test_rich_bar_shows_a_task_message_as_plain_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message like "[/tmp] step" is no rich markup: it used to raise
+    MarkupError in rich's refresh thread, and the bar stopped."""
+    from _tasks import report_bracketed
+
+    raised: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    with ProcQueue(max_workers=1) as pool:
+        assert list(pool.map(report_bracketed, range(3), progress="rich")) == [0, 1, 2]
+    assert not raised
+    assert "[/tmp] step" in capsys.readouterr().err
+
+
+def test_a_map_that_fails_to_queue_leaves_no_progress_watcher() -> None:
+    with ProcQueue(max_workers=1) as pool:
+        engine = pool._engine
+        for _ in range(2):
+            with pytest.raises(Exception, match="pickle"):
+                pool.map(ident, [threading.Lock()], progress=lambda done, total: None)
+        assert engine._progress_listeners == [] and not engine.core.progress_watched
