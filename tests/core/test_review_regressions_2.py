@@ -174,3 +174,15 @@ def test_a_cancelled_dependent_lets_go_of_the_values_it_was_passed() -> None:
     assert dep.inputs is not None and dep.inputs[a.task_id] is not None
     sh.sched.cancel(dep.task_id, 0.2)
     assert dep.state is TaskState.CANCELLED and dep.inputs is None
+
+
+@pytest.mark.parametrize("now", [1030.0, 1030.25, 1030.5, 1030.99])
+def test_throughput_of_a_steady_rate_reads_that_rate_all_second_long(now: float) -> None:
+    from procqueue._core.tally import Tally
+
+    tally = Tally(now=1000.0)
+    i = 0
+    while 1000.0 + i / 100 <= now:
+        tally.count_completion(1000.0 + i / 100)
+        i += 1
+    assert tally.throughput(now) == pytest.approx(100.0, rel=0.01)  # was 90 to 100
