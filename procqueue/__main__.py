@@ -106,7 +106,20 @@ def cli(argv: list[str] | None = None) -> int:
         from .dashboard._demo import main as dashboard_main
 
         return dashboard_main(argv)
+    if argv:  # --help, or a typo: say what there is, never run the demo instead
+        out = sys.stdout if argv[0] in ("-h", "--help") else sys.stderr
+        print(_USAGE, file=out)
+        return 0 if out is sys.stdout else 2
     return main()
+
+
+_USAGE = """usage: procqueue [--dashboard] | worker ... | dashboard ... | top ...
+
+  procqueue                 the demo: a pool, a crash, a timeout, its stats
+  procqueue --dashboard     the demo with the live dashboard (--dashboard --help)
+  procqueue worker ...      a node serving a Redis queue (worker --help)
+  procqueue dashboard ...   the live dashboard of a Redis queue (dashboard --help)
+  procqueue top ...         a live terminal view of a queue (top --help)"""
 
 
 if __name__ == "__main__":

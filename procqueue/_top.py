@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .errors import MissingExtraError
 
@@ -88,8 +89,16 @@ class HttpSource:
     <token>`` when a token is given."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 5.0) -> None:
-        self.label = url
-        self._endpoint = url.rstrip("/") + "/api/stats"
+        # The URL a dashboard prints carries its token (``/?token=...``): it
+        # is taken from there (unless given), and neither shown nor sent in
+        # the path.
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        if not token and query.get("token"):
+            token = query["token"][0]
+        base = urlunsplit(parts._replace(query="", fragment=""))
+        self.label = base
+        self._endpoint = base.rstrip("/") + "/api/stats"
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"

@@ -233,6 +233,30 @@ def test_http_source_sends_the_token_and_explains_refusals() -> None:
         bad.close()
 
 
+def test_http_source_takes_the_token_from_a_printed_dashboard_url() -> None:
+    """A dashboard prints ``http://host:port/?token=...``: that URL works as
+    it is, the token sent as a header, neither in the path nor in the label."""
+    s = StatsServer(lambda hits: local_stats(), token="s3cret")
+    try:
+        source = HttpSource(s.url + "/?token=s3cret")
+        assert source.fetch()["kind"] == "local"
+        assert s.auth[-1] == "Bearer s3cret" and "s3cret" not in source.label
+    finally:
+        s.close()
+
+
+def test_the_cli_prints_usage_for_help_and_refuses_unknown_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``procqueue --help`` (or a typo) used to run the demo."""
+    from procqueue.__main__ import cli
+
+    assert cli(["--help"]) == 0
+    assert "procqueue worker" in capsys.readouterr().out
+    assert cli(["wroker"]) == 2
+    assert "usage: procqueue" in capsys.readouterr().err
+
+
 def test_once_prints_one_snapshot(server: StatsServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--url", server.url, "--once"]) == 0
     out = capsys.readouterr().out
