@@ -70,3 +70,21 @@ def test_a_malformed_done_message_is_ignored_not_a_reason_to_resubscribe(
     messages = [r.getMessage() for r in caplog.records]
     assert any("malformed message on the done channel" in m for m in messages)
     assert not any("resubscribing" in m for m in messages)
+
+
+def test_a_broker_schedule_refuses_limit_key_and_a_priority_must_be_an_int(
+    broker: Broker,
+) -> None:
+    """A broker's schedule runs take no ``limit_key`` yet: it used to be passed
+    on to the callable, failing every run. A non-int priority is the same
+    ``OptionTypeError`` (a ``TypeError``) as on a local queue."""
+    from conftest import REDIS_URL
+
+    from procqueue import InvalidArgumentError, OptionTypeError
+
+    with ProcQueue(broker=REDIS_URL, queue=broker.queue, secret=SECRET) as pool:
+        with pytest.raises(InvalidArgumentError, match="limit_key"):
+            pool.schedule(abs, -1, every=60, name="limited", limit_key="api")
+        assert pool.schedules() == []
+        with pytest.raises(OptionTypeError, match="priority"):
+            pool.submit_task(abs, -1, priority="high")

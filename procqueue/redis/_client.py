@@ -13,9 +13,7 @@ from .._core.deadletters import DeadLetter
 from .._core.records import TaskStatus
 from .._policy import RetryPolicy
 from .._progress import ProgressOption, progress_map
-from ..errors import (
-    TaskNotFoundError,
-)
+from ..errors import InvalidArgumentError, TaskNotFoundError
 from ..executor import ProcQueue
 from ..taskqueue import TaskQueue
 from ._cron import RemoteSchedule
@@ -330,6 +328,13 @@ _SCHEDULE_OPTIONS = frozenset(
 
 
 def _split_schedule_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the callable's keyword arguments, the schedule's options)."""
+    """(the callable's keyword arguments, the schedule's options). A local
+    schedule's ``limit_key`` is refused: a broker's runs do not take one yet,
+    and passed on to the callable it would fail every run."""
+    if "limit_key" in options:
+        raise InvalidArgumentError(
+            "a schedule on a broker does not take limit_key yet (its runs would not be "
+            "rate-limited); submit the limited work from the scheduled task instead"
+        )
     opts = {k: v for k, v in options.items() if k in _SCHEDULE_OPTIONS}
     return {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}, opts

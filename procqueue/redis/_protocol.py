@@ -18,6 +18,7 @@ from .._policy import RetryPolicy
 from ..errors import (
     InvalidArgumentError,
     MissingExtraError,
+    OptionTypeError,
     TaskNotFoundError,
 )
 from . import _scripts_client, _scripts_node, _scripts_schedules
@@ -214,7 +215,7 @@ class Broker(AdminCalls):
         ``all_done``: run once they all ended, whatever the outcome. An
         unknown upstream raises :class:`TaskNotFoundError` (nothing queued)."""
         if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
+            raise OptionTypeError(f"priority must be an int, got {priority!r}")  # as locally
         if abs(priority) >= MAX_PRIORITY:
             raise InvalidArgumentError(f"on Redis, priority must lie within ±{MAX_PRIORITY - 1}")
         policy = policy or _DEFAULT_POLICY
