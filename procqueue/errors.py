@@ -189,7 +189,9 @@ class Throttle(ProcQueueError):
     """Raise it in a task to say "not now" (an HTTP 429, say): the task goes
     back to wait ``retry_after`` seconds without using an attempt and without
     counting as a failure, at most ``max_throttles`` times (20 by default,
-    per task), after which it fails with this error.
+    per task). After that, a ``Throttle`` is an ordinary failed attempt: it is
+    retried by the task's retry policy, and the task fails with it once that
+    policy gives up.
 
     >>> raise procqueue.Throttle(retry_after=2.5)   # doctest: +SKIP
     """

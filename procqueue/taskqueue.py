@@ -51,9 +51,10 @@ class TaskQueue:
     ...         task_id = await queue.submit(pow, 2, 10, priority=10, max_retries=3)
     ...         return await queue.result(task_id)
 
-    ``submit`` keeps the keyword names ``priority``, ``max_retries``, ``retry``
-    and ``timeout`` for itself; every other keyword goes to the callable. To pass
-    one of those four to your function, bind it with ``functools.partial``.
+    ``submit`` keeps the keyword names ``priority``, ``max_retries``, ``retry``,
+    ``timeout``, ``delay``, ``eta``, ``after``, ``trigger`` and ``limit_key``
+    for itself; every other keyword goes to the callable. To pass one of those
+    nine to your function, bind it with ``functools.partial``.
     """
 
     def __new__(cls, num_workers: int | None = None, **options: Any) -> TaskQueue:
@@ -365,8 +366,11 @@ class TaskQueue:
             await self.stop()
 
     def subscribe(self, listener: Callable[[TaskStatus], None]) -> Callable[[], None]:
-        """Call ``listener`` with a :class:`TaskStatus` on every state change (in
-        the coordinator thread: hand off with ``loop.call_soon_threadsafe``)."""
+        """Call ``listener`` with a :class:`TaskStatus` on every state change, in
+        order, in the ``procqueue-listeners`` thread (not the event loop: hand
+        off with ``loop.call_soon_threadsafe``). Returns a function that
+        unsubscribes. Listeners more than 100,000 statuses behind lose the
+        oldest (logged once at WARNING)."""
         return self._engine.subscribe(listener)
 
     def serve_dashboard(
