@@ -15,6 +15,13 @@ __all__ = ["DashboardOptions", "is_loopback", "resolve_options"]
 
 #: Characters of a repr shown for an argument or a result before it is cut.
 DEFAULT_REPR_LIMIT = 2000
+#: What a token may hold: printable ASCII, less what a cookie value cannot
+#: carry (space ``"`` ``,`` ``;`` ``\\``, RFC 6265 4.1.1) and what ``url``'s
+#: ``?token=`` would change on its way to the server (``#`` ends the URL,
+#: ``&`` the parameter, ``+`` reads as a space, ``%`` starts an escape).
+#: Anything else (non-Latin-1 text above all) cannot be set as a cookie, so
+#: the browser would be locked out after the first visit.
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(' ",;\\#&+%')
 
 
 @dataclass(frozen=True)
@@ -26,10 +33,13 @@ class DashboardOptions:
     :class:`~procqueue.InsecureDashboardError`. ``port``: 0 picks a free one
     (read it back from the handle's ``url``). ``token``: required on every
     request (``Authorization: Bearer <token>``, the ``X-Procqueue-Token``
-    header, or ``?token=`` once, which sets a cookie). ``read_only``: hide
-    and refuse every action (retry, purge, pause...). ``show_args``: show
-    task arguments and results as truncated reprs; ``False`` hides them
-    (they can hold secrets). ``repr_limit``: characters kept of each repr.
+    header, or ``?token=`` once, which sets a cookie), so it is printable
+    ASCII without spaces or ``" , ; \\ # & + %`` (``secrets.token_urlsafe()``
+    fits); anything else raises :class:`~procqueue.InvalidArgumentError`.
+    ``read_only``: hide and refuse every action (retry, purge, pause...).
+    ``show_args``: show task arguments and results as truncated reprs;
+    ``False`` hides them (they can hold secrets). ``repr_limit``: characters
+    kept of each repr.
 
     >>> TaskQueue(num_workers=4, dashboard=DashboardOptions(port=8765, read_only=True))
     ... # doctest: +SKIP
@@ -49,8 +59,8 @@ class DashboardOptions:
             raise InvalidArgumentError(f"dashboard port must be in 0..65535, got {self.port}")
         if not isinstance(self.host, str) or not self.host:
             raise OptionTypeError(f"dashboard host must be a non-empty str, got {self.host!r}")
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
-            raise InvalidArgumentError("a dashboard token must be a str of at least 8 characters")
+        if self.token is not None:
+            _check_token(self.token)
         for name in ("read_only", "show_args"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionTypeError(f"dashboard {name} must be a bool")
@@ -93,6 +103,19 @@ def resolve_options(spec: object, **overrides: Any) -> DashboardOptions:
         )
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(opts, **given) if given else opts
+
+
+def _check_token(token: object) -> None:
+    if not isinstance(token, str) or len(token) < 8:
+        raise InvalidArgumentError("a dashboard token must be a str of at least 8 characters")
+    bad = sorted(set(token) - TOKEN_CHARS)
+    if bad:
+        # The token itself is secret: name the characters, not the value.
+        raise InvalidArgumentError(
+            f"a dashboard token cannot hold {', '.join(map(repr, bad))}: it travels in a "
+            "cookie, a header and the URL, so use printable ASCII without spaces or "
+            '" , ; \\ # & + % (secrets.token_urlsafe() makes one)'
+        )
 
 
 def is_loopback(host: str) -> bool:

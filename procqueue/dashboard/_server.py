@@ -18,6 +18,7 @@ import re
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +54,10 @@ KEEPALIVE = 15.0
 #: Live SSE streams at once (each holds a thread).
 MAX_STREAMS = 32
 _MAX_BODY = 1 << 16
+#: A Host header: a bracketed IPv6 literal (its own colons are not the port's,
+#: so cutting at the last colon would leave "[:" of "[::1]") or a name, each
+#: with an optional port. A bare IPv6 address, which must be bracketed, fails.
+_HOST = re.compile(r"\[([0-9a-f:.]+)\](?::[0-9]*)?|([^:\[\]]+)(?::[0-9]*)?")
 
 
 def _load_assets() -> dict[str, tuple[bytes, str]]:
@@ -74,8 +79,17 @@ class _HTTPError(Exception):
 
 class DashboardServer(ThreadingHTTPServer):
     """A threading HTTP server with a wake-up pipe instead of a polling
-    ``serve_forever``, request threads that are tracked and joined on close,
-    and the open SSE sockets, shut on close so no handler outlives it."""
+    ``serve_forever``, and request threads that are tracked and joined on
+    close. Every accepted socket is tracked too and shut on close, so no
+    handler outlives it: not an SSE stream, nor a client that connected and
+    sent nothing (a browser's preconnect), which would otherwise sit in
+    ``readline`` until the handler's 30 s timeout.
+
+    Invariant: a socket is in ``_connections`` from its accept until just
+    before it is closed, and both moves happen under ``_guard``; :meth:`stop`
+    shuts them under the same lock, so it never touches a closed socket (whose
+    descriptor number may already belong to another file).
+    """
 
     daemon_threads = True
     block_on_close = False
@@ -86,6 +100,7 @@ class DashboardServer(ThreadingHTTPServer):
         self.app = app
         self.assets = _load_assets()
         self._request_threads: set[threading.Thread] = set()
+        self._connections: set[socket.socket] = set()
         self._streams: set[socket.socket] = set()
         self._guard = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -120,6 +135,11 @@ class DashboardServer(ThreadingHTTPServer):
         )
         with self._guard:
             self._request_threads.add(thread)
+            self._connections.add(request)
+            if self._stopping:
+                # Accepted as stop() ran, after it shut the others: shut this
+                # one too, so its handler reads EOF at once.
+                _shut(request)
         thread.start()
 
     def _run_request(self, request: Any, client_address: Any) -> None:
@@ -128,6 +148,12 @@ class DashboardServer(ThreadingHTTPServer):
         finally:
             with self._guard:
                 self._request_threads.discard(threading.current_thread())
+
+    def shutdown_request(self, request: Any) -> None:
+        # Forget the socket before it is closed (see the class's invariant).
+        with self._guard:
+            self._connections.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.debug("dashboard request from %s failed", client_address, exc_info=True)
@@ -144,27 +170,38 @@ class DashboardServer(ThreadingHTTPServer):
             self._streams.discard(sock)
 
     def stop(self) -> None:
-        """Stop accepting, end the streams, join every request thread."""
+        """Stop accepting and shut every open connection (streams, idle
+        connections, half-sent requests): each handler then reads EOF or
+        fails its next write, and ends."""
         with self._guard:
             self._stopping = True
-            streams = list(self._streams)
+            for sock in self._connections:
+                _shut(sock)
         try:
             self._wake_w.send(b"\0")
         except OSError:
             pass
-        for sock in streams:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def finish_stop(self, join_timeout: float = 5.0) -> None:
-        """After the accept loop has returned: close the sockets, join."""
+        """After the accept loop has returned: close the listening socket and
+        join the request threads, all of them within ``join_timeout`` seconds
+        in total (one deadline, not one per thread)."""
         self.server_close()
         with self._guard:
             threads = list(self._request_threads)
+        deadline = time.monotonic() + join_timeout
         for thread in threads:
-            thread.join(join_timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = sum(thread.is_alive() for thread in threads)
+        if stuck:
+            # Their sockets are shut, so only a handler blocked outside its
+            # socket (a backend call) gets here; they are daemons and end with
+            # the call.
+            _log.warning(
+                "dashboard: %d request thread(s) still running %.1f s after close",
+                stuck,
+                join_timeout,
+            )
         self._wake_r.close()
         self._wake_w.close()
 
@@ -236,8 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         token = app.options.token
         if token is None:
-            host = (self.headers.get("Host") or "").rsplit(":", 1)[0] if self.headers else ""
-            if host and not (is_loopback(host) or host == app.options.host):
+            header = self.headers.get("Host") if self.headers else None
+            host = _host_of(header) if header else ""
+            if host is None or (host and not (is_loopback(host) or host == app.options.host)):
                 # A DNS-rebinding page names itself, not a loopback address.
                 self._json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
                 return False
@@ -444,6 +482,13 @@ class _Handler(BaseHTTPRequestHandler):
         """Server-Sent Events: the newest overview whenever it changes (at
         most 4 a second), a comment every 15 s to keep proxies from closing."""
         server, monitor = self.server, self.server.app.monitor
+        if self.command == "HEAD":
+            # Headers only: a HEAD must neither get a body nor hold a stream slot.
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self._common_headers()
+            self.end_headers()
+            return
         sock = self.connection
         if not server.add_stream(sock):
             raise _HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, "too many live clients")
@@ -472,6 +517,22 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             monitor.detach()
             server.drop_stream(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut by its handler, or the peer reset it
+
+
+def _host_of(header: str) -> str | None:
+    """The host named by a ``Host`` header, lower-cased, without its port or an
+    IPv6 literal's brackets (``[::1]:8765`` -> ``::1``); None if malformed."""
+    m = _HOST.fullmatch(header.strip().lower())
+    if m is None:
+        return None
+    return m[1] if m[1] is not None else m[2]
 
 
 def _message(e: KeyError) -> str:
