@@ -236,3 +236,20 @@ def test_map_takes_a_settled_result_without_making_a_condition() -> None:
     assert fut.settle(5, True)
     assert _result_or_cancel(fut, None) == 5
     assert "_lazy_condition" not in fut.__dict__
+
+
+def test_a_procqueue_task_failed_unrun_names_its_error_after_its_future_took_it() -> None:
+    """Its future takes the outcome; the record used to let go of it, and
+    ``status.error`` of a task ended by its upstream's failure was None."""
+    from _tasks import raise_value_error
+
+    with ProcQueue(max_workers=1) as pool:
+        up = pool.submit(raise_value_error, "boom")
+        dep = pool.submit(add, up, 1)
+        assert type(dep.exception(timeout=30)).__name__ == "UpstreamFailedError"
+        assert pool.submit(add, 1).result(timeout=30) == 1  # a later publication: dep's is done
+        status = pool.get_task_status(task_id(dep))
+        assert status.error is not None
+        assert status.error.exc_type == "procqueue.errors.UpstreamFailedError"
+        again = pool.future(task_id(dep)).exception(timeout=0)
+        assert type(again).__name__ == "UpstreamFailedError"

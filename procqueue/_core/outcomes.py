@@ -174,7 +174,10 @@ class Outcomes(CoreState):
             # meanwhile still finds it here). Our own futures (TaskQueue) hold
             # the same object as the record: nothing to release.
             rec.future = None
-            self.released.append(rec)
+            if rec.errors or rec.state is not _FAILED:
+                self.released.append(rec)
+            # else: it failed without an attempt of its own (an upstream
+            # failed): its one error, small, stays, for status.error to name.
         if rec.future is not None or rec.fired_by is not None or not self.config.keep_unclaimed:
             self.make_evictable(rec.task_id)
         self._emit(rec)
