@@ -15,7 +15,7 @@ from concurrent.futures._base import RUNNING as _RUNNING
 from typing import Any
 
 from .._core.events import CANCEL, ERROR, OK
-from .._core.records import RELEASED, TaskState, _TaskRecord
+from .._core.records import TaskState, _TaskRecord
 from ..errors import TaskNotFoundError
 
 _log = logging.getLogger("procqueue.coordinator")
@@ -204,8 +204,9 @@ def deliver(fut: Future[Any], kind: int, value: Any) -> None:
 
 
 def resolve_now(fut: Future[Any], rec: _TaskRecord) -> None:
-    """Settle ``fut`` from a record that is already final."""
-    outcome = None if rec.outcome is RELEASED else rec.outcome
+    """Settle ``fut`` from a record that is already final and still holds
+    its outcome (``future_for`` refuses one released to its own future)."""
+    outcome = rec.outcome
     if rec.state is TaskState.CANCELLED:
         deliver(fut, CANCEL, outcome)
     else:

@@ -179,7 +179,7 @@ class LocalTransport(Transport):
         inherited: tuple[int, ...] = ()
         if self.start_method == "fork":
             keep = {c.fileno() for c in (*child_ends, *side_ends) if c is not None}
-            parents = (*_open_fds(), tasks_w, results_r, *(fd for fd in side if fd >= 0))
+            parents = (*_every_pool_fds(), tasks_w, results_r, *(fd for fd in side if fd >= 0))
             inherited = tuple(fd for fd in dict.fromkeys(parents) if fd >= 0 and fd not in keep)
         args = (*child_ends, side_ends, inherited, self._init_blob, level, os.getpid())
         try:
@@ -337,7 +337,7 @@ class LocalTransport(Transport):
         return [*own, *self._fds(), self._lifeline_w]
 
 
-def _open_fds() -> list[int]:
+def _every_pool_fds() -> list[int]:
     """The fds of every open transport (this one's included). Another pool's
     coordinator may be starting or ending a worker meanwhile: its table is
     read again then. A number it closes meanwhile and the child's own ends

@@ -23,22 +23,17 @@ class _Repr(reprlib.Repr):
     it has no handler for them and falls back to the whole ``repr()`` (200 MB
     of text to show 1,000 characters of a 50 MB result)."""
 
-    def _binary(self, x: Any, level: int) -> str:
-        head = bytes(memoryview(x)[: self.maxstring].cast("B"))
-        text = repr(head if type(x) is bytes else type(x)(head))
-        if len(head) < memoryview(x).nbytes:
-            text += f"... ({memoryview(x).nbytes:,} bytes)"
+    def repr_bytes(self, x: Any, level: int) -> str:
+        head = x[: self.maxstring]  # bytes and bytearray slice to their own type
+        text = repr(head)
+        if len(head) < len(x):
+            text += f"... ({len(x):,} bytes)"
         return text
 
-    def repr_bytes(self, x: Any, level: int) -> str:
-        return self._binary(x, level)
-
-    def repr_bytearray(self, x: Any, level: int) -> str:
-        return self._binary(x, level)
+    repr_bytearray = repr_bytes
 
     def repr_memoryview(self, x: Any, level: int) -> str:
-        nbytes = x.nbytes
-        return f"<memoryview of {nbytes:,} bytes>"
+        return f"<memoryview of {x.nbytes:,} bytes>"
 
 
 def _repr_engine(limit: int) -> reprlib.Repr:
