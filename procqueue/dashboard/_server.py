@@ -478,27 +478,27 @@ class _Handler(BaseHTTPRequestHandler):
 
         self._bytes(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
 
+    def _stream_headers(self) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("X-Accel-Buffering", "no")
+        self._common_headers()
+        self.end_headers()
+
     def events(self) -> None:
         """Server-Sent Events: the newest overview whenever it changes (at
         most 4 a second), a comment every 15 s to keep proxies from closing."""
         server, monitor = self.server, self.server.app.monitor
         if self.command == "HEAD":
             # Headers only: a HEAD must neither get a body nor hold a stream slot.
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/event-stream")
-            self._common_headers()
-            self.end_headers()
+            self._stream_headers()
             return
         sock = self.connection
         if not server.add_stream(sock):
             raise _HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, "too many live clients")
         monitor.attach()
         try:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("X-Accel-Buffering", "no")
-            self._common_headers()
-            self.end_headers()
+            self._stream_headers()
             self.wfile.write(b"retry: 2000\n\n")
             self.wfile.flush()
             version = _int(self.query, "after") or 0
