@@ -180,14 +180,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Serve until Ctrl-C or SIGTERM; prints the URL (with its token) first."""
+    from ..redis._cli import log_to_stderr
     from ._options import DashboardOptions
 
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(args.log_level)
     try:
         options = DashboardOptions(
             port=args.port,

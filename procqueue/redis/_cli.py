@@ -16,6 +16,16 @@ from ._signing import Signer, secrets_from_env
 _log = logging.getLogger("procqueue.node")
 
 
+def log_to_stderr(level: str) -> None:
+    """The logging of a long-running command (``procqueue worker``, and
+    ``procqueue dashboard --broker``): timestamped lines on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def signer_for(secret: str | bytes | None, secret_file: str | None, insecure: bool) -> Signer:
     """The configured secrets, or a refusal: a broker without a secret would
     unpickle whatever anyone with write access to Redis put there."""
@@ -56,11 +66,7 @@ def main(argv: list[str]) -> int:
     from ._node import Node
 
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(args.log_level)
     try:
         signer = signer_for(None, args.secret_file, args.insecure)
     except InvalidArgumentError as e:
