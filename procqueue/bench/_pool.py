@@ -73,6 +73,21 @@ class Pool:
         """Submit one call and wait for its result."""
         return self.wait(self.submit_many(fn, [args])[0], timeout)
 
+    def round_trips(
+        self, fn: TaskFn, calls: Sequence[Call], timeout: float
+    ) -> list[tuple[Any, float]]:
+        """Each call's round trip in turn: its result and its seconds from
+        submit to result, as the caller's code sees them. ``timeout`` bounds
+        the whole run (a hang guard, outside the timed calls)."""
+        deadline = deadline_after(timeout)
+        trips = []
+        for args in calls:
+            left = time_left(deadline)
+            t0 = time.perf_counter()
+            value = self.round_trip(fn, args, left)
+            trips.append((value, time.perf_counter() - t0))
+        return trips
+
     def submit_many(self, fn: TaskFn, calls: Sequence[Call]) -> list[Any]:
         """Submit every call; return the library's raw handles (futures, ids)."""
         raise Unsupported("no per-task handle")

@@ -6,6 +6,7 @@ reads."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,26 @@ class TaskQueuePool(Pool):
             return await queue.result(await queue.submit(fn, *args))
 
         return self.loop.run_until_complete(asyncio.wait_for(one(), timeout))
+
+    def round_trips(
+        self, fn: TaskFn, calls: Sequence[Call], timeout: float
+    ) -> list[tuple[Any, float]]:
+        """Each trip timed inside one coroutine, as an asyncio program awaits
+        one task after another: ``round_trip``'s own ``run_until_complete``
+        (a Task, a ``wait_for``, the loop started and stopped) is the
+        adapter's cost, not the queue's, and cost ~35 µs a trip."""
+        queue = self.queue
+
+        async def run() -> list[tuple[Any, float]]:
+            submit, result, clock = queue.submit, queue.result, time.perf_counter
+            trips = []
+            for args in calls:
+                t0 = clock()
+                value = await result(await submit(fn, *args))
+                trips.append((value, clock() - t0))
+            return trips
+
+        return self.loop.run_until_complete(asyncio.wait_for(run(), timeout))
 
     def submit_many(self, fn: TaskFn, calls: Sequence[Call]) -> list[Any]:
         queue = self.queue

@@ -120,14 +120,11 @@ class Latency(SessionWorkload):
         self.params = {"trips": cfg.latency_trips}
 
     def run(self, pool: Pool) -> dict[str, float | None]:
-        timeout = self.cfg.timeout
-        samples = []
-        for i in range(self.cfg.latency_trips):
-            t0 = time.perf_counter()
-            value = pool.round_trip(_tasks.add_one, (i,), timeout)
-            samples.append(time.perf_counter() - t0)
+        calls = [(i,) for i in range(self.cfg.latency_trips)]
+        trips = pool.round_trips(_tasks.add_one, calls, self.cfg.timeout)
+        for i, (value, _s) in enumerate(trips):
             check(value == i + 1, f"round trip {i}: got {value!r}, expected {i + 1}")
-        samples.sort()
+        samples = sorted(s for _v, s in trips)
         return {
             "p50_ms": percentile(samples, 50) * 1000,
             "p99_ms": percentile(samples, 99) * 1000,
