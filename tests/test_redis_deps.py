@@ -108,7 +108,7 @@ def test_failure_and_cancel_propagate_and_all_done_runs_anyway(cluster: Cluster)
         async with TaskQueue(broker=URL, queue=cluster.queue, secret=SECRET, result_ttl=1) as q:
             bad = await q.submit(raise_value_error, "boom", max_retries=1)
             one = await q.submit(add, result_of(bad), 1)
-            two = await q.submit(add, result_of(one), 1)
+            two = await q.submit(add, result_of(one), 1, priority=4, max_retries=2)
             three = await q.submit(add, 0, after=[two])
             cleanup = await q.submit(ident, result_of(bad), trigger="all_done")
             for tid in (one, two, three):
@@ -116,6 +116,10 @@ def test_failure_and_cancel_propagate_and_all_done_runs_anyway(cluster: Cluster)
                     await q.result(tid, timeout=BOUND)
                 st = q.get_task_status(tid)
                 assert st.state == "failed" and st.attempts == 0  # never ran
+                assert st.submitted_at > 0 and st.started_at is None
+            # Ended unrun, it still reports what it was submitted with.
+            st = q.get_task_status(two)
+            assert (st.priority, st.max_retries) == (4, 2)
             assert info.value.upstream_id == two
             chain = info.value.__cause__  # three <- two <- one <- bad's ValueError
             assert isinstance(chain, UpstreamFailedError) and chain.upstream_id == one

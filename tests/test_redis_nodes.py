@@ -130,6 +130,15 @@ def test_three_nodes_serve_one_queue_and_report_in_stats(cluster: Cluster) -> No
             assert stats.pending == stats.running == 0
             st = q.get_task_status(ids[0])
             assert st.state == "completed" and st.attempts == 1
+            # Once ended, the status still says what it was submitted with,
+            # when it ran and on which node (as while it was queued).
+            tid = await q.submit(add, 1, 2, priority=5, max_retries=3)
+            assert await q.result(tid, timeout=30) == 3
+            st = q.get_task_status(tid)
+            assert (st.priority, st.max_retries, st.attempts) == (5, 3, 1)
+            assert st.started_at is not None and st.finished_at is not None
+            assert 0 < st.submitted_at <= st.started_at <= st.finished_at
+            assert st.worker_pid in {node.pid for node in cluster.nodes}
 
     asyncio.run(main())
 
@@ -162,6 +171,7 @@ def test_a_failure_comes_back_as_the_task_s_own_exception_after_its_retries(
             assert "raise_value_error" in str(info.value.__cause__)
             st = q.get_task_status(tid)
             assert st.state == "failed" and st.attempts == 2
+            assert st.worker_pid == cluster.nodes[0].pid  # the node it last ran on
             assert st.error is not None and st.error.message == "ValueError: nope"
             assert "raise_value_error" in st.error.traceback
 

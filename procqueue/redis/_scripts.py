@@ -325,7 +325,9 @@ local function end_unrun(id, m, state, err, up, ctx)
   redis.call('HDEL', K.payload, id)
   unpin(m)
   redis.call('HSET', K.ended, id, cjson.encode({state = state, error = err, up = tonumber(up),
-                                               name = m.name, finished = ctx.now, ups = m.ups}))
+                                               name = m.name, finished = ctx.now, ups = m.ups,
+                                               priority = m.priority, submitted = m.submitted,
+                                               max_retries = m.max_retries}))
   redis.call('ZADD', K.ended_ttl, ctx.now + (m.ttl or ctx.ttl) * 1000, id)
   announce(ctx, id)
 end
@@ -493,9 +495,15 @@ FINAL = """
 -- the outcome for the submitting client's ``result_ttl``; its fields and its
 -- hold on upstream values go.
 local function keep_outcome(id, m, r, state, value, err, ctx)
-  redis.call('HSET', r, 'state', state, 'value', value, 'error', err,
-             'attempts', m.attempts, 'name', m.name, 'finished', ctx.now)
-  if m.ups then redis.call('HSET', r, 'ups', cjson.encode(m.ups)) end
+  -- What get_task_status reports once the meta is gone, as while it lived.
+  local f = {'state', state, 'value', value, 'error', err, 'attempts', m.attempts,
+             'name', m.name, 'finished', ctx.now, 'priority', m.priority or 0,
+             'max_retries', m.max_retries or 0, 'submitted', m.submitted or 0}
+  if m.started then f[#f + 1] = 'started'; f[#f + 1] = m.started end
+  local node = m.owner or m.node
+  if node then f[#f + 1] = 'owner'; f[#f + 1] = node end
+  if m.ups then f[#f + 1] = 'ups'; f[#f + 1] = cjson.encode(m.ups) end
+  redis.call('HSET', r, unpack(f))
   redis.call('EXPIRE', r, m.ttl or ctx.ttl)
   redis.call('HDEL', K.meta, id)
   redis.call('HDEL', K.payload, id, id .. ':e')

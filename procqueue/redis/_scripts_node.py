@@ -187,6 +187,7 @@ local function finish(id, token, outcome, value, err, r, ctx)
   local now = ctx.now
   redis.call('ZREM', K.leases, id)
   local flagged = redis.call('SREM', K.cancel, id) == 1
+  m.node = m.owner  -- where its last attempt ran, for get_task_status
   m.owner = nil
   m.token = nil
   lease_ended(m)
