@@ -3,9 +3,13 @@
 ``RateLimit("20/s;5000/h", burst=1)`` is one token bucket per window: tokens
 refill continuously at ``count / period`` and a bucket holds at most ``burst``
 (default 1: tasks are spaced evenly, as in GCRA), plus 10 ms worth of slack so
-that a late wake-up or a long loop step is made up rather than lost; a task starts only when every
-window has a token. ``Concurrency(4)``: at most 4 tasks of the key running
-(prefetched ones count) across all of the queue's workers. A pattern key
+that a late wake-up or a long loop step is made up rather than lost; a task
+starts only when every window has a token. Every window of one ``RateLimit``
+has the same ``burst``, so by default the tightest sets an even pace; a key's
+list of limits may hold several (``[RateLimit("20/s"), RateLimit("5000/h",
+burst=5000)]``: a 20/s pace under an hourly quota). ``Concurrency(4)``: at
+most 4 tasks of the key running (prefetched ones count) across all of the
+queue's workers. A pattern key
 (``"tenant:*"``, shell-style) gives each concrete key its own limiter.
 
 A throttled task waits *off* the ready heap, parked in its key's FIFO: it holds
@@ -41,7 +45,9 @@ class RateLimit:
     an optional multiplier: ``"100/10s"``). ``burst``: starts allowed back to
     back (default 1: evenly spaced), plus 10 ms worth of slack (``rate *
     0.01``) for a timer that fires late: after an idle spell, ``burst +
-    rate * 0.01`` may start back to back.
+    rate * 0.01`` may start back to back. ``burst`` holds for every window of
+    ``spec``, so ``"20/s;5000/h"`` paces evenly at 5000/h; a quota over a
+    faster pace is a second ``RateLimit`` with its own burst.
 
     ``catchup`` (seconds, default 0.1): while the key has a backlog, the
     starts that fell due while the coordinator could not run (a starved CPU,

@@ -183,3 +183,27 @@ def test_idle_limiters_of_a_pattern_s_keys_do_not_pile_up() -> None:
         t += 1.0  # a token refills in 0.5 s: idle and full by the next key
     assert len(keys.limiters) <= 2 * SWEEP_MIN
     assert keys.limiters["tenant:busy"] is busy and keys.limiters["db"] is db
+
+
+def test_one_burst_for_every_window_paces_at_the_tightest_a_list_sets_a_quota() -> None:
+    """The README's rule: ``RateLimit("20/s;5000/h")`` paces evenly at 5000/h;
+    ``[RateLimit("20/s"), RateLimit("5000/h", burst=5000)]`` runs at 20/s
+    until the hourly quota is spent."""
+    tight = Shell(workers=2, prefetch=0, key_limits={"api": RateLimit("20/s;5000/h")})
+    paced = Shell(
+        workers=2,
+        prefetch=0,
+        key_limits={"api": [RateLimit("20/s"), RateLimit("5000/h", burst=5000)]},
+    )
+    quota = Shell(
+        workers=2,
+        prefetch=0,
+        key_limits={"api": [RateLimit("20/s"), RateLimit("10/h", burst=10)]},
+    )
+    for shell in (tight, paced, quota):
+        for _ in range(30):
+            keyed(shell, "api")
+    assert len(run_all(tight, until=1.0, step=0.01, workers=2)) == 2  # 0 s and 0.72 s
+    assert len(run_all(paced, until=1.0, step=0.01, workers=2)) == 21  # 20/s from 0
+    # The quota holds over the pace: 10 at 20/s, then one per 360 s.
+    assert len(run_all(quota, until=2.0, step=0.01, workers=2)) == 10
