@@ -121,6 +121,11 @@ class ProcQueue(Executor):
         ):
             raise InvalidArgumentError("max_workers must be greater than 0")
         extra: dict[str, Any] = dict(options)
+        if "keep_unclaimed" in extra:  # TaskQueue's: here the futures hold the results
+            raise OptionTypeError(
+                "ProcQueue() got an unexpected keyword argument 'keep_unclaimed' "
+                "(its futures hold the results; retain_finished bounds the statuses)"
+            )
         dashboard = extra.pop("dashboard", None)
         if mp_context is not None and extra.get("start_method") is None:
             extra["start_method"] = mp_context.get_start_method()

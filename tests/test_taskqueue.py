@@ -132,6 +132,12 @@ def test_bad_input_is_rejected_at_the_call() -> None:
         TaskQueue(num_workers=1, retry=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_workers'"):
         TaskQueue(max_workers=1)  # type: ignore[call-arg]
+    # The core's internal restart policy is no keyword of the front doors.
+    for door in (TaskQueue, procqueue.ProcQueue):
+        with pytest.raises(OptionTypeError, match="unexpected keyword argument 'restart'"):
+            door(1, restart=None)  # type: ignore[call-arg]
+    with pytest.raises(OptionTypeError, match="'keep_unclaimed'"):  # its futures hold them
+        procqueue.ProcQueue(1, keep_unclaimed=True)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         TaskQueue(num_workers=1, prefetch=-1)
     with pytest.raises(InvalidArgumentError):
