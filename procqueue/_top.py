@@ -2,8 +2,9 @@
 
 ::
 
-    procqueue top [--url http://127.0.0.1:8765 [--token T] | --broker redis://...]
-                  [--queue NAME] [--interval S] [--once]
+    procqueue top [--url http://127.0.0.1:8765 [--token T]
+                   | --broker redis://... [--queue NAME] [--secret-file F]]
+                  [--interval S] [--once]
 
 One loop, three parts:
 
@@ -19,7 +20,13 @@ One loop, three parts:
   are restored on every way out (``q``, Ctrl-C, SIGTERM, an error).
 
 A failed fetch does not end the view: the last snapshot stays on screen,
-marked stale, with the error, and the next refresh tries again.
+marked stale, with the error, and the next refresh tries again. ``--once``
+(or a stdout that is not a terminal) prints one snapshot; a failed fetch
+there goes to stderr with exit status 1.
+
+What must not leak: a broker URL's password is shown and logged redacted (as
+``procqueue dashboard`` does); the dashboard token is sent to the ``--url``
+origin only (redirects are refused, loopback is never sent through a proxy).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -39,7 +47,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 
 from .errors import MissingExtraError
 
@@ -54,6 +62,15 @@ _log = logging.getLogger("procqueue.top")
 HISTORY = 60
 _SPARKS = "▁▂▃▄▅▆▇█"
 _INSTALL_HINT = 'pip install "procqueue[top]"'
+DEFAULT_URL = "http://127.0.0.1:8765"
+#: Read when neither ``--token`` nor the URL gives one, as ``procqueue dashboard`` does.
+TOKEN_ENV = "PROCQUEUE_DASHBOARD_TOKEN"
+#: ``--interval`` bounds: below, a refresh loop would hammer the dashboard or
+#: Redis; above (and ``inf``, ``nan``), ``select`` cannot wait that long.
+MIN_INTERVAL = 0.05
+MAX_INTERVAL = 86400.0
+#: Busy limit keys listed in the cluster view (the most held back first).
+MAX_LIMIT_ROWS = 10
 
 
 # --------------------------------------------------------------------------- sources
@@ -86,40 +103,104 @@ def check_snapshot(payload: object) -> dict[str, Any]:
 
 class HttpSource:
     """A dashboard's ``GET {url}/api/stats``, with ``Authorization: Bearer
-    <token>`` when a token is given."""
+    <token>`` when a token is given (else the URL's ``?token=``, else
+    ``fallback_token``: ``$PROCQUEUE_DASHBOARD_TOKEN`` from the CLI).
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 5.0) -> None:
+    Redirects are refused, not followed: urllib would carry the
+    ``Authorization`` header along, to any host and port, and the dashboard's
+    ``/api/stats`` never redirects. A loopback URL never goes through a proxy
+    (``$http_proxy``): one there cannot reach this machine's dashboard, and would
+    see the token; other hosts use the environment's proxy as urllib does, since a
+    remote dashboard may be reachable only through it."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 5.0,
+        *,
+        fallback_token: str | None = None,
+    ) -> None:
         # The URL a dashboard prints carries its token (``/?token=...``): it
         # is taken from there (unless given), and neither shown nor sent in
         # the path.
         parts = urlsplit(url)
         query = parse_qs(parts.query)
+        #: Where the token came from, for the message when it is refused.
+        self._token_from = "--token"
         if not token and query.get("token"):
-            token = query["token"][0]
+            token, self._token_from = query["token"][0], "the URL's ?token="
+        if not token and fallback_token:
+            token, self._token_from = fallback_token, f"${TOKEN_ENV}"
         base = urlunsplit(parts._replace(query="", fragment=""))
         self.label = base
         self._endpoint = base.rstrip("/") + "/api/stats"
         self._headers = {"Accept": "application/json"}
+        self._has_token = bool(token)
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
+        self._opener = _opener(parts.hostname)
 
     def fetch(self) -> dict[str, Any]:
         request = urllib.request.Request(self._endpoint, headers=self._headers)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with self._opener.open(request, timeout=self._timeout) as response:
                 payload = json.load(response)
         except urllib.error.HTTPError as e:
-            hint = " (pass --token)" if e.code in (401, 403) else ""
-            raise SnapshotError(f"{self._endpoint}: HTTP {e.code} {e.reason}{hint}") from e
+            e.close()
+            raise SnapshotError(self._refused(e)) from e
         except urllib.error.URLError as e:
             raise SnapshotError(f"cannot reach {self._endpoint}: {e.reason}") from e
         except (OSError, ValueError) as e:  # timeouts, resets, bad JSON
             raise SnapshotError(f"{self._endpoint}: {e}") from e
         return check_snapshot(payload)
 
+    def _refused(self, e: urllib.error.HTTPError) -> str:
+        message = f"{self._endpoint}: HTTP {e.code} {e.reason}"
+        if 300 <= e.code < 400:
+            # Shown without its query: it may carry a token of its own.
+            where = urljoin(self._endpoint, e.headers.get("Location") or "")
+            where = urlunsplit(urlsplit(where)._replace(query="", fragment=""))
+            return (
+                f"{message}: a redirect to {where}, not followed (the token would go "
+                "with it); pass the dashboard's own address as --url"
+            )
+        if e.code in (401, 403):
+            if self._has_token:
+                return f"{message}: the token (from {self._token_from}) was refused"
+            return f"{message}: this dashboard needs its token (pass --token or set ${TOKEN_ENV})"
+        return message
+
     def close(self) -> None:
-        pass
+        self._opener.close()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Hands every 3xx back as an ``HTTPError`` (see :class:`HttpSource`)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _opener(host: str | None) -> urllib.request.OpenerDirector:
+    """urllib's opener, without redirects, and without a proxy for a loopback ``host``."""
+    from .dashboard._options import is_loopback
+
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+    if host is not None and is_loopback(host):
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
+def _hide_password(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url``'s password starred out."""
+    password = urlsplit(url).password
+    if not password:
+        return text
+    from .dashboard._redis_serve import redact
+
+    return text.replace(url, redact(url)).replace(f":{password}@", ":***@")
 
 
 class BrokerSource:
@@ -129,10 +210,13 @@ class BrokerSource:
     def __init__(
         self, url: str, queue: str, secret_file: str | None = None, insecure: bool = False
     ) -> None:
+        from .dashboard._redis_serve import redact
+
         # What ProcQueue(broker=url, queue=...) builds, named for the type checker.
         from .redis._client import RemoteProcQueue
 
-        self.label = f"{url} queue {queue!r}"
+        self._url = url
+        self.label = f"{redact(url)} queue {queue!r}"
         self._pool = RemoteProcQueue(
             broker=url, queue=queue, secret_file=secret_file, insecure=insecure
         )
@@ -141,7 +225,7 @@ class BrokerSource:
         try:
             stats = self._pool.get_stats()
         except Exception as e:  # redis-py's errors: the view retries next refresh
-            raise SnapshotError(f"{self.label}: {e}") from e
+            raise SnapshotError(f"{self.label}: {_hide_password(str(e), self._url)}") from e
         return {"kind": "cluster", "stats": dataclasses.asdict(stats)}
 
     def close(self) -> None:
@@ -193,10 +277,12 @@ def render(
     error: str | None = None,
     history: Sequence[float] = (),
     interval: float | None = None,
+    quit_hint: str | None = "q quits",
 ) -> RenderableType:
     """The whole screen for ``snapshot`` (``None`` before the first one).
     ``error``: the last fetch failed (the snapshot shown is stale);
-    ``history``: recent throughputs, oldest first, for the sparkline."""
+    ``history``: recent throughputs, oldest first, for the sparkline;
+    ``quit_hint``: how to leave, in the header (``None``: printed once)."""
     from rich.console import Group
     from rich.text import Text
 
@@ -207,7 +293,7 @@ def render(
         (source, "cyan"),
         f"  ({kind})" if kind else "",
         f"  every {interval:g}s" if interval else "",
-        "   q quits",
+        f"   {quit_hint}" if quit_hint else "",
     )
     parts: list[RenderableType] = [header]
     if error is not None:
@@ -282,7 +368,8 @@ def render_local(stats: Mapping[str, Any], history: Sequence[float] = ()) -> lis
 
 
 def render_cluster(stats: Mapping[str, Any]) -> list[RenderableType]:
-    """A Redis cluster: ``dataclasses.asdict(ClusterStats)``."""
+    """A Redis cluster: ``dataclasses.asdict(ClusterStats)``: counts in the
+    local view's order, the nodes, their workers and the busy limit keys."""
     from rich.table import Table
 
     g = stats.get
@@ -308,20 +395,56 @@ def render_cluster(stats: Mapping[str, Any]) -> list[RenderableType]:
         for n in nodes
         for w in (n.get("processes") or ())
     ]
+    limits: Mapping[str, Mapping[str, Any]] = g("limits") or {}
     return [
         _counts(
             [
-                ("pending", g("pending", 0), "yellow"),
+                ("waiting", g("waiting", 0), ""),
                 ("scheduled", g("scheduled", 0), ""),
+                ("pending", g("pending", 0), "yellow"),
                 ("running", g("running", 0), "cyan"),
                 ("dead letters", g("dead_letters", 0), "red"),
                 ("nodes", len(nodes), "bold"),
                 ("workers", sum(int(n.get("workers") or 0) for n in nodes), "bold"),
+                ("limit keys", len(limits), "yellow"),
             ]
         ),
         table,
         _workers([w for _, w in processes], [node for node, _ in processes]),
+        *([_limits(limits)] if limits else []),
     ]
+
+
+def _limits(limits: Mapping[str, Mapping[str, Any]]) -> RenderableType:
+    """The busy limit keys (``LimitStats`` as dicts), the most held back first."""
+    from rich.table import Table
+    from rich.text import Text
+
+    busiest = sorted(limits.items(), key=lambda kv: (-int(kv[1].get("waiting") or 0), kv[0]))
+    shown = busiest[:MAX_LIMIT_ROWS]
+    more = len(busiest) - len(shown)
+    table = Table(
+        title=f"busy limit keys ({len(limits)})",
+        title_justify="left",
+        caption=f"and {more} more" if more else None,
+        caption_justify="left",
+        expand=False,
+    )
+    table.add_column("key")
+    for name in ("cap", "rate", "running", "waiting"):
+        table.add_column(name, justify="right")
+    for key, lim in shown:
+        cap, rate = lim.get("cap"), lim.get("rate")
+        waiting = int(lim.get("waiting") or 0)
+        table.add_row(
+            Text(key),  # a user's string: not rich markup
+            "-" if cap is None else str(cap),
+            "-" if rate is None else str(rate),
+            str(lim.get("running", 0)),
+            str(waiting),
+            style="yellow" if waiting else "",
+        )
+    return table
 
 
 def _latencies(wait: Mapping[str, Any], run: Mapping[str, Any]) -> RenderableType:
@@ -440,7 +563,12 @@ def run(source: Source, interval: float, console: Console, keys_fd: int | None) 
             if error is None and snapshot is not None and snapshot["kind"] == "local":
                 history.append(float(snapshot["stats"].get("throughput") or 0.0))
             frame = render(
-                snapshot, source=source.label, error=error, history=history, interval=interval
+                snapshot,
+                source=source.label,
+                error=error,
+                history=history,
+                interval=interval,
+                quit_hint="q quits" if fd is not None else "Ctrl-C quits",
             )
             live.update(frame, refresh=True)
             if wait_for_quit(fd, interval):
@@ -457,32 +585,73 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--url",
         default=None,
-        help="a dashboard to read GET /api/stats from (default http://127.0.0.1:8765)",
+        help=f"a dashboard to read GET /api/stats from (default {DEFAULT_URL})",
     )
     where.add_argument("--broker", default=None, help="a Redis broker: redis://host:port/db")
-    p.add_argument("--queue", default="default", help="the broker's queue (with --broker)")
-    p.add_argument("--interval", type=_positive, default=1.0, help="seconds between refreshes")
-    p.add_argument("--token", default=None, help="the dashboard's token (with --url)")
+    # Defaults of None: an option given with the other source is refused, not ignored.
     p.add_argument(
-        "--secret-file", default=None, help="the broker's secret (else $PROCQUEUE_SECRET)"
+        "--queue", default=None, help="the broker's queue (with --broker; default 'default')"
     )
     p.add_argument(
-        "--insecure", action="store_true", help="a broker without a secret (experiments)"
+        "--interval",
+        type=_interval,
+        default=1.0,
+        help=f"seconds between refreshes ({MIN_INTERVAL:g} to {MAX_INTERVAL:g}; default 1)",
+    )
+    p.add_argument(
+        "--token", default=None, help=f"the dashboard's token (with --url; else ${TOKEN_ENV})"
+    )
+    p.add_argument(
+        "--secret-file",
+        default=None,
+        help="the broker's secret (with --broker; else $PROCQUEUE_SECRET)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="a broker without a secret (with --broker; experiments)",
     )
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     return p
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and MIN_INTERVAL <= value <= MAX_INTERVAL):
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, got {text}"
+        )
     return value
 
 
+def _check_source_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error for an option of the source not chosen."""
+    if args.broker is not None:
+        if args.token is not None:
+            p.error("--token is for a dashboard (--url), not --broker")
+        return
+    for flag, given in (
+        ("--queue", args.queue is not None),
+        ("--secret-file", args.secret_file is not None),
+        ("--insecure", args.insecure),
+    ):
+        if given:
+            p.error(f"{flag} is for --broker, not a dashboard (--url)")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (so the terminal is restored), exit 143."""
+
+
 def main(argv: list[str]) -> int:
-    """``procqueue top ...``; returns the exit status (130 after Ctrl-C)."""
-    args = parser().parse_args(argv)
+    """``procqueue top ...``; returns the exit status (130 after Ctrl-C, 143
+    after SIGTERM, 1 when ``--once`` cannot fetch, 2 for a bad setup)."""
+    p = parser()
+    args = p.parse_args(argv)
+    _check_source_options(p, args)
     logging.basicConfig(level=logging.WARNING, format="procqueue top: %(message)s")
     try:
         from rich.console import Console
@@ -492,27 +661,50 @@ def main(argv: list[str]) -> int:
     source: Source
     try:
         if args.broker is not None:
-            source = BrokerSource(args.broker, args.queue, args.secret_file, args.insecure)
+            queue = args.queue or "default"
+            source = BrokerSource(args.broker, queue, args.secret_file, args.insecure)
         else:
-            source = HttpSource(args.url or "http://127.0.0.1:8765", args.token)
+            env_token = os.environ.get(TOKEN_ENV) or None
+            source = HttpSource(args.url or DEFAULT_URL, args.token, fallback_token=env_token)
     except (MissingExtraError, ValueError) as e:  # no redis package, no secret
-        _log.error("%s", e)
+        _log.error("%s", _hide_password(str(e), args.broker or ""))
         return 2
     except Exception as e:  # redis-py: the server did not answer
-        _log.error("cannot connect to %s: %s", args.broker, e)
+        from .dashboard._redis_serve import redact
+
+        _log.error(
+            "cannot connect to %s: %s", redact(args.broker), _hide_password(str(e), args.broker)
+        )
         return 1
     console = Console()
     try:
         if args.once or not console.is_terminal:
-            snapshot, error = poll(source, None)
-            console.print(render(snapshot, source=source.label, error=error))
-            return 0 if error is None else 1
+            return print_once(source, console)
         _exit_on_sigterm()
         return run(source, args.interval, console, _stdin_fd())
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     finally:
         source.close()
+
+
+def print_once(source: Source, console: Console) -> int:
+    """One snapshot on ``console``, or the error on stderr (status 1). Not on a
+    terminal (a pipe, a file), as wide as it needs: nothing is cut to 80 columns."""
+    snapshot, error = poll(source, None)
+    if error is not None:
+        _log.error("%s", error)
+        return 1
+    frame = render(snapshot, source=source.label, quit_hint=None)
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        natural = Measurement.get(console, console.options.update_width(10_000), frame).maximum
+        console.width = max(console.width, natural)
+    console.print(frame)
+    return 0
 
 
 def _stdin_fd() -> int | None:
@@ -526,6 +718,6 @@ def _exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so the terminal is restored."""
 
     def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     signal.signal(signal.SIGTERM, on_term)

@@ -17,22 +17,27 @@ import subprocess
 import sys
 import termios
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import REDIS_URL, require_redis
 from rich.console import Console
 
 from procqueue._top import (
+    TOKEN_ENV,
+    BrokerSource,
     HttpSource,
     SnapshotError,
     fmt_bytes,
     fmt_seconds,
     main,
+    parser,
     render,
     sparkline,
 )
@@ -77,6 +82,11 @@ CLUSTER = {
         "scheduled": 2,
         "running": 3,
         "dead_letters": 1,
+        "waiting": 4,
+        "limits": {
+            "api:eu": {"cap": 2, "rate": None, "running": 2, "waiting": 5},
+            "api:us": {"cap": None, "rate": "10/s", "running": 1, "waiting": 0},
+        },
         "nodes": [
             {
                 "node": "n-a",
@@ -132,12 +142,33 @@ def test_render_cluster_shows_nodes_and_their_workers() -> None:
     assert "(cluster)" in out
     lines = out.splitlines()
     labels = next(i for i, line in enumerate(lines) if "dead letters" in line)
-    assert lines[labels + 1].split() == ["11", "2", "3", "1", "2", "6"]
+    assert lines[labels].split() == [
+        "waiting", "scheduled", "pending", "running", "dead", "letters", "nodes", "workers",
+        "limit", "keys",
+    ]  # fmt: skip
+    assert lines[labels + 1].split() == ["4", "2", "11", "3", "1", "2", "6", "2"]
     alpha = next(line for line in lines if "alpha" in line and "n-a" in line)
     assert "501" in alpha and "1.50s ago" in alpha
     assert "1m35s ago" in out  # beta's stale heartbeat
     worker = next(line for line in lines if "601" in line)
     assert "alpha:501" in worker and "4242" in worker and "1.0 GiB" in worker and "55%" in worker
+    # The busy limit keys, as the dashboard lists them: the most held back first.
+    assert "busy limit keys (2)" in out
+    eu = next(i for i, line in enumerate(lines) if "api:eu" in line)
+    assert lines[eu].replace("│", " ").split() == ["api:eu", "2", "-", "2", "5"]
+    assert lines[eu + 1].replace("│", " ").split() == ["api:us", "-", "10/s", "1", "0"]
+
+
+def test_render_cluster_lists_the_busiest_limit_keys_only() -> None:
+    limits = {f"k{i:02d}": {"cap": 1, "rate": None, "running": 1, "waiting": i} for i in range(25)}
+    out = text_of(render({"kind": "cluster", "stats": {"limits": limits}}, source="s"))
+    assert "busy limit keys (25)" in out and "and 15 more" in out
+    assert "k24" in out and "k15" in out and "k14" not in out
+    assert "busy limit keys" not in text_of(render({"kind": "cluster", "stats": {}}, source="s"))
+    odd = {"tenant:[bold]acme": {"cap": 1, "rate": None, "running": 1, "waiting": 0}}
+    assert "tenant:[bold]acme" in text_of(
+        render({"kind": "cluster", "stats": {"limits": odd}}, source="s")
+    )
 
 
 def test_render_before_the_first_snapshot_and_when_stale() -> None:
@@ -165,21 +196,37 @@ def test_formatting_helpers() -> None:
 
 class StatsServer:
     """Serves ``GET /api/stats`` from ``payload(hits)``; with ``token``, only
-    to ``Authorization: Bearer <token>``."""
+    to ``Authorization: Bearer <token>`` (401 without one, 403 for another,
+    as the dashboard answers); with ``redirect``, a 302 to that URL instead.
+    ``targets``: each request's target as sent (a proxy gets absolute URLs)."""
 
-    def __init__(self, payload: Callable[[int], object], token: str | None = None) -> None:
+    def __init__(
+        self,
+        payload: Callable[[int], object],
+        token: str | None = None,
+        redirect: str | None = None,
+    ) -> None:
         self.hits = 0
         self.auth: list[str | None] = []
+        self.targets: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.auth.append(self.headers.get("Authorization"))
-                if self.path != "/api/stats":
+                server.targets.append(self.path)
+                if redirect is not None:
+                    self.send_response(302)
+                    self.send_header("Location", redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if urlsplit(self.path).path != "/api/stats":
                     self.send_error(404)
                     return
-                if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
-                    self.send_error(401, "Unauthorized")
+                given = self.headers.get("Authorization")
+                if token is not None and given != f"Bearer {token}":
+                    self.send_error(401 if given is None else 403)
                     return
                 server.hits += 1
                 body = json.dumps(payload(server.hits)).encode()
@@ -219,7 +266,7 @@ def test_http_source_sends_the_token_and_explains_refusals() -> None:
     try:
         assert HttpSource(s.url, token="s3cret").fetch()["kind"] == "local"
         assert s.auth[-1] == "Bearer s3cret"
-        with pytest.raises(SnapshotError, match=r"HTTP 401.*--token"):
+        with pytest.raises(SnapshotError, match=r"HTTP 401.*pass --token or set \$PROCQUEUE_DASH"):
             HttpSource(s.url).fetch()
         with pytest.raises(SnapshotError, match="404"):
             HttpSource(s.url + "/nope").fetch()
@@ -245,6 +292,144 @@ def test_http_source_takes_the_token_from_a_printed_dashboard_url() -> None:
         s.close()
 
 
+def test_http_source_refuses_redirects_so_the_token_stays_home() -> None:
+    """urllib follows a redirect with ``Authorization`` still set, to any host
+    and port: the dashboard never redirects ``/api/stats``, so none is followed."""
+    elsewhere = StatsServer(lambda hits: local_stats())
+    hop = StatsServer(lambda hits: local_stats(), redirect=elsewhere.url + "/api/stats?token=x")
+    try:
+        source = HttpSource(hop.url, token="s3cret")
+        with pytest.raises(
+            SnapshotError,
+            match=r"HTTP 302 .*redirect to http://127\.0\.0\.1:\d+/api/stats, not followed",
+        ):
+            source.fetch()
+        assert hop.auth == ["Bearer s3cret"] and elsewhere.auth == []
+        with pytest.raises(SnapshotError) as info:
+            source.fetch()
+        assert "token=x" not in str(info.value)  # the Location's query is not shown
+        source.close()
+    finally:
+        hop.close()
+        elsewhere.close()
+
+
+def test_http_source_never_sends_a_loopback_dashboard_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``$http_proxy`` is honoured for other hosts, as urllib does; a loopback
+    URL goes straight to this machine, its token seen by no proxy."""
+    dashboard = StatsServer(lambda hits: local_stats(), token="s3cret")
+    proxy = StatsServer(lambda hits: local_stats())
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's, built from the env
+        assert HttpSource(dashboard.url, token="s3cret").fetch()["kind"] == "local"
+        assert dashboard.auth == ["Bearer s3cret"] and proxy.targets == []
+        assert HttpSource("http://dashboard.invalid:8765", token="t").fetch()["kind"] == "local"
+        assert proxy.targets == ["http://dashboard.invalid:8765/api/stats"]
+    finally:
+        dashboard.close()
+        proxy.close()
+
+
+def test_a_refused_token_is_named_and_not_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = StatsServer(lambda hits: local_stats(), token="s3cret")
+    try:
+        with pytest.raises(SnapshotError, match="pass --token") as no_token:
+            HttpSource(s.url).fetch()
+        assert "refused" not in str(no_token.value)
+        with pytest.raises(SnapshotError) as wrong:
+            HttpSource(s.url, token="wrong").fetch()
+        assert "HTTP 403" in str(wrong.value) and "pass --token" not in str(wrong.value)
+        assert "the token (from --token) was refused" in str(wrong.value)
+        with pytest.raises(SnapshotError, match=r"from the URL's \?token=\) was refused"):
+            HttpSource(s.url + "/?token=wrong").fetch()
+        monkeypatch.setenv(TOKEN_ENV, "wrong")
+        assert main(["--url", s.url, "--once"]) == 1
+        assert f"(from ${TOKEN_ENV}) was refused" in caplog.text
+    finally:
+        s.close()
+
+
+def test_the_dashboard_token_falls_back_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``procqueue dashboard`` reads it: ``$PROCQUEUE_DASHBOARD_TOKEN``,
+    after ``--token`` and a token in the URL."""
+    s = StatsServer(lambda hits: local_stats(), token="s3cret")
+    try:
+        monkeypatch.setenv(TOKEN_ENV, "s3cret")
+        assert main(["--url", s.url, "--once"]) == 0
+        assert s.auth[-1] == "Bearer s3cret"
+        assert main(["--url", s.url, "--token", "given", "--once"]) == 1
+        assert main(["--url", s.url + "/?token=printed", "--once"]) == 1
+        assert s.auth[-2:] == ["Bearer given", "Bearer printed"]
+        monkeypatch.setenv(TOKEN_ENV, "")
+        assert main(["--url", s.url, "--once"]) == 1
+        assert s.auth[-1] is None  # an empty variable is no token
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "0", "-1", "0.01", "1e12", "soon"])
+def test_interval_must_be_a_sane_number_of_seconds(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``inf`` used to reach ``select`` and crash (OverflowError); a tiny one
+    would hammer the dashboard."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--interval", text, "--once"])
+    assert exit_.value.code == 2
+    assert "--interval" in capsys.readouterr().err
+    assert parser().parse_args(["--interval", "0.05"]).interval == 0.05
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--url", "http://127.0.0.1:1", "--queue", "q"], "--queue"),
+        (["--queue", "q"], "--queue"),  # the default source is a dashboard
+        (["--url", "http://127.0.0.1:1", "--secret-file", "f"], "--secret-file"),
+        (["--url", "http://127.0.0.1:1", "--insecure"], "--insecure"),
+        (["--broker", "redis://127.0.0.1:1/0", "--token", "t"], "--token"),
+    ],
+)
+def test_options_of_the_other_source_are_refused(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--once"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: procqueue top" in err and f"{flag} is for" in err
+
+
+def test_once_off_a_terminal_prints_whole_rows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped, rich would fit the screen to 80 columns and wrap the cluster's
+    workers table; one snapshot there is as wide as it needs."""
+    for name in ("COLUMNS", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    host = "alpha-node-with-a-long-name.eu-west-1.compute.internal"
+    stats = json.loads(json.dumps(CLUSTER["stats"]))
+    stats["nodes"][0]["host"] = host
+    s = StatsServer(lambda hits: {"kind": "cluster", "stats": stats})
+    try:
+        assert main(["--url", s.url, "--once"]) == 0
+    finally:
+        s.close()
+    out = capsys.readouterr().out
+    worker = next(line for line in out.splitlines() if "601" in line)
+    assert f"{host}:501" in worker and "4242" in worker and "1.0 GiB" in worker
+    assert "55%" in worker
+
+
 def test_the_cli_prints_usage_for_help_and_refuses_unknown_words(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -257,13 +442,18 @@ def test_the_cli_prints_usage_for_help_and_refuses_unknown_words(
     assert "usage: procqueue" in capsys.readouterr().err
 
 
-def test_once_prints_one_snapshot(server: StatsServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_once_prints_one_snapshot(
+    server: StatsServer, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     assert main(["--url", server.url, "--once"]) == 0
     out = capsys.readouterr().out
     assert "1001" in out and "41234" in out and "(local)" in out
+    assert "quits" not in out  # no key is read: there is nothing to quit
     with socket_closed_port() as url:
         assert main(["--url", url, "--once"]) == 1
-    assert "cannot reach" in capsys.readouterr().out
+    # The error is logged (stderr), not printed as a screen on stdout.
+    assert capsys.readouterr().out == ""
+    assert "cannot reach" in caplog.text
 
 
 def test_without_rich_it_names_the_extra(
@@ -425,6 +615,16 @@ def test_top_restores_the_terminal_on_ctrl_c(
     assert termios.tcgetattr(term.slave) == term.modes
 
 
+def test_top_restores_the_terminal_and_exits_143_on_sigterm(
+    server: StatsServer, terminal: Callable[..., Terminal]
+) -> None:
+    term = terminal("--url", server.url, "--interval", "0.05")
+    term.wait_for(r"41234 │ ready")
+    term.proc.send_signal(signal.SIGTERM)
+    assert term.exit_status() == 128 + signal.SIGTERM
+    assert termios.tcgetattr(term.slave) == term.modes
+
+
 def test_top_keeps_going_when_the_server_is_away(terminal: Callable[..., Terminal]) -> None:
     with socket_closed_port() as url:
         term = terminal("--url", url, "--interval", "0.05")
@@ -434,7 +634,63 @@ def test_top_keeps_going_when_the_server_is_away(terminal: Callable[..., Termina
         assert term.exit_status() == 0
 
 
-# ------------------------------------------------------------------ a real broker
+# ------------------------------------------------------------------ a broker
+
+SECRET = "top-test-secret-" + "x" * 32
+
+
+class FakeRemote:
+    """Stands in for ``RemoteProcQueue``: ``get_stats`` answers, or fails with
+    the URL in its message (as a client library's error might)."""
+
+    fail = False
+
+    def __init__(self, broker: str, **options: Any) -> None:
+        self.broker = broker
+
+    def get_stats(self) -> Any:
+        from procqueue.redis._remote import ClusterStats
+
+        if self.fail:
+            raise ConnectionError(f"Error connecting to {self.broker}: refused")
+        return ClusterStats(pending=1, scheduled=0, running=0, dead_letters=0, nodes=())
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_a_broker_password_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("redis")
+    monkeypatch.setattr("procqueue.redis._client.RemoteProcQueue", FakeRemote)
+    monkeypatch.setenv(TOKEN_ENV, "t")  # for --url only: not an error with --broker
+    url = "redis://user:hunter2@redis.example:6379/0"
+    source = BrokerSource(url, "jobs")
+    assert source.label == "redis://user:***@redis.example:6379/0 queue 'jobs'"
+    assert main(["--broker", url, "--queue", "jobs", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "user:***@redis.example" in out and "hunter2" not in out
+    monkeypatch.setattr(FakeRemote, "fail", True)
+    with pytest.raises(SnapshotError) as info:
+        source.fetch()
+    assert "hunter2" not in str(info.value) and "refused" in str(info.value)
+    assert main(["--broker", url, "--once"]) == 1
+    assert "refused" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_cannot_connect_names_the_broker_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("redis")
+    monkeypatch.setenv("PROCQUEUE_SECRET", SECRET)
+    with socket_closed_port() as free:
+        url = f"redis://user:hunter2@{urlsplit(free).netloc}/0"
+        assert main(["--broker", url, "--once"]) == 1
+    assert "cannot connect to redis://user:***@127.0.0.1" in caplog.text
+    assert "hunter2" not in caplog.text
 
 
 def test_top_reads_a_redis_cluster(
@@ -444,7 +700,7 @@ def test_top_reads_a_redis_cluster(
     from procqueue import ProcQueue
 
     queue = f"top-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("PROCQUEUE_SECRET", "top-test-secret-" + "x" * 32)
+    monkeypatch.setenv("PROCQUEUE_SECRET", SECRET)
     pool = ProcQueue(broker=REDIS_URL, queue=queue)
     try:
         for i in range(3):
@@ -454,7 +710,7 @@ def test_top_reads_a_redis_cluster(
         assert "(cluster)" in out and queue in out
         lines = out.splitlines()
         labels = next(i for i, line in enumerate(lines) if "dead letters" in line)
-        assert lines[labels + 1].split() == ["3", "0", "0", "0", "0", "0"]
+        assert lines[labels + 1].split() == ["0", "0", "3", "0", "0", "0", "0", "0"]
     finally:
         pool.shutdown(wait=False)
         keys = list(client.scan_iter(match=f"{{pq:{queue}}}*", count=1000))
