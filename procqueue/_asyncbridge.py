@@ -1,6 +1,6 @@
 """Awaiting ``concurrent.futures.Future`` objects from asyncio.
 
-Two things differ from ``asyncio.wrap_future``:
+Three things differ from ``asyncio.wrap_future``:
 
 * the bridge is one-way: a timed-out ``await queue.result(...)`` must leave the
   task alone, so cancelling the awaiting side never cancels the task;
@@ -69,7 +69,9 @@ def settled_value(cf: Future[Any]) -> Any:
         raise TaskCancelledError("the task was cancelled")
     exc = cf.exception()
     if exc is not None:
-        raise _for_asyncio(exc)
+        # The same object is raised on every call: without the reset, each
+        # raise would lengthen its traceback (asyncio keeps the first one).
+        raise _for_asyncio(exc).with_traceback(None)
     return cf.result()
 
 
@@ -81,7 +83,7 @@ def _copy(cf: Future[Any], af: asyncio.Future[Any]) -> None:
         return
     exc = cf.exception()
     if exc is not None:
-        af.set_exception(_for_asyncio(exc))
+        af.set_exception(_for_asyncio(exc).with_traceback(None))
     else:
         af.set_result(cf.result())
 

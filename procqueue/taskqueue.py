@@ -28,7 +28,7 @@ from ._policy import RetryPolicy
 from ._progress import ProgressOption, SinkFactory, Tracker, progress_factory
 from ._runtime.state import EngineState
 from ._schedules import Schedule, make_schedule, schedules_of
-from .errors import InvalidArgumentError, QueueFullError, QueueNotStartedError
+from .errors import QueueFullError, QueueNotStartedError
 from .stats import QueueStats
 
 if TYPE_CHECKING:
@@ -249,11 +249,18 @@ class TaskQueue:
         ``__cause__``). ``timeout`` bounds the wait only: the task goes on."""
         cf = self._future(task_id)
         if cf.done():  # already settled (results gathered after a burst): no hop via the loop
+            self._engine.claim(task_id)
             return settled_value(cf)
         fut = to_asyncio(cf)
-        if timeout is None:
-            return await fut
-        return await asyncio.wait_for(fut, timeout)
+        try:
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            # Claimed only once handed over: a timeout or a cancelled await
+            # leaves the result kept (keep_unclaimed) for a later result().
+            if fut.done() and not fut.cancelled():
+                self._engine.claim(task_id)
 
     async def wait(
         self,
@@ -271,6 +278,8 @@ class TaskQueue:
         for f in done:
             if not f.cancelled():
                 f.exception()  # mark retrieved: the caller asks by id
+        for f in pending:
+            f.cancel()  # nobody reads them: no "exception was never retrieved" later
         return {futs[f] for f in done}, {futs[f] for f in pending}
 
     def as_completed(
@@ -322,6 +331,12 @@ class TaskQueue:
         finally:
             if tracker is not None:
                 tracker.close()
+            # A timeout or an early close: the rest are read by id, if at all.
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+                elif not f.cancelled():
+                    f.exception()
 
     def cancel(self, task_id: int) -> bool:
         """Cancel a task. A pending or retrying one is removed from the queue; a
@@ -341,8 +356,6 @@ class TaskQueue:
         ``timeout`` gives running tasks that many seconds, then kills their
         workers (those tasks end ``cancelled``). Afterwards no worker process,
         pipe or thread remains."""
-        if timeout is not None and timeout < 0:
-            raise InvalidArgumentError("timeout must be >= 0")
         engine = self._engine
         engine.request_stop(cancel_pending=cancel_pending, timeout=timeout)
         await to_asyncio(engine.stopped_future)

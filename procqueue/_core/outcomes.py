@@ -178,8 +178,8 @@ class Outcomes(CoreState):
                 self.released.append(rec)
             # else: it failed without an attempt of its own (an upstream
             # failed): its one error, small, stays, for status.error to name.
-        if rec.future is not None or rec.fired_by is not None or not self.config.keep_unclaimed:
-            self.make_evictable(rec.task_id)
+        if rec.fired_by is not None or not self.config.keep_unclaimed:
+            self.make_evictable(rec.task_id)  # else once claimed (``claim``)
         self._emit(rec)
 
     def _on_final(self, rec: _TaskRecord, now: float, sent: Any = None) -> None:

@@ -234,6 +234,7 @@ class _TaskRecord:
         "fired_by",
         "dormant",
         "progress",
+        "claimed",
     )
 
     def __init__(
@@ -297,6 +298,9 @@ class _TaskRecord:
         self.dormant: Any = None
         # The latest report_progress of the current attempt.
         self.progress: TaskProgress | None = None
+        # Its outcome was handed to a caller (``TaskQueue.result``): retention
+        # may let it go now (``keep_unclaimed``).
+        self.claimed = False
 
     def schedule(self, due: float, due_at: float) -> None:
         """Born ``scheduled``: not due before ``due`` (monotonic; ``due_at``:

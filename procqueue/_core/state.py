@@ -119,6 +119,18 @@ class CoreState:
         if len(finished) > self.config.retain_finished:  # one in, at most one out
             self.tasks.pop(finished.popleft(), None)
 
+    def claim(self, task_id: int) -> None:
+        """A caller took ``task_id``'s outcome: under ``keep_unclaimed``, its
+        record joins retention's FIFO now (once; a wait or a timed-out
+        ``result`` is no claim). A schedule's run, and every record without
+        ``keep_unclaimed``, joined it when it ended."""
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.claimed or not rec.state.is_final:
+            return
+        rec.claimed = True
+        if self.config.keep_unclaimed and rec.fired_by is None:
+            self.make_evictable(task_id)
+
     def _needs_workers(self) -> bool:
         """Whether a lost worker is replaced now. While stopping, only for
         tasks waiting in the heap; a retry that comes due later, or a task

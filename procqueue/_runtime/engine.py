@@ -42,6 +42,7 @@ feeds, kills and measures workers and reports events; it decides nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import selectors
 import sys
@@ -69,6 +70,8 @@ from .._core.records import TaskState, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._core.schedules import ScheduleEntry
 from ..errors import (
+    InvalidArgumentError,
+    OptionTypeError,
     PoolBrokenError,
     ProcQueueError,
     QueueClosedError,
@@ -84,6 +87,9 @@ _log = logging.getLogger("procqueue.coordinator")
 
 #: Seconds workers get to exit after ``Shutdown`` before they are killed.
 _EXIT_GRACE = 5.0
+#: The longest the coordinator sleeps in one ``select`` (a later deadline
+#: is met by sleeping again).
+_MAX_SLEEP = 86400.0
 #: A submit that finds the coordinator asleep with a worker waiting for work
 #: takes the step itself (see :meth:`Engine._step_here`). False: always wake it.
 DIRECT_DISPATCH = True
@@ -199,6 +205,9 @@ class Engine(ReadSide):
         ``QueueFullError``."""
         limit = self.config.max_pending
         with self._lock:
+            # Closed first: a submitter woken by stop() must get QueueClosedError,
+            # not QueueFullError again (an async one would spin on the loop).
+            self.check_open()
             if (
                 limit is not None
                 and self.core.tally.unfinished >= limit
@@ -424,7 +433,15 @@ class Engine(ReadSide):
 
     def request_stop(self, *, cancel_pending: bool, timeout: float | None) -> None:
         """Begin stopping (idempotent). ``timeout``: seconds after which running
-        tasks' workers are killed; ``None`` waits for them."""
+        tasks' workers are killed; ``None`` (or ``inf``) waits for them. A
+        typed error, before anything changes, for a bad ``timeout``."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise OptionTypeError(f"timeout must be a number of seconds, got {timeout!r}")
+            if not timeout >= 0:  # nan too
+                raise InvalidArgumentError(f"timeout must be >= 0, got {timeout!r}")
+            if math.isinf(timeout):
+                timeout = None
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self.state is EngineState.NEW:
@@ -537,7 +554,11 @@ class Engine(ReadSide):
                 return
             if events:
                 continue
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # At most a day: epoll refuses waits past 2**31 ms (~24.8 days),
+            # which a far delay, eta, timeout or schedule would ask for.
+            timeout = None if deadline is None else min(_MAX_SLEEP, deadline - time.monotonic())
+            if timeout is not None and timeout < 0:
+                timeout = 0.0
             self._sleep_deadline = deadline
             self._sleeping = True
             if self._commands or (self._fresh and self._wake_on_submit):

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -165,7 +165,7 @@ class ReadSide:
         # async ones on futures; both are woken as tasks become final.
         self._space = threading.Condition(self._lock)
         self._space_waiters: list[Future[None]] = []
-        self._idle_waiters: list[Future[None]] = []
+        self._idle_waiters: list[_Join] = []
         self._listeners: list[Callable[[TaskStatus], None]] = []
         self._progress_listeners: list[Callable[[int, TaskProgress], None]] = []
         self._notifier = _Notifier()
@@ -251,19 +251,27 @@ class ReadSide:
                 fut.bind(self._cancel_ref, task_id)
                 if rec.state.is_final:
                     resolve_now(fut, rec)
-                    # A schedule's run was made evictable when it ended.
-                    if self.config.keep_unclaimed and rec.fired_by is None:
-                        self.core.make_evictable(task_id)
             return fut
 
+    def claim(self, task_id: int) -> None:
+        """``task_id``'s outcome was handed over (see ``Core.claim``)."""
+        with self._lock:
+            self.core.claim(task_id)
+
     def idle_future(self) -> Future[None]:
-        """Resolved once every task submitted so far is final."""
+        """Resolved once every task submitted so far is final (tasks
+        submitted later are not waited for: under a steady stream of submits,
+        or a schedule's runs, it still resolves)."""
         fut: Future[None] = Future()
         with self._lock:
-            if self.core.is_idle() or self._stopped.is_set():
+            core = self.core
+            if core.is_idle() or self._stopped.is_set():
                 fut.set_result(None)
             else:
-                self._idle_waiters.append(fut)
+                # The unfinished ones now, in admission order (one scan; each
+                # is then checked until it is final, so O(n) in all).
+                ids = [tid for tid, rec in core.tasks.items() if not rec.state.is_final]
+                self._idle_waiters.append(_Join(fut, ids))
         return fut
 
     def has_room(self) -> bool:
@@ -542,13 +550,19 @@ class ReadSide:
                 for fut in self._space_waiters:
                     core.settlements.append((fut, OK, None))
                 self._space_waiters = []
-        if self._idle_waiters and core.is_idle():
-            self._release_idle_waiters()
+        if self._idle_waiters:
+            self._release_idle_waiters(every=core.is_idle())
 
-    def _release_idle_waiters(self) -> None:
-        for fut in self._idle_waiters:
-            self.core.settlements.append((fut, OK, None))
-        self._idle_waiters = []
+    def _release_idle_waiters(self, every: bool = True) -> None:
+        """Settle the ``join`` waiters whose tasks are all final (``every``:
+        all of them, as when the queue is idle or stopped)."""
+        tasks, waiting = self.core.tasks, []
+        for join in self._idle_waiters:
+            if every or join.done(tasks):
+                self.core.settlements.append((join.future, OK, None))
+            else:
+                waiting.append(join)
+        self._idle_waiters = waiting
 
     def _take_publication(self) -> Publication | None:
         core = self.core
@@ -639,3 +653,26 @@ class ReadSide:
                 self.core.progress_watched = bool(self._progress_listeners)
 
         return unwatch
+
+
+class _Join:
+    """One ``join``: the tasks unfinished when it was called, checked in
+    order; ``pos`` is the first not yet seen final (a record gone from the
+    table was final: only ended tasks are let go)."""
+
+    __slots__ = ("future", "ids", "pos")
+
+    def __init__(self, future: Future[None], ids: list[int]) -> None:
+        self.future = future
+        self.ids = ids
+        self.pos = 0
+
+    def done(self, tasks: Mapping[int, _TaskRecord]) -> bool:
+        ids, pos = self.ids, self.pos
+        while pos < len(ids):
+            rec = tasks.get(ids[pos])
+            if rec is not None and not rec.state.is_final:
+                break
+            pos += 1
+        self.pos = pos
+        return pos == len(ids)
