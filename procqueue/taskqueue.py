@@ -232,6 +232,11 @@ class TaskQueue:
         ``as_completed`` await (a broker client resolves its own)."""
         return self._engine.future_for(task_id)
 
+    def _claim(self, task_id: int) -> None:
+        """The task's outcome was handed over: retention may let it go (a
+        broker client's results live out their ``result_ttl`` instead)."""
+        self._engine.claim(task_id)
+
     def get_task_status(self, task_id: int) -> TaskStatus:
         """An immutable snapshot of one task. Raises ``TaskNotFoundError`` for an
         unknown id, or one dropped by retention: once a task's result has been
@@ -249,7 +254,7 @@ class TaskQueue:
         ``__cause__``). ``timeout`` bounds the wait only: the task goes on."""
         cf = self._future(task_id)
         if cf.done():  # already settled (results gathered after a burst): no hop via the loop
-            self._engine.claim(task_id)
+            self._claim(task_id)
             return settled_value(cf)
         fut = to_asyncio(cf)
         try:
@@ -260,7 +265,7 @@ class TaskQueue:
             # Claimed only once handed over: a timeout or a cancelled await
             # leaves the result kept (keep_unclaimed) for a later result().
             if fut.done() and not fut.cancelled():
-                self._engine.claim(task_id)
+                self._claim(task_id)
 
     async def wait(
         self,

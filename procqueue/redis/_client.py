@@ -131,6 +131,9 @@ class RemoteTaskQueue(TaskQueue):
     async def start(self) -> None:
         self._remote.open()
 
+    def _claim(self, task_id: int) -> None:
+        pass  # Redis keeps a result for its result_ttl, claimed or not
+
     async def stop(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._remote.close)
 
