@@ -474,6 +474,13 @@ def pass_inputs(
     fn_blob, segments = payload
     header = segments[0]
     if len(segments) == 2 and header[3] & _HOLES_BYTE:
+        if len(header) == _ONE_HOLE.size and len(inputs) == 1:
+            # One hole, one upstream: a chain's link, f(result_of(t), ...).
+            # The same blob as below, built without its lists (~2x faster).
+            for _, frame in inputs.values():
+                if frame is not None and len(frame) < _BIG:
+                    head = header[:20] + _SIZE.pack(len(frame))
+                    return fn_blob, [b"".join((head, segments[1], frame))]
         k = len(header) // 24  # 4 + 24 k bytes
         if k == 1 and len(inputs) == 1:  # one hole, so its one upstream
             frames = [pair[1] for pair in inputs.values()]
