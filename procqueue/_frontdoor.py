@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, overload
 
 from ._core.config import OPTION_NAMES, QueueConfig, check_timeout
 from ._core.deadletters import DeadLetter
-from ._core.deps import ResultOf, find_markers, replace_markers
+from ._core.deps import FutureResultOf, ResultOf, replace_in_call
 from ._core.limits import Concurrency, RateLimit
 from ._core.records import _TaskRecord
 from ._policy import RetryPolicy, WorkerLimits, resolve_policy
@@ -50,12 +50,16 @@ def result_of(task: int | Future[Any]) -> ResultOf:
     placeholders. A placeholder counts at the top level of the arguments
     (positional or keyword) or inside a ``list``, ``tuple`` or ``dict``, at any
     depth; it implies ``after=[task]``. ``task``: a task id, or a future of a
-    ``ProcQueue`` (where passing the future itself does the same).
+    ``ProcQueue`` (where passing the future itself does the same); a future
+    of another queue than the one the call is submitted to is refused there
+    with ``InvalidArgumentError``, as in ``after=``.
     """
     if type(task) is int:
         return ResultOf(task)
     if isinstance(task, Future):
-        return ResultOf(task_id(task))
+        # The future rides along: its id alone would name the receiving
+        # queue's own task of that id (a silent wrong value; review r15).
+        return FutureResultOf(task_id(task), task)
     if isinstance(task, bool) or not isinstance(task, int):
         raise OptionTypeError(f"result_of takes a task id or a ProcQueue future, got {task!r}")
     return ResultOf(task)
@@ -97,16 +101,42 @@ def link_call(
     client's): the upstream ids, distinct and in order (``after`` through
     ``upstream_id``, then the ``result_of`` markers), the ids whose results
     the call takes, and the arguments with ``swap`` applied to every value a
-    marker may hide in (a queue's own futures become values or markers)."""
+    marker may hide in (a queue's own futures become values or markers; a
+    ``result_of(future)`` is refused unless ``upstream_id`` takes its future).
+    Containers the swap leaves alone are passed on as the caller's objects."""
     ids = after_ids(after, trigger, upstream_id)
     needed: set[int] = set()
     if not _all_atomic(args, kwargs):  # else no marker or future to find
-        args = tuple(replace_markers(v, swap) for v in args)
-        kwargs = {k: replace_markers(v, swap) for k, v in kwargs.items()}
-        find_markers(args, kwargs, needed)
+        args, kwargs = replace_in_call(args, kwargs, _linker(needed, upstream_id, swap))
     if needed:
         ids = tuple(dict.fromkeys([*ids, *sorted(needed)]))
     return args, kwargs, ids, needed
+
+
+def _linker(
+    needed: set[int], upstream_id: Callable[[Any], int], swap: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """:func:`link_call`'s treatment of one value where a marker may sit:
+    a marker's id goes to ``needed``; anything else goes through ``swap``."""
+
+    def leaf(v: Any) -> Any:
+        kind = type(v)
+        if kind is ResultOf:
+            needed.add(v.task_id)
+            return v
+        if kind is FutureResultOf:
+            future = v.future
+            tid = upstream_id(future)  # another queue's future: refused, as in after=
+            new = swap(future)
+            if new is future:
+                new = ResultOf(tid)
+        else:
+            new = swap(v)
+        if type(new) is ResultOf:
+            needed.add(new.task_id)
+        return new
+
+    return leaf
 
 
 def after_ids(
@@ -327,6 +357,15 @@ def prepare(
             if holes is not None:  # no walk, no swap
                 ids = holes[1]
                 needed = upstream = ids if len(ids) == 1 else tuple(sorted(set(ids)))
+            elif len(args) == 1 and not kwargs and type(args[0]) is FutureResultOf:
+                # f(result_of(future)), a chain's link: its future checked as
+                # in after=, then a hole; the future kept to read the value from.
+                upstream_future = args[0].future
+                tid = _upstream_id(engine, upstream_future)
+                args = (ResultOf(tid),)
+                holes = _calls.dump_with_holes(args, kwargs)
+                needed = upstream = (tid,)
+                futures = {tid: upstream_future}
             else:
                 args, kwargs, upstream, needed, futures = _link_call(
                     engine, args, kwargs, after, trigger

@@ -83,13 +83,19 @@ def resolve_policy(
     policy = base if retry is None else retry
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise OptionTypeError(f"retry must be a RetryPolicy, got {retry!r}")
-    if max_retries is None or max_retries == policy.max_retries:
+    if max_retries is None:
+        return policy
+    # The type first: ``False == 0`` and ``1.0 == 1`` would otherwise pass as
+    # the queue's budget or a cached one (review r17).
+    if type(max_retries) is not int and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int)
+    ):
+        raise OptionTypeError(f"max_retries must be an int, got {max_retries!r}")
+    if max_retries == policy.max_retries:
         return policy
     key = (policy, max_retries)
     cached = _replaced.get(key)
     if cached is None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-            raise OptionTypeError(f"max_retries must be an int, got {max_retries!r}")
         cached = replace(policy, max_retries=max_retries)
         if len(_replaced) > 256:
             _replaced.clear()
