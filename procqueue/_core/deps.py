@@ -23,7 +23,6 @@ __all__ = [
     "bind",
     "find_markers",
     "replace_in_call",
-    "replace_leaves",
 ]
 
 #: Small builtin scalars: never a marker, nothing to look into (``_calls._ATOMIC``).
@@ -93,27 +92,16 @@ def bind(value: Any, values: dict[int, Any]) -> Any:
     return values[value.task_id] if kind is ResultOf else value
 
 
-def replace_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
-    """``value`` with ``leaf(v)`` in place of each ``v`` where a marker may
-    sit (``value`` itself, or an item of a list or tuple or a value of a dict,
-    at any depth) that is neither such a container nor a small scalar;
-    ``leaf`` returns ``v`` itself to keep it, and may be called more than once
-    for one ``v``. Only the containers that lead to a replaced value are
-    copied, each once; the others are ``value``'s own objects."""
-    kind = type(value)
-    if kind is list or kind is tuple or kind is dict:
-        try:
-            return _walk(value, None, leaf, {})
-        except _Looped:
-            return _replace_looped(value, None, leaf)
-    return value if kind in _SCALARS else leaf(value)
-
-
 def replace_in_call(
     args: tuple[Any, ...], kwargs: dict[str, Any], leaf: Callable[[Any], Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """:func:`replace_leaves` over a call's arguments, ``args`` and
-    ``kwargs`` as one value (an object they share stays shared)."""
+    """The call's arguments with ``leaf(v)`` in place of each ``v`` where a
+    marker may sit (an argument, or an item of a list or tuple or a value of
+    a dict in one, at any depth) that is neither such a container nor a small
+    scalar; ``leaf`` returns ``v`` itself to keep it, and may be called more
+    than once for one ``v``. Only the containers that lead to a replaced value
+    are copied, each once; the others are the caller's own objects, and one
+    that ``args`` and ``kwargs`` share stays shared."""
     memo: dict[int, Any] = {}
     try:
         return _walk(args, None, leaf, memo), _walk(kwargs, None, leaf, memo) if kwargs else kwargs
@@ -136,7 +124,7 @@ def _walk(
     leaf: Callable[[Any], Any] | None,
     memo: dict[int, Any],
 ) -> Any:
-    """The walk of :func:`bind` (``values``) and :func:`replace_leaves`
+    """The walk of :func:`bind` (``values``) and :func:`replace_in_call`
     (``leaf``) through the container ``value``: depth first, each container
     copied once all it holds is walked, and only if something in it changed.
     ``memo``: id(container) -> it or its copy, once walked. Exact unless the
