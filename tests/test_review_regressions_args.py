@@ -24,6 +24,7 @@ from procqueue import (
 from procqueue._core.deps import FutureResultOf, ResultOf, bind, find_markers, replace_in_call
 from procqueue._frontdoor import make_engine, prepare
 from procqueue._policy import resolve_policy
+from procqueue._runtime import _calls
 from procqueue._runtime.engine import Engine
 from procqueue._runtime.futures import _TaskFuture
 from procqueue._runtime.state import EngineState
@@ -202,3 +203,13 @@ def test_a_queue_refuses_max_retries_equal_to_the_default_but_not_an_int() -> No
         make_engine("ProcQueue", 1, {"max_retries": False})
     base = RetryPolicy()
     assert resolve_policy(base, 0, None) is base and resolve_policy(base, None, None) is base
+
+
+def test_a_list_shared_by_args_and_kwargs_stays_one_list_when_bound() -> None:
+    """bind_inputs bound args and kwargs in two walks: a container holding a
+    marker that both shared arrived as two copies."""
+    shared = [ResultOf(7), 1]
+    payload = ("fn", _calls.dump_arguments((shared,), {"again": shared}))
+    _, segments = _calls.bind_inputs(payload, {7: 70})  # type: ignore[arg-type]
+    (arg,), kwargs = _calls._load_segments(segments)
+    assert arg == [70, 1] and arg is kwargs["again"]

@@ -605,5 +605,6 @@ def bind_inputs(
             return fn_blob, [_NO_BUFFERS, pickle.dumps((flat, bound_kw), protocol=5)]
     # Anything else: markers nested in lists, tuples and dicts, values that are
     # not scalars. ``bind`` copies only the containers that hold a marker.
-    args = bind(tuple(args), values)
-    return fn_blob, dump_arguments(args, bind(kwargs, values) if kwargs else kwargs)
+    # One walk for both: a list that args and kwargs share stays one list.
+    args, kwargs = bind((tuple(args), kwargs), values)
+    return fn_blob, dump_arguments(args, kwargs)

@@ -167,7 +167,9 @@ def run_bound(
     fn = pickle.loads(fn_blob)
     args, kwargs = _calls.load_value(memoryview(arg_blob))
     values = {row[0]: _upstream_value(*row) for row in inputs}
-    return fn(*bind(tuple(args), values), **(bind(kwargs, values) if kwargs else kwargs))
+    # One walk for both: a list that args and kwargs share stays one list.
+    args, kwargs = bind((tuple(args), kwargs), values)
+    return fn(*args, **kwargs)
 
 
 def _upstream_value(
