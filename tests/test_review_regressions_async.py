@@ -240,3 +240,22 @@ def test_reading_a_failure_again_does_not_grow_its_traceback() -> None:
     # The first read awaits the outcome, the others find it settled: from
     # then on the same depth (it grew by 3 frames a read).
     assert len(depths) == 4 and depths[1] == depths[2] == depths[3], depths
+
+
+def test_a_bool_is_no_task_id() -> None:
+    """``True == 1``: get_task_status(True) used to answer for task 1."""
+
+    async def main() -> None:
+        async with TaskQueue(num_workers=1) as q:
+            assert await q.result(await q.submit(add, 1)) == 1
+            for call in (q.get_task_status, q._future):
+                with pytest.raises(OptionTypeError):
+                    call(True)
+            with pytest.raises(OptionTypeError):
+                await q.result(True)
+
+    asyncio.run(main())
+    with ProcQueue(max_workers=1) as pool:
+        pool.submit(add, 1).result(timeout=30)
+        with pytest.raises(OptionTypeError):
+            pool.get_task_status(True)

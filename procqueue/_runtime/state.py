@@ -24,7 +24,7 @@ from .._core.events import OK
 from .._core.records import RELEASED, TaskProgress, TaskState, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._policy import RetryPolicy
-from ..errors import InvalidArgumentError, QueueClosedError, TaskNotFoundError
+from ..errors import InvalidArgumentError, OptionTypeError, QueueClosedError, TaskNotFoundError
 from ..stats import LatencyCache, QueueStats, WorkerStats, build_stats
 from .futures import _TaskFuture, deliver, resolve_now
 from .transport import Transport
@@ -225,6 +225,7 @@ class ReadSide:
     # ------------------------------------------------------------------ reads
 
     def status(self, task_id: int) -> TaskStatus:
+        _check_id(task_id)
         with self._lock:
             rec = self.core.tasks.get(task_id)
             if rec is None:
@@ -233,6 +234,7 @@ class ReadSide:
 
     def future_for(self, task_id: int) -> Future[Any]:
         """The task's future (made on demand; already resolved if it is final)."""
+        _check_id(task_id)
         with self._lock:
             rec = self.core.tasks.get(task_id)
             if rec is None:
@@ -676,3 +678,9 @@ class _Join:
             pos += 1
         self.pos = pos
         return pos == len(ids)
+
+
+def _check_id(task_id: object) -> None:
+    """A task id is an int: ``True`` would find task 1 (``True == 1``)."""
+    if type(task_id) is not int and (isinstance(task_id, bool) or not isinstance(task_id, int)):
+        raise OptionTypeError(f"a task id is an int, got {task_id!r}")
