@@ -181,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--alone-seconds", type=float, default=3.0, help="unkeyed run alone, s (3)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
-    p.add_argument("--reps", type=int, default=3, help="rounds, a fresh pool each (3)")
+    p.add_argument("--reps", type=int, default=3, help="rounds, a fresh pool each (3, >= 3)")
     methods = ("fork", "forkserver", "spawn")
     p.add_argument("--start-method", choices=methods, help="default: procqueue's own")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds beyond the expected (120)")
     args = p.parse_args(argv)
-    if min(args.reps, args.rate, args.seconds, args.alone_seconds) <= 0:
-        p.error("--reps, --rate, --seconds and --alone-seconds must be positive")
+    if args.reps < 3:
+        p.error("--reps must be at least 3 (BENCHMARKS.md rule 2)")
+    if min(args.rate, args.seconds, args.alone_seconds) <= 0:
+        p.error("--rate, --seconds and --alone-seconds must be positive")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return report(args, datetime.now(timezone.utc))
 

@@ -92,6 +92,11 @@ ROWS = {
 }
 #: Rows only procqueue runs (see the module's docstring).
 PROCQUEUE_ONLY = ("reclaim",)
+#: Issue #9's "ahead of every peer on each row": the metrics judged (the CPU
+#: row's efficiency is its jobs/s ratio again).
+TARGET_METRICS = ("enqueue", "e2e", "rt_p50", "rt_p99", "cpu")
+#: Issue #9: end to end on no-op jobs, at least this many times SAQ's rate.
+E2E_VS_SAQ = 2.0
 #: Keys the peers create outside any queue's names: sets we remove our members
 #: from, and a lock key that RQ's workers set (deleted only if the run made it).
 SHARED_SETS = ("rq:queues", "rq:workers")
@@ -827,7 +832,7 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
         )
         print("| row | " + " | ".join(f"vs {titles[k]}" for k in peers) + " |")
         print("|---|" + "---|" * len(peers))
-        for m, (label, _unit, higher) in METRICS.items():
+        for m, (label, _unit, _higher) in METRICS.items():
             if m == "cpu_eff" or m not in shown or m in only:
                 continue  # the same ratio as the CPU row's jobs/s
             cells = []
@@ -835,8 +840,7 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
                 if k in not_run or m in failed[k] or m in failed["procqueue"]:
                     cells.append("not run" if k in not_run else "FAIL")
                     continue
-                pairs = zip(v["procqueue"][m], v[k][m])
-                ratios = [(a / b if higher else b / a) for a, b in pairs if a > 0 and b > 0]
+                ratios = round_ratios(v, k, m)
                 cells.append(spread(ratios, ".2f") + "x" if ratios else "—")
             print(f"| {label} | " + " | ".join(cells) + " |")
         print()
@@ -848,6 +852,10 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
             continue
         fmt = ",.0f" if unit == "jobs/s" else ".1f"
         print(f"| {label} | {unit} | " + " | ".join(cell(k, m, fmt) for k in keys) + " |")
+    targets = target_lines(v, failed, not_run, titles, shown)
+    if targets:
+        print("\nPer round, side by side; median of the rounds' ratios.\n")
+        print("\n".join(targets))
     secs = [s * 1e3 for s in bench.job_seconds]
     print(
         f"\nCPU job: `cpu_task(i, {bench.iterations:,})`; the efficiency's reference is the "
@@ -870,6 +878,74 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
     )
     print(footer(started))
     return any(failed.values())
+
+
+def round_ratios(values: dict[str, dict[str, list[float]]], k: str, m: str) -> list[float]:
+    """procqueue against ``k`` on ``m``, per round (> 1: procqueue better)."""
+    higher = METRICS[m][2]
+    pairs = zip(values["procqueue"][m], values[k][m])
+    return [(a / b if higher else b / a) for a, b in pairs if a > 0 and b > 0]
+
+
+def target_lines(
+    values: dict[str, dict[str, list[float]]],
+    failed: dict[str, dict[str, str]],
+    not_run: dict[str, str],
+    titles: dict[str, str],
+    shown: Sequence[str],
+) -> list[str]:
+    """Issue #9's targets, one line each: met, NOT met, or not measured (and
+    why), judged on the median of the per-round ratios. A peer that FAILed
+    leaves "ahead of every peer" not measured unless procqueue is behind
+    another; a peer that did not run is named, and the rest decide."""
+    peers = [k for k in titles if k != "procqueue"]
+    lines = []
+    for m in (m for m in TARGET_METRICS if m in shown):
+        goal = f"Target: ahead of every peer on {METRICS[m][0]}:"
+        if "procqueue" not in titles or "procqueue" in not_run or m in failed["procqueue"]:
+            why = failed.get("procqueue", {}).get(m) or not_run.get("procqueue") or "not run"
+            lines.append(f"{goal} not measured (procqueue: {why}).")
+            continue
+        behind: list[str] = []
+        ahead: list[str] = []
+        gaps: list[str] = []
+        unknown = False
+        for k in peers:
+            ratios = round_ratios(values, k, m) if k not in not_run and m not in failed[k] else []
+            if k in not_run:
+                gaps.append(f"{titles[k]} not run")
+            elif m in failed[k] or not ratios:
+                gaps.append(f"{titles[k]} {'FAILed' if m in failed[k] else 'has no figure'}")
+                unknown = True
+            else:
+                r = statistics.median(ratios)
+                (ahead if r > 1 else behind).append(f"{r:.2f}x vs {titles[k]}")
+        verdict = "NOT met" if behind else "not measured" if unknown or not ahead else "met"
+        lines.append(f"{goal} {verdict} ({'; '.join([*behind, *ahead, *gaps]) or 'no peer'}).")
+    if "e2e" in shown:
+        lines.append(_e2e_vs_saq(values, failed, not_run, titles))
+    return lines
+
+
+def _e2e_vs_saq(
+    values: dict[str, dict[str, list[float]]],
+    failed: dict[str, dict[str, str]],
+    not_run: dict[str, str],
+    titles: dict[str, str],
+) -> str:
+    goal = f"Target: end to end on no-op jobs >= {E2E_VS_SAQ:g}x SAQ:"
+    why = None
+    if "saq" not in titles or "procqueue" not in titles:
+        why = "SAQ and procqueue must both be in --systems"
+    elif "saq" in not_run or "procqueue" in not_run:
+        why = f"not run: {not_run.get('saq') or not_run.get('procqueue')}"
+    elif "e2e" in failed["saq"] or "e2e" in failed["procqueue"]:
+        why = "a FAIL: " + (failed["procqueue"].get("e2e") or failed["saq"]["e2e"])
+    ratios = [] if why else round_ratios(values, "saq", "e2e")
+    if why or not ratios:
+        return f"{goal} not measured ({why or 'no round measured both'})."
+    r = statistics.median(ratios)
+    return f"{goal} {'met' if r >= E2E_VS_SAQ else 'NOT met'} ({r:.2f}x)."
 
 
 def _version(dist: str) -> str:

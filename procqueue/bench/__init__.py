@@ -11,8 +11,8 @@ rotated; every answer checked (a wrong one is FAIL, never a time); the context
 with the numbers.
 
 Workloads: idle round-trip latency, start-up and shutdown, tiny tasks one by
-one and map with chunk sizes (each with a task function defined in the
-script's ``__main__``, the default, and with an importable one), 4 MB payloads
+one and map with chunk sizes (these three each with a task function defined in
+the script's ``__main__``, the default, and with an importable one), 4 MB payloads
 (arguments only, results only, both ways), I/O-bound sleeps, ~20 ms CPU tasks,
 throughput against task size, scale to 1M tasks, coordinator memory per pending
 task, and a worker SIGKILLed mid-run. The report opens with procqueue against

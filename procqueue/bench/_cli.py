@@ -8,8 +8,8 @@ matplotlib, PNG charts to ``--out``. Exit status: 0 when every answer was right,
 1 when something FAILed (a wrong answer, an exception, a hang) or the suite
 crashed; never anything for being slow.
 
-As the script, this module is also where the ``__main__`` rows of the tiny and
-map workloads find their task, :func:`add_one`, defined at module level as a
+As the script, this module is also where the ``__main__`` rows of the latency,
+tiny and map workloads find their task, :func:`add_one`, defined at module level as a
 user's script defines its own (see :mod:`._task_fns`).
 """
 
@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from . import CONTESTANTS, WORKLOADS, BenchConfig, run_suite
 from ._config import WORKLOAD_TITLES
+from ._context import command_line
 from ._measure import ABANDONED
 from ._task_fns import FN_KINDS
 
@@ -57,13 +58,15 @@ _SIZE_OPTIONS: tuple[tuple[str, Callable[[str], object], str | None, str | None]
     ("--tiny-tasks", int, None, None),
     ("--map-tasks", int, None, None),
     ("--chunksizes", _ints, "N,N", "map chunk sizes (1,1000)"),
+    ("--map-min-s", float, "S", "chunk size > 1: fastest pool's run >= S s (0.3; 0: off)"),
     ("--cpu-tasks-per-worker", int, None, None),
     ("--task-ms", float, None, "sequential ms of one CPU task (20)"),
     ("--io-tasks", int, None, None),
     ("--io-ms", float, None, "sleep of one I/O task (10)"),
     ("--payload-mb", float, None, "MB each way per payload task (4)"),
     ("--payload-tasks", int, None, None),
-    ("--latency-trips", int, None, "round trips per round (200)"),
+    ("--latency-trips", int, None, "round trips per round (1000)"),
+    ("--latency-max-s", float, "S", "a pool whose trips took S s stops after 200 (3)"),
     ("--sweep-task-ms", _floats, "MS,MS", None),
     ("--scale-sizes", _ints, "N,N", "task counts (10000,100000,1000000)"),
     ("--scale-peer-max", int, None, "largest scale size for the stdlib pools (100000)"),
@@ -115,7 +118,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--task-fns",
         type=_names,
         metavar="K,K",
-        help="the tiny task of the tiny and map workloads: main (defined in __main__), "
+        help="the tiny task of the latency, tiny and map workloads: main (defined in __main__), "
         "importable (procqueue.bench._tasks.add_one); default both",
     )
     p.add_argument("--reps", type=int, help="timed rounds after the warm-up (>= 3; default 3)")
@@ -187,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    command = [sys.executable, "-m", "procqueue.bench", *(sys.argv[1:] if argv is None else argv)]
+    # The command as typed (``python -m procqueue.bench``, ``python
+    # benchmarks/bench_core.py``); called from code, the equivalent one.
+    command = command_line() if argv is None else [sys.executable, "-m", "procqueue.bench", *argv]
     result = run_suite(cfg, command)
     print(result.markdown(), flush=True)
     for path in result.write():

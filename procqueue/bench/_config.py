@@ -22,7 +22,8 @@ WORKLOADS = (
 )
 
 WORKLOAD_TITLES = {
-    "latency": "round trip of one task on an idle pool (p50, p99)",
+    "latency": "round trip of one task on an idle pool, p50 and p99 (a __main__ fn and an "
+    "importable fn)",
     "startup": "start-up to first result, and shutdown",
     "tiny": "tiny tasks submitted one by one (a __main__ fn and an importable fn)",
     "map": "tiny tasks through map, with a chunk size (a __main__ fn and an importable fn)",
@@ -65,23 +66,37 @@ class BenchConfig:
     workloads: tuple[str, ...] = WORKLOADS
     #: Seconds one run may take before it counts as hung (FAIL).
     timeout: float = 300.0
-    #: The tiny task of the tiny and map workloads: ``main`` (defined in the
+    #: The tiny task of the latency, tiny and map workloads: ``main`` (defined in the
     #: script's ``__main__``, the default case of BENCHMARKS.md rule 5) and
     #: ``importable`` (``procqueue.bench._tasks.add_one``), each its own rows.
     task_fns: tuple[str, ...] = ("main", "importable")
     tiny_tasks: int = 10_000
     map_tasks: int = 10_000
     chunksizes: tuple[int, ...] = (1, 1000)
-    #: With a chunk size above 1, at least this many chunks per worker (so the
-    #: run is long enough to time): ``max(map_tasks, chunks x chunksize x workers)``.
+    #: With a chunk size above 1, at least this many chunks per worker:
+    #: ``max(map_tasks, chunks x chunksize x workers)``, the warm-up round's size.
     map_chunks_per_worker: int = 20
+    #: With a chunk size above 1, the timed rounds run as many items as the
+    #: fastest process pool's warm-up rate needs for a run of at least this many
+    #: seconds (0: no sizing by time), and at most ``map_max_tasks``.
+    map_min_s: float = 0.3
+    map_max_tasks: int = 4_000_000
+    #: ... except that a contestant whose warm-up rate says that many items
+    #: would take it longer than this runs fewer (whole chunks, about this many
+    #: seconds' worth, never fewer than the warm-up's): pebble and mpire map
+    #: ~0.25M items/s, ProcQueue ~5-9M. The table shows each one's items.
+    map_max_s: float = 1.5
     cpu_tasks_per_worker: int = 20
     task_ms: float = 20.0
     io_tasks: int = 100
     io_ms: float = 10.0
     payload_mb: float = 4.0
     payload_tasks: int = 24
-    latency_trips: int = 200
+    #: Round trips per round: 1000, so that p99 (nearest rank) has 10 samples
+    #: above it. A pool whose trips have taken ``latency_max_s`` stops after
+    #: 200 (or ``latency_trips``, if fewer): joblib takes ~11 ms a trip.
+    latency_trips: int = 1000
+    latency_max_s: float = 3.0
     #: Sequential seconds of work behind each sized point of the sweep.
     sweep_work_s: float = 0.4
     sweep_task_ms: tuple[float, ...] = (0.0, 0.1, 1.0, 10.0)
@@ -108,6 +123,7 @@ class BenchConfig:
             tiny_tasks=1_000,
             map_tasks=2_000,
             map_chunks_per_worker=5,
+            map_min_s=0.005,
             cpu_tasks_per_worker=4,
             io_tasks=20,
             payload_tasks=4,

@@ -57,7 +57,9 @@ class Contestant:
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
     def open(self, workers: int, pq_options: dict[str, Any]) -> Pool:
-        return self.opener(workers, self.start_method or "", pq_options)
+        pool = self.opener(workers, self.start_method or "", pq_options)
+        pool.contestant = self.key
+        return pool
 
 
 def _ppe(workers: int, method: str, _: dict[str, Any]) -> Pool:

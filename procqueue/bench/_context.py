@@ -16,7 +16,7 @@ from typing import Any
 
 from ._config import BenchConfig
 
-__all__ = ["PACKAGES", "context", "footer", "git_commit", "loadavg"]
+__all__ = ["PACKAGES", "command_line", "context", "footer", "git_commit", "loadavg"]
 
 PACKAGES = (
     "procqueue",
@@ -30,14 +30,15 @@ PACKAGES = (
 )
 
 
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: _version(name) for name in PACKAGES}
 
 
 def git_commit() -> str | None:
@@ -54,6 +55,15 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def command_line() -> list[str]:
+    """The command that started this process, as typed, with the interpreter's
+    full path: ``sys.orig_argv``, which ``runpy``'s ``alter_sys`` leaves alone
+    (``sys.argv[0]`` becomes the module run), so ``python -m procqueue.bench``
+    and ``python benchmarks/bench_core.py`` each record themselves."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return [sys.executable, *argv[1:]]
 
 
 def loadavg() -> list[float] | None:
@@ -85,21 +95,20 @@ def context(cfg: BenchConfig, started: datetime, command: Sequence[str]) -> dict
     }
 
 
-def footer(started: datetime) -> str:
+def footer(started: datetime, packages: Sequence[str] = ()) -> str:
     """The context lines the standalone scripts in ``benchmarks/`` end their
-    report with: date, Python, nproc, load, procqueue, commit, exact command."""
-    import platform
-    import shlex
-    import sys
-
+    report with: date, Python, nproc, load, procqueue, commit, the versions of
+    procqueue's dependencies and of ``packages``, and the exact command."""
     import procqueue
 
     load = loadavg()
     loads = " ".join(f"{x:.2f}" for x in load) if load is not None else "n/a"
     commit = git_commit() or "n/a (not a git checkout)"
+    names = ["cloudpickle", "psutil", *(p for p in packages if p not in ("cloudpickle", "psutil"))]
+    versions = ", ".join(f"{name} {_version(name) or '(not installed)'}" for name in names)
     return (
         f"\nContext: {started.isoformat(timespec='seconds')}; Python {platform.python_version()} "
         f"({platform.python_implementation()}); nproc {os.cpu_count()}; load {loads}; "
         f"procqueue {procqueue.__version__} from {Path(procqueue.__file__).parent}; "
-        f"git {commit}.\nCommand: {shlex.join([sys.executable, *sys.argv])}"
+        f"git {commit}; {versions}.\nCommand: {shlex.join(command_line())}"
     )

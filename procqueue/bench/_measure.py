@@ -102,10 +102,13 @@ class Cell:
             self.error = why
 
     def summary(self) -> dict[str, Any]:
-        """The JSON form: raw values, medians, min and max."""
+        """The JSON form: raw values, medians, min and max. A cell that is not
+        ``ok`` (FAIL, n/a) has no statistics (``null``): its raw values stay,
+        for diagnosis, but no figure is derived from them (a FAIL is never a
+        time, ``BENCHMARKS.md`` rule 3)."""
         stats = {}
         for name in self.reps:
-            vs = self.values(name)
+            vs = self.values(name) if self.ok else []
             stats[name] = {
                 "median": statistics.median(vs) if vs else None,
                 "min": min(vs) if vs else None,

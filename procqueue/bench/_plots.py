@@ -33,7 +33,7 @@ SPEED_WORKLOADS = (
     ("payload:results", "mb_per_s", True),
     ("io", "tasks_per_s", True),
     ("cpu", "wall_s", False),
-    ("latency", "p50_ms", False),
+    ("latency:main", "p50_ms", False),
 )
 PROCESS_FAMILIES = ("ppe", "mp.Pool", "ProcQueue", "TaskQueue", "loky", "joblib", "pebble", "mpire")
 

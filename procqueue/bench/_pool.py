@@ -50,6 +50,9 @@ class Pool:
     """
 
     start_method = "?"
+    #: The key of the contestant this pool was opened for (``Contestant.open``
+    #: sets it), for workloads whose size differs per contestant.
+    contestant = ""
     #: Whether the pool runs tasks in other processes (warm-up waits for each).
     is_process_pool = True
     #: Whether ``run_all`` really submits one call at a time, a handle each.

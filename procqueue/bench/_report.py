@@ -68,7 +68,9 @@ def _status(cell: Cell) -> str:
 
 
 def baseline_key(key: str, family: str = "ppe") -> str:
-    """The row a ratio is taken against: ``ppe`` on the same start method."""
+    """The row a ratio is taken against: ``family`` on the same start method.
+    A row keyed without a start method (the main one, or a library that offers
+    no choice: the loop, threads, joblib) is taken against the main one."""
     if "/" in key:
         return f"{family}/{key.split('/', 1)[1]}"
     return family
@@ -77,7 +79,10 @@ def baseline_key(key: str, family: str = "ppe") -> str:
 def _ratio(
     r: WorkloadResult, cell: Cell, metric: str, *, family: str = "ppe", invert: bool = False
 ) -> str:
-    base = r.cell(baseline_key(cell.contestant, family)) or r.cell(family)
+    # No fallback to another start method's baseline: a forkserver row divided
+    # by the fork PPE would read as a like-for-like ratio. Without its own
+    # baseline in this table, the row shows "—".
+    base = r.cell(baseline_key(cell.contestant, family))
     if base is None:
         return "—"
     mine, theirs = cell.median(metric), base.median(metric)
@@ -118,10 +123,22 @@ def _rate_table(r: WorkloadResult, metric: str, unit: str, notes: Sequence[str] 
     )
 
 
+def _span(c: Cell, metric: str) -> str:
+    """A count over the rounds (trips, items): ``n``, or ``lo-hi`` when it varied."""
+    vals = c.values(metric)
+    if not vals or not c.ok:
+        return "—"
+    lo, hi = min(vals), max(vals)
+    return f"{lo:,.0f}" if lo == hi else f"{lo:,.0f}-{hi:,.0f}"
+
+
 def table_latency(r: WorkloadResult) -> str:
     def own(c: Cell) -> str:
         p50, p99 = c.median("p50_ms"), c.median("p99_ms")
         return "—" if p50 is None or p99 is None else fmt_ratio(p99 / p50)
+
+    def trips(c: Cell) -> str:
+        return _span(c, "trips")
 
     return _table(
         r,
@@ -130,8 +147,12 @@ def table_latency(r: WorkloadResult) -> str:
             ("p50 ms median (min-max)", "---:", lambda c: _spread(c, "p50_ms", fmt_ms)),
             ("p99 ms median (min-max)", "---:", lambda c: _spread(c, "p99_ms", fmt_ms)),
             ("p99 ÷ own p50", "---:", own),
+            ("trips a round", "---:", trips),
         ],
-        ["Percentiles by nearest rank over each round's trips; lower is better."],
+        [
+            "Percentiles by nearest rank over each round's trips (p99 of 1,000 trips has 10 "
+            "above it; fewer trips, fewer); lower is better.",
+        ],
     )
 
 
@@ -155,7 +176,9 @@ def table_startup(r: WorkloadResult) -> str:
     )
 
 
-def table_against_pool(r: WorkloadResult, pool_api: str) -> str:
+def table_against_pool(
+    r: WorkloadResult, pool_api: str, more: Sequence[Column] = (), notes: Sequence[str] = ()
+) -> str:
     """tasks/s against ProcessPoolExecutor and multiprocessing.Pool (its
     ``pool_api``) on the same start method: the tiny and map tables."""
     return _table(
@@ -165,12 +188,50 @@ def table_against_pool(r: WorkloadResult, pool_api: str) -> str:
             (f"÷ mp.Pool.{pool_api}", "---:",
              lambda c: _ratio(r, c, "tasks_per_s", family="mp.Pool")),
             ("tasks/s median (min-max)", "---:", lambda c: _spread(c, "tasks_per_s", fmt_rate)),
+            *more,
         ],
+        notes,
     )  # fmt: skip
 
 
+#: Families that run in this process (no pool of processes).
+IN_PROCESS = ("sequential", "threads", "asyncio")
+
+
+def _is_process_pool(cell: Cell) -> bool:
+    return cell.contestant.split("/")[0].split("-")[0] not in IN_PROCESS
+
+
 def table_map(r: WorkloadResult) -> str:
-    return table_against_pool(r, "imap")
+    sized = r.params.get("sized_by_time")
+    if not sized:
+        return table_against_pool(r, "imap")
+
+    def items(c: Cell) -> str:
+        return _span(c, "tasks")
+
+    def wall(c: Cell) -> str:
+        return _spread(c, "wall_s", fmt_s) if c.ok else "—"
+
+    walls = [
+        (w, c.label)
+        for c in r.cells.values()
+        if _is_process_pool(c) and (w := c.median("wall_s")) is not None
+    ]
+    fastest = ""
+    if walls:
+        w, label = min(walls)
+        fastest = f" The fastest process pool's median run here: {label}, {fmt_s(w)}."
+    note = (
+        f"Sized by time: {r.params['tasks']:,} items, so that the fastest process pool's run "
+        f"lasts {sized['min_s']:g} s or more ({sized['fastest']} ran "
+        f"{sized['warmup_tasks_per_s']:,.0f} tasks/s in the warm-up round, at "
+        f"{sized['warmup_tasks']:,} items). A contestant that would need more than "
+        f"{sized['max_s']:g} s for them (at its warm-up rate) runs about {sized['max_s']:g} s' "
+        f"worth of whole chunks instead: see 'items a run'.{fastest}"
+    )
+    more: list[Column] = [("items a run", "---:", items), ("wall median (min-max)", "---:", wall)]
+    return table_against_pool(r, "imap", more, [note])
 
 
 def table_payload(r: WorkloadResult) -> str:
@@ -491,7 +552,7 @@ def _header(cfg: BenchConfig, ctx: dict[str, Any]) -> list[str]:
             if extra
             else ""
         )
-        + f"; the tiny and map workloads run a tiny task {fns}, each in its own table"
+        + f"; the latency, tiny and map workloads run a tiny task {fns}, each in its own table"
         + f"; procqueue {pk.get('procqueue')} (prefetch {prefetch}); "
         + (f"peers: {peers}" if peers else "no optional peers installed")
         + f"; {'quick' if cfg.quick_mode else 'full'} mode, {cfg.reps} timed rounds after a "

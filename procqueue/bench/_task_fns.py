@@ -55,7 +55,7 @@ FN_KINDS = ("main", "importable")
 
 @dataclass(frozen=True)
 class TaskFns:
-    """The tiny task one row of the tiny and map tables runs, for every contestant."""
+    """The tiny task one row of the latency, tiny and map tables runs, for every contestant."""
 
     #: ``main`` or ``importable``: the suffix of the workload key (``tiny:main``).
     kind: str

@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def add_one(x: int) -> int:
@@ -61,18 +64,38 @@ def make_payload(index: int, size: int) -> bytes:
     return b"".join((tag, bytes([index % 251]) * (size - 16), tag))
 
 
-#: What :func:`payload_result` returns, by size: built once per process.
-_RESULTS: dict[int, bytes] = {}
+#: What :func:`built_once` built, by key: one object per process and key.
+_BUILT: dict[Hashable, Any] = {}
+
+#: The index :func:`payload_result`'s bytes are made with: not 0, whose
+#: payload is all zero bytes, as a zero-filled buffer handed back by mistake
+#: would be.
+RESULT_INDEX = 1
+
+
+def built_once(key: Hashable, build: Callable[..., T], *args: Any) -> tuple[T, bool]:
+    """``build(*args)`` the first time this process sees ``key``, the same
+    object every time after; and whether this call built it.
+
+    For results-only payload tasks: the payload is built once per worker (by a
+    prime step, before the timing) so that what is timed is the result's trip,
+    not its making. Kept here, in an importable module, because a task function
+    defined in a script's ``__main__`` may travel by value (cloudpickle), and
+    then its own globals are a copy that need not outlive the call.
+    """
+    if key in _BUILT:
+        return _BUILT[key], False
+    value = _BUILT[key] = build(*args)
+    return value, True
 
 
 def payload_result(index: int, size: int) -> tuple[int, bytes]:
-    """The results-only payload task: a few bytes in, ``(index, make_payload(0,
-    size))`` out. The bytes are built once per worker process and size, then
-    returned again by every task, so that what is timed is the result's trip and
-    not its making (building 4 MB costs more than pickling it)."""
-    data = _RESULTS.get(size)
-    if data is None:
-        data = _RESULTS[size] = make_payload(0, size)
+    """The results-only payload task: a few bytes in, ``(index,
+    make_payload(RESULT_INDEX, size))`` out. The bytes are built once per
+    worker process and size, then returned again by every task, so that what is
+    timed is the result's trip and not its making (building 4 MB costs more
+    than pickling it)."""
+    data, _ = built_once(("payload_result", size), make_payload, RESULT_INDEX, size)
     return index, data
 
 

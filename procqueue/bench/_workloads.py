@@ -3,17 +3,20 @@
 A round opens each contestant's pool once, in rotated order, and runs every
 session workload on it::
 
-    open the pool ─ first result (start-up) ─ warm every worker ─ latency (idle)
-      ─ tiny one by one (__main__ fn, importable fn) ─ map chunksize 1 (both)
-      ─ map chunksize 1000 (both) ─ payload (both ways, args only, results only)
-      ─ io ─ cpu ─ sweep points ─ shutdown (timed)
+    open the pool ─ first result (start-up) ─ warm every worker ─ latency (idle;
+      __main__ fn, importable fn) ─ tiny one by one (both) ─ map chunksize 1
+      (both) ─ map chunksize 1000 (both) ─ payload (both ways, args only,
+      results only) ─ io ─ cpu ─ sweep points ─ shutdown (timed)
 
 so a contestant pays one start-up per round, not one per workload, and only one
 pool is alive at a time (no other pool's threads run during a fork, or steal a
 core during a timing). Round 0 is the warm-up: its figures are kept apart and
-never enter a median. A contestant that FAILs a workload sits out that workload
-for the remaining rounds; its pool is closed and a fresh one serves the rest of
-the session.
+never enter a median, but they size what must be sized by time (map with a
+chunk size above 1: :meth:`SessionWorkload.after_warm_up`), one size for the
+timed rounds (:class:`MapChunks` says when a slow contestant runs fewer items,
+and the table shows it). A contestant that FAILs a workload sits
+out that workload for the remaining rounds; its pool is closed and a fresh one
+serves the rest of the session.
 
 The other workloads (scale, memory, kill) need a pool of their own each time
 and live in :mod:`._phases`.
@@ -23,8 +26,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _tasks
@@ -42,7 +46,7 @@ from ._measure import (
     timed,
     warm_workers,
 )
-from ._pool import Pool, Unsupported
+from ._pool import Pool, Unsupported, deadline_after, time_left
 from ._task_fns import TaskFns, task_fns
 
 _log = logging.getLogger("procqueue.bench")
@@ -101,27 +105,65 @@ class SessionWorkload:
     def run(self, pool: Pool) -> dict[str, float | None]:
         raise NotImplementedError
 
+    def after_warm_up(self, cells: Mapping[str, Cell], pools: frozenset[str]) -> None:
+        """Called once the warm-up round is done, with this workload's cells and
+        the keys of the contestants that are process pools: a workload sized by
+        time sets its size for the timed rounds here (``title`` and ``params``
+        included). Most are sized by count."""
+
 
 def _expected_sum(n: int) -> int:
     """``sum(add_one(i) for i in range(n))``."""
     return n * (n - 1) // 2 + n
 
 
+#: Latency: a pool that took ``latency_max_s`` for its trips stops after at
+#: least this many (joblib's round trip opens a ``Parallel`` each time: ~11 ms).
+LATENCY_MIN_TRIPS = 200
+#: Latency: trips per ``Pool.round_trips`` call, between which the time is read.
+LATENCY_BATCH = 100
+
+
 class Latency(SessionWorkload):
-    key = group = "latency"
+    """Round trips on an idle pool, with the tiny task of ``fns`` (its own rows)."""
+
+    group = "latency"
     families = EVERY_POOL
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, fns: TaskFns) -> None:
         super().__init__(cfg)
+        self.fns = fns
+        self.key = f"latency:{fns.kind}"
+        trips, budget = cfg.latency_trips, cfg.latency_max_s
+        self.min_trips = min(trips, LATENCY_MIN_TRIPS)
+        cap = ""
+        if self.min_trips < trips:
+            cap = f" (a pool whose trips pass {budget:g} s stops after {self.min_trips:,} or more)"
         self.title = (
-            f"Round trip of one task on an idle pool: {cfg.latency_trips} sequential "
-            "submit-and-wait calls of add_one (importable fn, procqueue.bench._tasks)"
+            f"Round trip of one task on an idle pool, {fns.label}: {trips:,} sequential "
+            f"submit-and-wait calls of add_one per round{cap}; add_one is {fns.where}"
         )
-        self.params = {"trips": cfg.latency_trips}
+        self.params = {
+            "trips": trips,
+            "min_trips": self.min_trips,
+            "max_s": budget,
+            "fn": fns.kind,
+            "fn_where": fns.where,
+        }
 
     def run(self, pool: Pool) -> dict[str, float | None]:
-        calls = [(i,) for i in range(self.cfg.latency_trips)]
-        trips = pool.round_trips(_tasks.add_one, calls, self.cfg.timeout)
+        self.fns.check_runs_on(pool)
+        n, fn = self.cfg.latency_trips, self.fns.add_one
+        deadline = deadline_after(self.cfg.timeout)
+        trips: list[tuple[Any, float]] = []
+        spent = 0.0  # seconds inside the trips themselves
+        while len(trips) < n:
+            calls = [(i,) for i in range(len(trips), min(n, len(trips) + LATENCY_BATCH))]
+            batch = pool.round_trips(fn, calls, time_left(deadline))
+            trips += batch
+            spent += sum(s for _v, s in batch)
+            if len(trips) >= self.min_trips and spent >= self.cfg.latency_max_s:
+                break
         for i, (value, _s) in enumerate(trips):
             check(value == i + 1, f"round trip {i}: got {value!r}, expected {i + 1}")
         samples = sorted(s for _v, s in trips)
@@ -129,6 +171,7 @@ class Latency(SessionWorkload):
             "p50_ms": percentile(samples, 50) * 1000,
             "p99_ms": percentile(samples, 99) * 1000,
             "max_ms": samples[-1] * 1000,
+            "trips": float(len(samples)),
         }
 
 
@@ -161,8 +204,23 @@ class Tiny(SessionWorkload):
         return {"tasks_per_s": n / wall, "wall_s": wall}
 
 
+#: Map sized by time aims at this many times ``map_min_s`` at the fastest
+#: warm-up rate: noise only ever slows a run, so a warm-up rate errs low.
+MAP_SIZE_MARGIN = 1.25
+
+
 class MapChunks(SessionWorkload):
-    """``map`` with one chunk size, with the tiny task of ``fns`` (its own rows)."""
+    """``map`` with one chunk size, with the tiny task of ``fns`` (its own rows).
+
+    With a chunk size above 1 a run of a few thousand chunks takes milliseconds
+    on a fast pool, too short to time; so the warm-up round runs a size by
+    count (``map_chunks_per_worker`` chunks per worker), and the timed rounds
+    run as many items as the fastest process pool's warm-up rate needs for a
+    run of at least ``map_min_s`` (:meth:`after_warm_up`), for everyone but a
+    contestant that would need more than ``map_max_s`` for them: it runs about
+    ``map_max_s`` seconds' worth, in whole chunks (a steady state all the
+    same; a full-size run would cost minutes), and every run records its items.
+    """
 
     group = "map"
 
@@ -174,23 +232,76 @@ class MapChunks(SessionWorkload):
         self.chunksize = chunksize
         self.fns = fns
         self.key = f"map{chunksize}:{fns.kind}"
-        self.items = list(range(n))
+        #: Contestants that run fewer than ``len(self.items)``: key -> items.
+        self.fewer: dict[str, int] = {}
+        self._size(n, "")
+
+    def _size(self, n: int, sized: str) -> None:
+        """Run ``n`` items from now on. A ``range``, not a list: a million
+        items held through the sessions would slow every later fork."""
+        self.items = range(n)
         self.title = (
-            f"Tiny tasks through map, chunksize {chunksize}, {fns.label}: {n:,} x add_one "
-            "(mp.Pool.imap, Executor.map, joblib batch_size, mpire chunk_size); add_one is "
-            f"{fns.where}"
+            f"Tiny tasks through map, chunksize {self.chunksize}, {self.fns.label}: {n:,} x "
+            "add_one (mp.Pool.imap, Executor.map, joblib batch_size, mpire chunk_size); add_one "
+            f"is {self.fns.where}{sized}"
         )
-        self.params = {"tasks": n, "chunksize": chunksize, "fn": fns.kind, "fn_where": fns.where}
+        self.params = {
+            **self.params,
+            "tasks": n,
+            "chunksize": self.chunksize,
+            "fn": self.fns.kind,
+            "fn_where": self.fns.where,
+        }
+
+    def after_warm_up(self, cells: Mapping[str, Cell], pools: frozenset[str]) -> None:
+        cfg = self.cfg
+        if self.chunksize == 1 or cfg.map_min_s <= 0:
+            return
+        rates = [
+            (rate, cell.label)
+            for key, cell in cells.items()
+            if key in pools and cell.ok and (rate := cell.warmup.get("tasks_per_s"))
+        ]
+        if not rates:
+            return
+        rate, label = max(rates)
+        step = self.chunksize * cfg.workers  # whole chunks, the same number per worker
+        want = math.ceil(rate * cfg.map_min_s * MAP_SIZE_MARGIN / step) * step
+        n = max(len(self.items), min(want, cfg.map_max_tasks))
+        base = len(self.items)
+        for key, cell in cells.items():
+            own = cell.warmup.get("tasks_per_s")
+            if cell.ok and own and n / own > cfg.map_max_s:
+                fewer = max(base, math.floor(own * cfg.map_max_s / step) * step)
+                if fewer < n:
+                    self.fewer[key] = fewer
+        self.params["sized_by_time"] = {
+            "min_s": cfg.map_min_s,
+            "max_s": cfg.map_max_s,
+            "fastest": label,
+            "warmup_tasks_per_s": rate,
+            "warmup_tasks": base,
+            "fewer": {cells[k].label: m for k, m in self.fewer.items()},
+        }
+        sized = (
+            f"; sized so that the fastest process pool's run lasts {cfg.map_min_s:g} s or more "
+            f"({label} ran {rate:,.0f} tasks/s in the warm-up round, at {base:,})"
+        )
+        _log.info("%s: %s items (%s warmed up at %.0f tasks/s)", self.key, f"{n:,}", label, rate)
+        self._size(n, sized)
 
     def run(self, pool: Pool) -> dict[str, float | None]:
         self.fns.check_runs_on(pool)
-        n, fn = len(self.items), self.fns.add_one
-        wall, results = timed(lambda: pool.map(fn, self.items, self.chunksize, self.cfg.timeout))
+        items = self.items
+        if pool.contestant in self.fewer:
+            items = range(self.fewer[pool.contestant])
+        n, fn = len(items), self.fns.add_one
+        wall, results = timed(lambda: pool.map(fn, items, self.chunksize, self.cfg.timeout))
         check(len(results) == n, f"{len(results)} results for {n} tasks")
         check(results[0] == 1 and results[-1] == n, "results out of order")
         got = sum(results)
         check(got == _expected_sum(n), f"sum {got}, expected {_expected_sum(n)}")
-        return {"tasks_per_s": n / wall, "wall_s": wall}
+        return {"tasks_per_s": n / wall, "wall_s": wall, "tasks": float(n)}
 
 
 #: The payload workload's directions: what goes in, what comes out, per task.
@@ -217,6 +328,10 @@ class Payload(SessionWorkload):
         # Built once and shared by the three directions: what is sent, and what
         # must come back.
         self.payloads = payloads
+        # What payload_result returns (results only).
+        self.result = (
+            _tasks.make_payload(_tasks.RESULT_INDEX, self.size) if direction == "results" else b""
+        )
         n = len(payloads)
         ways = {"echo": "in and out", "args": "arguments only", "results": "results only"}
         self.title = (
@@ -248,7 +363,7 @@ class Payload(SessionWorkload):
             elif self.direction == "results":
                 index, data = got
                 check(index == i, f"result {i} came back as {index}'s")
-                check(data == self.payloads[0], f"result {i} is different ({len(data)} bytes)")
+                check(data == self.result, f"result {i} is different ({len(data)} bytes)")
             else:
                 check(got == sent, f"payload {i} came back different ({len(got)} bytes)")
         moved = size * n * (2 if self.direction == "echo" else 1)
@@ -340,9 +455,10 @@ def session_workloads(
 ) -> list[SessionWorkload]:
     """The session workloads ``cfg`` asks for, in session order."""
     out: list[SessionWorkload] = []
-    fns = task_fns(cfg.task_fns) if cfg.wants("tiny") or cfg.wants("map") else []
+    wants_fns = any(cfg.wants(w) for w in ("latency", "tiny", "map"))
+    fns = task_fns(cfg.task_fns) if wants_fns else []
     if cfg.wants("latency"):
-        out.append(Latency(cfg))
+        out.extend(Latency(cfg, f) for f in fns)
     if cfg.wants("tiny"):
         out.extend(Tiny(cfg, f) for f in fns)
     if cfg.wants("map"):
@@ -392,6 +508,12 @@ def run_sessions(
             _session(cfg, c, workloads, results, startup, rnd)
             _log.debug("session: %s round %d took %.1f s", c.label, rnd, time.perf_counter() - t0)
         _log.info("sessions: round %d/%d done%s", rnd, cfg.reps, " (warm-up)" if rnd == 0 else "")
+        if rnd == 0:
+            pools = frozenset(c.key for c in entered if c.family not in IN_PROCESS)
+            for wl in workloads:
+                r = results[wl.key]
+                wl.after_warm_up(r.cells, pools)
+                r.title, r.params = wl.title, dict(wl.params)
     if cfg.wants("startup"):
         results["startup"] = startup
     return results
