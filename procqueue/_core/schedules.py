@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
@@ -50,6 +50,9 @@ MAX_CATCHUP = 100
 #: Most ticks counted one by one when a cron schedule skips a long gap (the
 #: count is reported as "at least" beyond it).
 _MAX_COUNTED = 1000
+#: The most cron ticks passed over to get past a repeated hour (one an
+#: hour's seconds, with a seconds field).
+_MAX_FOLD_STEPS = 4000
 #: How many fired task ids a schedule remembers.
 FIRED_KEPT = 1000
 
@@ -140,8 +143,11 @@ class Cron:
     def next_after(self, t: float) -> float:
         # cronsim drops microseconds and returns ticks strictly after the
         # (truncated) time: a time between two whole seconds is handled too.
+        # It steps on the wall clock: from the second pass through a repeated
+        # hour, a fixed time in that hour comes back as its first pass, which
+        # is past (the job ran then, or missed it). Such ticks are passed over.
         start = datetime.fromtimestamp(t, self.zone)
-        return float(next(self._sim(self.expr, start)).timestamp())
+        return self._first(self._sim(self.expr, start), lambda ts: ts > t)
 
     def last_at_or_before(self, t: float) -> float:
         # In reverse, cronsim yields the truncated second itself first when the
@@ -151,12 +157,24 @@ class Cron:
         start = datetime.fromtimestamp(t, self.zone)
         if not start.microsecond:
             start = start.replace(microsecond=1)
-        return float(next(self._sim(self.expr, start, reverse=True)).timestamp())
+        return self._first(self._sim(self.expr, start, reverse=True), lambda ts: ts <= t)
 
     def prev_before(self, t: float) -> float:
         # Ticks are whole seconds: from one, cronsim's reverse step is strict.
         start = datetime.fromtimestamp(math.floor(t), self.zone)
-        return float(next(self._sim(self.expr, start, reverse=True)).timestamp())
+        return self._first(self._sim(self.expr, start, reverse=True), lambda ts: ts < t)
+
+    @staticmethod
+    def _first(ticks: Iterator[datetime], ok: Callable[[float], bool]) -> float:
+        """The first of ``ticks`` (as a timestamp) that is ``ok``: the wall
+        clock's order and time's order differ only around a repeated hour, so
+        a few steps at most (bounded all the same)."""
+        ts = 0.0
+        for _, tick in zip(range(_MAX_FOLD_STEPS), ticks):
+            ts = float(tick.timestamp())
+            if ok(ts):
+                return ts
+        return ts  # pragma: no cover - a repeated hour holds at most 3600 ticks
 
     def count(self, lo: float, hi: float, cap: int) -> int:
         n = 0

@@ -216,6 +216,36 @@ def test_a_step_schedule_follows_elapsed_time_across_dst() -> None:
     assert [trig.prev_before(t) for t in ticks[1:]] == ticks[:-1]
 
 
+def test_in_the_second_pass_of_a_repeated_hour_the_next_tick_is_never_past() -> None:
+    """cronsim steps on the wall clock: from the second pass, a fixed time in
+    the repeated hour came back as its first pass, already past, so the loop
+    never slept (created or resumed there, or a tick handled late there), and
+    with a large grace fired again on every turn."""
+    second_pass = wall(2026, 10, 25, 2, 10) + 3600  # 02:10+0100
+    trig = Cron("30 2 * * *", BERLIN)
+    assert local(trig.next_after(second_pass)) == "10-26 02:30+0100"
+    # Created there: the next deadline lies ahead.
+    shell = Shell(workers=1)
+    shell.sched.wall_offset = second_pass
+    entry, fired = add(shell, cron="30 2 * * *")
+    deadline = shell.sched.next_deadline(0.0)
+    assert deadline is not None and deadline > 0.0
+    entry.resume(0.0, second_pass)  # and resumed there
+    assert local(entry.next_tick) == "10-26 02:30+0100"
+    # The first pass's tick handled late, in the second pass: one run, then
+    # the loop sleeps until tomorrow.
+    first_pass = wall(2026, 10, 25, 2, 0)  # 02:00+0200
+    shell = Shell(workers=1)
+    shell.sched.wall_offset = first_pass
+    entry, fired = add(shell, cron="30 2 * * *", grace=7200.0)
+    late = second_pass - first_pass
+    for turn in range(5):
+        at(shell, fired, late + turn * 0.01)
+    assert [local(t) for t in fired.at] == ["10-25 02:10+0100"]
+    assert local(entry.next_tick) == "10-26 02:30+0100"
+    assert entry.deadline(late, first_pass) > late + 3600
+
+
 # ---------------------------------------------------------------- misfires and catch-up
 
 
