@@ -101,11 +101,13 @@ class TaskNotFoundError(ProcQueueError, KeyError):
     the bounded retention (``retain_finished``) dropped its record."""
 
 
-class SerializationError(ProcQueueError, pickle.PicklingError):
+class SerializationError(ProcQueueError, pickle.PicklingError, TypeError):
     """The callable or its arguments cannot be pickled with cloudpickle.
 
     Raised by ``submit`` itself; the task was not queued. The message names what
-    failed. Typical causes: open files, sockets, locks, generators.
+    failed. Typical causes: open files, sockets, locks, generators. Also a
+    ``TypeError``, as pickle's own "cannot pickle '_thread.lock' object" is
+    (what ``ProcessPoolExecutor`` raises from ``result()``).
     """
 
 
@@ -119,7 +121,7 @@ class SignatureError(ProcQueueError):
     with the reason; a result that fails it raises on the client."""
 
 
-class ResultSerializationError(ProcQueueError, pickle.PicklingError):
+class ResultSerializationError(ProcQueueError, pickle.PicklingError, TypeError):
     """The task ran, but its return value could not be pickled in the worker (or
     unpickled in the coordinator). The task is failed; the pool goes on."""
 

@@ -213,3 +213,16 @@ def test_a_list_shared_by_args_and_kwargs_stays_one_list_when_bound() -> None:
     _, segments = _calls.bind_inputs(payload, {7: 70})  # type: ignore[arg-type]
     (arg,), kwargs = _calls._load_segments(segments)
     assert arg == [70, 1] and arg is kwargs["again"]
+
+
+def test_pickling_errors_are_type_errors_too_as_pickle_s_own_are() -> None:
+    """ProcessPoolExecutor surfaces pickle's TypeError ("cannot pickle
+    '_thread.lock' object"): a script's ``except TypeError`` must still catch."""
+    import threading
+
+    from procqueue import ResultSerializationError, SerializationError
+
+    assert issubclass(SerializationError, TypeError)
+    assert issubclass(ResultSerializationError, TypeError)
+    with ProcQueue(max_workers=1) as pool, pytest.raises(TypeError):
+        pool.submit(ident, threading.Lock())

@@ -231,10 +231,11 @@ class ScheduleEntry:
         if misfire_grace is not None and (
             isinstance(misfire_grace, bool)
             or not isinstance(misfire_grace, (int, float))
-            or not misfire_grace >= 0
+            or not misfire_grace > 0
         ):
+            # 0 would skip every run: each is handled a little after its time.
             raise InvalidArgumentError(
-                f"misfire_grace must be a number of seconds >= 0 or None, got {misfire_grace!r}"
+                f"misfire_grace must be a number of seconds > 0 or None, got {misfire_grace!r}"
             )
         self.name = name
         self.trigger = trigger

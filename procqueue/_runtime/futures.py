@@ -19,6 +19,7 @@ from .._core.records import TaskState, _TaskRecord
 from ..errors import TaskNotFoundError
 
 _log = logging.getLogger("procqueue.coordinator")
+_callbacks_log = logging.getLogger("concurrent.futures")
 
 
 #: Guards the state of every future that has no Condition yet (see _TaskFuture).
@@ -131,8 +132,8 @@ class _TaskFuture(Future[Any]):
             if bare:  # already settled: call it now, as the stdlib does
                 try:
                     fn(self)
-                except Exception:
-                    _log.exception("exception calling callback for %r", self)
+                except Exception:  # on the stdlib's logger, as Future's own call does
+                    _callbacks_log.exception("exception calling callback for %r", self)
                 return
         super().add_done_callback(fn)
 

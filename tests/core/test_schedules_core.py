@@ -133,6 +133,8 @@ def test_bad_schedule_values_are_refused() -> None:
         add(shell, every=1.0, overlap="never")
     with pytest.raises(InvalidArgumentError):
         add(shell, every=1.0, grace=-1.0)
+    with pytest.raises(InvalidArgumentError):  # every run is handled a little late
+        add(shell, every=1.0, grace=0.0)
     with pytest.raises(InvalidArgumentError, match="invalid cron"):
         Cron("61 * * * *", BERLIN)
     add(shell, every=1.0)
@@ -297,7 +299,7 @@ def test_none_drops_missed_ticks_but_runs_on_time_ones() -> None:
     steps=st.lists(st.floats(min_value=0.001, max_value=400.0), min_size=1, max_size=30),
     period=st.sampled_from([1.0, 7.5, 60.0]),
     catchup=st.sampled_from(["latest", "all", "none"]),
-    grace=st.one_of(st.none(), st.floats(min_value=0.0, max_value=300.0)),
+    grace=st.one_of(st.none(), st.floats(min_value=0.001, max_value=300.0)),
 )
 def test_every_tick_is_run_or_counted_once(
     steps: list[float], period: float, catchup: str, grace: float | None
