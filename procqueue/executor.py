@@ -16,9 +16,8 @@ from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core.records import TaskStatus
+from ._core.records import TaskStatus, _TaskRecord
 from ._frontdoor import (
-    ChunkRunner,
     CommonOptions,
     DeadLetterQueue,
     chunk_runner,
@@ -36,7 +35,7 @@ from ._policy import RetryPolicy, WorkerLimits
 from ._progress import ProgressOption, Tracker, progress_factory
 from ._runtime.futures import _TaskFuture
 from ._schedules import Schedule, make_schedule, schedules_of
-from .errors import InvalidArgumentError, OptionTypeError
+from .errors import InvalidArgumentError, OptionTypeError, QueueFullError
 from .stats import QueueStats
 
 if TYPE_CHECKING:
@@ -304,24 +303,42 @@ class ProcQueue(Executor):
                 else None
             )
 
-            def submit_next() -> Future[Any] | None:
+            engine = self._engine
+            #: A task prepared but not admitted yet (no room under max_pending).
+            stash: list[tuple[_TaskRecord, _TaskFuture, int]] = []
+
+            def make_next() -> tuple[_TaskRecord, _TaskFuture, int] | None:
+                fut = _TaskFuture()
                 if chunksize == 1:
                     args = next(calls, None)
                     if args is not None:
-                        return watch(self.submit(fn, *args), 1)
-                elif single is not None:
-                    items = list(itertools.islice(single, chunksize))
-                    if items:
-                        assert chunk_call is not None
-                        return watch(self._submit_chunk(chunk_call, items), len(items))
-                else:
-                    chunk = list(itertools.islice(calls, chunksize))
-                    if chunk:
-                        assert chunk_call is not None
-                        return watch(self._submit_chunk(chunk_call, chunk), len(chunk))
-                if tracker is not None:
-                    tracker.input_done()
-                return None
+                        return prepare(engine, fn, args, {}, future=fut), fut, 1
+                    return None
+                items = list(itertools.islice(single if single is not None else calls, chunksize))
+                if not items:
+                    return None
+                assert chunk_call is not None
+                return prepare_chunk(engine, chunk_call, items, fut), fut, len(items)
+
+            def submit_next(wait: float | None = None) -> Future[Any] | None:
+                """The next task, admitted; ``None`` once the input is spent.
+                ``wait``: seconds to wait for room under ``max_pending``
+                (``None``: as long as it takes), then ``QueueFullError``."""
+                made = stash.pop() if stash else make_next()
+                if made is None:
+                    if tracker is not None:
+                        tracker.input_done()
+                    return None
+                rec, fut, n = made
+                try:
+                    if wait is not None and wait <= 0:
+                        engine.enqueue(rec, block=False)
+                    else:
+                        engine.enqueue(rec, wait=wait)
+                except QueueFullError:
+                    stash.append(made)  # tried again later, in its turn
+                    raise
+                return watch(fut, n)
 
             window = buffersize if buffersize is not None else self._engine.config.max_pending
             if window is None:
@@ -343,14 +360,25 @@ class ProcQueue(Executor):
                 if tracker is not None:
                     tracker.input_done()
                 return _shown(_results(futures, deadline, flatten=False, tracker=tracker), tracker)
+            # Streaming: the window is filled as far as there is room now; the
+            # rest, and the refills, come as results are consumed, within
+            # the timeout (a full queue must not hold map() itself up).
             futures = []
-            for _ in range(window):
-                fut = submit_next()
+            while len(futures) < window:
+                try:
+                    fut = submit_next(0)
+                except QueueFullError:
+                    break
                 if fut is None:
                     break
                 futures.append(fut)
             results = _results(
-                futures, deadline, flatten=chunksize > 1, refill=submit_next, tracker=tracker
+                futures,
+                deadline,
+                flatten=chunksize > 1,
+                refill=submit_next,
+                size=window,
+                tracker=tracker,
             )
             return _shown(results, tracker)
         except BaseException:
@@ -359,13 +387,6 @@ class ProcQueue(Executor):
             if tracker is not None:
                 tracker.close()
             raise
-
-    def _submit_chunk(self, runner: ChunkRunner, chunk: list[Any]) -> Future[Any]:
-        """One ``map`` chunk: its items are not searched for futures (as the
-        standard library's ``map`` passes them through as they are)."""
-        fut = _TaskFuture()
-        self._engine.enqueue(prepare_chunk(self._engine, runner, chunk, fut))
-        return fut
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -434,27 +455,44 @@ def _results(
     deadline: float | None,
     *,
     flatten: bool,
-    refill: Callable[[], Future[Any] | None] | None = None,
+    refill: Callable[[float | None], Future[Any] | None] | None = None,
+    size: int = 0,
     tracker: Tracker | None = None,
 ) -> Iterator[Any]:
     # A generator, as in CPython's Executor.map: on early exit (an error, a
     # timeout, the caller dropping the iterator) the rest is cancelled. No local
     # keeps a yielded result (or its future) alive: the caller may drop it.
-    # ``refill`` (streaming): each consumed task is replaced by the next one.
+    # ``refill(wait)`` (streaming): the window is topped up to ``size`` tasks
+    # as far as there is room under max_pending, without waiting for it while
+    # a task of ours is pending (its result comes first: it frees room too);
+    # with none pending, it waits for room, but not past the deadline.
     # ``tracker``: the progress bar, closed with this generator.
     window = deque(futures)
     futures.clear()
+    more = refill is not None
     try:
-        while window:
+        while window or more:
             if deadline is None:
                 timeout = None
             else:
                 timeout = deadline - time.monotonic()
-                if timeout <= 0 and not window[0].done():
+                if timeout <= 0 and not (window and window[0].done()):
                     raise FuturesTimeoutError()
                 timeout = max(0.0, timeout)
-            if refill is not None and (nxt := refill()) is not None:
-                window.append(nxt)
+            while more and len(window) < size:
+                assert refill is not None
+                try:
+                    nxt = refill(0.0 if window else timeout)
+                except QueueFullError:
+                    if not window:  # waited for room until the deadline
+                        raise FuturesTimeoutError() from None
+                    break
+                if nxt is None:
+                    more = False
+                else:
+                    window.append(nxt)
+            if not window:
+                continue
             if flatten:
                 chunk = _result_or_cancel(window.popleft(), timeout)
                 chunk.reverse()

@@ -8,6 +8,7 @@ import os
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from pathlib import Path
 
 import pytest
 from _tasks import (
@@ -253,3 +254,26 @@ def test_a_procqueue_task_failed_unrun_names_its_error_after_its_future_took_it(
         assert status.error.exc_type == "procqueue.errors.UpstreamFailedError"
         again = pool.future(task_id(dep)).exception(timeout=0)
         assert type(again).__name__ == "UpstreamFailedError"
+
+
+def test_map_s_timeout_holds_when_max_pending_leaves_no_room(tmp_path: Path) -> None:
+    """With max_pending set, map() streams: its first submits and each refill
+    waited for room with no regard to the timeout, so neither map() nor the
+    first next() came back while other work held the queue."""
+    gate = Gate(tmp_path)
+    with ProcQueue(max_workers=1, max_pending=1) as pool:
+        held = pool.submit(gated, gate.paths, "held")
+        gate.wait_started()
+        net = threading.Timer(10.0, gate.release)  # only the old code needs it
+        net.start()
+        try:
+            results = pool.map(add, [1, 2], [10, 20], timeout=0.05)  # returns at once
+            with pytest.raises(FuturesTimeoutError):
+                next(results)
+            assert pool.get_task_status(task_id(held)).state is TaskState.RUNNING
+        finally:
+            net.cancel()
+            gate.release()
+        assert held.result(timeout=30) == "held"
+        assert list(pool.map(add, [1, 2], [10, 20], timeout=30)) == [11, 22]
+    gate.close()
