@@ -7,6 +7,9 @@ callables by id, and both sides evict the same way.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +101,43 @@ def test_refs_and_worker_tables_agree(picks: list[int], batch: int) -> None:
             pos += fn_size + arg_size
             assert fn == ("fn", i)
     assert set(holds) == set(loader._fns)
+
+
+INIT_SCRIPT = """
+import sys
+import procqueue
+
+CONFIG = None
+CACHE = {}
+
+def init(value):
+    global CONFIG
+    CONFIG = value
+    CACHE["seen"] = []
+
+def task(x):
+    CACHE["seen"].append(x)
+    return CONFIG, len(CACHE["seen"])
+
+def show(xs):
+    return [task(x) for x in xs]
+
+if __name__ == "__main__":
+    with procqueue.ProcQueue(1, start_method=sys.argv[1], initializer=init, initargs=(42,)) as pool:
+        print(pool.submit(task, 1).result(), pool.submit(task, 2).result())
+        print(list(pool.map(task, [3, 4], chunksize=2)))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_main_initializer_s_globals_reach_main_tasks(tmp_path: Path, method: str) -> None:
+    """The standard library's idiom, with both functions in a script's
+    ``__main__``: each travels by value with its own snapshot of the
+    script's globals, so what the initializer assigned never reached the
+    tasks (CONFIG stayed None). An object it put there is shared by them."""
+    script = tmp_path / "init_script.py"
+    script.write_text(INIT_SCRIPT)
+    cmd = [sys.executable, str(script), method]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["(42, 1) (42, 2)", "[(42, 3), (42, 4)]"]

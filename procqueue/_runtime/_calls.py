@@ -8,6 +8,7 @@ into its arguments in the worker, from the upstream ``Result`` frames ("holes").
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import struct
@@ -509,6 +510,51 @@ class _Unloadable:
         self.error = error.with_traceback(None)
 
 
+#: In a worker: the globals of a by-value ``__main__`` initializer once it
+#: ran, given to every by-value ``__main__`` callable the worker loads (see
+#: :func:`run_initializer`).
+_init_globals: dict[str, Any] = {}
+
+
+def _by_value_main(fn: object) -> bool:
+    """Whether ``fn`` is a function of ``__main__`` that came by value: its
+    globals are a private snapshot, not the worker's ``__main__`` module."""
+    if type(fn) is not types.FunctionType or fn.__module__ != "__main__":
+        return False
+    main = sys.modules.get("__main__")
+    return main is None or fn.__globals__ is not vars(main)
+
+
+def run_initializer(initializer: Any, initargs: tuple[Any, ...]) -> None:
+    """Run a worker's initializer. One defined in a script's ``__main__``
+    travels by value, as the tasks do, each with its own snapshot of the
+    script's globals, so what it set up (the standard library's idiom:
+    ``global CONFIG; CONFIG = load()``, or ``CACHE["db"] = connect()``)
+    never reached the tasks. Its globals, as it left them, are given to every
+    by-value ``__main__`` callable this worker loads (:meth:`CallLoader.load`):
+    the tasks read ``CONFIG`` and share the initializer's ``CACHE`` object, as
+    with ``ProcessPoolExecutor``. Only the names the initializer uses are
+    there; a task's other globals stay its own snapshot."""
+    if not _by_value_main(initializer):
+        initializer(*initargs)
+        return
+    initializer(*initargs)
+    _init_globals.clear()
+    _init_globals.update(
+        (k, v) for k, v in initializer.__globals__.items() if not k.startswith("__")
+    )
+
+
+def _with_init_globals(fn: Any) -> None:
+    """Give ``fn`` (and the ``__main__`` functions a ``functools.partial`` of
+    ``map`` holds) what the initializer assigned."""
+    if type(fn) is functools.partial:
+        for part in (fn.func, *fn.args):
+            _with_init_globals(part)
+    elif _by_value_main(fn):
+        fn.__globals__.update(_init_globals)
+
+
 class CallLoader:
     """Worker side: turns the two blobs back into ``(fn, args, kwargs)``,
     keeping callables by id as :class:`CallRefs` says."""
@@ -534,6 +580,8 @@ class CallLoader:
                 if fid:
                     keep(self._fns, fid, _Unloadable(e))
                 raise
+            if _init_globals:
+                _with_init_globals(fn)
             if fid:
                 keep(self._fns, fid, fn)
         if spilled is None:

@@ -236,7 +236,7 @@ def worker_main(
     if init_blob is not None:
         try:
             initializer, initargs = cloudpickle.loads(init_blob)
-            initializer(*initargs)
+            _calls.run_initializer(initializer, initargs)
         except BaseException as e:
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             sender.send(_wire.InitFailed(_qualname(e), str(e), text))
