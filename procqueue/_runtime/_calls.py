@@ -213,21 +213,33 @@ def _bytes_from_buffer(buf: memoryview) -> bytes:
     return bytes(buf)
 
 
+def _bytearray_from_buffer(buf: memoryview) -> bytearray:
+    return bytearray(buf)
+
+
 class _OutOfBand:
-    """Wraps a large ``bytes`` so that pickle sends it out of band (the C
-    pickler never asks ``reducer_override`` about builtin types)."""
+    """Wraps a large ``bytes`` or ``bytearray`` so that pickle sends it out of
+    band (the C pickler never asks ``reducer_override`` about builtin types,
+    and pickles a ``bytearray`` in band); each arrives as its own type."""
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
     def __reduce_ex__(self, protocol: object) -> Any:
-        return _bytes_from_buffer, (pickle.PickleBuffer(self.data),)
+        data = self.data
+        rebuild = _bytes_from_buffer if type(data) is bytes else _bytearray_from_buffer
+        return rebuild, (pickle.PickleBuffer(data),)
+
+
+_BIG_TYPES = (bytes, bytearray)
 
 
 def _is_big(v: object) -> bool:
-    return type(v) is bytes and len(v) >= _BIG
+    # Not memoryview: pickle refuses one, and wrapping it would change what
+    # arrives (its format and shape) rather than how.
+    return type(v) in _BIG_TYPES and len(v) >= _BIG  # type: ignore[arg-type]
 
 
 def all_plain(values: Iterable[object]) -> bool:

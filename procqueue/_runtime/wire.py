@@ -261,9 +261,9 @@ class _FrameReader:
         self._big: bytearray | None = None
         self._big_pos = 0
 
-    def read_frames(self) -> list[bytes | bytearray] | None:
+    def read_frames(self) -> list[bytearray] | None:
         """Every complete frame readable now; ``None`` at end of file."""
-        frames: list[bytes | bytearray] = []
+        frames: list[bytearray] = []
         while True:
             if self._big is not None:
                 try:
@@ -290,7 +290,7 @@ class _FrameReader:
             if len(data) < _READ_CHUNK and self._big is None:
                 return frames
 
-    def _split(self, frames: list[bytes | bytearray]) -> None:
+    def _split(self, frames: list[bytearray]) -> None:
         buf = self._buf
         pos = 0
         end = len(buf)
@@ -298,7 +298,10 @@ class _FrameReader:
             (body_len,) = struct.unpack_from("<Q", buf, pos)
             start = pos + 8
             if end - start >= body_len:
-                frames.append(bytes(buf[start : start + body_len]))
+                # A bytearray (the slice copies, as bytes() would): out-of-band
+                # buffers unpickled from it (numpy arrays) are writable, as
+                # with ProcessPoolExecutor, and as a large frame's are.
+                frames.append(buf[start : start + body_len])
                 pos = start + body_len
                 continue
             if body_len > 2 * _READ_CHUNK:
@@ -312,7 +315,7 @@ class _FrameReader:
         if pos:
             del buf[:pos]
 
-    def _fill_big(self, frames: list[bytes | bytearray]) -> bool:
+    def _fill_big(self, frames: list[bytearray]) -> bool:
         big = self._big
         assert big is not None
         view = memoryview(big)

@@ -8,9 +8,15 @@ coordinator. It guards three things itself:
 * exceptions of any kind raised by task code (``SystemExit`` and
   ``KeyboardInterrupt`` included) end that attempt, not the worker (as in
   CPython's ``concurrent.futures.process._process_worker``);
-* the worker does not outlive the coordinator: Linux's parent-death signal,
-  plus a watchdog thread blocked on the *lifeline* pipe whose write end only
-  the coordinator holds; EOF there means the coordinator is gone.
+* the worker does not outlive the coordinator, nor does anything a task
+  started outlive the worker: a *watchdog* process (:func:`_start_watchdog`),
+  which needs nothing of the worker, not even its GIL, kills the worker's
+  whole process group when the coordinator is gone (EOF on the *lifeline*
+  pipe, whose write end only the coordinator holds) or when the worker has
+  exited, cleanly or not. Linux's parent-death signal backs it up.
+
+The worker leaves with ``os._exit``, never through multiprocessing's
+bootstrap, which would wait for any non-daemon thread a task left behind.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,21 +53,41 @@ _log = logging.getLogger("procqueue.worker")
 
 
 class _Sender:
-    """Writes frames to the result pipe; serialised because task threads log too."""
+    """Writes frames to the result pipe; serialised because task threads log too.
+
+    Re-entrant: a task's signal handler that logs runs in the main thread,
+    possibly while that thread is inside :meth:`send`. Its frame is queued
+    and written by the outer call once its own frame is complete, so frames
+    never interleave and the thread never waits on itself.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.lock = threading.Lock()
+        # An RLock, so that a signal handler may take it in the thread that
+        # holds it; ``busy`` (read and written only under the lock) says an
+        # outer call is mid-frame.
+        self.lock = threading.RLock()
+        self.busy = False
+        self.queued: deque[list[Any]] = deque()
 
     def send(self, msg: _wire.WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> None:
         buffers = _wire.encode(msg, blobs)
         with self.lock:
+            if self.busy:
+                self.queued.append(buffers)
+                return
+            self.busy = True
             try:
                 _wire.write_all(self.fd, buffers)
+                queued = self.queued
+                while queued:
+                    _wire.write_all(self.fd, queued.popleft())
             except OSError:
                 # EPIPE: the coordinator is gone. Leave quietly, with our children,
                 # instead of printing a traceback into the user's terminal.
                 kill_own_group_and_exit()
+            finally:
+                self.busy = False
 
 
 class _ForwardHandler(logging.Handler):
@@ -145,27 +173,47 @@ def _qualname(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _format(exc: BaseException, tb: Any) -> tuple[str, str, str]:
+    """``(qualified type name, message, traceback text)`` of ``exc``; each
+    guarded, since formatting runs the exception's own code (``__str__``,
+    a ``__notes__`` property) and must not end the worker."""
+    try:
+        name = _qualname(exc)
+    except BaseException:
+        name = "<unknown exception type>"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = f"<unprintable {name}>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException as e:
+        try:
+            head = "".join(traceback.format_tb(tb))
+        except BaseException:
+            head = ""
+        text = f"{head}{name}: {message}\n(the rest could not be formatted: {type(e).__name__})\n"
+    return name, message, text
+
+
 def _error_info(exc: BaseException) -> bytes:
     tb = exc.__traceback__
     # Skip our own frame so the traceback starts in the user's code.
     if tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    name, message, text = _format(exc, tb)
     data: bytes | None
     try:
         data = cloudpickle.dumps(exc, protocol=5)
         pickle.loads(data)  # an __init__ that needs more args fails only here
     except BaseException:  # a hostile __reduce__ may raise anything
         data = None
-    try:
-        message = str(exc)
-    except BaseException:
-        message = f"<unprintable {type(exc).__name__}>"
-    return pickle.dumps(_wire.ErrorInfo(data, _qualname(exc), message, text), protocol=5)
+    return pickle.dumps(_wire.ErrorInfo(data, name, message, text), protocol=5)
 
 
 def _watch_lifeline(fd: int) -> None:
-    """Block until the coordinator's end of the lifeline closes, then leave."""
+    """Block until the coordinator's end of the lifeline closes, then leave
+    (a thread: used only where the watchdog process could not be started)."""
     while True:
         try:
             data = os.read(fd, 1)
@@ -175,6 +223,95 @@ def _watch_lifeline(fd: int) -> None:
             data = b""
         if not data:
             kill_own_group_and_exit()
+
+
+def _start_watchdog(lifeline: int) -> bool:
+    """Start the watchdog process; False if it could not be started.
+
+    A thread watching the lifeline needs the GIL, which a task in C code
+    (a regex, a long numpy call) may hold for hours; the parent-death signal
+    needs it too (its handler is Python), and under forkserver it follows the
+    server, not the coordinator. So the watch is a process: forked twice,
+    before the worker has any thread, it is re-parented at once (never a
+    zombie, never one of the worker's children: not killed by
+    ``kill_children``, not counted in its memory, not reaped by a task's
+    ``os.wait()``) and stays in the worker's process group. It blocks in
+    ``poll`` on the lifeline and on the worker's pidfd (a pipe from the worker
+    where there is no ``pidfd_open``); when either fires, it SIGKILLs the group,
+    itself included. That is also how a worker's clean exit takes with it
+    what its tasks left in its group (``sh -c 'cmd &'``): ``killpg`` is
+    atomic, where a listing of the group could race a fork.
+    """
+    me = os.getpid()
+    group = me if os.getpgrp() == me else 0  # only a group leader may use its group
+    try:
+        worker_fd, pipe_w = os.pidfd_open(me), -1
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        worker_fd, pipe_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        close_fds(worker_fd, pipe_w)
+        return False
+    if pid == 0:  # pragma: no cover (a forked child; coverage does not follow it)
+        code = 1
+        try:
+            if os.fork() == 0:
+                _watch(lifeline, worker_fd, me, group)
+            code = 0
+        finally:
+            os._exit(code)
+    close_fds(worker_fd)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        close_fds(pipe_w)
+        return False
+    # ``pipe_w`` stays open, unused, for the worker's life (its EOF is the signal).
+    return True
+
+
+def _watch(lifeline: int, worker_fd: int, worker: int, group: int) -> None:  # pragma: no cover
+    """The watchdog's body: OS calls only, and never a return."""
+    try:
+        # Not the coordinator's own handlers (inherited under fork): user code.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Hold no fd of the worker's but these two: not its pipes (their EOF
+        # is how the coordinator sees a death), not the user's stdio.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):
+            os.dup2(devnull, std)
+        lo, hi = sorted((lifeline, worker_fd))
+        os.closerange(3, lo)
+        os.closerange(lo + 1, hi)
+        os.closerange(hi + 1, os.sysconf("SC_OPEN_MAX"))
+        poller = select.poll()
+        poller.register(lifeline, select.POLLIN)
+        poller.register(worker_fd, select.POLLIN)
+        ready: list[tuple[int, int]] = []
+        while not ready:
+            ready = poller.poll()
+        if group:
+            os.killpg(group, signal.SIGKILL)
+        elif any(fd == lifeline for fd, _ in ready):
+            os.kill(worker, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _leave(code: int) -> None:
+    """Exit now, with ``code``: not through multiprocessing's bootstrap,
+    which waits for every non-daemon thread a task or initializer left
+    running (forever, for a thread that never ends). What stays in the
+    group goes with the watchdog, once we are gone."""
+    kill_children(os.getpid())
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:
+            pass
+    os._exit(code)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -220,9 +357,14 @@ def worker_main(
     # When the coordinator dies, the kernel sends SIGTERM (Linux), and we take our
     # whole process group down with us: a SIGKILL here would orphan the task's
     # own children. The lifeline watchdog below covers other platforms.
+    if _start_watchdog(lifeline):
+        close_fds(lifeline)
+    else:
+        threading.Thread(
+            target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline"
+        ).start()
     signal.signal(signal.SIGTERM, _on_sigterm)
     set_parent_death_signal(parent_pid, signal.SIGTERM)
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
     keep_freed_memory()
 
     sender = _Sender(results)
@@ -238,9 +380,8 @@ def worker_main(
             initializer, initargs = cloudpickle.loads(init_blob)
             _calls.run_initializer(initializer, initargs)
         except BaseException as e:
-            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            sender.send(_wire.InitFailed(_qualname(e), str(e), text))
-            sys.exit(3)
+            sender.send(_wire.InitFailed(*_format(e, e.__traceback__)))
+            _leave(3)
 
     global _reporter
     _reporter = _Reporter(sender)
@@ -249,6 +390,7 @@ def worker_main(
     inbox = _shm.Inbox(tasks_side) if tasks_side >= 0 else None
     outbox = _shm.Outbox(results_side) if results_side >= 0 else None
     _serve(tasks, sender, me, inbox, outbox)
+    _leave(0)
 
 
 def _serve(
@@ -263,6 +405,7 @@ def _serve(
     send = sender.send
     reporter = _reporter
     assert reporter is not None
+    getsignal, SIGTERM = signal.getsignal, signal.SIGTERM
     while True:
         try:
             (body_len,) = struct.unpack("<Q", read_exact(tasks, 8))
@@ -270,9 +413,7 @@ def _serve(
         except EOFError:
             return
         if not isinstance(msg, _wire.RunBatch):
-            # Shutdown: leave no process a task started behind us.
-            kill_children(os.getpid())
-            return
+            return  # Shutdown: the caller leaves, and no process a task started stays
         task_ids, sizes, fids, read = msg
         if read != acked and outbox is not None:
             acked = read
@@ -293,6 +434,10 @@ def _serve(
             )
             pos += fn_size + arg_size
             reporter.task_id = 0
+            if getsignal(SIGTERM) is not _on_sigterm:
+                # The task reset it (a library restoring defaults): without ours,
+                # a SIGTERM would kill the worker and orphan its children.
+                signal.signal(SIGTERM, _on_sigterm)
             if len(segments) > 2 and outbox is not None:
                 segments = outbox.spill(segments)
             send(Result(task_id, ok, started, now()), segments)
