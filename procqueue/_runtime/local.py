@@ -3,9 +3,11 @@
 Each worker has two one-way pipes (tasks in, results out; ``wire.py``), two
 side files for large buffers, one per direction (``_shm.py``; they vanish with
 the last process that holds them, so a crash leaks none), a
-process sentinel that becomes readable when it exits, and a read end of the
-*lifeline* pipe whose write end only the coordinator holds (EOF there tells a
-worker its coordinator is gone; ``worker.py``). Everything the loop waits on
+process sentinel that becomes readable when it exits (a pidfd where the OS has
+them), and a read end of the *lifeline* pipe whose write end only the
+coordinator holds (EOF there tells a worker its coordinator is gone;
+``worker.py``; a process forked here later closes its copy, see
+:func:`_close_in_forked_child`). Everything the loop waits on
 is registered with the :class:`~.transport.Poller`, so one ``select`` covers
 every worker. Results are decoded (unpickled) here, in the coordinator thread
 but outside the engine lock.
@@ -19,6 +21,7 @@ import multiprocessing
 import multiprocessing.spawn
 import os
 import pickle
+import select
 import threading
 import time
 import weakref
@@ -49,7 +52,16 @@ from ..errors import (
     _safe_str,
 )
 from . import _calls, _shm, wire
-from .processes import FiguresCache, ProcessFigures, child_conn, close_fds, kill_tree, start_process
+from .processes import (
+    FiguresCache,
+    ProcessFigures,
+    child_conn,
+    close_fds,
+    kill_group,
+    kill_tree,
+    open_pidfd,
+    start_process,
+)
 from .transport import Poller, Transport
 from .worker import worker_main
 
@@ -62,6 +74,9 @@ _worker_numbers = itertools.count(1)
 #: pool's worker would outlive this pool's shutdown).
 _live: weakref.WeakSet[LocalTransport] = weakref.WeakSet()
 _live_lock = threading.Lock()
+#: ``worker`` is set by the thread forking one of our workers (``fork`` start
+#: method), so that :func:`_close_in_forked_child` knows the child it runs in.
+_forking = threading.local()
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -89,8 +104,9 @@ def check_start_method(method: str) -> None:
 class _Proc:
     """One live worker process and its pipe ends (coordinator side)."""
 
-    __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "sentinel", "writer", "reader",
-                 "writing", "figures", "closed", "holds", "outbox", "inbox", "spilled")  # fmt: skip
+    __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "pidfd", "sentinel",
+                 "writer", "reader", "writing", "figures", "closed", "holds", "outbox", "inbox",
+                 "spilled")  # fmt: skip
 
     def __init__(
         self, slot: int, proc: Any, tasks_fd: int, results_fd: int, side: tuple[int, int]
@@ -100,7 +116,13 @@ class _Proc:
         self.pid: int = proc.pid
         self.tasks_fd = tasks_fd
         self.results_fd = results_fd
-        self.sentinel: int = proc.sentinel
+        # multiprocessing's sentinel (under fork and spawn) is a pipe whose
+        # write end a process the task forks inherits: it would report the exit
+        # only once that one is gone too. A pidfd reports the worker's own.
+        # (Under forkserver the pid could in theory be reaped and reused before
+        # this line; pids are handed out cyclically, so only after a wrap.)
+        self.pidfd = open_pidfd(self.pid)
+        self.sentinel: int = self.pidfd if self.pidfd >= 0 else proc.sentinel
         self.writer = wire._FrameWriter(tasks_fd)
         self.reader = wire._FrameReader(results_fd)
         self.writing = False
@@ -132,6 +154,10 @@ class LocalTransport(Transport):
         self._refs = _calls.CallRefs()
         self._started = 0
         self._init_blob: bytes | None = None
+        # Memory is read for the limits only; below the lower one, RSS will do.
+        lim = config.limits
+        floor = [x for x in (lim.memory_soft, lim.memory_hard) if x is not None]
+        self._memory_floor = min(floor) if floor else None
         if config.initializer is not None:
             try:
                 self._init_blob = cloudpickle.dumps((config.initializer, config.initargs))
@@ -158,42 +184,59 @@ class LocalTransport(Transport):
     def start_worker(self, slot: int) -> list[Event]:
         poller = self._poller
         assert poller is not None
-        tasks_r, tasks_w = os.pipe()
-        results_r, results_w = os.pipe()
-        for fd in (tasks_w, results_r):
-            wire.enlarge_pipe(fd)
         # Named for /proc/<pid>/fd readers (and the leak tests): our pid, then
         # a count of workers started by every pool of this process, never reused.
         self._started += 1
         name = f"procqueue-{os.getpid()}-{next(_worker_numbers)}"
-        side = (_shm.create(f"{name}-tasks"), _shm.create(f"{name}-results"))
         level = logging.getLogger().getEffectiveLevel() if self._forward_logs else None
+        ours: list[int] = []  # the coordinator's ends: closed again if the start fails
         # The child's ends travel as Connection objects (any start method can pass
-        # those); our copies are closed once the child has them.
-        child_ends = (
-            child_conn(tasks_r, readable=True),
-            child_conn(results_w, readable=False),
-            child_conn(os.dup(self._lifeline_r), readable=True),
-        )
-        side_ends = tuple(child_conn(os.dup(fd), readable=True) if fd >= 0 else None for fd in side)
-        inherited: tuple[int, ...] = ()
-        if self.start_method == "fork":
-            keep = {c.fileno() for c in (*child_ends, *side_ends) if c is not None}
-            parents = (*_every_pool_fds(), tasks_w, results_r, *(fd for fd in side if fd >= 0))
-            inherited = tuple(fd for fd in dict.fromkeys(parents) if fd >= 0 and fd not in keep)
-        args = (*child_ends, side_ends, inherited, self._init_blob, level, os.getpid())
+        # those); each is wrapped as soon as it exists, and closed (by its
+        # Connection, never twice) once the child has it, or the start failed.
+        theirs: list[Any] = []
         try:
-            proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
+            # Any of these may fail for want of fds (EMFILE) or processes
+            # (EAGAIN): a start failure like any other, which the supervisor
+            # retries after a backoff.
+            tasks_r, tasks_w = os.pipe()
+            ours.append(tasks_w)
+            theirs.append(child_conn(tasks_r, readable=True))
+            results_r, results_w = os.pipe()
+            ours.append(results_r)
+            theirs.append(child_conn(results_w, readable=False))
+            for fd in (tasks_w, results_r):
+                wire.enlarge_pipe(fd)
+            theirs.append(child_conn(os.dup(self._lifeline_r), readable=True))
+            side: list[int] = []
+            side_ends: list[Any] = []
+            for direction in ("tasks", "results"):
+                fd = _shm.create(f"{name}-{direction}")
+                ours.append(fd)
+                side.append(fd)
+                end = child_conn(os.dup(fd), readable=True) if fd >= 0 else None
+                theirs.append(end)
+                side_ends.append(end)
+            inherited: tuple[int, ...] = ()
+            if self.start_method == "fork":
+                keep = {c.fileno() for c in theirs if c is not None}
+                parents = (*_every_pool_fds(), *ours)
+                inherited = tuple(fd for fd in dict.fromkeys(parents) if fd >= 0 and fd not in keep)
+            args = (*theirs[:3], tuple(side_ends), inherited, self._init_blob, level, os.getpid())
+            _forking.worker = True
+            try:
+                proc = start_process(self._ctx, worker_main, args, f"procqueue-worker-{slot}")
+            finally:
+                _forking.worker = False
         except Exception as e:
-            close_fds(tasks_w, results_r, *side)
+            close_fds(*ours)
             return [StartFailed(slot, f"{type(e).__name__}: {e}")]
         finally:
-            for conn in (*child_ends, *side_ends):
+            for conn in theirs:
                 if conn is not None:
                     conn.close()
         os.set_blocking(tasks_w, False)
         os.set_blocking(results_r, False)
-        p = _Proc(slot, proc, tasks_w, results_r, side)
+        p = _Proc(slot, proc, tasks_w, results_r, (side[0], side[1]))
         self._procs[slot] = p
         poller.watch(results_r, lambda: self._on_readable(p))
         poller.watch(p.sentinel, lambda: self._on_exit(p))
@@ -203,7 +246,7 @@ class LocalTransport(Transport):
     def _fds(self) -> list[int]:
         fds = [self._lifeline_r]
         for p in list(self._procs.values()):
-            fds += (p.tasks_fd, p.results_fd, p.inbox.fd)
+            fds += (p.tasks_fd, p.results_fd, p.inbox.fd, p.pidfd)
             if p.outbox is not None:
                 fds.append(p.outbox.fd)
         return fds
@@ -275,7 +318,16 @@ class LocalTransport(Transport):
         if p.closed:
             return []
         events = self._on_readable(p)  # what it wrote before dying comes first
-        p.proc.join(1.0)
+        # What a task started and left behind, re-parented away from the worker
+        # (a shell's ``cmd &``, a double fork), is still in the worker's process
+        # group. Its id is the worker's pid, which cannot be another's yet:
+        # under fork and spawn the worker is not reaped before the line below;
+        # under forkserver it may be, but the id stays taken while any member
+        # of the group lives, and a free pid comes round again only after a
+        # wrap of the pid space.
+        kill_group(p.pid)
+        if p.proc.exitcode is None:  # a zombie child is reaped here at once
+            p.proc.join(1.0)  # forkserver: until the server has reaped it
         events.append(Exited(p.slot, p.proc.exitcode))
         self._release(p)
         return events
@@ -288,7 +340,7 @@ class LocalTransport(Transport):
         for fd in (p.results_fd, p.sentinel, p.tasks_fd):
             poller.unwatch(fd)
         # The side files' pages go once the dead worker's copies are gone too.
-        close_fds(p.tasks_fd, p.results_fd, p.inbox.fd, p.outbox.fd if p.outbox else -1)
+        close_fds(p.tasks_fd, p.results_fd, p.inbox.fd, p.outbox.fd if p.outbox else -1, p.pidfd)
         try:
             p.proc.close()
         except ValueError:
@@ -301,12 +353,12 @@ class LocalTransport(Transport):
     def kill(self, slot: int) -> None:
         p = self._procs.get(slot)
         if p is not None and not p.closed:
-            kill_tree(p.pid)
+            kill_tree(p.pid, p.pidfd)
 
     def read_memory(self, slot: int) -> Event:
         p = self._procs.get(slot)
         figures = p.figures if p is not None else None
-        return Memory(slot, figures.rss() if figures is not None else None)
+        return Memory(slot, figures.memory(self._memory_floor) if figures is not None else None)
 
     def figures(self, slot: int, pid: int | None) -> tuple[int | None, float | None]:
         return self._figures.read(pid)
@@ -315,12 +367,11 @@ class LocalTransport(Transport):
         events: list[Event] = []
         deadline = time.monotonic() + grace
         for p in list(self._procs.values()):
-            p.proc.join(max(0.0, deadline - time.monotonic()))
-            if p.proc.exitcode is None:
-                # Only while it is not yet reaped is its pid surely still ours.
+            # Waited on, not joined: _on_exit kills its group before reaping it.
+            if not _wait_readable(p.sentinel, max(0.0, deadline - time.monotonic())):
                 _log.warning("worker %d did not exit in time; killing it", p.pid)
-                kill_tree(p.pid)
-                p.proc.join(1.0)
+                kill_tree(p.pid, p.pidfd)
+                _wait_readable(p.sentinel, 1.0)
             events += self._on_exit(p)
         return events
 
@@ -335,6 +386,49 @@ class LocalTransport(Transport):
         poller = self._poller
         own = list(poller.own_fds()) if poller is not None else []
         return [*own, *self._fds(), self._lifeline_w]
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` (a process sentinel) became readable within ``timeout``."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    while True:
+        try:
+            return bool(poll.poll(max(0, int(timeout * 1000))))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries it
+            continue
+
+
+def _close_in_forked_child() -> None:
+    """``os.fork`` hook: a process forked from this one (``os.fork``, the
+    ``fork`` context of multiprocessing) closes its copies of every pool's
+    coordinator fds. Above all the lifeline's write end: while a copy of it
+    lives, a worker never learns that its coordinator died (the fds are
+    close-on-exec, so only a fork without exec inherits them). The side files
+    go too: a copy keeps their pages alive. Not in our own workers, which
+    close these themselves once they have taken their own ends (``inherited``
+    in ``worker_main``): an fd closed here could be reused before that, and
+    then closed again. No lock is taken: another thread may have held it at
+    the fork, and only this thread lives here."""
+    global _live, _live_lock
+    transports = [] if getattr(_forking, "worker", False) else list(_live)
+    # The pools of the parent are not this process's (and its lock may have
+    # been held by a thread that does not exist here).
+    _live, _live_lock = weakref.WeakSet(), threading.Lock()
+    for t in transports:
+        fds = [t._lifeline_r, t._lifeline_w]
+        for p in t._procs.values():
+            fds += (p.tasks_fd, p.results_fd, p.inbox.fd, p.pidfd)
+            if p.outbox is not None:
+                fds.append(p.outbox.fd)
+        # The copies here are dead: nothing may use or close their numbers again.
+        t._lifeline_r = t._lifeline_w = -1
+        t._procs = {}
+        close_fds(*fds)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 def _every_pool_fds() -> list[int]:
