@@ -112,10 +112,10 @@ class WorkerLimits:
 
     * ``max_tasks_per_child``: a worker is replaced after running this many
       tasks (any start method, unlike the stdlib's fork restriction).
-    * ``memory_soft``: bytes of RSS (the worker and its child processes). A
-      worker over it after finishing a task takes no more tasks and is replaced
-      once the tasks already handed to it are done.
-    * ``memory_hard``: bytes of RSS. A worker over it while running is killed
+    * ``memory_soft``: bytes of PSS (the worker and its child processes; see
+      the README). A worker over it after finishing a task takes no more tasks
+      and is replaced once the tasks already handed to it are done.
+    * ``memory_hard``: bytes of PSS. A worker over it while running is killed
       and the attempt ends with ``MemoryLimitExceeded`` (retried if retries
       remain). Checked every ``memory_check_interval`` seconds while busy.
     * ``idle_timeout``: seconds a worker may sit idle before it exits; the pool
