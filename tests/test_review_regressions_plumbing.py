@@ -210,3 +210,47 @@ def test_killing_a_tree_survives_running_out_of_fds(monkeypatch: pytest.MonkeyPa
     child = subprocess.Popen(["sleep", "30"], start_new_session=True)
     kill_tree(child.pid)
     assert child.wait(timeout=10) == -signal.SIGKILL
+
+
+# --- an idle worker killed as it was handed work -------------------------------------
+
+
+def test_batches_a_dead_worker_never_read_whole_are_unsent() -> None:
+    """What the worker read is what was queued less what is still in the
+    pipe, in the writer, or dropped on EPIPE; only batches read to their
+    last byte may have started (the reviewer's r19: 40 of 40 such tasks were
+    charged a crash they never saw)."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from procqueue._runtime import local, wire
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        writer = wire._FrameWriter(w)
+        p = SimpleNamespace(tasks_fd=w, writer=writer, queued=0, batches=deque())
+
+        def send(ids: tuple[int, ...], size: int) -> None:
+            buffers = [b"x" * size]
+            p.queued += size
+            p.batches.append((p.queued, ids))
+            writer.write(buffers)
+
+        send((1,), 100)
+        send((2, 3), 50)
+        assert local._unsent(p) == {1, 2, 3}  # nothing read yet
+        os.read(r, 100)  # the worker read batch 1 whole
+        assert local._unsent(p) == {2, 3}
+        os.read(r, 20)  # and part of batch 2: none of it could start
+        assert local._unsent(p) == {2, 3}
+        os.read(r, 30)
+        assert local._unsent(p) == set()
+        os.close(r)  # the worker is gone: the next batch is dropped (EPIPE)
+        r = -1
+        send((4,), 10)
+        assert writer.dropped == 10 and local._unsent(p) == {4}
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)

@@ -57,10 +57,13 @@ class Done(NamedTuple):
 
 class Exited(NamedTuple):
     """The worker in ``slot`` is gone (reaped). ``exitcode`` as in
-    ``multiprocessing``: negative means killed by that signal."""
+    ``multiprocessing``: negative means killed by that signal. ``unsent``:
+    tasks handed to it whose batch never reached it (its pipe was already
+    broken when the batch was written): they never started."""
 
     slot: int
     exitcode: int | None
+    unsent: frozenset[int] = frozenset()
 
 
 class StartFailed(NamedTuple):

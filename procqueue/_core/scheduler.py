@@ -201,7 +201,7 @@ class Scheduler(Supervision):
         if isinstance(event, Done):
             self._on_done(event, now)
         elif isinstance(event, Exited):
-            self._on_exit(event.slot, event.exitcode, now)
+            self._on_exit(event.slot, event.exitcode, now, event.unsent)
         elif isinstance(event, Started):
             self.slots[event.slot].pid = event.pid
         elif isinstance(event, Ready):

@@ -65,8 +65,11 @@ class Supervision(Dependencies):
             )
             self._check_recycle(slot)
 
-    def _on_exit(self, index: int, exitcode: int | None, now: float) -> None:
-        """A worker is gone: settle what it held, then refill its slot (or not)."""
+    def _on_exit(
+        self, index: int, exitcode: int | None, now: float, unsent: frozenset[int] = frozenset()
+    ) -> None:
+        """A worker is gone: settle what it held, then refill its slot (or not).
+        ``unsent``: held tasks whose batch never reached it (see ``Exited``)."""
         slot = self.slots[index]
         if slot.state is _STOPPED:
             return
@@ -83,7 +86,7 @@ class Supervision(Dependencies):
             for rec in held:
                 self._cancel_running(rec, now)
         elif held:
-            self._settle_held(slot, held, pid, exitcode, now)
+            self._settle_held(slot, held, pid, exitcode, now, unsent)
         elif why is None and not self.stopping and not was_starting:
             _log.warning("idle worker %s died (%s)", pid, describe_exit(exitcode))
         if was_starting and why is None and not self._startup_death(slot, exitcode, now):
@@ -98,13 +101,23 @@ class Supervision(Dependencies):
             self._start(slot, now)
 
     def _settle_held(
-        self, slot: Slot, held: list[_TaskRecord], pid: int | None, code: int | None, now: float
+        self,
+        slot: Slot,
+        held: list[_TaskRecord],
+        pid: int | None,
+        code: int | None,
+        now: float,
+        unsent: frozenset[int] = frozenset(),
     ) -> None:
         """The head was executing; the rest never started. A kill aimed at a task
-        that finished meanwhile (its result came first) blames nobody."""
+        that finished meanwhile (its result came first) blames nobody, nor does
+        a death that came before the head's batch could reach the worker (an
+        idle worker killed just as it was handed work: ``unsent``)."""
         why = slot.kill
         head = held[0]
         target = slot.kill_target if why is not None else head
+        if why is None and head.task_id in unsent:
+            target = None
         for rec in held:
             if rec.task_id in slot.cancelled:
                 self._cancel_running(rec, now)

@@ -15,6 +15,7 @@ but outside the engine lock.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import multiprocessing
@@ -22,9 +23,12 @@ import multiprocessing.spawn
 import os
 import pickle
 import select
+import struct
+import termios
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,7 +110,7 @@ class _Proc:
 
     __slots__ = ("slot", "proc", "pid", "tasks_fd", "results_fd", "pidfd", "sentinel",
                  "writer", "reader", "writing", "figures", "closed", "holds", "outbox", "inbox",
-                 "spilled")  # fmt: skip
+                 "spilled", "queued", "batches")  # fmt: skip
 
     def __init__(
         self, slot: int, proc: Any, tasks_fd: int, results_fd: int, side: tuple[int, int]
@@ -136,6 +140,11 @@ class _Proc:
         # Task id -> its arguments' regions in the tasks side file, until its
         # result says the worker has read them. Always empty without one.
         self.spilled = self.outbox.held if self.outbox is not None else {}
+        #: Bytes of frames given to the writer, and the last batches sent:
+        #: ``(queued after it, its task ids)``; a worker holds at most
+        #: 1 + prefetch (<= 256) tasks, so the batches it holds are among these.
+        self.queued = 0
+        self.batches: deque[tuple[int, tuple[int, ...]]] = deque(maxlen=512)
 
 
 class LocalTransport(Transport):
@@ -259,10 +268,16 @@ class LocalTransport(Transport):
         ids = tuple(r.task_id for r in tasks)
         blobs, sizes, fids = self._refs.pack(p.holds, payloads, ids, p.outbox)  # type: ignore[arg-type]
         msg = wire.RunBatch(ids, sizes, fids, p.inbox.read)
-        self._write(p, wire.encode(msg, blobs))
+        buffers = wire.encode(msg, blobs)
+        p.queued += sum(map(len, buffers))
+        p.batches.append((p.queued, ids))  # see _unsent
+        self._write(p, buffers)
 
     def retire(self, slot: int) -> None:
-        self._write(self._procs[slot], wire.encode(wire.Shutdown()))
+        p = self._procs[slot]
+        buffers = wire.encode(wire.Shutdown())
+        p.queued += sum(map(len, buffers))  # every byte written is counted (_unsent)
+        self._write(p, buffers)
 
     def _write(self, p: _Proc, buffers: list[Any]) -> None:
         if not p.writer.write(buffers) and not p.writing:
@@ -328,7 +343,7 @@ class LocalTransport(Transport):
         kill_group(p.pid)
         if p.proc.exitcode is None:  # a zombie child is reaped here at once
             p.proc.join(1.0)  # forkserver: until the server has reaped it
-        events.append(Exited(p.slot, p.proc.exitcode))
+        events.append(Exited(p.slot, p.proc.exitcode, _unsent(p)))
         self._release(p)
         return events
 
@@ -447,6 +462,27 @@ def _every_pool_fds() -> list[int]:
             except RuntimeError:  # its worker table changed size under us
                 continue
     return fds
+
+
+def _unsent(p: _Proc) -> frozenset[int]:
+    """Tasks of a dead worker whose batch it never read whole, so none of
+    which started: an idle worker killed (SIGKILL, the OOM killer) just as it
+    was handed work is not the crash of that work. What it read is what was
+    queued less what is still in the pipe (``FIONREAD``), still in the writer,
+    or was dropped (EPIPE); a batch is read only when its last byte is."""
+    if not p.batches:
+        return frozenset()
+    try:
+        in_pipe = struct.unpack("i", fcntl.ioctl(p.tasks_fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return frozenset()  # not knowable here: the head is charged, as before
+    read = p.queued - in_pipe - p.writer.pending_bytes - p.writer.dropped
+    unsent: set[int] = set()
+    for end, ids in reversed(p.batches):
+        if end <= read:
+            break
+        unsent.update(ids)
+    return frozenset(unsent)
 
 
 def _done(p: _Proc, msg: wire.Result, blob: memoryview, frame: bytes | bytearray) -> Done:

@@ -185,12 +185,19 @@ def enlarge_pipe(fd: int) -> None:
 class _FrameWriter:
     """Queues frames for a non-blocking fd; never blocks."""
 
-    __slots__ = ("fd", "_pending", "_first_offset")
+    __slots__ = ("fd", "_pending", "_first_offset", "dropped")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._pending: deque[memoryview] = deque()
         self._first_offset = 0
+        #: Bytes given to :meth:`write` that never went into the pipe: its
+        #: reader was gone (EPIPE).
+        self.dropped = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(map(len, self._pending))
 
     @property
     def has_pending(self) -> bool:
@@ -210,6 +217,7 @@ class _FrameWriter:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
+                self.dropped += sum(map(len, buffers))
                 return True  # EPIPE: as in flush()
             if n == sum(map(len, buffers)):
                 return True
@@ -237,6 +245,7 @@ class _FrameWriter:
             except OSError:
                 # EPIPE: the worker died. Its sentinel reports the exit and the
                 # coordinator settles what it held; nothing more to write.
+                self.dropped += self.pending_bytes
                 pending.clear()
                 return True
             while n:

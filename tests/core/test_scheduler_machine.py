@@ -1064,3 +1064,19 @@ def test_a_task_coming_due_does_not_keep_another_idle_worker_overdue() -> None:
     assert sent(shell.turn(0.5)) == [3]
     due = shell.sched.next_deadline(0.5)
     assert due is None or due > 0.5, f"next_deadline {due} at 0.5: an idle worker is overdue"
+
+
+def test_a_batch_that_never_reached_its_worker_is_not_charged_its_death() -> None:
+    """An idle worker killed just as it was handed work: the transport says
+    the batch was never read (``Exited.unsent``), so its tasks go back to the
+    heap uncharged; a task that was read and then died with its worker is
+    charged as ever."""
+    shell = Shell(prefetch=0)
+    first = shell.submit()
+    shell.turn(0.0)
+    assert sent(shell.boot(0)) == [first.task_id]
+    shell.turn(1.0, Exited(0, -9, frozenset({first.task_id})))
+    assert first.state is TaskState.PENDING and first.attempts == 0 and not first.errors
+    assert sent(shell.boot(0, 2.0)) == [first.task_id]  # runs on the replacement
+    shell.turn(3.0, Exited(0, -9))  # read, then died: the crash is its own
+    assert first.state is TaskState.FAILED and first.attempts == 1
