@@ -14,6 +14,7 @@ import select
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 
 class Gate:
@@ -377,3 +378,15 @@ def report_bracketed(x: int) -> int:
 
     procqueue.report_progress(1, 1, message="[/tmp] step")
     return x
+
+
+#: A ``multiprocessing.Queue`` set by a test before a fork pool starts (a
+#: queue crosses to a process only by inheritance).
+MP_QUEUE: Any = None
+
+
+def put_big(i: int) -> int:
+    """Put ``(i, 4 MB)`` on :data:`MP_QUEUE`: more than a pipe holds, so its
+    feeder thread is still writing when the task returns."""
+    MP_QUEUE.put((i, b"x" * 4_000_000))
+    return i

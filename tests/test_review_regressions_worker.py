@@ -315,3 +315,24 @@ def test_no_watchdog_outlives_its_worker(end: str) -> None:
     finally:
         pool.shutdown(wait=True)
     assert _until(lambda: not _group(worker))
+
+
+def test_a_leaving_worker_flushes_a_multiprocessing_queue_a_task_fed() -> None:
+    """Leaving by os._exit skipped multiprocessing's exit finalizers, among
+    them a Queue's feeder flush: a recycled worker cut a 4 MB put short and
+    the reader in the coordinator's process waited on half a message."""
+    import multiprocessing
+
+    import _tasks
+
+    ctx = multiprocessing.get_context("fork")
+    _tasks.MP_QUEUE = queue = ctx.Queue()
+    try:
+        with ProcQueue(1, ctx, max_tasks_per_child=1) as pool:
+            futures = [pool.submit(_tasks.put_big, i) for i in range(3)]
+            got = sorted(queue.get(timeout=30)[0] for _ in range(3))
+            assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
+        assert got == [0, 1, 2]
+    finally:
+        _tasks.MP_QUEUE = None
+        queue.close()

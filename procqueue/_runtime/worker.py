@@ -74,21 +74,24 @@ class _Sender:
     def send(self, msg: _wire.WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> None:
         buffers = _wire.encode(msg, blobs)
         with self.lock:
+            queued = self.queued
+            queued.append(buffers)
             if self.busy:
-                self.queued.append(buffers)
-                return
-            self.busy = True
-            try:
-                _wire.write_all(self.fd, buffers)
-                queued = self.queued
-                while queued:
-                    _wire.write_all(self.fd, queued.popleft())
-            except OSError:
-                # EPIPE: the coordinator is gone. Leave quietly, with our children,
-                # instead of printing a traceback into the user's terminal.
-                kill_own_group_and_exit()
-            finally:
-                self.busy = False
+                return  # the outer call, mid-frame in this thread, writes it
+            # Until nothing is queued: a handler may queue a frame after the
+            # inner loop has emptied the queue but before ``busy`` drops.
+            while queued:
+                self.busy = True
+                try:
+                    while queued:
+                        _wire.write_all(self.fd, queued[0])
+                        queued.popleft()
+                except OSError:
+                    # EPIPE: the coordinator is gone. Leave quietly, with our
+                    # children, instead of printing a traceback into the terminal.
+                    kill_own_group_and_exit()
+                finally:
+                    self.busy = False
 
 
 class _ForwardHandler(logging.Handler):
@@ -264,12 +267,22 @@ def _start_watchdog(lifeline: int) -> bool:
     return True
 
 
+#: Seconds a leaving worker gives multiprocessing's exit finalizers.
+_FINALIZE_S = 5.0
+
+
 def _leave(code: int) -> None:
     """Exit now, with ``code``: not through multiprocessing's bootstrap,
     which waits for every non-daemon thread a task or initializer left
     running (forever, for a thread that never ends). What stays in the
-    group goes with the watchdog, once we are gone."""
+    group goes when the coordinator handles our exit. Multiprocessing's own
+    exit finalizers do run, for at most ``_FINALIZE_S``: a ``Queue`` a task
+    put into flushes its feeder thread there (without them a reader in
+    another process was left waiting on half a message)."""
     kill_children(os.getpid())
+    finalizing = threading.Thread(target=_run_mp_finalizers, daemon=True)
+    finalizing.start()
+    finalizing.join(_FINALIZE_S)
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -277,6 +290,21 @@ def _leave(code: int) -> None:
         except BaseException:
             pass
     os._exit(code)
+
+
+def _run_mp_finalizers() -> None:
+    # What multiprocessing.util._exit_function runs, less its joins of child
+    # processes (killed above) and its wait for non-daemon threads.
+    from multiprocessing import util
+
+    run: Callable[..., None] | None = getattr(util, "_run_finalizers", None)  # private, stable
+    if run is None:
+        return
+    try:
+        run(0)
+        run()
+    except BaseException:  # user objects' finalizers: never the worker's end
+        pass
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
