@@ -268,18 +268,14 @@ class LocalTransport(Transport):
         ids = tuple(r.task_id for r in tasks)
         blobs, sizes, fids = self._refs.pack(p.holds, payloads, ids, p.outbox)  # type: ignore[arg-type]
         msg = wire.RunBatch(ids, sizes, fids, p.inbox.read)
-        buffers = wire.encode(msg, blobs)
-        p.queued += sum(map(len, buffers))
+        self._write(p, wire.encode(msg, blobs))
         p.batches.append((p.queued, ids))  # see _unsent
-        self._write(p, buffers)
 
     def retire(self, slot: int) -> None:
-        p = self._procs[slot]
-        buffers = wire.encode(wire.Shutdown())
-        p.queued += sum(map(len, buffers))  # every byte written is counted (_unsent)
-        self._write(p, buffers)
+        self._write(self._procs[slot], wire.encode(wire.Shutdown()))
 
     def _write(self, p: _Proc, buffers: list[Any]) -> None:
+        p.queued += sum(map(len, buffers))  # every byte given the writer (_unsent)
         if not p.writer.write(buffers) and not p.writing:
             p.writing = True
             assert self._poller is not None
@@ -431,11 +427,7 @@ def _close_in_forked_child() -> None:
     # been held by a thread that does not exist here).
     _live, _live_lock = weakref.WeakSet(), threading.Lock()
     for t in transports:
-        fds = [t._lifeline_r, t._lifeline_w]
-        for p in t._procs.values():
-            fds += (p.tasks_fd, p.results_fd, p.inbox.fd, p.pidfd)
-            if p.outbox is not None:
-                fds.append(p.outbox.fd)
+        fds = [*t._fds(), t._lifeline_w]
         # The copies here are dead: nothing may use or close their numbers again.
         t._lifeline_r = t._lifeline_w = -1
         t._procs = {}
