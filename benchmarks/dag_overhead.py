@@ -209,6 +209,23 @@ def unmeasured(row: str, base: str, failed: dict[str, str]) -> str:
     return "; ".join(why) or "no round measured both"
 
 
+def verdict(
+    goal: str,
+    row: str,
+    base: str,
+    values: dict[str, float],
+    failed: dict[str, str],
+    judge: Callable[[float], tuple[bool, str]],
+) -> None:
+    """Print ``goal``'s line: met or NOT met (``judge``: whether, and the
+    figure shown), or not measured, and why."""
+    if row not in values:
+        print(f"{goal} not measured ({unmeasured(row, base, failed)}).")
+        return
+    met, shown = judge(values[row])
+    print(f"{goal} {'met' if met else 'NOT met'} ({shown}).")
+
+
 async def report(args: argparse.Namespace, started: datetime) -> int:
     speed, failed = await rounds(args, GRAPHS, lambda g: run_graph(args, g), "tasks/s")
     memory, mem_failed = await rounds(args, HELD, lambda h: held_bytes(args, h), "B/task")
@@ -225,11 +242,7 @@ async def report(args: argparse.Namespace, started: datetime) -> int:
     ratios = table("graph | vs no deps | tasks/s", speed, failed, "ratio", ",.0f")
     for g in GRAPHS[1:]:
         goal = f"Target: `{g}` DAG >= 80 % of no-dependency throughput:"
-        if g in ratios:
-            r = ratios[g]
-            print(f"{goal} {'met' if r >= 0.8 else 'NOT met'} ({r:.1%}).")
-        else:
-            print(f"{goal} not measured ({unmeasured(g, GRAPHS[0], failed)}).")
+        verdict(goal, g, GRAPHS[0], ratios, failed, lambda r: (r >= 0.8, f"{r:.1%}"))
     print(
         f"\n## Coordinator memory per task: {args.mem_tasks:,} tasks held back\n\n"
         "tracemalloc: bytes still allocated after the submits and `gc.collect()`, per task "
@@ -242,11 +255,7 @@ async def report(args: argparse.Namespace, started: datetime) -> int:
         if not h.startswith("waiting"):
             continue
         goal = f"Target: <= 1 KB per waiting task beyond a pending one, {LABELS[h]}:"
-        if h in extras:
-            extra = extras[h]
-            print(f"{goal} {'met' if extra <= 1024 else 'NOT met'} ({extra:+,.0f} B).")
-        else:
-            print(f"{goal} not measured ({unmeasured(h, HELD[0], mem_failed)}).")
+        verdict(goal, h, HELD[0], extras, mem_failed, lambda x: (x <= 1024, f"{x:+,.0f} B"))
     print(footer(started))
     return 1 if failed or mem_failed else 0
 
