@@ -246,14 +246,14 @@ def test_a_node_never_holds_more_than_its_capacity_with_two_claimers(
     ids = [broker.submit(dump_call(abs, (-i,), {}), name="abs") for i in range(40)]
     node = Node(broker, 1, prefetch=1)
     capacity, seen = 2, []
-    claim = broker.claim
+    claim = broker.claim_batch
 
     def counted_claim(n: int, lease: float, owner: str) -> Any:
         with node._lock:
             seen.append((threading.current_thread().name, len(node._held), n))
         return claim(n, lease, owner)
 
-    monkeypatch.setattr(broker, "claim", counted_claim)
+    monkeypatch.setattr(broker, "claim_batch", counted_claim)
     _serve_until_done(node, ids, broker)
     outcomes = [broker.lookup(t)[0] for t in ids]
     assert [o.state if o else None for o in outcomes] == ["completed"] * len(ids)
@@ -309,7 +309,7 @@ def test_a_failed_claim_in_the_reporter_leaves_the_node_serving(
 
     ids = [broker.submit(dump_call(abs, (-i,), {}), name="abs") for i in range(20)]
     node = Node(broker, 1, prefetch=1)
-    claim, failed = broker.claim, []
+    claim, failed = broker.claim_batch, []
 
     def flaky_claim(n: int, lease: float, owner: str) -> Any:
         if threading.current_thread().name == "pq-node-reporter" and not failed:
@@ -317,7 +317,7 @@ def test_a_failed_claim_in_the_reporter_leaves_the_node_serving(
             raise redis.exceptions.ResponseError("READONLY You can't write against a replica.")
         return claim(n, lease, owner)
 
-    monkeypatch.setattr(broker, "claim", flaky_claim)
+    monkeypatch.setattr(broker, "claim_batch", flaky_claim)
     _serve_until_done(node, ids, broker)
     assert failed  # the reporter's claim did fail once
 
@@ -378,3 +378,59 @@ def _count_lookups(remote: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(remote._broker, "lookup_many", counted)
     return looked_up
+
+
+def test_a_claim_says_the_ready_set_ran_dry_only_when_it_did(broker: Broker) -> None:
+    """A short batch is not an empty ready set (tasks parked at their key's
+    cap are taken off it but not returned), and a full one may have emptied
+    it. The node waits for a wake token only when nothing is left ready."""
+    capped = [broker.submit(b"call", name="capped", limit=("db", []), cap=1) for _ in range(3)]
+    plain = [broker.submit(b"call", name="plain") for _ in range(2)]
+    got, dry = broker.claim_batch(2, 30, "node-a")
+    assert [c.task_id for c in got] == capped[:1] and not dry  # the 2nd is parked
+    got, dry = broker.claim_batch(2, 30, "node-a")
+    assert [c.task_id for c in got] == plain[:1] and not dry  # the 3rd capped one parked too
+    got, dry = broker.claim_batch(1, 30, "node-a")
+    assert [c.task_id for c in got] == plain[1:] and dry  # a full batch that emptied it
+    assert broker.claim_batch(1, 30, "node-a") == ([], True)
+
+
+def test_an_idle_node_claims_once_per_task_it_is_woken_for(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task at a time on an idle node: one CLAIM each (the one that
+    takes it), then the node blocks on the wake list. It used to claim twice
+    more per task (the reporter after the report, the claim loop before
+    blocking), both empty: CPU that, on a small machine, the submitting
+    client needs (issue #9's idle round trip)."""
+    import threading
+
+    from procqueue.redis._codec import dump_call
+
+    node = Node(broker, 1, prefetch=0)
+    claim, calls = broker.claim_batch, []
+
+    def counted_claim(n: int, lease: float, owner: str) -> Any:
+        got = claim(n, lease, owner)
+        calls.append(len(got[0]))
+        return got
+
+    monkeypatch.setattr(broker, "claim_batch", counted_claim)
+    runner = threading.Thread(target=node.run, name="node-run")
+    runner.start()
+    try:
+        ids = []
+        for i in range(10):
+            ids.append(broker.submit(dump_call(abs, (-i,), {}), name="abs"))
+            deadline = time.monotonic() + 30
+            while broker.lookup(ids[-1])[0] is None:  # a condition with a deadline
+                assert time.monotonic() < deadline, f"task {i} never ended"
+                time.sleep(0.005)
+    finally:
+        node.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert calls.count(1) == 10
+    # The first claim (empty: nothing queued yet), and at most one spurious
+    # wake-up: a claim per task, not three.
+    assert calls.count(0) <= 2, calls

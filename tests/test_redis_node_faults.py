@@ -259,7 +259,7 @@ def test_a_task_its_node_claims_again_runs_once_there_and_keeps_its_new_lease(
 def test_a_claim_or_idle_wait_redis_refuses_is_retried(
     broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    claim, blpop, refused = broker.claim, broker.r.blpop, []
+    claim, blpop, refused = broker.claim_batch, broker.r.blpop, []
 
     def refusing_blpop(*args: Any, **kwargs: Any) -> Any:
         if "blpop" not in refused:
@@ -274,7 +274,7 @@ def test_a_claim_or_idle_wait_redis_refuses_is_retried(
         return claim(n, lease, owner)
 
     monkeypatch.setattr(broker.r, "blpop", refusing_blpop)
-    monkeypatch.setattr(broker, "claim", refusing_claim)
+    monkeypatch.setattr(broker, "claim_batch", refusing_claim)
     node = Node(broker, 1, lease=3.0, prefetch=0, start_method="fork")
     with serving(node) as runner:
         _wait_for("the idle wait to be refused", lambda: refused or not runner.is_alive())

@@ -405,7 +405,14 @@ class Broker(AdminCalls):
         """Lease up to ``k`` tasks for ``lease`` seconds. A payload that fails
         its signature check is dead-lettered with the reason, never returned
         for running."""
-        rows = self._s["CLAIM"](keys=self._kk["CLAIM"], args=[k, int(lease * 1000), owner])
+        return self.claim_batch(k, lease, owner)[0]
+
+    def claim_batch(self, k: int, lease: float, owner: str) -> tuple[list[Claimed], bool]:
+        """:meth:`claim`, and whether it left the ready set empty (claiming
+        again finds nothing until a task is made ready, which pushes a wake
+        token). Tasks parked at their key's cap or throttled are taken off the
+        ready set but not returned, so the batch's size alone does not say."""
+        rows, left = self._s["CLAIM"](keys=self._kk["CLAIM"], args=[k, int(lease * 1000), owner])
         out = []
         for row in rows:
             tid_b, token, attempts, sealed, timeout_b, name_b = row[:6]
@@ -421,7 +428,7 @@ class Broker(AdminCalls):
                 out.append(Claimed(tid, int(token), int(attempts), None, str(e)))
                 continue
             out.append(Claimed(tid, int(token), int(attempts), data, None, timeout, name, inputs))
-        return out
+        return out, int(left) == 0
 
     def _inputs(self, flat: list[Any]) -> tuple[Input, ...]:
         """CLAIM's upstream rows (id, state, sealed blob, error, its upstream),

@@ -125,7 +125,9 @@ if #ids > 0 then  -- every payload in one read
   local payloads = redis.call('HMGET', K.payload, unpack(ids))
   for i, row in ipairs(out) do row[4] = payloads[i] end
 end
-return out
+-- And how many are left ready (0: claiming again finds nothing until a
+-- task is made ready, which pushes a wake token).
+return {out, redis.call('ZCARD', K.ready)}
 """,
 )
 
