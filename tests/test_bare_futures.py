@@ -15,7 +15,7 @@ def test_a_result_gathered_after_it_arrived_never_makes_a_condition() -> None:
     assert fut.set_running_or_notify_cancel()
     deliver(fut, OK, 42)
     assert fut.result() == 42
-    assert "_lazy_condition" not in fut.__dict__
+    assert fut._lazy_condition is None
     failed = _TaskFuture()
     failed.set_running_or_notify_cancel()
     deliver(failed, ERROR, ValueError("boom"))

@@ -236,7 +236,7 @@ def test_map_takes_a_settled_result_without_making_a_condition() -> None:
     assert fut.set_running_or_notify_cancel()
     assert fut.settle(5, True)
     assert _result_or_cancel(fut, None) == 5
-    assert "_lazy_condition" not in fut.__dict__
+    assert fut._lazy_condition is None
 
 
 def test_a_procqueue_task_failed_unrun_names_its_error_after_its_future_took_it() -> None:
