@@ -383,6 +383,7 @@ def prepare(
     name = name_of(fn)
     try:
         fn_blob = _calls.dump_callable(fn)
+        payload: tuple[bytes, Sequence[Any]]
         if plain:  # small scalars only (the usual tiny task): checked once, not twice
             payload = fn_blob, _calls.dump_plain_arguments(args, kwargs)
         elif holes is not None:

@@ -103,7 +103,7 @@ def test_bound_payload_is_what_dump_arguments_gives(
 
 def test_fast_path_result_is_one_plain_pickle() -> None:
     _, segments = _calls.bind_inputs(_payload((ResultOf(9), 1), {"k": ResultOf(8)}), {9: 5, 8: "v"})
-    assert segments == [_calls._NO_BUFFERS, pickle.dumps(((5, 1), {"k": "v"}), protocol=5)]
+    assert segments == (_calls._NO_BUFFERS, pickle.dumps(((5, 1), {"k": "v"}), protocol=5))
 
 
 def test_nothing_but_lists_tuples_and_dict_values_is_looked_into() -> None:

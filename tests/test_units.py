@@ -23,8 +23,8 @@ def _rec(task_id: int, priority: int) -> _TaskRecord:
 def test_ready_heap_pops_priority_then_fifo_and_skips_cancelled(
     items: list[tuple[int, bool]],
 ) -> None:
-    heap = _ReadyHeap()
     recs = [_rec(i + 1, p) for i, (p, _) in enumerate(items)]
+    heap = _ReadyHeap({r.task_id: r for r in recs})
     for r in recs:
         heap.push(r)
     for r, (_, cancelled) in zip(recs, items):

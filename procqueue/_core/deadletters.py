@@ -8,6 +8,7 @@ batch with a systematic failure cannot grow memory without limit.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ class _Entry:
     def __init__(
         self,
         letter: DeadLetter,
-        payload: tuple[bytes, list[Any]],
+        payload: tuple[bytes, Sequence[Any]],
         policy: RetryPolicy,
         timeout: float | None,
         limit_key: str | None,

@@ -8,6 +8,7 @@ immutable :class:`TaskStatus` snapshots taken under the engine lock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -242,7 +243,7 @@ class _TaskRecord:
         task_id: int,
         name: str,
         priority: int,
-        payload: tuple[bytes, list[Any]],
+        payload: tuple[bytes, Sequence[Any]],
         policy: RetryPolicy,
         timeout: float | None,
         submitted_at: float,
@@ -253,7 +254,7 @@ class _TaskRecord:
         self.priority = priority
         # The pickled callable and the (args, kwargs) value-blob segments;
         # dropped once final.
-        self.payload: tuple[bytes, list[Any]] | None = payload
+        self.payload: tuple[bytes, Sequence[Any]] | None = payload
         self.policy = policy
         self.timeout = timeout
         self.state = TaskState.PENDING

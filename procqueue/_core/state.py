@@ -54,7 +54,7 @@ class CoreState:
         #: Added to ``now`` to stamp records with wall-clock times.
         self.wall_offset = wall_offset
         self.tasks: dict[int, _TaskRecord] = {}
-        self.heap = _ReadyHeap()
+        self.heap = _ReadyHeap(self.tasks)
         self.delayed = _DelayedHeap()
         self.slots = [Slot(i) for i in range(config.num_workers)]
         self.tally = Tally(now)

@@ -15,7 +15,7 @@ import struct
 import sys
 import types
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -146,7 +146,7 @@ class CallRefs:
     def pack(
         self,
         holds: dict[int, None],
-        payloads: list[tuple[bytes, list[Any]]],
+        payloads: list[tuple[bytes, Sequence[Any]]],
         keys: tuple[int, ...] = (),
         outbox: _shm.Outbox | None = None,
     ) -> tuple[list[Any], tuple[int, ...], tuple[int, ...]]:
@@ -273,15 +273,15 @@ def _wrap_big(values: tuple[object, ...]) -> tuple[object, ...]:
     return tuple(_OutOfBand(v) if _is_big(v) else v for v in values)  # type: ignore[arg-type]
 
 
-def _dump_with(pickler: type[pickle.Pickler], obj: object) -> list[Any]:
+def _dump_with(pickler: type[pickle.Pickler], obj: object) -> tuple[Any, ...]:
     bufs: list[pickle.PickleBuffer] = []
     out = io.BytesIO()
     pickler(out, protocol=5, buffer_callback=bufs.append).dump(obj)
     if not bufs:
-        return [_NO_BUFFERS, out.getvalue()]
+        return (_NO_BUFFERS, out.getvalue())
     raws = [b.raw() for b in bufs]
     header = struct.pack(f"<I{len(raws)}Q", len(raws), *(r.nbytes for r in raws))
-    return [header, out.getvalue(), *raws]
+    return (header, out.getvalue(), *raws)
 
 
 class _NeedsCloudpickle(Exception):
@@ -305,15 +305,17 @@ class _FastPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[Any]:
+def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[Any, ...]:
     """``(args, kwargs)`` as value-blob segments: the C pickler for plain data;
     cloudpickle for lambdas, closures and classes defined in ``__main__`` or a
     notebook. Top-level large ``bytes``, and whatever supports pickle protocol 5
-    buffers (numpy arrays, bytearray), travel out of band."""
+    buffers (numpy arrays, bytearray), travel out of band. A tuple: a
+    pending task's record keeps it, and a tuple of bytes is one the cyclic GC
+    stops tracking (a list never is; issue #11's tiny tasks at scale)."""
     if _flat(args) and (not kwargs or _flat(kwargs.values())):
         # Markers too: one C call instead of a BytesIO and a Python pickler
         # subclass halves the cost of pickling ``f(result_of(t))``, same bytes.
-        return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
+        return (_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5))
     if kwargs:
         keys = tuple(kwargs)
         kwargs = dict(zip(keys, _wrap_big(tuple(kwargs.values()))))
@@ -324,18 +326,18 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[
         return _dump_with(cloudpickle.CloudPickler, call)
 
 
-def dump_plain_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> list[Any]:
+def dump_plain_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[Any, ...]:
     """:func:`dump_arguments` for a call :func:`all_plain` accepted."""
-    return [_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5)]
+    return (_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5))
 
 
-def dump_value(value: object) -> list[Any]:
+def dump_value(value: object) -> tuple[Any, ...]:
     """A return value as value-blob segments (the C pickler first: a result is
     unpickled where ``__main__`` is the real one; cloudpickle if that fails)."""
     if _is_big(value):
         value = _OutOfBand(value)  # type: ignore[arg-type]
     elif type(value) in _ATOMIC:
-        return [_NO_BUFFERS, pickle.dumps(value, protocol=5)]
+        return (_NO_BUFFERS, pickle.dumps(value, protocol=5))
     try:
         return _dump_with(pickle.Pickler, value)
     except Exception:
@@ -391,7 +393,7 @@ _SIZE = struct.Struct("<Q")
 
 def dump_with_holes(
     args: tuple[object, ...], kwargs: dict[str, object]
-) -> tuple[list[Any], tuple[int, ...]] | None:
+) -> tuple[tuple[Any, ...], tuple[int, ...]] | None:
     """``(args, kwargs)`` as a call blob with holes, and the upstream ids
     they take, when every argument is a small builtin scalar or a top-level
     marker and one at least is a marker; otherwise ``None``."""
@@ -400,7 +402,7 @@ def dump_with_holes(
         if type(v) is not ResultOf:
             return None
         tid: int = v.task_id
-        return [_ONE_HOLE.pack(1 | HOLES, 0, tid, 0), b""], (tid,)
+        return (_ONE_HOLE.pack(1 | HOLES, 0, tid, 0), b""), (tid,)
     places: list[int] = []
     ids: list[int] = []
     atomic = _ATOMIC
@@ -427,7 +429,7 @@ def dump_with_holes(
     else:
         header = struct.pack(f"<I{3 * k}q", k | HOLES, *places, *ids, *([0] * k))
     if k == len(args) and not kwargs:  # markers only: nothing to pickle
-        return [header, b""], tuple(ids)
+        return (header, b""), tuple(ids)
     hollow = list(args)
     names = list(kwargs)
     kw = dict(kwargs)
@@ -436,7 +438,7 @@ def dump_with_holes(
             hollow[place] = None
         else:
             kw[names[-place - 1]] = None
-    return [header, pickle.dumps((tuple(hollow), kw), protocol=5)], tuple(ids)
+    return (header, pickle.dumps((tuple(hollow), kw), protocol=5)), tuple(ids)
 
 
 def _fill_holes(blob: memoryview, k: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -473,8 +475,8 @@ def _fill_holes(blob: memoryview, k: int) -> tuple[tuple[Any, ...], dict[str, An
 
 
 def pass_inputs(
-    payload: tuple[bytes, list[Any]], inputs: dict[int, tuple[Any, Any]]
-) -> tuple[bytes, list[Any]]:
+    payload: tuple[bytes, Sequence[Any]], inputs: dict[int, tuple[Any, Any]]
+) -> tuple[bytes, Sequence[Any]]:
     """The scheduler's hook when a dependent is released: its payload with
     the upstream values it takes. ``inputs``: upstream id -> ``(outcome,
     sent)``, ``sent`` being the upstream's ``Result`` frame (``Done.sent``), or
@@ -493,7 +495,7 @@ def pass_inputs(
             for _, frame in inputs.values():
                 if frame is not None and len(frame) < _BIG:
                     head = header[:20] + _SIZE.pack(len(frame))
-                    return fn_blob, [b"".join((head, segments[1], frame))]
+                    return fn_blob, (b"".join((head, segments[1], frame)),)
         k = len(header) // 24  # 4 + 24 k bytes
         if k == 1 and len(inputs) == 1:  # one hole, so its one upstream
             frames = [pair[1] for pair in inputs.values()]
@@ -507,8 +509,8 @@ def pass_inputs(
             parts = [header[: 4 + 16 * k], sizes, segments[1], *frames]
             if sum(map(len, frames)) < _BIG:
                 # One blob: a batch then takes an iovec per call (writev takes 512).
-                return fn_blob, [b"".join(parts)]
-            return fn_blob, [parts[0] + parts[1], *parts[2:]]
+                return fn_blob, (b"".join(parts),)
+            return fn_blob, (parts[0] + parts[1], *parts[2:])
     return bind_inputs(payload, {tid: pair[0] for tid, pair in inputs.items()})
 
 
@@ -614,7 +616,7 @@ class CallLoader:
             return e
 
 
-def _load_segments(segments: list[Any]) -> Any:
+def _load_segments(segments: Sequence[Any]) -> Any:
     """Unpickle the value-blob segments that ``dump_arguments`` produced, as
     they are: ``[header, pickle, *buffers]``. Joining them first cost a copy of
     every buffer, and ``pickle.loads`` is slower on a memoryview than on the
@@ -643,8 +645,8 @@ def _bind_flat(items: Iterable[Any], values: dict[int, Any]) -> tuple[Any, ...] 
 
 
 def bind_inputs(
-    payload: tuple[bytes, list[Any]], values: dict[int, Any]
-) -> tuple[bytes, list[Any]]:
+    payload: tuple[bytes, Sequence[Any]], values: dict[int, Any]
+) -> tuple[bytes, Sequence[Any]]:
     """A call's payload with upstream results bound in place of its
     ``result_of`` markers: the arguments are unpickled (they were pickled here,
     from the caller's own objects), bound, and pickled again. Once per
@@ -658,11 +660,11 @@ def bind_inputs(
     flat = _bind_flat(args, values)
     if flat is not None:
         if not kwargs:
-            return fn_blob, [_NO_BUFFERS, pickle.dumps((flat, kwargs), protocol=5)]
+            return fn_blob, (_NO_BUFFERS, pickle.dumps((flat, kwargs), protocol=5))
         flat_kw = _bind_flat(kwargs.values(), values)
         if flat_kw is not None:
             bound_kw = dict(zip(kwargs, flat_kw))
-            return fn_blob, [_NO_BUFFERS, pickle.dumps((flat, bound_kw), protocol=5)]
+            return fn_blob, (_NO_BUFFERS, pickle.dumps((flat, bound_kw), protocol=5))
     # Anything else: markers nested in lists, tuples and dicts, values that are
     # not scalars. ``bind`` copies only the containers that hold a marker.
     # One walk for both: a list that args and kwargs share stays one list.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 #: Out-of-band buffers of this many bytes or more go through the side file:
@@ -94,7 +95,7 @@ class Outbox:
             offset = max(offset, end)
         return offset
 
-    def spill(self, segments: list[Any], key: int | None = None) -> list[Any]:
+    def spill(self, segments: Sequence[Any], key: int | None = None) -> Sequence[Any]:
         """Value-blob segments ``[header, pickle, *buffers]`` with every buffer
         of :data:`SPILL_MIN` bytes or more written to the side file instead;
         ``segments`` themselves if there is none. The regions are held under

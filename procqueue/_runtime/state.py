@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -51,7 +51,7 @@ class TaskDetail(NamedTuple):
     """One task as the dashboard's task page reads it (``ReadSide.task_detail``)."""
 
     status: TaskStatus
-    payload: tuple[bytes, list[Any]] | None
+    payload: tuple[bytes, Sequence[Any]] | None
     outcome: Any
     has_outcome: bool
     dependents: tuple[int, ...]
@@ -189,7 +189,7 @@ class ReadSide:
         self,
         name: str,
         priority: int,
-        payload: tuple[bytes, list[Any]],
+        payload: tuple[bytes, Sequence[Any]],
         policy: RetryPolicy | None,
         timeout: float | None,
         future: _TaskFuture | None,
@@ -414,7 +414,7 @@ class ReadSide:
                 parked=rec.parked,
             )
 
-    def dead_letter_payload(self, task_id: int) -> tuple[bytes, list[Any]] | None:
+    def dead_letter_payload(self, task_id: int) -> tuple[bytes, Sequence[Any]] | None:
         """The pickled call a dead letter keeps to run again (``None``: absent)."""
         with self._lock:
             entry = self.core.dlq.entries.get(task_id)

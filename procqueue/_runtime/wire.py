@@ -34,6 +34,7 @@ import os
 import pickle
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 6
@@ -133,7 +134,7 @@ WireMessage = RunBatch | Shutdown | Hello | InitFailed | Result | LogMessage | P
 # --- codec ---------------------------------------------------------------------------
 
 
-def encode(msg: WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+def encode(msg: WireMessage, blobs: Sequence[Any] = ()) -> list[Any]:
     """The buffers of one frame, ready for ``writev`` (blobs are not copied).
 
     The two messages sent once per task, ``RunBatch`` and ``Result``, have fixed

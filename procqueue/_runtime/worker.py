@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -71,7 +71,7 @@ class _Sender:
         self.busy = False
         self.queued: deque[list[Any]] = deque()
 
-    def send(self, msg: _wire.WireMessage, blobs: tuple[Any, ...] | list[Any] = ()) -> None:
+    def send(self, msg: _wire.WireMessage, blobs: Sequence[Any] = ()) -> None:
         buffers = _wire.encode(msg, blobs)
         with self.lock:
             queued = self.queued
@@ -445,7 +445,7 @@ def _run_call(
     arg_blob: memoryview,
     fid: int,
     me: int,
-) -> tuple[bool, list[Any]]:
+) -> tuple[bool, Sequence[Any]]:
     """Run one call; its outcome as ``(ok, value-blob segments)``.
 
     One frame per call, so that its callable, arguments, result and exception

@@ -10,6 +10,7 @@ other dashboards we mean not to earn.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["call_reprs", "short_repr"]
@@ -59,7 +60,7 @@ def short_repr(value: Any, limit: int) -> str:
     return text
 
 
-def call_reprs(payload: tuple[bytes, list[Any]] | None, limit: int) -> dict[str, Any] | None:
+def call_reprs(payload: tuple[bytes, Sequence[Any]] | None, limit: int) -> dict[str, Any] | None:
     """``{"args": [...], "kwargs": {...}}`` of a pickled call as reprs, or a
     note saying why not (``None``: no payload kept)."""
     if payload is None:

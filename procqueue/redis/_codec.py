@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -110,7 +110,7 @@ def dump_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     return b"".join([_LEN.pack(len(fn_blob)), fn_blob, *(bytes(memoryview(s)) for s in segments)])
 
 
-def load_call(data: bytes) -> tuple[bytes, list[Any]]:
+def load_call(data: bytes) -> tuple[bytes, Sequence[Any]]:
     """The engine's payload ``(callable blob, argument segments)``, unpickling nothing."""
     (n,) = _LEN.unpack_from(data, 0)
     return data[4 : 4 + n], [data[4 + n :]]
@@ -146,7 +146,7 @@ def load_outcome(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def bind_call(data: bytes, inputs: tuple[Input, ...]) -> tuple[bytes, list[Any]]:
+def bind_call(data: bytes, inputs: tuple[Input, ...]) -> tuple[bytes, Sequence[Any]]:
     """The engine's payload for a call whose ``result_of`` markers take
     ``inputs``: ``run_bound`` (pickled by reference) with the call's own blobs
     and the upstream values as its arguments. Only bytes, ints and strings are

@@ -422,10 +422,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert sched.is_idle() == (not unfinished)
         # PENDING: in the ready heap, once; RETRYING and SCHEDULED: in the
         # delayed heap, once. A SCHEDULED record never was in the ready heap.
-        live = [e[2].task_id for e in sched.heap._heap if e[2].state is PENDING]
+        live = [e[1] for e in sched.heap._heap if tasks[e[1]].state is PENDING]
         assert len(live) == len(set(live)) and set(live) == by_state[PENDING]
         assert sched.heap.live == len(by_state[PENDING])
-        assert not any(e[2].state is SCHEDULED for e in sched.heap._heap)
+        assert not any(tasks[e[1]].state is SCHEDULED for e in sched.heap._heap)
         waiting = (RETRYING, SCHEDULED)
         delayed = [e[2].task_id for e in sched.delayed._heap if e[2].state in waiting]
         assert len(delayed) == len(set(delayed))
