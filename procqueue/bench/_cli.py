@@ -55,10 +55,11 @@ def _names(text: str) -> tuple[str, ...]:
 #: The size options (their defaults depend on ``--quick``): flag, parser,
 #: metavar and help (``None``: argparse's default).
 _SIZE_OPTIONS: tuple[tuple[str, Callable[[str], object], str | None, str | None], ...] = (
-    ("--tiny-tasks", int, None, None),
+    ("--tiny-tasks", int, None, "tiny one by one: the warm-up round's tasks (10000)"),
+    ("--tiny-min-s", float, "S", "tiny one by one: fastest pool's run >= S s (0.5; 0: off)"),
     ("--map-tasks", int, None, None),
     ("--chunksizes", _ints, "N,N", "map chunk sizes (1,1000)"),
-    ("--map-min-s", float, "S", "chunk size > 1: fastest pool's run >= S s (0.3; 0: off)"),
+    ("--map-min-s", float, "S", "map, every chunk size: fastest pool's run >= S s (0.3; 0: off)"),
     ("--cpu-tasks-per-worker", int, None, None),
     ("--task-ms", float, None, "sequential ms of one CPU task (20)"),
     ("--io-tasks", int, None, None),

@@ -70,19 +70,46 @@ class BenchConfig:
     #: script's ``__main__``, the default case of BENCHMARKS.md rule 5) and
     #: ``importable`` (``procqueue.bench._tasks.add_one``), each its own rows.
     task_fns: tuple[str, ...] = ("main", "importable")
+    #: Tiny tasks one by one: the warm-up round's size (and the timed rounds'
+    #: when ``tiny_min_s`` is 0).
     tiny_tasks: int = 10_000
+    #: Tiny tasks one by one: the timed rounds run as many tasks as the fastest
+    #: process pool's warm-up rate needs for a run of at least this many seconds
+    #: (0: no sizing by time), never fewer than ``tiny_tasks`` and at most
+    #: ``tiny_max_tasks``; every contestant of a row runs the same tasks. Why
+    #: 0.5 s: at 10,000 tasks the fastest pool's run lasted ~0.15 s (~70k
+    #: tasks/s) and its rounds swung up to 1.8x, since a few scheduler slices
+    #: lost to another program on a 2-core box are a large share of 0.15 s;
+    #: 0.5 s spreads such a hiccup over 3-4x the work, while the slowest
+    #: yardstick (ProcessPoolExecutor, ~15k tasks/s, the ">= 4x PPE" target's)
+    #: runs the same tasks for ~3 s, not ~10.
+    tiny_min_s: float = 0.5
+    #: At ~70k tasks/s ``tiny_min_s`` asks ~45k tasks: twice that leaves room
+    #: for a faster machine, and bounds what a misleading warm-up rate costs
+    #: the slowest pools (~7 s a run for PPE), which run the same tasks.
+    tiny_max_tasks: int = 100_000
     map_tasks: int = 10_000
     chunksizes: tuple[int, ...] = (1, 1000)
     #: With a chunk size above 1, at least this many chunks per worker:
     #: ``max(map_tasks, chunks x chunksize x workers)``, the warm-up round's size.
     map_chunks_per_worker: int = 20
-    #: With a chunk size above 1, the timed rounds run as many items as the
-    #: fastest process pool's warm-up rate needs for a run of at least this many
-    #: seconds (0: no sizing by time), and at most ``map_max_tasks``.
+    #: At every chunk size, the timed rounds run as many items as the fastest
+    #: process pool's warm-up rate needs for a run of at least this many seconds
+    #: (0: no sizing by time), never fewer than the warm-up's, and at most
+    #: ``map_max_tasks`` (chunk size above 1) or ``map1_max_tasks`` (chunk size
+    #: 1). Chunk size 1 shares it: it is per-task overhead like the tiny
+    #: workload, and at 10,000 items its fastest run lasted ~0.15 s (~65k
+    #: tasks/s) and swung run to run; 0.3 s (0.375 s aimed) is 2.5x that, while
+    #: PPE, ~4x slower at chunk size 1 and running the same items, takes ~2 s.
     map_min_s: float = 0.3
     map_max_tasks: int = 4_000_000
-    #: ... except that a contestant whose warm-up rate says that many items
-    #: would take it longer than this runs fewer (whole chunks, about this many
+    #: Chunk size 1: every contestant runs the same items (no ``map_max_s``
+    #: cut), so the cap is low: ~25k are wanted at ~65k tasks/s, and 100k
+    #: keep PPE (~15k tasks/s) under ~7 s a run.
+    map1_max_tasks: int = 100_000
+    #: ... except that, with a chunk size above 1, a contestant whose warm-up
+    #: rate says that many items would take it longer than this runs fewer
+    #: (whole chunks, about this many
     #: seconds' worth, never fewer than the warm-up's): pebble and mpire map
     #: ~0.25M items/s, ProcQueue ~5-9M. The table shows each one's items.
     map_max_s: float = 1.5
@@ -121,6 +148,8 @@ class BenchConfig:
         return cls(
             quick_mode=True,
             tiny_tasks=1_000,
+            # Sizing by time stays on, but tiny: the warm-up's size wins.
+            tiny_min_s=0.005,
             map_tasks=2_000,
             map_chunks_per_worker=5,
             map_min_s=0.005,

@@ -202,17 +202,9 @@ def _is_process_pool(cell: Cell) -> bool:
     return cell.contestant.split("/")[0].split("-")[0] not in IN_PROCESS
 
 
-def table_map(r: WorkloadResult) -> str:
-    sized = r.params.get("sized_by_time")
-    if not sized:
-        return table_against_pool(r, "imap")
-
-    def items(c: Cell) -> str:
-        return _span(c, "tasks")
-
-    def wall(c: Cell) -> str:
-        return _spread(c, "wall_s", fmt_s) if c.ok else "—"
-
+def _sized_note(r: WorkloadResult, sized: dict[str, Any]) -> str:
+    """The note under a table sized by time: the size, how it was chosen, and
+    the fastest process pool's median run."""
     walls = [
         (w, c.label)
         for c in r.cells.values()
@@ -222,16 +214,48 @@ def table_map(r: WorkloadResult) -> str:
     if walls:
         w, label = min(walls)
         fastest = f" The fastest process pool's median run here: {label}, {fmt_s(w)}."
+    max_s = sized.get("max_s")
+    cap = sized.get("max_tasks")
+    capped = f", capped at {cap:,} items" if sized.get("capped") and cap else ""
     note = (
-        f"Sized by time: {r.params['tasks']:,} items, so that the fastest process pool's run "
-        f"lasts {sized['min_s']:g} s or more ({sized['fastest']} ran "
-        f"{sized['warmup_tasks_per_s']:,.0f} tasks/s in the warm-up round, at "
-        f"{sized['warmup_tasks']:,} items). A contestant that would need more than "
-        f"{sized['max_s']:g} s for them (at its warm-up rate) runs about {sized['max_s']:g} s' "
-        f"worth of whole chunks instead: see 'items a run'.{fastest}"
+        f"Sized by time: {r.params['tasks']:,} items"
+        + ("" if max_s else " for every contestant")
+        + f", so that the fastest process pool's run lasts {sized['min_s']:g} s or more ("
+        f"{sized['fastest']} ran {sized['warmup_tasks_per_s']:,.0f} tasks/s in the warm-up "
+        f"round, at {sized['warmup_tasks']:,} items){capped}."
     )
-    more: list[Column] = [("items a run", "---:", items), ("wall median (min-max)", "---:", wall)]
-    return table_against_pool(r, "imap", more, [note])
+    if max_s:
+        note += (
+            f" A contestant that would need more than {max_s:g} s for them (at its warm-up "
+            f"rate) runs about {max_s:g} s' worth of whole chunks instead: see 'items a run'."
+        )
+    return note + fastest
+
+
+def _wall(c: Cell) -> str:
+    return _spread(c, "wall_s", fmt_s) if c.ok else "—"
+
+
+def table_map(r: WorkloadResult) -> str:
+    sized = r.params.get("sized_by_time")
+    if not sized:
+        return table_against_pool(r, "imap")
+
+    def items(c: Cell) -> str:
+        return _span(c, "tasks")
+
+    more: list[Column] = [("wall median (min-max)", "---:", _wall)]
+    if sized.get("max_s"):  # some contestants may run fewer items: show each one's
+        more.insert(0, ("items a run", "---:", items))
+    return table_against_pool(r, "imap", more, [_sized_note(r, sized)])
+
+
+def table_tiny(r: WorkloadResult) -> str:
+    sized = r.params.get("sized_by_time")
+    if not sized:
+        return table_against_pool(r, "apply_async")
+    more: list[Column] = [("wall median (min-max)", "---:", _wall)]
+    return table_against_pool(r, "apply_async", more, [_sized_note(r, sized)])
 
 
 def table_payload(r: WorkloadResult) -> str:
@@ -572,7 +596,7 @@ def _renderers(cfg: BenchConfig) -> dict[str, Callable[[WorkloadResult], str]]:
     return {
         "latency": table_latency,
         "startup": table_startup,
-        "tiny": lambda r: table_against_pool(r, "apply_async"),
+        "tiny": table_tiny,
         "map": table_map,
         "payload": table_payload,
         "io": lambda r: table_io(r, cfg),

@@ -11,10 +11,11 @@ session workload on it::
 so a contestant pays one start-up per round, not one per workload, and only one
 pool is alive at a time (no other pool's threads run during a fork, or steal a
 core during a timing). Round 0 is the warm-up: its figures are kept apart and
-never enter a median, but they size what must be sized by time (map with a
-chunk size above 1: :meth:`SessionWorkload.after_warm_up`), one size for the
-timed rounds (:class:`MapChunks` says when a slow contestant runs fewer items,
-and the table shows it). A contestant that FAILs a workload sits
+never enter a median, but they size what must be sized by time (tiny tasks one
+by one, and map at every chunk size: :meth:`SessionWorkload.after_warm_up`,
+:func:`size_by_time`), one size for the timed rounds (:class:`MapChunks` says
+when, with a chunk size above 1, a slow contestant runs fewer items, and the
+table shows it). A contestant that FAILs a workload sits
 out that workload for the remaining rounds; its pool is closed and a fresh one
 serves the rest of the session.
 
@@ -29,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import _tasks
@@ -112,6 +114,79 @@ class SessionWorkload:
         included). Most are sized by count."""
 
 
+#: A workload sized by time aims at this many times its minimum at the fastest
+#: warm-up rate: noise only ever slows a run, so a warm-up rate errs low.
+SIZE_MARGIN = 1.25
+
+
+@dataclass(frozen=True)
+class TimeSize:
+    """The size :func:`size_by_time` chose for the timed rounds, and why."""
+
+    #: Items (tasks) each timed run gets.
+    items: int
+    #: The run the fastest process pool should last at least (seconds).
+    min_s: float
+    #: The most items allowed; ``capped``: the time asked for more.
+    max_items: int
+    capped: bool
+    #: The fastest process pool in the warm-up round (its label), its tasks/s,
+    #: and the warm-up round's items.
+    fastest: str
+    rate: float
+    base: int
+
+    def params(self) -> dict[str, Any]:
+        """What ``params["sized_by_time"]`` records (and the report reads)."""
+        return {
+            "min_s": self.min_s,
+            "max_tasks": self.max_items,
+            "capped": self.capped,
+            "fastest": self.fastest,
+            "warmup_tasks_per_s": self.rate,
+            "warmup_tasks": self.base,
+        }
+
+    def title(self) -> str:
+        """The end of the workload's title."""
+        cap = f"; capped at {self.max_items:,} items" if self.capped else ""
+        return (
+            f"; sized so that the fastest process pool's run lasts {self.min_s:g} s or more "
+            f"({self.fastest} ran {self.rate:,.0f} tasks/s in the warm-up round, at "
+            f"{self.base:,}){cap}"
+        )
+
+
+def size_by_time(
+    cells: Mapping[str, Cell],
+    pools: frozenset[str],
+    *,
+    base: int,
+    min_s: float,
+    max_items: int,
+    step: int = 1,
+) -> TimeSize | None:
+    """The items a workload's timed rounds run so that the fastest process pool
+    (the highest warm-up ``tasks_per_s`` among ``pools`` whose cell is ok) lasts
+    ``min_s`` seconds or more: it aims at :data:`SIZE_MARGIN` times that, in
+    steps of ``step`` items, at most ``max_items`` and never fewer than ``base`` (the
+    warm-up round's). ``None`` (keep the size by count) when ``min_s`` is 0 or
+    no process pool has a warm-up rate."""
+    if min_s <= 0:
+        return None
+    rates = [
+        (rate, cell.label)
+        for key, cell in cells.items()
+        if key in pools and cell.ok and (rate := cell.warmup.get("tasks_per_s"))
+    ]
+    if not rates:
+        return None
+    rate, label = max(rates)
+    want = math.ceil(rate * min_s * SIZE_MARGIN / step) * step
+    n = max(base, min(want, max_items))
+    return TimeSize(n, min_s, max_items, n < want, label, rate, base)
+
+
 def _expected_sum(n: int) -> int:
     """``sum(add_one(i) for i in range(n))``."""
     return n * (n - 1) // 2 + n
@@ -176,50 +251,75 @@ class Latency(SessionWorkload):
 
 
 class Tiny(SessionWorkload):
-    """Tiny tasks one by one, with the tiny task of ``fns`` (its own rows)."""
+    """Tiny tasks one by one, with the tiny task of ``fns`` (its own rows).
+
+    The warm-up round runs ``tiny_tasks``; the timed rounds run as many as the
+    fastest process pool's warm-up rate needs for a run of at least
+    ``tiny_min_s`` (:meth:`after_warm_up`, :func:`size_by_time`), at most
+    ``tiny_max_tasks``, the same for every contestant of the row.
+    """
 
     group = "tiny"
 
     def __init__(self, cfg: BenchConfig, fns: TaskFns) -> None:
         super().__init__(cfg)
-        n = cfg.tiny_tasks
         self.fns = fns
         self.key = f"tiny:{fns.kind}"
-        self.calls = [(i,) for i in range(n)]
+        self._size(cfg.tiny_tasks, "")
+
+    def _size(self, n: int, sized: str) -> None:
+        """Run ``n`` tasks from now on. A ``range``: each run builds its calls
+        (untimed), so that 100k of them are not held through later forks."""
+        self.items = range(n)
         self.title = (
-            f"Tiny tasks, one by one, {fns.label}: {n:,} x add_one(x) = x + 1, a handle "
-            f"each; add_one is {fns.where}"
+            f"Tiny tasks, one by one, {self.fns.label}: {n:,} x add_one(x) = x + 1, a handle "
+            f"each; add_one is {self.fns.where}{sized}"
         )
-        self.params = {"tasks": n, "fn": fns.kind, "fn_where": fns.where}
+        self.params = {**self.params, "tasks": n, "fn": self.fns.kind, "fn_where": self.fns.where}
+
+    def after_warm_up(self, cells: Mapping[str, Cell], pools: frozenset[str]) -> None:
+        cfg = self.cfg
+        size = size_by_time(
+            cells,
+            pools,
+            base=len(self.items),
+            min_s=cfg.tiny_min_s,
+            max_items=cfg.tiny_max_tasks,
+        )
+        if size is None:
+            return
+        self.params["sized_by_time"] = size.params()
+        _log.info("%s: %s tasks (%s warmed up at %.0f tasks/s)", self.key, f"{size.items:,}",
+                  size.fastest, size.rate)  # fmt: skip
+        self._size(size.items, size.title())
 
     def run(self, pool: Pool) -> dict[str, float | None]:
         if not pool.one_by_one:
             raise Unsupported("no per-task handle (joblib runs batches of calls)")
         self.fns.check_runs_on(pool)
-        n, fn = len(self.calls), self.fns.add_one
-        wall, results = timed(lambda: pool.run_all(fn, self.calls, self.cfg.timeout))
+        calls = [(i,) for i in self.items]
+        n, fn = len(calls), self.fns.add_one
+        wall, results = timed(lambda: pool.run_all(fn, calls, self.cfg.timeout))
         check(len(results) == n, f"{len(results)} results for {n} tasks")
         got = sum(results)
         check(got == _expected_sum(n), f"sum {got}, expected {_expected_sum(n)}")
-        return {"tasks_per_s": n / wall, "wall_s": wall}
-
-
-#: Map sized by time aims at this many times ``map_min_s`` at the fastest
-#: warm-up rate: noise only ever slows a run, so a warm-up rate errs low.
-MAP_SIZE_MARGIN = 1.25
+        return {"tasks_per_s": n / wall, "wall_s": wall, "tasks": float(n)}
 
 
 class MapChunks(SessionWorkload):
     """``map`` with one chunk size, with the tiny task of ``fns`` (its own rows).
 
-    With a chunk size above 1 a run of a few thousand chunks takes milliseconds
-    on a fast pool, too short to time; so the warm-up round runs a size by
-    count (``map_chunks_per_worker`` chunks per worker), and the timed rounds
-    run as many items as the fastest process pool's warm-up rate needs for a
-    run of at least ``map_min_s`` (:meth:`after_warm_up`), for everyone but a
-    contestant that would need more than ``map_max_s`` for them: it runs about
-    ``map_max_s`` seconds' worth, in whole chunks (a steady state all the
-    same; a full-size run would cost minutes), and every run records its items.
+    A run of a few thousand items is too short to time on a fast pool (with
+    a chunk size above 1, milliseconds); so the warm-up round runs a size by
+    count (``map_tasks``; with a chunk size above 1, at least
+    ``map_chunks_per_worker`` chunks per worker), and the timed rounds run as
+    many items as the fastest process pool's warm-up rate needs for a run of
+    at least ``map_min_s`` (:meth:`after_warm_up`, :func:`size_by_time`), at
+    most ``map1_max_tasks`` at chunk size 1 (where every contestant runs
+    them) and ``map_max_tasks`` above, where a contestant that would need more
+    than ``map_max_s`` for them runs about ``map_max_s`` seconds' worth, in
+    whole chunks (a steady state all the same; a full-size run would cost
+    minutes), and every run records its items.
     """
 
     group = "map"
@@ -255,40 +355,34 @@ class MapChunks(SessionWorkload):
 
     def after_warm_up(self, cells: Mapping[str, Cell], pools: frozenset[str]) -> None:
         cfg = self.cfg
-        if self.chunksize == 1 or cfg.map_min_s <= 0:
-            return
-        rates = [
-            (rate, cell.label)
-            for key, cell in cells.items()
-            if key in pools and cell.ok and (rate := cell.warmup.get("tasks_per_s"))
-        ]
-        if not rates:
-            return
-        rate, label = max(rates)
+        one = self.chunksize == 1
         step = self.chunksize * cfg.workers  # whole chunks, the same number per worker
-        want = math.ceil(rate * cfg.map_min_s * MAP_SIZE_MARGIN / step) * step
-        n = max(len(self.items), min(want, cfg.map_max_tasks))
         base = len(self.items)
-        for key, cell in cells.items():
-            own = cell.warmup.get("tasks_per_s")
-            if cell.ok and own and n / own > cfg.map_max_s:
-                fewer = max(base, math.floor(own * cfg.map_max_s / step) * step)
-                if fewer < n:
-                    self.fewer[key] = fewer
-        self.params["sized_by_time"] = {
-            "min_s": cfg.map_min_s,
-            "max_s": cfg.map_max_s,
-            "fastest": label,
-            "warmup_tasks_per_s": rate,
-            "warmup_tasks": base,
-            "fewer": {cells[k].label: m for k, m in self.fewer.items()},
-        }
-        sized = (
-            f"; sized so that the fastest process pool's run lasts {cfg.map_min_s:g} s or more "
-            f"({label} ran {rate:,.0f} tasks/s in the warm-up round, at {base:,})"
+        size = size_by_time(
+            cells,
+            pools,
+            base=base,
+            min_s=cfg.map_min_s,
+            max_items=cfg.map1_max_tasks if one else cfg.map_max_tasks,
+            step=step,
         )
-        _log.info("%s: %s items (%s warmed up at %.0f tasks/s)", self.key, f"{n:,}", label, rate)
-        self._size(n, sized)
+        if size is None:
+            return
+        n = size.items
+        sized = size.params()
+        if not one:  # chunk size 1: the same items for every contestant
+            for key, cell in cells.items():
+                own = cell.warmup.get("tasks_per_s")
+                if cell.ok and own and n / own > cfg.map_max_s:
+                    fewer = max(base, math.floor(own * cfg.map_max_s / step) * step)
+                    if fewer < n:
+                        self.fewer[key] = fewer
+            sized["max_s"] = cfg.map_max_s
+            sized["fewer"] = {cells[k].label: m for k, m in self.fewer.items()}
+        self.params["sized_by_time"] = sized
+        _log.info("%s: %s items (%s warmed up at %.0f tasks/s)", self.key, f"{n:,}",
+                  size.fastest, size.rate)  # fmt: skip
+        self._size(n, size.title())
 
     def run(self, pool: Pool) -> dict[str, float | None]:
         self.fns.check_runs_on(pool)
