@@ -434,3 +434,28 @@ def test_an_idle_node_claims_once_per_task_it_is_woken_for(
     # The first claim (empty: nothing queued yet), and at most one spurious
     # wake-up: a claim per task, not three.
     assert calls.count(0) <= 2, calls
+
+
+def test_a_task_that_becomes_the_earliest_delayed_one_wakes_a_node(broker: Broker) -> None:
+    """A node whose last claim emptied the ready set blocks on the wake
+    list, its wait taken from the earliest delayed task then. A task put on
+    ``delayed`` ahead of that one (a delayed submit, a retry's backoff)
+    pushes a token, so the node looks again; one due later pushes none. It
+    used to start such a task up to the 1 s idle wait late."""
+    wake = broker.keys.wake
+    later = broker.submit(b"call", name="later", delay=60.0)
+    assert broker.r.llen(wake) == 1  # the first delayed task is the earliest
+    broker.r.delete(wake)
+    broker.submit(b"call", name="even later", delay=120.0)
+    assert broker.r.llen(wake) == 0  # behind the earliest: no node's wait changes
+    broker.submit(b"call", name="sooner", delay=30.0)
+    assert broker.r.llen(wake) == 1
+    broker.r.delete(wake)
+    # A retry's backoff ahead of every delayed task: a token too.
+    retried = broker.submit(b"call", name="retried", policy=RetryPolicy(max_retries=1))
+    broker.r.delete(wake)
+    (c,) = broker.claim(1, 30, "node-a")
+    assert c.task_id == retried and later != retried
+    assert broker.finish(c.task_id, c.token, "error", error="ValueError: once")
+    assert broker.meta(retried)["state"] == "retrying"  # type: ignore[index]
+    assert broker.r.llen(wake) == 1

@@ -84,13 +84,23 @@ local function flush(ctx)
 end
 """.replace("INLINE_MAX", str(INLINE_MAX))
 
-#: Putting a task on ``ready``, waking an idle node.
+#: Putting a task on ``ready``, waking an idle node; putting one on
+#: ``delayed``: one that is now the earliest there wakes a node too, since a
+#: node blocked on the wake list took its wait from the old earliest (a node
+#: whose last claim emptied ``ready`` blocks there while it runs tasks).
 READY = """
 local function make_ready(id, m)
   m.state = 'pending'
   redis.call('ZADD', K.ready, score(m), id)
   redis.call('RPUSH', K.wake, '1')
   redis.call('LTRIM', K.wake, -64, -1)
+end
+local function delay_until(due, id)
+  redis.call('ZADD', K.delayed, due, id)
+  if redis.call('ZRANGE', K.delayed, 0, 0)[1] == tostring(id) then
+    redis.call('RPUSH', K.wake, '1')
+    redis.call('LTRIM', K.wake, -64, -1)
+  end
 end
 """
 
@@ -107,7 +117,7 @@ local function enqueue(id, priority, m, payload, delay, now)
   redis.call('HSET', K.payload, id, payload)
   if delay > 0 then
     m.state = 'scheduled'
-    redis.call('ZADD', K.delayed, now + delay, id)
+    delay_until(now + delay, id)
   else
     make_ready(id, m)
   end
@@ -296,7 +306,7 @@ local function release(id, m, now)
   redis.call('SREM', K.waiting, id)
   if m.due and m.due > now then
     m.state = 'scheduled'
-    redis.call('ZADD', K.delayed, m.due, id)
+    delay_until(m.due, id)
   else
     make_ready(id, m)
   end

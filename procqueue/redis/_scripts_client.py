@@ -65,7 +65,7 @@ if nup == 0 then
   if idem then redis.call('SET', idem, id, 'EX', tonumber(ARGV[6])) end
   redis.call('HSET', K.payload, id, ARGV[4])
   if delay > 0 then
-    redis.call('ZADD', K.delayed, now + delay, id)
+    delay_until(now + delay, id)
   else
     redis.call('ZADD', K.ready, -priority * 4294967296 + seq, id)
     redis.call('RPUSH', K.wake, '1')

@@ -5,7 +5,7 @@ declared, time from Redis ``TIME``.
 
 from __future__ import annotations
 
-from ._scripts import CAPS, CORE, DORMANT, ENDING, RATE, script
+from ._scripts import CAPS, CORE, DORMANT, ENDING, RATE, READY, script
 
 #: Expired leases a task is not charged for. Attempts are counted at claim,
 #: so that a task that kills its node every time ends in the DLQ instead of
@@ -46,6 +46,7 @@ end
 CLAIM = script(
     "CLAIM",
     CORE,
+    READY,
     RATE,
     CAPS,
     """
@@ -89,7 +90,7 @@ for i = 1, #popped, 2 do
     m.state = 'throttled'
     bump('t:' .. m.lk, 1)
     redis.call('HSET', K.meta, id, cjson.encode(m))
-    redis.call('ZADD', K.delayed, m.slot, id)
+    delay_until(m.slot, id)
     m = nil
   end
   if m then
@@ -203,7 +204,7 @@ local function finish(id, token, outcome, value, err, r, ctx)
   if outcome == 'retry' then
     m.state = 'retrying'
     m.error = err
-    redis.call('ZADD', K.delayed, now + backoff(m), id)
+    delay_until(now + backoff(m), id)
     redis.call('HSET', K.meta, id, cjson.encode(m))
     return 1
   end
@@ -282,7 +283,7 @@ local function lost(id, m, node)
   m.error = err
   if charged(m) <= m.max_retries then
     m.state = 'retrying'
-    redis.call('ZADD', K.delayed, now + backoff(m), id)
+    delay_until(now + backoff(m), id)
     redis.call('HSET', K.meta, id, cjson.encode(m))
     requeued[#requeued + 1] = id
     return
