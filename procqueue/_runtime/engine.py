@@ -6,7 +6,7 @@ How a task travels::
     front door (any thread)              coordinator thread                        transport
     -----------------------              ------------------                        ---------
     submit(fn, *args)                    +-------- Scheduler (pure, _core/) -----+
-      pickle (errors here) -- admit -->  | ready heap (-priority, id, record)    |
+      pickle (errors here) -- admit -->  | ready heap (-priority, id)            |
       + 1 byte on the wake-up pipe       | delayed heap (backoff due time)       |
                                          | slots, tally, dead letters            |
     cancel / stop -- command deque -->   +-- events in ---------- actions out ---+
