@@ -4,7 +4,9 @@ system's workers (the script puts ``benchmarks/`` on their ``PYTHONPATH``).
 Each system gets the same two jobs in the shape it wants: the no-op
 (``x + 1``) and the CPU-bound ``cpu_task(index, iterations)`` (``procqueue.bench``'s
 pure-Python loop, so its answer can be checked). procqueue and RQ run plain
-functions; arq wants ``async def f(ctx, *args)``; SAQ ``async def f(ctx, **kwargs)``.
+functions; arq wants ``async def f(ctx, *args)``; SAQ ``async def f(ctx, **kwargs)``;
+Celery and Dramatiq run the plain functions too, registered as tasks (``pqpeers.noop``)
+and actors (``pqpeers_noop``) on an app or broker built for one queue.
 The CPU job blocks the asyncio workers' event loop while it runs, as CPU work in
 an ``async def`` does: one job at a time per process.
 
@@ -16,10 +18,17 @@ so one module serves every queue a run creates:
 ``PQPEERS_JOBS``     SAQ ``concurrency`` / arq ``max_jobs`` per process (default 10,
                      both systems' own default)
 ``PQPEERS_POLL``     arq ``poll_delay`` in seconds (arq's default is 0.5)
+``dramatiq_worker_timeout``  Dramatiq's own variable: its consumers' longest idle
+                     back-off, in ms (its default is 1000)
 ``PQPEERS_BLOCK``    ``1`` on the reclaim row's doomed node: its ``reclaimed`` jobs block
 
-Start them as ``saq _redis_peer_workers.saq_settings`` and
-``arq _redis_peer_workers.ArqSettings``.
+Start them as ``saq _redis_peer_workers.saq_settings``,
+``arq _redis_peer_workers.ArqSettings``, ``celery -A _redis_peer_workers:celery_app
+worker`` and ``dramatiq _redis_peer_workers:dramatiq_setup``. The client side
+builds the same app or broker with :func:`celery_app_for` and
+:func:`dramatiq_broker_for`. Every Redis key either makes starts with the queue's
+name (Celery: ``global_keyprefix``; Dramatiq: the broker's and the results'
+``namespace``), so the script's cleanup by the run's token finds them all.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ import os
 import time
 from typing import Any
 
-__all__ = [  # and ArqSettings, built on demand by __getattr__
+__all__ = [  # and ArqSettings and celery_app, built on demand by __getattr__
     "arq_cpu",
     "arq_hello",
     "arq_noop",
+    "celery_app_for",
     "cpu_task",
+    "dramatiq_broker_for",
+    "dramatiq_setup",
     "hello",
     "noop",
     "reclaimed",
@@ -124,9 +136,77 @@ def saq_settings() -> dict[str, Any]:
     }
 
 
+#: The plain job functions Celery and Dramatiq register, by the name the script uses.
+PLAIN_JOBS = {"noop": noop, "cpu_task": cpu_task, "hello": hello}
+
+
+def celery_app_for(url: str, queue: str) -> Any:
+    """A Celery app on one queue: broker and result backend on ``url`` (the
+    same Redis and db), every key prefixed with ``queue:``, and the jobs
+    registered as ``pqpeers.<job>``. Remote control (a ``pidbox`` queue per
+    worker, outside any prefix) is off; the worker runs without gossip,
+    mingle and heartbeats (events none of the rows use)."""
+    from celery import Celery
+
+    app = Celery("pqpeers", broker=url, backend=url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        broker_transport_options={"global_keyprefix": f"{queue}:"},
+        result_backend_transport_options={"global_keyprefix": f"{queue}:"},
+        worker_enable_remote_control=False,
+        broker_connection_retry_on_startup=True,
+    )
+    for name, fn in PLAIN_JOBS.items():
+        # shared=False: registered on this app only, not on every app made later
+        app.task(name=f"pqpeers.{name}", shared=False)(fn)
+    return app
+
+
+def dramatiq_broker_for(url: str, queue: str) -> tuple[Any, Any, dict[str, Any]]:
+    """``(broker, results backend, {job: actor})`` for one queue: a
+    ``RedisBroker`` on ``url`` with namespace ``<queue>-dramatiq``, the Results
+    middleware on a ``RedisBackend`` (namespace ``<queue>-results``, readable
+    keys), and the jobs as actors ``pqpeers_<job>`` on ``queue``, no retries
+    (Dramatiq's default is 20: a failed job is a failure at once here)."""
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+    from dramatiq.results import Results
+    from dramatiq.results.backends import RedisBackend
+
+    backend = RedisBackend(url=url, namespace=f"{queue}-results", use_namespace_prefix_keys=True)
+    broker = RedisBroker(url=url, namespace=f"{queue}-dramatiq")
+    broker.add_middleware(Results(backend=backend))
+    actors = {
+        name: dramatiq.actor(
+            fn,
+            broker=broker,
+            actor_name=f"pqpeers_{name}",
+            queue_name=queue,
+            max_retries=0,
+            store_results=True,
+        )
+        for name, fn in PLAIN_JOBS.items()
+    }
+    return broker, backend, actors
+
+
+def dramatiq_setup() -> None:
+    """Dramatiq's CLI calls this (``dramatiq _redis_peer_workers:dramatiq_setup``)
+    in each worker process, then serves the broker it set."""
+    import dramatiq
+
+    broker, _backend, _actors = dramatiq_broker_for(_env("PQPEERS_URL"), _env("PQPEERS_QUEUE"))
+    dramatiq.set_broker(broker)
+
+
 def __getattr__(name: str) -> Any:
-    # arq reads a class's attributes, so build it when the worker asks for it
-    # (after the environment is set), not at import.
+    # arq reads a class's attributes, and Celery's ``-A module:app`` an
+    # attribute, so build them when the worker asks for them (after the
+    # environment is set), not at import.
+    if name == "celery_app":
+        app = celery_app_for(_env("PQPEERS_URL"), _env("PQPEERS_QUEUE"))
+        globals()["celery_app"] = app  # one app, however often it is asked for
+        return app
     if name == "ArqSettings":
         from arq.connections import RedisSettings
 

@@ -1,4 +1,4 @@
-"""procqueue on Redis against SAQ, arq and RQ on the same Redis, side by side in one run.
+"""procqueue on Redis against SAQ, arq, RQ, Celery and Dramatiq on one Redis, side by side.
 
 Four rows (``../shared/BENCHMARKS.md``, "on Redis"), each system on fresh queues of
 its own, one system's workers alive at a time:
@@ -21,7 +21,18 @@ its own, one system's workers alive at a time:
    The peers' recovery is not comparable knob for knob (SAQ sweeps jobs by their
    own heartbeat timeouts, arq re-runs a job only once its ``in-progress`` key
    expires after the job's timeout, RQ moves jobs of dead workers to a failed
-   registry), so they are not run on this row.
+   registry, Celery's Redis transport redelivers an unacknowledged job after its
+   visibility timeout, one hour by default, and only with late acks, Dramatiq
+   requeues a dead worker's jobs once its heartbeat is older than the broker's
+   ``heartbeat_timeout``, 60 s by default), so they are not run on this row.
+
+The peers (``--systems``; all but ``rq-simple`` by default): SAQ, arq, RQ (and
+``rq-simple``, its SimpleWorker) with ``--workers`` worker processes each; Celery
+one prefork worker with ``--concurrency`` = ``--workers``; Dramatiq one ``dramatiq
+--processes`` = ``--workers`` ``--threads 1``. Beside arq (redis-py < 6) pip
+resolves ``celery[redis]`` to Celery 5.6 and kombu 5.6: kombu 5.7's Redis
+transport needs redis-py >= 6.1, and where it meets an older one Celery is "not
+run" with that reason.
 
 ``--rows`` picks rows (``enqueue,rt,e2e,cpu,reclaim``), e.g. ``--rows e2e
 --systems procqueue,saq`` for a quick comparison.
@@ -391,10 +402,164 @@ class RqSimpleSystem(RqSystem):
     forks = False
 
 
+class CelerySystem(System):
+    key, title, package, by_pid = "celery", "Celery", "celery", True
+
+    def check_installed(self) -> None:
+        """Also :class:`NotRun` when kombu's Redis transport refuses this
+        redis-py: kombu 5.7 needs redis-py >= 6.1, which arq (< 6) excludes."""
+        super().check_installed()
+        from kombu.exceptions import VersionMismatch
+
+        app = jobs.celery_app_for(self.run.url, f"{self.run.token}-celery-check")
+        try:
+            with app.connection_for_write() as conn:
+                conn.default_channel  # noqa: B018  (kombu checks redis-py's version here)
+        except VersionMismatch as e:
+            raise NotRun(
+                f"kombu {_version('kombu')}: {e} (beside arq, which needs redis<6: "
+                "pip install 'celery[redis]<5.7')"
+            ) from e
+        finally:
+            app.close()
+
+    def worker_commands(self) -> list[list[str]]:
+        cmd = [sys.executable, "-m", "celery", "-A", "_redis_peer_workers:celery_app", "worker"]
+        cmd += ["-P", "prefork", "--concurrency", str(self.args.workers), "-Q", self.queue]
+        cmd += ["-n", f"{self.queue}@%h", "--without-gossip", "--without-mingle"]
+        return [[*cmd, "--without-heartbeat"]]
+
+    async def connect(self, queue: str) -> None:
+        self.queue = queue
+        self.app = jobs.celery_app_for(self.run.url, queue)
+        # Every handle of the session, kept until close(): Celery 5.6's
+        # AsyncResult.__del__ unsubscribes from its result channel under
+        # redis-py's pub/sub lock, and when the garbage collector runs it while
+        # this thread holds that lock (inside another subscribe or
+        # unsubscribe) the client deadlocks. Celery 5.7 defers that
+        # unsubscribe, but needs a redis-py that arq excludes.
+        self.handles: list[Any] = []
+
+    async def close(self) -> None:
+        app, self.app = getattr(self, "app", None), None
+        if app is None:
+            return
+        consumer = app.backend.result_consumer
+        with contextlib.suppress(Exception):
+            consumer.stop()  # closes its pub/sub connection
+        consumer._pubsub = None  # so the handles' __del__ unsubscribes nothing
+        self.handles.clear()
+        with contextlib.suppress(Exception):
+            app.backend.client.connection_pool.disconnect()
+        with contextlib.suppress(Exception):
+            app.pool.force_close_all()
+        app.close()
+
+    async def enqueue(self, job: str, *args: Any) -> Any:
+        # Celery's client is synchronous: it blocks this loop, as RQ's does.
+        # send_task subscribes to the job's result channel before it publishes.
+        handle = self.app.send_task(f"pqpeers.{job}", args=args, queue=self.queue)
+        self.handles.append(handle)
+        return handle
+
+    async def result(self, handle: Any, deadline: float) -> Any:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            value = handle.get(timeout=_left(deadline), propagate=False)
+        except CeleryTimeout as e:
+            raise Fail("no result before the row's --timeout") from e
+        if handle.state != "SUCCESS":
+            raise Fail(f"job {handle.id} ended {handle.state}: {str(value)[-200:]}")
+        return value
+
+    async def queued(self) -> int:
+        # kombu's Redis transport keeps a queue's messages in a list named
+        # after it (priority 0; none is set here), under the global key prefix.
+        return int(self.run.redis.llen(f"{self.queue}:{self.queue}"))
+
+    def describe(self) -> str:
+        return (
+            f"one `celery -A _redis_peer_workers:celery_app worker -P prefork --concurrency "
+            f"{self.args.workers}` (kombu {_version('kombu')}; Celery's default prefetch "
+            "multiplier 4, late acks off; "
+            "`--without-gossip --without-mingle --without-heartbeat`, remote control off), "
+            "broker and result backend on this Redis and db; client `send_task`, "
+            "`AsyncResult.get(timeout=...)` (the result backend's pub/sub channel per job, "
+            "subscribed before the job is sent; the client keeps every `AsyncResult` until "
+            "the session ends, as Celery 5.6's `AsyncResult.__del__` can deadlock it when "
+            "the garbage collector runs it inside a subscribe)"
+        )
+
+
+class DramatiqSystem(System):
+    key, title, package, by_pid = "dramatiq", "Dramatiq", "dramatiq", True
+
+    def worker_commands(self) -> list[list[str]]:
+        cmd = [sys.executable, "-m", "dramatiq", "_redis_peer_workers:dramatiq_setup"]
+        cmd += ["--processes", str(self.args.workers), "--threads", "1"]
+        return [[*cmd, "--queues", self.queue]]
+
+    def worker_env(self) -> dict[str, str]:
+        return {"dramatiq_worker_timeout": str(round(self.args.dramatiq_poll * 1000))}
+
+    async def connect(self, queue: str) -> None:
+        self.queue = queue
+        self.broker, self.backend, self.actors = jobs.dramatiq_broker_for(self.run.url, queue)
+
+    async def close(self) -> None:
+        broker, backend = getattr(self, "broker", None), getattr(self, "backend", None)
+        self.broker = self.backend = None
+        if broker is not None:
+            broker.close()
+        if backend is not None:
+            backend.client.close()
+
+    async def enqueue(self, job: str, *args: Any) -> Any:
+        return self.actors[job].send(*args)  # synchronous, as RQ's and Celery's
+
+    async def result(self, handle: Any, deadline: float) -> Any:
+        from dramatiq.results import ResultFailure, ResultTimeout
+
+        # A blocking BRPOPLPUSH on the job's result key, in whole seconds (the
+        # backend's granularity); short blocks, so the row's deadline holds.
+        while True:
+            wait_ms = max(1000, min(2000, int(_left(deadline) * 1000)))
+            try:
+                return handle.get_result(backend=self.backend, block=True, timeout=wait_ms)
+            except ResultTimeout:
+                continue
+            except ResultFailure as e:
+                raise Fail(f"job {handle.message_id} failed: {str(e)[-200:]}") from e
+
+    async def queued(self) -> int:
+        return int(self.broker.client.llen(f"{self.broker.namespace}:{self.queue}"))
+
+    def describe(self) -> str:
+        poll_ms = self.args.dramatiq_poll * 1000
+        return (
+            f"one `dramatiq _redis_peer_workers:dramatiq_setup --processes {self.args.workers} "
+            f"--threads 1` (`RedisBroker`; `dramatiq_worker_timeout={poll_ms:g}` "
+            "ms, the longest idle back-off of its consumers, which start at 5 ms and double "
+            "while their queue is empty; Dramatiq's default is 1,000 ms; actors with "
+            "`max_retries=0`); client `actor.send`, `Message.get_result(block=True)` (the "
+            "Results middleware, `RedisBackend`: a blocking BRPOPLPUSH on the job's result key)"
+        )
+
+
 SYSTEMS: dict[str, type[System]] = {
-    s.key: s for s in (ProcqueueSystem, SaqSystem, ArqSystem, RqSystem, RqSimpleSystem)
+    s.key: s
+    for s in (
+        ProcqueueSystem,
+        SaqSystem,
+        ArqSystem,
+        RqSystem,
+        RqSimpleSystem,
+        CelerySystem,
+        DramatiqSystem,
+    )
 }
-DEFAULT_SYSTEMS = ("procqueue", "saq", "arq", "rq")
+DEFAULT_SYSTEMS = ("procqueue", "saq", "arq", "rq", "celery", "dramatiq")
 
 
 # ---------------------------------------------------------------------- the run
@@ -811,7 +976,8 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, run: Run) 
         if args.warm_up
         else "and no warm-up round (`--quick`: a smoke run, not figures to quote)"
     )
-    print(f"# procqueue on Redis against SAQ, arq and RQ ({args.workers} worker processes each)\n")
+    against = f" against {_and([titles[k] for k in peers])}" if peers else ""
+    print(f"# procqueue on Redis{against} ({args.workers} worker processes each)\n")
     print(
         f"One Redis ({run.redis.info('server')['redis_version']}, `{args.redis}`), one client in "
         f"this process, one system's workers alive at a time. Rows: enqueue {args.jobs:,} no-op "
@@ -948,6 +1114,11 @@ def _e2e_vs_saq(
     return f"{goal} {'met' if r >= E2E_VS_SAQ else 'NOT met'} ({r:.2f}x)."
 
 
+def _and(names: Sequence[str]) -> str:
+    """``A, B and C``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -1030,6 +1201,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease", type=float, default=3.0, help="reclaim row: node --lease, s (3)")
     p.add_argument("--peer-jobs", type=int, default=10, help="SAQ concurrency / arq max_jobs (10)")
     p.add_argument("--arq-poll", type=float, default=0.01, help="arq poll_delay, s (0.01)")
+    p.add_argument(
+        "--dramatiq-poll",
+        type=float,
+        default=0.01,
+        help="Dramatiq's longest idle back-off (dramatiq_worker_timeout), s (0.01)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a session may take")
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds for workers to start")
     args = p.parse_args(argv)
@@ -1055,7 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p.error("need --reps >= 3, --workers >= 1 and sizes >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for name in ("saq", "arq", "rq", "procqueue"):  # the clients' per-job lines would be timed
+    for name in ("saq", "arq", "rq", "celery", "kombu", "dramatiq", "procqueue"):
+        # the clients' per-job lines would be timed
         logging.getLogger(name).setLevel(logging.WARNING)
     # SIGTERM unwinds like Ctrl-C, so every worker is stopped and every key deleted.
     signal.signal(signal.SIGTERM, _interrupt)

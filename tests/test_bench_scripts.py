@@ -200,6 +200,29 @@ def test_redis_peers_target_lines() -> None:
     assert "arq not run" in arq_not_run[0]
 
 
+def test_redis_peers_celery_and_dramatiq_keys_carry_the_queue() -> None:
+    """Every key Celery and Dramatiq make starts with the queue's name, which
+    carries the run's token: the script's cleanup by that token finds them all.
+    Nothing here connects to Redis."""
+    pytest.importorskip("celery")
+    pytest.importorskip("dramatiq")
+    jobs = _script("redis_peers").jobs
+    url, queue = "redis://127.0.0.1:1/0", "pqpeers-abc123-celery-1-run"
+    app = jobs.celery_app_for(url, queue)
+    try:
+        assert {f"pqpeers.{name}" for name in jobs.PLAIN_JOBS} <= set(app.tasks)
+        assert app.conf.task_default_queue == queue
+        assert app.conf.broker_transport_options["global_keyprefix"] == f"{queue}:"
+        assert app.backend.get_key_for_task("some-id").startswith(queue.encode())
+    finally:
+        app.close()
+    broker, backend, actors = jobs.dramatiq_broker_for(url, queue)
+    assert set(actors) == set(jobs.PLAIN_JOBS)
+    assert all(a.queue_name == queue and a.options["max_retries"] == 0 for a in actors.values())
+    assert broker.namespace.startswith(queue) and backend.namespace.startswith(queue)
+    broker.close()
+
+
 # --- the recorded command ----------------------------------------------------------------
 
 
