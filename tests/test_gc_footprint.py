@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 from concurrent.futures import wait
-from typing import Any
+from typing import Any, cast
 
 from procqueue._core.deps import ResultOf
 from procqueue._core.events import ERROR, OK
@@ -78,3 +78,22 @@ def test_a_plain_calls_arguments_are_not_tracked_once_collected() -> None:
     assert holes is not None
     gc.collect()
     assert not gc.is_tracked(holes[0])
+
+
+def test_one_dependent_is_held_without_a_list() -> None:
+    """A chain's link waits on its upstream as the upstream's one dependent,
+    held as itself (a list per link was one more tracked object each); a
+    second dependent makes it a list, and both are released."""
+    from procqueue import ProcQueue, task_id
+
+    with ProcQueue(1) as pool:
+        held = pool.submit_task(abs, -3, delay=3600)
+        first = pool.submit_task(abs, -1, after=[held])
+        core: Any = cast(Any, pool)._engine.core
+        up = core.tasks[task_id(held)]
+        assert up.dependents is core.tasks[task_id(first)]
+        second = pool.submit_task(abs, -2, after=[held])
+        assert [d.task_id for d in up.dependents] == [task_id(first), task_id(second)]
+        assert held.cancel()
+        done, _ = wait([first, second], timeout=30)
+        assert done == {first, second} and first.cancelled() and second.cancelled()  # both told

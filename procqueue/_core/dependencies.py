@@ -18,7 +18,7 @@ recursion, so depth costs no stack.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -113,7 +113,7 @@ class Dependencies(Outcomes):
             while self._finals:
                 up, outcome, sent = self._finals.pop()
                 dependents, up.dependents = up.dependents, None
-                for dep in dependents or ():
+                for dep in each_dependent(dependents):
                     if dep.state is _WAITING:
                         self._upstream_ended(dep, up, outcome, now, sent)
         finally:
@@ -193,11 +193,25 @@ class Dependencies(Outcomes):
 
 
 def _depend(up: _TaskRecord, dep: _TaskRecord) -> None:
-    """``dep`` waits on ``up``, which has not ended."""
-    if up.dependents is None:
-        up.dependents = [dep]
+    """``dep`` waits on ``up``, which has not ended. One dependent (a chain's
+    link) is held as itself, not in a list: a list is one more object for
+    the cyclic GC to walk in every full collection, for each waiting link."""
+    held = up.dependents
+    if held is None:
+        up.dependents = dep
+    elif type(held) is list:
+        held.append(dep)
     else:
-        up.dependents.append(dep)
+        up.dependents = [held, dep]  # type: ignore[list-item]
+
+
+def each_dependent(held: _TaskRecord | list[_TaskRecord] | None) -> Iterable[_TaskRecord]:
+    """What a record's ``dependents`` holds, as records (see :func:`_depend`)."""
+    if held is None:
+        return ()
+    if type(held) is list:
+        return held
+    return (held,)  # type: ignore[return-value]
 
 
 def _unknown(tid: int) -> TaskNotFoundError:

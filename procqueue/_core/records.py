@@ -283,7 +283,8 @@ class _TaskRecord:
         # future} until that upstream ends, then {id: (outcome, sent)} (``Done``).
         self.upstream: tuple[int, ...] = ()
         self.waiting_on = 0
-        self.dependents: list[_TaskRecord] | None = None
+        #: Its dependents: one as itself, several in a list (``dependencies._depend``).
+        self.dependents: _TaskRecord | list[_TaskRecord] | None = None
         self.all_done = False
         self.inputs: dict[int, Any] | None = None
         # Rate/concurrency limits: its key; parked in the key's FIFO (PENDING

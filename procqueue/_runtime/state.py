@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from .._core.config import QueueConfig
 from .._core.deadletters import DeadLetter
+from .._core.dependencies import each_dependent
 from .._core.events import OK
 from .._core.records import RELEASED, TaskProgress, TaskState, TaskStatus, _TaskRecord
 from .._core.scheduler import Scheduler
@@ -408,7 +409,7 @@ class ReadSide:
                 payload=rec.payload,
                 outcome=rec.outcome if completed else None,
                 has_outcome=completed,
-                dependents=tuple(d.task_id for d in rec.dependents or ()),
+                dependents=tuple(d.task_id for d in each_dependent(rec.dependents)),
                 limit_key=rec.limit_key,
                 timeout=rec.timeout,
                 parked=rec.parked,
