@@ -63,6 +63,10 @@ def test_size_by_time_is_capped_and_never_below_the_warm_up() -> None:
     assert "capped at 100,000 items" in capped.title()
     small = size_by_time(cells, POOLS, base=10_000, min_s=0.005, max_items=100_000)
     assert small is not None and small.items == 10_000 and not small.capped
+    # A warm-up already past the cap runs whole: the cap did not stop it short.
+    big = size_by_time(cells, POOLS, base=150_000, min_s=10.0, max_items=100_000)
+    assert big is not None and big.items == 150_000 and not big.capped
+    assert "capped" not in big.title()
 
 
 def test_size_by_time_off_or_without_a_process_pool() -> None:

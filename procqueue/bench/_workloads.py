@@ -184,7 +184,8 @@ def size_by_time(
     rate, label = max(rates)
     want = math.ceil(rate * min_s * SIZE_MARGIN / step) * step
     n = max(base, min(want, max_items))
-    return TimeSize(n, min_s, max_items, n < want, label, rate, base)
+    # Capped: the cap, not the warm-up's size, is what stopped it short.
+    return TimeSize(n, min_s, max_items, n == max_items < want, label, rate, base)
 
 
 def _expected_sum(n: int) -> int:
