@@ -89,18 +89,18 @@ end
 #: node blocked on the wake list took its wait from the old earliest (a node
 #: whose last claim emptied ``ready`` blocks there while it runs tasks).
 READY = """
-local function make_ready(id, m)
-  m.state = 'pending'
-  redis.call('ZADD', K.ready, score(m), id)
+local function wake()
   redis.call('RPUSH', K.wake, '1')
   redis.call('LTRIM', K.wake, -64, -1)
 end
+local function make_ready(id, m)
+  m.state = 'pending'
+  redis.call('ZADD', K.ready, score(m), id)
+  wake()
+end
 local function delay_until(due, id)
   redis.call('ZADD', K.delayed, due, id)
-  if redis.call('ZRANGE', K.delayed, 0, 0)[1] == tostring(id) then
-    redis.call('RPUSH', K.wake, '1')
-    redis.call('LTRIM', K.wake, -64, -1)
-  end
+  if redis.call('ZRANGE', K.delayed, 0, 0)[1] == tostring(id) then wake() end
 end
 """
 

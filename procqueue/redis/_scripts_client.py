@@ -68,8 +68,7 @@ if nup == 0 then
     delay_until(now + delay, id)
   else
     redis.call('ZADD', K.ready, -priority * 4294967296 + seq, id)
-    redis.call('RPUSH', K.wake, '1')
-    redis.call('LTRIM', K.wake, -64, -1)
+    wake()
   end
   return tonumber(id)
 end
