@@ -142,8 +142,8 @@ class Node:
         # outcomes free room); a short claim lingers (LINGER). Under _lock.
         self._claiming = False
         self._linger_until = 0.0
-        # The last claim came back short (the ready set ran dry): the next
-        # one waits for a wake token. Under _lock.
+        # The last claim left the ready set empty (CLAIM says how many are
+        # left): the next one waits for a wake token. Under _lock.
         self._dry = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -257,7 +257,7 @@ class Node:
                 continue
             self._backoff.reset()
 
-    def _claim(self, free: int) -> list[Claimed]:
+    def _claim(self, free: int) -> None:
         """Claim up to ``free`` tasks and start them (the caller set
         ``_claiming``; cleared here, also when Redis fails). Not once the
         node is stopping: a claim decided just before ``stop()`` is dropped.
@@ -282,7 +282,6 @@ class Node:
                 self._linger_until = time.monotonic() + LINGER if short else 0.0
                 self._claiming = False
                 self._lock.notify_all()
-        return claimed
 
     def _idle_wait(self) -> float:
         broker = self.broker
