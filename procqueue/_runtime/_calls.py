@@ -315,7 +315,7 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple
     if _flat(args) and (not kwargs or _flat(kwargs.values())):
         # Markers too: one C call instead of a BytesIO and a Python pickler
         # subclass halves the cost of pickling ``f(result_of(t))``, same bytes.
-        return (_NO_BUFFERS, pickle.dumps((args, kwargs), protocol=5))
+        return dump_plain_arguments(args, kwargs)
     if kwargs:
         keys = tuple(kwargs)
         kwargs = dict(zip(keys, _wrap_big(tuple(kwargs.values()))))
