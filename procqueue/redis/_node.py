@@ -59,6 +59,7 @@ from .._policy import RetryPolicy
 from .._runtime.futures import _TaskFuture
 from ..errors import TaskCancelledError
 from ..executor import ProcQueue, task_id
+from ._backoff import Backoff, redis_errors, transient
 from ._codec import bind_call, dump_outcome, encodable, error_text, load_call, node_gone
 from ._protocol import Broker, Claimed
 
@@ -135,7 +136,7 @@ class Node:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._finished = threading.Event()  # every held task reported: the keeper ends
-        self._backoff = _Backoff()
+        self._backoff = Backoff()
         self._beats = 0  # heartbeats written: every PRUNE_EVERY-th also prunes
         self.completed = 0
         # One thread claims at a time (the claim loop, or the reporter when
@@ -185,7 +186,7 @@ class Node:
             self.pool.shutdown(wait=True)
             try:
                 self.broker.r.hdel(self.broker.keys.nodes, self.owner)
-            except _redis_errors():
+            except redis_errors():
                 pass  # its heartbeat ages out
             _log.info("node %s stopped after %d tasks", self.owner, self.completed)
 
@@ -243,16 +244,16 @@ class Node:
                 # machine: 0.1 ms of the round trip).
                 try:
                     broker.r.blpop([broker.keys.wake], timeout=self._idle_wait())
-                except _redis_errors() as e:
+                except redis_errors() as e:
                     self._backoff.failed("claim", e, self._stopping)
                 with self._lock:
                     self._dry = False
                 continue
-            # Redis refusing (OOM, READONLY, BUSY: _redis_errors) is retried
+            # Redis refusing (OOM, READONLY, BUSY: redis_errors) is retried
             # like Redis away: a node outlives a failover or a full server.
             try:
                 self._claim(free)
-            except _redis_errors() as e:
+            except redis_errors() as e:
                 self._backoff.failed("claim", e, self._stopping)
                 continue
             self._backoff.reset()
@@ -451,7 +452,7 @@ class Node:
             if free:
                 try:
                     self._claim(free)
-                except _redis_errors() as e:  # the claim loop retries, with backoff
+                except redis_errors() as e:  # the claim loop retries, with backoff
                     _log.debug("claim after a report failed: %s", e)
                 except Exception:  # the reporter must live on: it drains the node
                     _log.exception("claim after a report failed; the claim loop retries")
@@ -467,7 +468,7 @@ class Node:
                     doc = {"done": pr.done, "total": pr.total, "message": pr.message}
                     p.set(broker.keys.progress(tid), json.dumps(doc), ex=broker.result_ttl)
                 p.execute()
-        except _redis_errors() as e:
+        except redis_errors() as e:
             _log.warning("progress of %d task(s) not written: %s", len(progress), e)
         except Exception:  # never the reporter's end: outcomes come next
             _log.exception("progress of %d task(s) not written", len(progress))
@@ -476,7 +477,7 @@ class Node:
         self, batch: list[tuple[int, int, str, bytes, str]], give_up: float | None = None
     ) -> None:
         """Report outcomes, retrying while Redis is unreachable or refuses for
-        a while (OOM, READONLY, BUSY: :func:`_transient`), until ``give_up``
+        a while (OOM, READONLY, BUSY: :func:`transient`), until ``give_up``
         (two leases from now): after that the leases have expired, the tasks
         were (or will be) reclaimed, and the reports would be fenced off
         anyway. An error of another kind (an outcome Redis cannot be sent, an
@@ -485,13 +486,13 @@ class Node:
         bad one is lost; that one raises."""
         if give_up is None:
             give_up = time.monotonic() + 2 * self.lease
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 self.broker.finish_many(batch)
                 return
-            except _redis_errors() as e:
-                if not _transient(e):
+            except redis_errors() as e:
+                if not transient(e):
                     if len(batch) == 1:
                         raise
                     break
@@ -551,7 +552,7 @@ class Node:
                         "lease renewal failed (%r); retrying in %.1fs",
                         e,
                         retry,
-                        exc_info=not isinstance(e, _redis_errors()),  # a bug: its traceback
+                        exc_info=not isinstance(e, redis_errors()),  # a bug: its traceback
                     )
                     continue
                 if retry:
@@ -583,12 +584,12 @@ class Node:
         """Fire the queue's due schedules (each tick once across all nodes)."""
         from ._cron import evaluate
 
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping.is_set():
             try:
                 wait = evaluate(self.broker)
                 backoff.reset()
-            except _redis_errors() as e:
+            except redis_errors() as e:
                 backoff.failed("schedules", e, self._stopping)
                 continue
             except Exception:
@@ -671,64 +672,6 @@ class _Pace:
             return
         self.rate += min(1.0, dt / self.TAU) * (self._n / dt - self.rate)
         self._since, self._n = now, 0
-
-
-class _Backoff:
-    """Waits between retries while Redis is unreachable or refuses (see
-    ``_redis_errors``): 0.1 s doubling to 5 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def reset(self) -> None:
-        if self.delay:
-            _log.info("Redis is reachable again")
-        self.delay = 0.0
-
-    def failed(self, what: str, error: BaseException, stop: threading.Event | None) -> None:
-        self.delay = min(5.0, max(0.1, self.delay * 2))
-        _log.warning("%s: Redis failed (%r); retrying in %.1fs", what, error, self.delay)
-        if stop is None:
-            time.sleep(self.delay)  # a bounded wait for the server to come back
-        else:
-            stop.wait(self.delay)
-
-
-#: Error replies that say Redis cannot take writes for now (memory full, a
-#: replica during a failover, a script or a load running), not that this
-#: command is wrong: a report is retried through them.
-_TRANSIENT_REPLIES = frozenset(
-    ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
-     "MISCONF")
-)  # fmt: skip
-
-
-def _transient(e: BaseException) -> bool:
-    """Redis away, or refusing every write for a while; not an error reply
-    about the command itself (which the same command would get again)."""
-    import redis
-
-    rx = redis.exceptions
-    if not isinstance(e, rx.ResponseError):
-        return True
-    by_class = ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError")
-    if any(isinstance(e, getattr(rx, name)) for name in by_class if hasattr(rx, name)):
-        return True  # redis-py strips the code from these
-    return str(e).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    """What a node retries with backoff: Redis away (connection, timeout) or
-    refusing a command (an error reply: OOM under ``noeviction``, READONLY
-    during a failover, BUSY, LOADING). A script Redis lost (NOSCRIPT) never
-    gets here: ``_lanes`` loads it and runs it again."""
-    import redis
-
-    return (
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        redis.exceptions.ResponseError,
-    )
 
 
 def _gone(raw: bytes, now: float) -> bool:
