@@ -12,9 +12,10 @@ from procqueue.bench import BenchConfig, run_suite
 from procqueue.bench._cli import parse_args
 from procqueue.bench._measure import Cell, WorkloadResult
 from procqueue.bench._report import table_map, table_tiny
+from procqueue.bench._sizing import SIZE_MARGIN, size_by_time
 from procqueue.bench._stdlib_pools import SequentialPool
 from procqueue.bench._task_fns import task_fns
-from procqueue.bench._workloads import SIZE_MARGIN, MapChunks, Tiny, size_by_time
+from procqueue.bench._workloads import MapChunks, Tiny
 
 #: Warm-up tasks/s, as a 2-core box shows them for tiny tasks one by one.
 WARM = {
