@@ -6,7 +6,7 @@ How a completion reaches the screen::
     front door                       coordinator thread (map) / event loop (as_completed)
     ----------                       ---------------------------------------------------
     progress_factory(progress)  ->   raises MissingExtraError at the call
-    Tracker.watch(fut, weight)  ->   fut done-callback: Tracker._on_done
+    Tracker.watch(fut, weight)  ->   fut done-callback: Tracker.settled
     Tracker.open()                         |  done += weight (under the tracker's lock)
     Tracker.close()  (finally, or GC)      v
                                      Sink.update(done, total): tqdm / rich / your callable
@@ -127,7 +127,7 @@ class Tracker:
         self._factory = factory
         self._description = description
         # RLock: a callable sink may settle another watched future in its own
-        # thread (cancel it, say), which re-enters _on_done.
+        # thread (cancel it, say), which re-enters settled.
         self._lock = threading.RLock()
         # Invariants (under _lock): done <= watched; total is None or watched
         # once the input is drained; sink is None before open and after close.
@@ -145,12 +145,19 @@ class Tracker:
         """Count ``fut`` (a ``concurrent.futures`` or asyncio future) as
         ``weight`` items once it is done; returns it."""
         with self._lock:
-            self._watched += weight
+            self.expect(weight)
             tid = getattr(fut, "_task_id", -1)  # a ProcQueue future knows its task
             if type(tid) is int and tid >= 0:
                 self.task_ids.add(tid)
-        fut.add_done_callback(lambda f: self._on_done(f, weight))
+        fut.add_done_callback(lambda f: self.settled(f, weight))
         return fut
+
+    def expect(self, weight: int) -> None:
+        """``weight`` more items, each to be counted by :meth:`settled` (what
+        :meth:`watch` does for a future; a caller that must count one at a
+        time of its own choosing calls these two)."""
+        with self._lock:
+            self._watched += weight
 
     def note_report(self, task_id: int, progress: TaskProgress) -> None:
         """A task's ``report_progress``: shown next to the bar if it is one of
@@ -209,7 +216,8 @@ class Tracker:
         for fn in hooks:
             self._call(fn)
 
-    def _on_done(self, fut: Any, weight: int) -> None:
+    def settled(self, fut: Any, weight: int = 1) -> None:
+        """``fut`` is done: count its ``weight`` items (failed, if it did)."""
         failed = fut.cancelled() or fut.exception() is not None
         with self._lock:
             self._done += weight

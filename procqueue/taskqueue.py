@@ -318,10 +318,22 @@ class TaskQueue:
             tracker.task_ids.update(futs.values())
             tracker.on_close(self._engine.watch_progress(tracker.note_report))
         pending = set(futs)
+        counted: set[asyncio.Future[Any]] = set()
+
+        def count(f: asyncio.Future[Any]) -> None:
+            # On the loop, as each settles, or as it is yielded: asyncio.wait
+            # hands back every future done when the iteration resumes, one
+            # whose own callback is still queued behind that wake-up too, and
+            # the bar must not close short of it. Once each.
+            if tracker is not None and f not in counted:
+                counted.add(f)
+                tracker.settled(f)
+
         try:
             if tracker is not None:
+                tracker.expect(len(futs))
                 for f in futs:
-                    tracker.watch(f)  # on the loop, as each settles: before it is yielded
+                    f.add_done_callback(count)
                 tracker.open()
             while pending:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -331,6 +343,7 @@ class TaskQueue:
                 if not done:
                     raise TimeoutError(f"{len(pending)} task(s) not finished within {timeout}s")
                 for f in done:
+                    count(f)
                     f.exception()
                     yield futs[f]
         finally:

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from _tasks import Gate, gated, ident, raise_value_error
@@ -283,3 +284,44 @@ def test_a_map_that_fails_to_queue_leaves_no_progress_watcher() -> None:
             with pytest.raises(Exception, match="pickle"):
                 pool.map(ident, [threading.Lock()], progress=lambda done, total: None)
         assert engine._progress_listeners == [] and not engine.core.progress_watched
+
+
+def test_as_completed_counts_a_task_settled_after_the_wake_up_before_yielding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``asyncio.wait`` hands back every future done when the iteration
+    resumes, including one settled after the wake-up was queued, whose
+    done-callbacks (the bar's) have not run yet. Such a task must be counted
+    before it is yielded: otherwise the iteration could end (and close the
+    bar) with the count short of the total. Driven step by step with futures
+    settled on the loop in that order."""
+    import procqueue.taskqueue as tq
+
+    rec = Recorder()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        afs: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(2)]
+        handed = iter(afs)
+        real = tq.to_asyncio
+        async with TaskQueue(num_workers=1) as q:
+            ids = [await q.submit(abs, -i) for i in range(2)]
+            await q.join()
+            # as_completed's two futures are these, settled by the test
+            monkeypatch.setattr(tq, "to_asyncio", lambda cf: next(handed, None) or real(cf))
+
+            async def consume() -> list[int]:
+                return [t async for t in q.as_completed(ids, progress=rec)]
+
+            task = asyncio.ensure_future(consume())
+            for _ in range(3):  # let it reach asyncio.wait (loop steps, not time)
+                await asyncio.sleep(0)
+            assert not task.done()
+            afs[0].set_result(None)  # queues the bar's callback, then wait's
+            # After wait's callback (which queues the consumer's wake-up): the
+            # second future settles, its bar callback queued after that wake-up.
+            loop.call_soon(afs[1].set_result, None)
+            assert sorted(await asyncio.wait_for(task, BOUND)) == ids
+
+    asyncio.run(main())
+    rec.assert_monotone_to(2)
