@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from _tasks import add, hang
+from _tasks import Gate, add, gated, hang
 
 from procqueue import ProcQueue, TaskTimeoutError
 from procqueue._runtime.engine import Engine
@@ -28,9 +28,9 @@ def _steps_by_thread(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[st
     names: list[str] = []
     step = engine._step
 
-    def counted(events: list[Any]) -> Any:
+    def counted(events: list[Any], **kw: Any) -> Any:
         names.append(threading.current_thread().name)
-        return step(events)
+        return step(events, **kw)
 
     monkeypatch.setattr(engine, "_step", counted)
     return names
@@ -84,3 +84,51 @@ def test_large_frames_while_the_coordinator_flushes_a_full_pipe(
         for _ in range(40):  # without the lock, a run of 12 failed one time in 3
             futs = [pool.submit(len, data) for _ in range(4)]
             assert [f.result(timeout=60) for f in futs] == [4 << 20] * 4
+
+
+def test_a_pool_not_grown_to_full_size_dispatches_in_the_submitting_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers start on demand: one-at-a-time trips on a pool of 2 start
+    one worker, and the other slot stays empty. That empty slot must not
+    turn direct steps off (it did: every idle round trip then paid the hop
+    to the coordinator thread and back)."""
+    with ProcQueue(2) as pool:
+        assert pool.submit(add, 0, 0).result(timeout=30) == 0
+        engine = pool._engine
+        assert sum(s.serving for s in engine.core.slots) == 1  # one slot still empty
+        _asleep(engine)
+        names = _steps_by_thread(engine, monkeypatch)
+        fut = pool.submit(add, 1, 2)
+        assert names[:1] == [threading.current_thread().name]
+        assert fut.result(timeout=30) == 3
+
+
+def test_a_direct_step_leaves_worker_starts_to_the_coordinator(
+    monkeypatch: pytest.MonkeyPatch, gate: Gate
+) -> None:
+    """A second task while the one worker is busy, on a pool with an empty
+    slot: the submitter's step decides to start a worker, and the
+    coordinator thread starts it."""
+    with ProcQueue(2, start_method="fork", prefetch=0) as pool:
+        assert pool.submit(add, 0, 0).result(timeout=30) == 0
+        engine = pool._engine
+        _asleep(engine)
+        first = pool.submit(gated, gate.paths, "first")
+        gate.wait_started()
+        _asleep(engine)
+        starters: list[str] = []
+        start = engine.transport.start_worker
+
+        def counted(slot: Any) -> Any:
+            starters.append(threading.current_thread().name)
+            return start(slot)
+
+        monkeypatch.setattr(engine.transport, "start_worker", counted)
+        names = _steps_by_thread(engine, monkeypatch)
+        second = pool.submit(add, 2, 2)
+        assert names[:1] == [threading.current_thread().name]  # the step that wants a worker
+        assert second.result(timeout=30) == 4  # on the new worker: the first is gated
+        assert starters == ["procqueue-coordinator"]
+        gate.release()
+        assert first.result(timeout=30) == "first"

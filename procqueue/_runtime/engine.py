@@ -69,6 +69,7 @@ from .._core.events import (
 from .._core.records import TaskState, _TaskRecord
 from .._core.scheduler import Scheduler
 from .._core.schedules import ScheduleEntry
+from .._core.slots import WorkerState
 from ..errors import (
     InvalidArgumentError,
     OptionTypeError,
@@ -93,6 +94,7 @@ _MAX_SLEEP = 86400.0
 #: A submit that finds the coordinator asleep with a worker waiting for work
 #: takes the step itself (see :meth:`Engine._step_here`). False: always wake it.
 DIRECT_DISPATCH = True
+_EMPTY = WorkerState.STOPPED
 
 
 class _Cancel:
@@ -160,12 +162,15 @@ class Engine(ReadSide):
         # publications made in the order they were taken, under this lock).
         self._step_lock = threading.Lock()
         # When the sleeping coordinator means to wake (monotonic; None: never),
-        # whether a submitter may step (every slot serving: a step from a
-        # caller's thread never starts a process), and events a submitter's
-        # step produced, for the coordinator to feed.
+        # whether a submitter may step (every slot serving or empty), events a
+        # submitter's step produced, for the coordinator to feed, and the
+        # actions it left to the coordinator: a step from a caller's thread
+        # never starts a process (a spawn or forkserver start takes
+        # milliseconds, and an event loop's thread must not wait on it).
         self._sleep_deadline: float | None = None
         self._direct_ok = False
         self._handoff: list[Event] = []
+        self._deferred: list[Action] = []
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
@@ -484,9 +489,11 @@ class Engine(ReadSide):
         if not DIRECT_DISPATCH or not self._step_lock.acquire(blocking=False):
             return False
         try:
-            if not self._sleeping:
-                return False  # it is awake: it will see the task itself
-            done, deadline, events = self._step([])
+            if not self._sleeping or self._deferred:
+                # Awake: it will see the task itself. Deferred actions: they
+                # must be carried out before any later step's.
+                return False
+            done, deadline, events = self._step([], here=True)
             if events:
                 with self._lock:
                     self._handoff += events
@@ -494,7 +501,7 @@ class Engine(ReadSide):
             sooner = deadline is not None and (planned is None or deadline < planned)
         finally:
             self._step_lock.release()
-        if done or events or sooner:
+        if done or events or sooner or self._deferred:
             self._wake()
         return True
 
@@ -535,6 +542,7 @@ class Engine(ReadSide):
             try:
                 with self._step_lock:  # no submitter's step runs past this point
                     self._direct_ok = False
+                    self._carry_out_deferred()
                     self._shutdown_workers()
             finally:
                 self._finish()
@@ -545,6 +553,9 @@ class Engine(ReadSide):
         events: list[Event] = []
         while True:
             with self._step_lock:
+                if self._deferred:
+                    actions, self._deferred = self._deferred, []
+                    events += self._carry_out(actions)
                 if self._handoff:
                     with self._lock:
                         events += self._handoff
@@ -576,12 +587,16 @@ class Engine(ReadSide):
                 finished = {ev.slot for ev in events if type(ev) is Done}
                 events += [self.transport.read_memory(slot) for slot in finished]
 
-    def _step(self, events: list[Event]) -> tuple[bool, float | None, list[Event]]:
+    def _step(
+        self, events: list[Event], *, here: bool = False
+    ) -> tuple[bool, float | None, list[Event]]:
         """One step: feed ``events`` and the commands to the scheduler, let it
         fire timers and dispatch (under the lock); carry out its actions and
         publish (outside). Returns whether the loop is over, the next deadline
         and the events the actions produced. No local outlives the step, so a
-        result is never kept alive here after its future is settled."""
+        result is never kept alive here after its future is settled.
+        ``here``: a submitter's step; a worker start, and every action after
+        it, is left in ``_deferred`` for the coordinator."""
         with self._lock:
             now = time.monotonic()
             core = self.core
@@ -596,9 +611,17 @@ class Engine(ReadSide):
             done = core.finished_stopping()
             deadline = core.next_deadline(now)
             self._wake_on_submit = core.short_of_work()
-            self._direct_ok = all(s.serving for s in core.slots)
+            # A slot that is starting or stopping has a process the
+            # coordinator is still bringing up or reaping: it steps alone.
+            self._direct_ok = all(s.serving or s.state is _EMPTY for s in core.slots)
             self._after_step()
             pub = self._take_publication()
+        if here:
+            for i, action in enumerate(actions):
+                if type(action) is StartWorker:
+                    self._deferred = actions[i:]
+                    del actions[i:]
+                    break
         new_events = self._carry_out(actions)
         self._publish(pub)
         return done, deadline, new_events
@@ -629,6 +652,17 @@ class Engine(ReadSide):
             elif type(action) is ReadMemory:
                 events += [transport.read_memory(slot) for slot in action.slots]
         return events
+
+    def _carry_out_deferred(self) -> None:
+        """Start the workers a submitter's step left to the coordinator (only
+        a crashed loop leaves any past its last step)."""
+        if self._deferred:
+            actions, self._deferred = self._deferred, []
+            events = self._carry_out(actions)
+            with self._lock:
+                now = time.monotonic()
+                for ev in events:
+                    self.core.feed(ev, now)
 
     def _shutdown_workers(self) -> None:
         """Every worker leaves: idle ones are told to, others are killed; wait a
