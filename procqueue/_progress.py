@@ -205,9 +205,17 @@ class Tracker:
             if self._sink is not None:
                 self._call(self._sink.note, text)
 
-    def close(self) -> None:
-        """Close the bar (idempotent); later completions are ignored."""
+    def close(self, *, complete: bool = False) -> None:
+        """Close the bar (idempotent); later completions are ignored.
+        ``complete``: every watched item is known to have ended (``map``'s
+        caller has taken every result), so the ones whose done-callbacks
+        have not run yet are counted now: a result is readable as soon as
+        its future turns finished, before the thread that settled it runs
+        the callbacks, and the last one could otherwise be shown missing."""
         with self._lock:
+            if complete and not self._closed and self._done < self._watched:
+                self._done = self._watched
+                self._push()
             self._closed = True
             sink, self._sink = self._sink, None
             if sink is not None:

@@ -500,6 +500,8 @@ def _results(
                     yield chunk.pop()
             else:
                 yield _result_or_cancel(window.popleft(), timeout)
+        if tracker is not None:
+            tracker.close(complete=True)  # every result taken: every item ended
     finally:
         if tracker is not None:
             tracker.close()  # first: the cancellations below are not progress

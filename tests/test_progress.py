@@ -325,3 +325,32 @@ def test_as_completed_counts_a_task_settled_after_the_wake_up_before_yielding_it
 
     asyncio.run(main())
     rec.assert_monotone_to(2)
+
+
+def test_map_closes_its_bar_at_the_total_when_the_last_callback_comes_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A result is readable once its future turns finished, before the
+    thread that settled it runs the done-callbacks (the bar's). The caller
+    can take the last result and end the map first: the bar must still
+    close at the total. Driven by holding the last callback until the map
+    has ended."""
+    from procqueue._progress import Tracker
+
+    n = 4
+    rec = Recorder()
+    consumed = threading.Event()
+    calls: list[int] = []
+    real = Tracker.settled
+
+    def held(self: Tracker, fut: Any, weight: int = 1) -> None:
+        calls.append(weight)
+        if sum(calls) == n:  # the last item's callback waits for the map's end
+            consumed.wait(BOUND)
+        real(self, fut, weight)
+
+    monkeypatch.setattr(Tracker, "settled", held)
+    with ProcQueue(1) as pool:
+        assert list(pool.map(ident, range(n), progress=rec)) == list(range(n))
+        consumed.set()
+    rec.assert_monotone_to(n)
