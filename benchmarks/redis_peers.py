@@ -637,12 +637,31 @@ class Workers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the session: horses, forkservers, pools
             proc.wait()
-        _, alive = psutil.wait_procs(list(tree), timeout=5)
+        alive = _wait_gone(tree, 5.0)
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         if alive:
             _log.warning("killed %d leftover worker processes", len(alive))
+
+
+def _wait_gone(procs: set[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for ``procs`` to end; returns those left. A
+    zombie counts as ended: the orphans (forkservers, watchdogs) are PID 1's
+    to reap, and on some hosts it reaps them 1.5 to 2 s late, which
+    ``psutil.wait_procs`` sat out on every stop."""
+    deadline = time.monotonic() + timeout
+    left = list(procs)
+    while True:
+        still = []
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+        left = still
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)  # polling exits, as wait_procs does
 
 
 def _tail(log: Path, lines: int = 3) -> str:

@@ -347,3 +347,36 @@ def _fail_first_report(
 
     monkeypatch.setattr(broker, "finish_many", first_fails)
     return failed
+
+
+def test_a_stop_ends_an_idle_nodes_blocking_wait_at_once(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle node blocks on the wake list (BLPOP, until the next delayed
+    task is due: up to a second). ``stop()`` must end that wait, not sit it
+    out: every stop cost up to a second. The wait is stretched to 60 s here,
+    so a stop that waited for it would miss the join's deadline; afterwards
+    no stop token is left in Redis."""
+    monkeypatch.setattr(Node, "_idle_wait", lambda self: 60.0)
+    node = Node(broker, 1, lease=30.0, start_method="fork")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            node.run()
+        except BaseException as e:
+            errors.append(e)
+
+    runner = threading.Thread(target=run, name="node-run", daemon=True)
+    runner.start()
+    r = broker.r
+
+    def blocked() -> bool:
+        return any(c.get("cmd") == "blpop" for c in r.client_list())
+
+    _wait_for("the idle node's BLPOP", blocked)
+    node.stop()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "stop() waited for the idle node's BLPOP to time out"
+    assert not errors, errors
+    assert not r.exists(broker.keys.stop_node(node.owner))

@@ -21,6 +21,8 @@ key                           type     holds
 ``{pq:Q}:cancel``             set      ids whose owner must kill them (until their
                                        lease ends: finished, reclaimed)
 ``{pq:Q}:wake``               list     one token per submit, for idle nodes' BLPOP
+``{pq:Q}:stop:<node>``        list     one token that ends that node's BLPOP when it
+                                       stops (60 s TTL; deleted as it exits)
 ``{pq:Q}:nodes``              hash     node id -> JSON: host, pid, workers, lease, heartbeat
                                        (Redis TIME); dropped 3 leases after the last
 ``{pq:Q}:limits``             hash     limit key or pattern -> JSON: rate windows, cap
@@ -217,6 +219,9 @@ class Keys:
 
     def idem(self, key: str) -> str:
         return self._k(f"k:{key}")
+
+    def stop_node(self, owner: str) -> str:
+        return self._k(f"stop:{owner}")
 
     def all_fixed(self) -> list[str]:
         """Every key that is not per task (for tests and cleanup)."""

@@ -184,10 +184,14 @@ class Node:
             for t in threads:
                 t.join()
             self.pool.shutdown(wait=True)
+            keys = self.broker.keys
             try:
-                self.broker.r.hdel(self.broker.keys.nodes, self.owner)
+                with self.broker.r.pipeline(transaction=False) as p:
+                    p.hdel(keys.nodes, self.owner)
+                    p.delete(keys.stop_node(self.owner))
+                    p.execute()
             except redis_errors():
-                pass  # its heartbeat ages out
+                pass  # its heartbeat ages out, its stop token expires
             _log.info("node %s stopped after %d tasks", self.owner, self.completed)
 
     # ------------------------------------------------------------------ claiming
@@ -242,8 +246,10 @@ class Node:
                 # task is due. Without this, an idle round trip cost two
                 # empty CLAIMs (the node's CPU the client needs, on a small
                 # machine: 0.1 ms of the round trip).
+                # This node's stop token first: a stop wins over a wake.
+                wait_on = [broker.keys.stop_node(self.owner), broker.keys.wake]
                 try:
-                    broker.r.blpop([broker.keys.wake], timeout=self._idle_wait())
+                    broker.r.blpop(wait_on, timeout=self._idle_wait())
                 except redis_errors() as e:
                     self._backoff.failed("claim", e, self._stopping)
                 with self._lock:
@@ -596,6 +602,22 @@ class Node:
                 _log.exception("schedules: evaluation failed; retrying")
                 wait = 1.0
             self._stopping.wait(wait)
+        self._end_idle_wait()
+
+    def _end_idle_wait(self) -> None:
+        """The node is stopping: end the claim loop's BLPOP now, not at its
+        timeout (up to a second of every stop). Pushed from this thread, not
+        from :meth:`stop`: that runs in a signal handler, in the thread whose
+        redis-py call may hold the connection pool's lock. A token of its own,
+        not one on the shared wake list, which another node could take."""
+        key = self.broker.keys.stop_node(self.owner)
+        try:
+            with self.broker.r.pipeline(transaction=False) as p:
+                p.rpush(key, b"stop")
+                p.expire(key, 60)  # a node that dies before deleting it
+                p.execute()
+        except redis_errors():
+            pass  # Redis away: the BLPOP fails or times out on its own
 
     def _renew(self) -> None:
         with self._lock:
