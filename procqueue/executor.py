@@ -493,15 +493,19 @@ def _results(
                     window.append(nxt)
             if not window:
                 continue
+            value = _result_or_cancel(window.popleft(), timeout)
+            if tracker is not None and not window and not more:
+                # The last result is in hand, so every item has ended; the
+                # caller may stop pulling after it (zip, islice) without the
+                # generator ever running past its end.
+                tracker.close(complete=True)
             if flatten:
-                chunk = _result_or_cancel(window.popleft(), timeout)
-                chunk.reverse()
-                while chunk:
-                    yield chunk.pop()
+                value.reverse()
+                while value:
+                    yield value.pop()
             else:
-                yield _result_or_cancel(window.popleft(), timeout)
-        if tracker is not None:
-            tracker.close(complete=True)  # every result taken: every item ended
+                yield value
+                del value  # no local keeps a yielded result alive
     finally:
         if tracker is not None:
             tracker.close()  # first: the cancellations below are not progress

@@ -132,3 +132,52 @@ def test_a_direct_step_leaves_worker_starts_to_the_coordinator(
         assert starters == ["procqueue-coordinator"]
         gate.release()
         assert first.result(timeout=30) == "first"
+
+
+def test_a_direct_step_defers_only_the_starts_and_what_follows_on_their_slots() -> None:
+    """A task for an idle worker goes out in the submitter's step even when
+    that step also starts a worker: deferred behind the start, it could meet
+    its worker already reaped by the coordinator (which broke the pool)."""
+    from procqueue._core.events import KillWorker, ReadMemory, SendTasks, StartWorker
+    from procqueue._core.slots import KillReason
+
+    with ProcQueue(1) as pool:
+        engine = pool._engine
+        send0 = SendTasks(0, [])
+        kill1 = KillWorker(1, KillReason.TIMEOUT)
+        actions = [send0, StartWorker(1), SendTasks(2, []), kill1, ReadMemory((0, 1))]
+        now = engine._defer_starts(list(actions))
+        assert now == [send0, SendTasks(2, [])]
+        assert engine._deferred == [StartWorker(1), kill1, ReadMemory((0, 1))]
+        engine._deferred = []  # nothing to start in this pool
+
+
+def test_a_start_deferred_by_a_step_that_raised_still_happens(gate: Gate) -> None:
+    """A BaseException out of a submitter's step (a Ctrl-C in the main
+    thread, a done-callback's SystemExit) after it deferred a worker start:
+    the coordinator must still be woken to start it. The step had also
+    marked the pool as not short of work, so no later submit would."""
+    with ProcQueue(2, start_method="fork", prefetch=0) as pool:
+        engine = pool._engine
+        assert pool.submit(add, 0, 0).result(timeout=30) == 0
+        _asleep(engine)
+        first = pool.submit(gated, gate.paths, "first")
+        gate.wait_started()
+        _asleep(engine)
+        publish = engine._publish
+        raised: list[bool] = []
+
+        def interrupted(pub: Any) -> None:
+            if engine._deferred and not raised:
+                raised.append(True)
+                raise KeyboardInterrupt("in the submitter's step")
+            publish(pub)
+
+        engine._publish = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            pool.submit(add, 2, 2)
+        assert raised
+        # The first worker is gated: this one can only run on the deferred one.
+        assert pool.submit(add, 3, 3).result(timeout=30) == 6
+        gate.release()
+        assert first.result(timeout=30) == "first"

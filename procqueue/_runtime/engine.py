@@ -488,10 +488,12 @@ class Engine(ReadSide):
         sooner than it planned. Returns False when another thread steps."""
         if not DIRECT_DISPATCH or not self._step_lock.acquire(blocking=False):
             return False
+        wake = True
         try:
             if not self._sleeping or self._deferred:
-                # Awake: it will see the task itself. Deferred actions: they
-                # must be carried out before any later step's.
+                # Awake: it will see the task itself. Deferred starts: they
+                # must be carried out before any later step's actions.
+                wake = False
                 return False
             done, deadline, events = self._step([], here=True)
             if events:
@@ -499,10 +501,13 @@ class Engine(ReadSide):
                     self._handoff += events
             planned = self._sleep_deadline
             sooner = deadline is not None and (planned is None or deadline < planned)
+            wake = done or bool(events) or sooner
         finally:
             self._step_lock.release()
-        if done or events or sooner or self._deferred:
-            self._wake()
+            # Also when the step raised (a done-callback's SystemExit, a
+            # Ctrl-C): a start it deferred must not wait for the next event.
+            if wake or self._deferred:
+                self._wake()
         return True
 
     def _wake(self) -> None:
@@ -542,7 +547,9 @@ class Engine(ReadSide):
             try:
                 with self._step_lock:  # no submitter's step runs past this point
                     self._direct_ok = False
-                    self._carry_out_deferred()
+                    # Only a crashed loop leaves starts deferred past its last
+                    # step: the pool is broken, nothing is to be started.
+                    self._deferred = []
                     self._shutdown_workers()
             finally:
                 self._finish()
@@ -595,8 +602,12 @@ class Engine(ReadSide):
         publish (outside). Returns whether the loop is over, the next deadline
         and the events the actions produced. No local outlives the step, so a
         result is never kept alive here after its future is settled.
-        ``here``: a submitter's step; a worker start, and every action after
-        it, is left in ``_deferred`` for the coordinator."""
+        ``here``: a submitter's step; its worker starts, and any later action
+        on a slot being started, are left in ``_deferred`` for the
+        coordinator. The rest is carried out here, at once: a task sent to an
+        idle worker must not wait behind a start (and a worker may die
+        before the coordinator gets to it, which ``send`` handles only when
+        the coordinator has not reaped it yet)."""
         with self._lock:
             now = time.monotonic()
             core = self.core
@@ -616,15 +627,28 @@ class Engine(ReadSide):
             self._direct_ok = all(s.serving or s.state is _EMPTY for s in core.slots)
             self._after_step()
             pub = self._take_publication()
-        if here:
-            for i, action in enumerate(actions):
-                if type(action) is StartWorker:
-                    self._deferred = actions[i:]
-                    del actions[i:]
-                    break
+        if here and any(type(a) is StartWorker for a in actions):
+            actions = self._defer_starts(actions)
         new_events = self._carry_out(actions)
         self._publish(pub)
         return done, deadline, new_events
+
+    def _defer_starts(self, actions: list[Action]) -> list[Action]:
+        """Split a submitter's actions: the worker starts (and anything after
+        one on the same slot) go to ``_deferred``; returns the rest."""
+        starting: set[int] = set()
+        now: list[Action] = []
+        later: list[Action] = []
+        for action in actions:
+            if type(action) is StartWorker:
+                starting.add(action.slot)
+                later.append(action)
+            elif starting and _slots_of(action) & starting:
+                later.append(action)
+            else:
+                now.append(action)
+        self._deferred = later
+        return now
 
     def _apply_commands(self, now: float) -> None:
         commands = self._commands
@@ -652,17 +676,6 @@ class Engine(ReadSide):
             elif type(action) is ReadMemory:
                 events += [transport.read_memory(slot) for slot in action.slots]
         return events
-
-    def _carry_out_deferred(self) -> None:
-        """Start the workers a submitter's step left to the coordinator (only
-        a crashed loop leaves any past its last step)."""
-        if self._deferred:
-            actions, self._deferred = self._deferred, []
-            events = self._carry_out(actions)
-            with self._lock:
-                now = time.monotonic()
-                for ev in events:
-                    self.core.feed(ev, now)
 
     def _shutdown_workers(self) -> None:
         """Every worker leaves: idle ones are told to, others are killed; wait a
@@ -700,6 +713,13 @@ class Engine(ReadSide):
         self._stopped.set()
         self.stopped_future.set_result(None)
         _log.debug("coordinator stopped")
+
+
+def _slots_of(action: Action) -> set[int]:
+    """The worker slots an action touches."""
+    if type(action) is ReadMemory:
+        return set(action.slots)
+    return {action.slot}  # type: ignore[union-attr]
 
 
 # Engines still running at interpreter exit are stopped hard, so that no worker
