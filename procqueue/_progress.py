@@ -278,11 +278,10 @@ def _in_order(futures: list[Future[_T]], deadline: float | None, tracker: Tracke
     try:
         while futures:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            value = futures.pop().result(timeout)
+            got = [futures.pop().result(timeout)]  # no local holds it while yielded
             if not futures:  # the last one: every item has ended (see Tracker.close)
                 tracker.close(complete=True)
-            yield value
-            del value  # no local keeps a yielded result alive
+            yield got.pop()
     finally:
         tracker.close()
         for fut in futures:

@@ -493,19 +493,21 @@ def _results(
                     window.append(nxt)
             if not window:
                 continue
-            value = _result_or_cancel(window.popleft(), timeout)
+            # In a list, not a local: no local may hold a result while it is
+            # yielded (the caller may drop it; test_free_reference).
+            got = [_result_or_cancel(window.popleft(), timeout)]
             if tracker is not None and not window and not more:
                 # The last result is in hand, so every item has ended; the
                 # caller may stop pulling after it (zip, islice) without the
                 # generator ever running past its end.
                 tracker.close(complete=True)
             if flatten:
-                value.reverse()
-                while value:
-                    yield value.pop()
+                chunk = got.pop()
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
             else:
-                yield value
-                del value  # no local keeps a yielded result alive
+                yield got.pop()
     finally:
         if tracker is not None:
             tracker.close()  # first: the cancellations below are not progress
