@@ -110,3 +110,20 @@ def test_state_queries_and_a_pending_settle_make_no_condition() -> None:
     assert cancelled.cancelled() and cancelled.done() and not cancelled.running()
     deliver(cancelled, OK, 1)  # too late: it stays cancelled
     assert cancelled.cancelled()
+
+
+def test_a_future_cancelled_as_its_result_arrives_is_seen_by_wait() -> None:
+    """``cancel()`` won against the task's result (the engine could no longer
+    cancel the task): the result is dropped, and ``wait``/``as_completed``
+    must still learn of the cancellation. They count a cancelled future only
+    once notified, which only the delivery of a cancellation did: they
+    waited out their whole timeout (found by a review's stress run)."""
+    for kind, value in ((OK, 1), (ERROR, ValueError("late"))):
+        fut = _TaskFuture()
+        fut.bind(lambda: lambda task_id: False, 1)  # the engine: too late to cancel
+        assert fut.cancel()
+        deliver(fut, kind, value)
+        done, not_done = cf.wait([fut], timeout=10)
+        assert done == {fut} and not not_done
+        assert list(cf.as_completed([fut], timeout=10)) == [fut]
+        assert fut.cancelled()

@@ -244,14 +244,17 @@ def deliver(fut: Future[Any], kind: int, value: Any) -> None:
     if kind != CANCEL and type(fut) is _TaskFuture and fut.settle(value, kind == OK):
         return
     try:
-        if kind == CANCEL:
-            if fut.cancelled():
-                if not getattr(fut, "_cancel_notified", True):
-                    fut.set_running_or_notify_cancel()  # wake wait()/as_completed()
-                return
-            if not fut.running() and Future.cancel(fut):
+        if fut.cancelled():
+            # Cancelled by its caller, whatever the task's end: wait() and
+            # as_completed() count a cancelled future only once notified
+            # (the stdlib leaves that to the executor). Also when the task's
+            # outcome raced the cancel() and lost: they waited for ever.
+            if not getattr(fut, "_cancel_notified", True):
                 fut.set_running_or_notify_cancel()
-                return
+            return
+        if kind == CANCEL and not fut.running() and Future.cancel(fut):
+            fut.set_running_or_notify_cancel()
+            return
         if fut.done():
             return
         if not fut.running() and not fut.set_running_or_notify_cancel():
