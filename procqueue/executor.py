@@ -508,6 +508,10 @@ def _results(
                     yield chunk.pop()
             else:
                 yield got.pop()
+        if tracker is not None:
+            # Streaming: the last result may come before refill() says the
+            # input has run out; the loop's normal end says it too.
+            tracker.close(complete=True)
     finally:
         if tracker is not None:
             tracker.close()  # first: the cancellations below are not progress

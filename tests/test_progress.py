@@ -327,9 +327,12 @@ def test_as_completed_counts_a_task_settled_after_the_wake_up_before_yielding_it
     rec.assert_monotone_to(2)
 
 
-@pytest.mark.parametrize("take", ["all", "exactly_n"])
+@pytest.mark.parametrize(
+    ("take", "options"),
+    [("all", {}), ("exactly_n", {}), ("all", {"buffersize": 1}), ("all", {"buffersize": 2})],
+)
 def test_map_closes_its_bar_at_the_total_when_the_last_callback_comes_late(
-    monkeypatch: pytest.MonkeyPatch, take: str
+    monkeypatch: pytest.MonkeyPatch, take: str, options: dict[str, int]
 ) -> None:
     """A result is readable once its future turns finished, before the
     thread that settled it runs the done-callbacks (the bar's). The caller
@@ -352,7 +355,9 @@ def test_map_closes_its_bar_at_the_total_when_the_last_callback_comes_late(
 
     monkeypatch.setattr(Tracker, "settled", held)
     with ProcQueue(1) as pool:
-        results = pool.map(ident, range(n), progress=rec)
+        # buffersize: streaming, where the input is known to be done only
+        # after the last result came
+        results = pool.map(ident, range(n), progress=rec, **options)
         if take == "all":
             assert list(results) == list(range(n))
         else:  # zip stops pulling after n: the generator never runs past its end
