@@ -21,6 +21,7 @@ __all__ = [
     "FutureResultOf",
     "ResultOf",
     "bind",
+    "copy_with",
     "find_markers",
     "replace_in_call",
 ]
@@ -161,17 +162,22 @@ def _walk(
     if changed is None:
         memo[key] = value
         return value
-    if is_dict:
-        copy: Any = dict(value)  # same key order
+    memo[key] = copy = copy_with(value, changed)
+    return copy
+
+
+def copy_with(container: Any, changed: list[tuple[Any, Any]]) -> Any:
+    """A copy of the list, tuple or dict ``container`` with ``(key or index,
+    new value)`` each put in place (a dict keeps its key order)."""
+    if type(container) is dict:
+        copy = dict(container)
         for k, new in changed:
             copy[k] = new
-    else:
-        items = list(value)
-        for k, new in changed:
-            items[k] = new
-        copy = items if type(value) is list else tuple(items)
-    memo[key] = copy
-    return copy
+        return copy
+    items = list(container)
+    for k, new in changed:
+        items[k] = new
+    return items if type(container) is list else tuple(items)
 
 
 def _replace_looped(

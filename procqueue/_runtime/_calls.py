@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._core.deps import ResultOf, bind
+from .._core.deps import ResultOf, bind, copy_with
 from . import _shm
 from .wire import RESULT_HEAD
 
@@ -233,15 +233,6 @@ class _OutOfBand:
         return rebuild, (pickle.PickleBuffer(data),)
 
 
-_BIG_TYPES = (bytes, bytearray)
-
-
-def _is_big(v: object) -> bool:
-    # Not memoryview: pickle refuses one, and wrapping it would change what
-    # arrives (its format and shape) rather than how.
-    return type(v) in _BIG_TYPES and len(v) >= _BIG  # type: ignore[arg-type]
-
-
 def all_plain(values: Iterable[object]) -> bool:
     """Only small builtin scalars: nothing a marker or a future could hide in."""
     atomic = _ATOMIC
@@ -269,8 +260,131 @@ def _flat(values: Iterable[object]) -> bool:
     return True
 
 
+def _is_big(v: object) -> bool:
+    # Not memoryview: pickle refuses one, and wrapping it would change what
+    # arrives (its format and shape) rather than how.
+    t = type(v)
+    return (t is bytes or t is bytearray) and len(v) >= _BIG  # type: ignore[arg-type]
+
+
 def _wrap_big(values: tuple[object, ...]) -> tuple[object, ...]:
     return tuple(_OutOfBand(v) if _is_big(v) else v for v in values)  # type: ignore[arg-type]
+
+
+# --- large bytes inside containers ------------------------------------------------
+# The C pickler writes a ``bytes`` in band wherever it sits, so a task's
+# ``return key, data`` sent its 4 MB through the pipe: three copies more than
+# the side file, on the coordinator's one thread (1.8x ProcessPoolExecutor,
+# where a bare ``return data`` made 6x). A value or call whose pickle comes out
+# at 64 KiB or more (and only then: a small one pays a length check) is walked
+# for the large ``bytes`` and ``bytearray`` in its tuples, lists and dict
+# values, and pickled again with them wrapped if there is any. The first
+# pickle is wasted then (one copy, in the worker for a result), against the
+# three it saves. The walk is bounded: :data:`_LIFT_DEPTH` containers deep,
+# none with more than :data:`_LIFT_ITEMS` items, :data:`_LIFT_BUDGET` items in
+# all. Copies are made as ``_core.deps.bind`` makes them: only of the
+# containers that lead to a wrapped buffer, each once however often it is
+# referenced, so objects the value shares stay shared. The value stays as it
+# is (in band, as before) where containers loop, and where a list or dict
+# would be copied while part of the value went unseen (past the bounds, or
+# inside an object of another type that might refer to it). A tuple may be
+# copied then: equal, and immutable, it can only differ by ``is``.
+
+_LIFT_DEPTH = 4
+_LIFT_ITEMS = 256
+_LIFT_BUDGET = 2048
+_BUSY: Any = object()  # in a walk's memo: being walked
+
+
+class _Looped(Exception):
+    """A container met again while it is being walked."""
+
+
+class _Lifter:
+    __slots__ = ("memo", "budget", "unseen", "copied_mutable")
+
+    def __init__(self) -> None:
+        self.memo: dict[int, Any] = {}  # id -> its replacement, or itself
+        self.budget = _LIFT_BUDGET
+        self.unseen = False  # something was not looked into
+        self.copied_mutable = False  # a list or dict was copied
+
+    def done(self, value: Any, new: Any) -> Any:
+        """``new`` unless copying a list or dict might split shared state."""
+        return value if self.unseen and self.copied_mutable else new
+
+    def walk(self, value: Any, depth: int) -> Any:
+        memo = self.memo
+        key = id(value)
+        memo[key] = _BUSY
+        is_dict = type(value) is dict
+        self.budget -= len(value)
+        changed: list[tuple[Any, Any]] | None = None
+        for k, v in value.items() if is_dict else enumerate(value):
+            t = type(v)
+            if t is bytes or t is bytearray:
+                if len(v) < _BIG:
+                    continue
+                new = memo.get(id(v))
+                if new is None:
+                    new = memo[id(v)] = _OutOfBand(v)
+            elif t is tuple or t is list or t is dict:
+                new = memo.get(id(v))
+                if new is None:
+                    if depth <= 1 or len(v) > _LIFT_ITEMS or len(v) > self.budget:
+                        self.unseen = True
+                        continue
+                    new = self.walk(v, depth - 1)
+                elif new is _BUSY:
+                    raise _Looped
+                if new is v:
+                    continue
+            else:
+                if t not in _ATOMIC and t is not _OutOfBand:
+                    self.unseen = True
+                continue
+            if changed is None:
+                changed = [(k, new)]
+            else:
+                changed.append((k, new))
+        if changed is None:
+            memo[key] = value
+            return value
+        if type(value) is not tuple:
+            self.copied_mutable = True
+        memo[key] = copy = copy_with(value, changed)
+        return copy
+
+
+def _lift(value: Any) -> Any:
+    """``value`` with its large buffers wrapped to travel out of band (see
+    above); ``value`` itself where there is none or it must stay in band."""
+    t = type(value)
+    if (t is not tuple and t is not list and t is not dict) or len(value) > _LIFT_BUDGET:
+        return value
+    lifter = _Lifter()
+    try:
+        return lifter.done(value, lifter.walk(value, _LIFT_DEPTH))
+    except _Looped:
+        return value
+
+
+def _lift_call(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> tuple[tuple[object, ...], dict[str, object]] | None:
+    """:func:`_lift` for a call, each argument as deep as a value (one walk
+    for both, so that a list they share stays one); ``None`` if nothing
+    changed. The kwargs dict is the call's own: copying it splits nothing."""
+    lifter = _Lifter()
+    values = tuple(kwargs.values())
+    try:
+        new_args = lifter.walk(args, _LIFT_DEPTH + 1)
+        new_values = lifter.walk(values, _LIFT_DEPTH + 1)
+    except _Looped:
+        return None
+    if (new_args is args and new_values is values) or (lifter.unseen and lifter.copied_mutable):
+        return None
+    return new_args, dict(zip(kwargs, new_values))
 
 
 def _dump_with(pickler: type[pickle.Pickler], obj: object) -> tuple[Any, ...]:
@@ -317,13 +431,17 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple
         # subclass halves the cost of pickling ``f(result_of(t))``, same bytes.
         return dump_plain_arguments(args, kwargs)
     if kwargs:
-        keys = tuple(kwargs)
-        kwargs = dict(zip(keys, _wrap_big(tuple(kwargs.values()))))
+        kwargs = dict(zip(kwargs, _wrap_big(tuple(kwargs.values()))))
     call = (_wrap_big(args), kwargs)
+    pickler: type[pickle.Pickler] = _FastPickler
     try:
-        return _dump_with(_FastPickler, call)
+        segments = _dump_with(pickler, call)
     except Exception:  # _NeedsCloudpickle, or anything the C pickler refuses
-        return _dump_with(cloudpickle.CloudPickler, call)
+        pickler = cloudpickle.CloudPickler
+        segments = _dump_with(pickler, call)
+    if len(segments[1]) >= _BIG and (lifted := _lift_call(*call)) is not None:
+        return _dump_with(pickler, lifted)  # large bytes nested in the arguments
+    return segments
 
 
 def dump_plain_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[Any, ...]:
@@ -338,10 +456,15 @@ def dump_value(value: object) -> tuple[Any, ...]:
         value = _OutOfBand(value)  # type: ignore[arg-type]
     elif type(value) in _ATOMIC:
         return (_NO_BUFFERS, pickle.dumps(value, protocol=5))
+    pickler: type[pickle.Pickler] = pickle.Pickler
     try:
-        return _dump_with(pickle.Pickler, value)
+        segments = _dump_with(pickler, value)
     except Exception:
-        return _dump_with(cloudpickle.CloudPickler, value)
+        pickler = cloudpickle.CloudPickler
+        segments = _dump_with(pickler, value)
+    if len(segments[1]) >= _BIG and (lifted := _lift(value)) is not value:
+        return _dump_with(pickler, lifted)  # large bytes inside: ``return key, data``
+    return segments
 
 
 def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:

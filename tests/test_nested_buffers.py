@@ -1,0 +1,234 @@
+"""Large ``bytes`` nested in tuples, lists and dicts travel out of band, as a
+top-level one does (``_calls._Lifter``): ``return key, data`` goes through the
+side file, not the pipe. What is checked: which values are lifted and which
+stay in band, that every value comes back equal with its sharing intact (a
+hypothesis property over nested values with shared parts), and a real pool
+moving a nested 3 MB result through the side file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from procqueue import ProcQueue
+from procqueue._runtime import _calls, _shm
+
+BIG = 3_000_000
+pytestmark = pytest.mark.skipif(not _shm._HAVE_MEMFD, reason="side files need Linux memfds")
+
+
+def payload(i: int, size: int = BIG) -> bytes:
+    return i.to_bytes(8, "little") + bytes([i % 251]) * (size - 16) + i.to_bytes(8, "little")
+
+
+def _out_of_band(segments: tuple[Any, ...]) -> int:
+    """Bytes the value blob carries out of band."""
+    return sum(memoryview(s).nbytes for s in segments[2:])
+
+
+def _load(segments: tuple[Any, ...]) -> Any:
+    return _calls.load_value(memoryview(b"".join(bytes(memoryview(s)) for s in segments)))
+
+
+class Holder:
+    """An object of no container type: the walk does not look inside it."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+
+def keyed(i: int) -> tuple[int, bytes]:
+    return i, payload(i)
+
+
+# --- which values are lifted ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (7, payload(1)),
+        {"data": payload(1), "n": 3},
+        [1, [2, (payload(1),)]],
+        (bytearray(payload(1)), "s"),
+    ],
+    ids=["tuple", "dict", "nested", "bytearray"],
+)
+def test_nested_large_buffers_go_out_of_band(value: Any) -> None:
+    segments = _calls.dump_value(value)
+    assert _out_of_band(segments) == BIG and len(segments[1]) < 1000
+    got = _load(segments)
+    assert got == value and type(got) is type(value)
+    args = _calls.dump_arguments((value,), {"k": value})
+    assert _out_of_band(args) == BIG  # shared: sent once
+    (a,), kw = _load(args)
+    assert a == value and kw["k"] is a
+
+
+def test_sharing_survives_the_copies() -> None:
+    data = payload(2)
+    shared = [data, 5]
+    got = _load(_calls.dump_value((shared, shared, {"again": data})))
+    assert got[0] is got[1] and got[0][0] is got[2]["again"]
+    got[0].append(6)
+    assert got[1] == [data, 5, 6]
+
+
+def test_small_values_are_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    walked: list[Any] = []
+    real = _calls._lift
+    monkeypatch.setattr(_calls, "_lift", lambda v: walked.append(v) or real(v))
+    for value in [(1, 2.0, "x"), [b"y" * 1000] * 10, {"a": [1, 2]}]:
+        assert _load(_calls.dump_value(value)) == value
+        assert _load(_calls.dump_arguments((value,), {})) == ((value,), {})
+    assert walked == []
+    _calls.dump_value((1, payload(3)))
+    assert len(walked) == 1
+
+
+def test_loops_stay_in_band() -> None:
+    loop: list[Any] = [payload(4)]
+    loop.append(loop)
+    segments = _calls.dump_value(loop)
+    assert _out_of_band(segments) == 0
+    got = _load(segments)
+    assert got[0] == payload(4) and got[1] is got
+
+
+def test_a_list_seen_from_elsewhere_is_not_split() -> None:
+    # Copying ``inner`` would leave ``Holder`` holding the original: two lists
+    # where the caller had one. So it stays in band.
+    inner = [payload(5)]
+    segments = _calls.dump_value((inner, Holder(inner)))
+    assert _out_of_band(segments) == 0
+    got = _load(segments)
+    assert got[1].ref is got[0]
+    # A tuple may be copied all the same: it holds the same items.
+    segments = _calls.dump_value(((payload(5),), Holder(3)))
+    assert _out_of_band(segments) == BIG
+
+
+def test_the_walk_is_bounded() -> None:
+    wide = [0] * (_calls._LIFT_ITEMS + 1) + [payload(6)]
+    assert _out_of_band(_calls.dump_value((wide,))) == 0
+    deep: Any = payload(6)
+    for _ in range(_calls._LIFT_DEPTH):
+        deep = (deep,)
+    assert _out_of_band(_calls.dump_value(deep)) == BIG
+    assert _out_of_band(_calls.dump_value((deep,))) == 0
+    for value in (((deep,),), [wide]):
+        assert _load(_calls.dump_value(value)) == value
+
+
+# --- the property -------------------------------------------------------------------
+
+_BIG_POOL = [payload(i, _calls._BIG + i) for i in range(3)]
+
+
+@st.composite
+def _values(draw: st.DrawFn) -> Any:
+    """Nested tuples, lists and dicts of scalars, small and large bytes, some
+    parts placed more than once (shared)."""
+    made: list[Any] = []
+    leaves = st.one_of(
+        st.integers(-5, 5),
+        st.binary(max_size=8),
+        st.sampled_from(_BIG_POOL),
+        st.builds(Holder, st.integers()),
+    )
+
+    def pick(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        containers = st.one_of(
+            st.lists(children, max_size=4).map(tuple),
+            st.lists(children, max_size=4),
+            st.dictionaries(st.text(max_size=2), children, max_size=4),
+        )
+        return containers
+
+    tree = draw(st.recursive(leaves, pick, max_leaves=12))
+
+    def share(v: Any) -> Any:
+        if isinstance(v, (tuple, list, dict)):
+            made.append(v)
+            if draw(st.booleans()) and len(made) > 1:
+                return draw(st.sampled_from(made[:-1]))
+        return v
+
+    def rebuild(v: Any) -> Any:
+        if type(v) is Holder and made:  # refers to a container from elsewhere
+            return Holder(draw(st.sampled_from(made)))
+        if type(v) is tuple:
+            return share(tuple(rebuild(x) for x in v))
+        if type(v) is list:
+            return share([rebuild(x) for x in v])
+        if type(v) is dict:
+            return share({k: rebuild(x) for k, x in v.items()})
+        return v
+
+    return rebuild(tree)
+
+
+def _shape(value: Any, ids: dict[int, int], bytes_too: bool) -> Any:
+    """``value``'s structure with each list, dict (and, if ``bytes_too``,
+    large buffer) numbered by first appearance: equal shapes mean equal values
+    shared the same way. Tuples are not numbered: one may come back as an
+    equal copy, and so may a large buffer where an object of another type
+    holds part of the value."""
+    t = type(value)
+    if t is tuple:
+        return ("tuple", [_shape(v, ids, bytes_too) for v in value])
+    if t is bytes and len(value) >= _calls._BIG:
+        return ("big", ids.setdefault(id(value), len(ids)) if bytes_too else None, value)
+    if t in (list, dict):
+        number = ids.setdefault(id(value), len(ids))
+        if number != len(ids) - 1:
+            return ("seen", number)
+        items = value.items() if t is dict else enumerate(value)
+        return (t.__name__, number, [(k, _shape(v, ids, bytes_too)) for k, v in items])
+    if t is Holder:
+        return ("holder", _shape(value.ref, ids, bytes_too))
+    return value
+
+
+def _holds_a_holder(value: Any, seen: set[int]) -> bool:
+    if type(value) is Holder:
+        return True
+    if type(value) in (tuple, list, dict) and id(value) not in seen:
+        seen.add(id(value))
+        items = value.values() if type(value) is dict else value
+        return any(_holds_a_holder(v, seen) for v in items)
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(_values())
+def test_values_come_back_equal_and_shared_alike(value: Any) -> None:
+    bytes_too = not _holds_a_holder(value, set())
+    before = _shape(value, {}, bytes_too)
+    got = _load(_calls.dump_value(value))
+    assert _shape(got, {}, bytes_too) == before
+    # The caller's value is never changed by the walk.
+    assert _shape(value, {}, bytes_too) == before
+
+
+# --- a real pool ---------------------------------------------------------------------
+
+
+def test_a_keyed_result_comes_through_the_side_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[int] = []
+    real = _shm._read_at
+
+    def spy(fd: int, size: int, offset: int) -> bytes:
+        read.append(size)
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(_shm, "_read_at", spy)  # the coordinator reads results
+    with ProcQueue(2, start_method="fork") as pool:
+        assert [f.result() for f in [pool.submit(keyed, i) for i in range(4)]] == [
+            keyed(i) for i in range(4)
+        ]
+    assert read == [BIG] * 4
