@@ -1,9 +1,10 @@
 """Large ``bytes`` nested in tuples, lists and dicts travel out of band, as a
 top-level one does (``_calls._Lifter``): ``return key, data`` goes through the
 side file, not the pipe. What is checked: which values are lifted and which
-stay in band, that every value comes back equal with its sharing intact (a
-hypothesis property over nested values with shared parts), and a real pool
-moving a nested 3 MB result through the side file.
+stay in band (any value the walk cannot see all of), that every value comes
+back equal with its sharing intact (a hypothesis property over nested values
+with shared parts), that nothing is pickled twice where pickling runs code of
+its own, and a real pool moving a nested 3 MB result through the side file.
 """
 
 from __future__ import annotations
@@ -99,17 +100,53 @@ def test_loops_stay_in_band() -> None:
     assert got[0] == payload(4) and got[1] is got
 
 
-def test_a_list_seen_from_elsewhere_is_not_split() -> None:
-    # Copying ``inner`` would leave ``Holder`` holding the original: two lists
-    # where the caller had one. So it stays in band.
-    inner = [payload(5)]
-    segments = _calls.dump_value((inner, Holder(inner)))
+class Drain:
+    """Hands over what it buffered when pickled: a second pickle would send
+    nothing."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __reduce__(self) -> Any:
+        items, self.items = self.items, []
+        return Drain, (items,)
+
+
+def _held_list(big: bytes) -> Any:
+    inner = [big]  # copying it would leave the Holder with the original
+    return inner, Holder(inner)
+
+
+def _held_bytearray(big: bytes) -> Any:
+    ba = bytearray(big)
+    return ba, Holder(ba)
+
+
+def _keyed_by_object(big: bytes) -> Any:
+    inner = [big]  # a dict key is an object the walk does not look into
+    return {Holder(inner): 1, "data": inner}
+
+
+def _draining(big: bytes) -> Any:
+    return big, Drain([1, 2, 3])  # pickling again would run __reduce__ again
+
+
+def _too_deep(big: bytes) -> Any:
+    t = (big,)  # beyond the depth bound, and met again higher up
+    return (((((t,),),),), t)
+
+
+@pytest.mark.parametrize(
+    "make", [_held_list, _held_bytearray, _keyed_by_object, _draining, _too_deep]
+)
+def test_what_the_walk_cannot_see_all_of_stays_in_band(make: Any) -> None:
+    before = _shape(make(payload(5)), {})  # Drain empties as it is pickled
+    segments = _calls.dump_value(make(payload(5)))
     assert _out_of_band(segments) == 0
-    got = _load(segments)
-    assert got[1].ref is got[0]
-    # A tuple may be copied all the same: it holds the same items.
-    segments = _calls.dump_value(((payload(5),), Holder(3)))
-    assert _out_of_band(segments) == BIG
+    assert _shape(_load(segments), {}) == before
+    args = _calls.dump_arguments((make(payload(5)),), {})
+    assert _out_of_band(args) == 0
+    assert _shape(_load(args)[0][0], {}) == before
 
 
 def test_the_walk_is_bounded() -> None:
@@ -172,47 +209,35 @@ def _values(draw: st.DrawFn) -> Any:
     return rebuild(tree)
 
 
-def _shape(value: Any, ids: dict[int, int], bytes_too: bool) -> Any:
-    """``value``'s structure with each list, dict (and, if ``bytes_too``,
-    large buffer) numbered by first appearance: equal shapes mean equal values
-    shared the same way. Tuples are not numbered: one may come back as an
-    equal copy, and so may a large buffer where an object of another type
-    holds part of the value."""
+def _shape(value: Any, ids: dict[int, int]) -> Any:
+    """``value``'s structure with each container and large buffer numbered by
+    first appearance: equal shapes mean equal values shared the same way."""
     t = type(value)
-    if t is tuple:
-        return ("tuple", [_shape(v, ids, bytes_too) for v in value])
-    if t is bytes and len(value) >= _calls._BIG:
-        return ("big", ids.setdefault(id(value), len(ids)) if bytes_too else None, value)
-    if t in (list, dict):
+    if t is bytes or t is bytearray:
+        if len(value) < _calls._BIG:
+            return (t.__name__, value)
+        return (t.__name__, ids.setdefault(id(value), len(ids)), len(value), value[:8])
+    if t in (tuple, list, dict):
         number = ids.setdefault(id(value), len(ids))
         if number != len(ids) - 1:
             return ("seen", number)
         items = value.items() if t is dict else enumerate(value)
-        return (t.__name__, number, [(k, _shape(v, ids, bytes_too)) for k, v in items])
+        return (t.__name__, number, [(_shape(k, ids), _shape(v, ids)) for k, v in items])
     if t is Holder:
-        return ("holder", _shape(value.ref, ids, bytes_too))
+        return ("holder", _shape(value.ref, ids))
+    if t is Drain:
+        return ("drain", value.items)
     return value
-
-
-def _holds_a_holder(value: Any, seen: set[int]) -> bool:
-    if type(value) is Holder:
-        return True
-    if type(value) in (tuple, list, dict) and id(value) not in seen:
-        seen.add(id(value))
-        items = value.values() if type(value) is dict else value
-        return any(_holds_a_holder(v, seen) for v in items)
-    return False
 
 
 @settings(max_examples=150, deadline=None)
 @given(_values())
 def test_values_come_back_equal_and_shared_alike(value: Any) -> None:
-    bytes_too = not _holds_a_holder(value, set())
-    before = _shape(value, {}, bytes_too)
+    before = _shape(value, {})
     got = _load(_calls.dump_value(value))
-    assert _shape(got, {}, bytes_too) == before
+    assert _shape(got, {}) == before
     # The caller's value is never changed by the walk.
-    assert _shape(value, {}, bytes_too) == before
+    assert _shape(value, {}) == before
 
 
 # --- a real pool ---------------------------------------------------------------------

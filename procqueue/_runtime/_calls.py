@@ -274,21 +274,21 @@ def _wrap_big(values: tuple[object, ...]) -> tuple[object, ...]:
 # --- large bytes inside containers ------------------------------------------------
 # The C pickler writes a ``bytes`` in band wherever it sits, so a task's
 # ``return key, data`` sent its 4 MB through the pipe: three copies more than
-# the side file, on the coordinator's one thread (1.8x ProcessPoolExecutor,
+# the side file, on the coordinator's one thread (1.3x ProcessPoolExecutor,
 # where a bare ``return data`` made 6x). A value or call whose pickle comes out
 # at 64 KiB or more (and only then: a small one pays a length check) is walked
-# for the large ``bytes`` and ``bytearray`` in its tuples, lists and dict
-# values, and pickled again with them wrapped if there is any. The first
-# pickle is wasted then (one copy, in the worker for a result), against the
-# three it saves. The walk is bounded: :data:`_LIFT_DEPTH` containers deep,
-# none with more than :data:`_LIFT_ITEMS` items, :data:`_LIFT_BUDGET` items in
-# all. Copies are made as ``_core.deps.bind`` makes them: only of the
-# containers that lead to a wrapped buffer, each once however often it is
-# referenced, so objects the value shares stay shared. The value stays as it
-# is (in band, as before) where containers loop, and where a list or dict
-# would be copied while part of the value went unseen (past the bounds, or
-# inside an object of another type that might refer to it). A tuple may be
-# copied then: equal, and immutable, it can only differ by ``is``.
+# for the large ``bytes`` and ``bytearray`` in its tuples, lists and dicts,
+# and pickled again with them out of band if there is any. The walk must see
+# all of the value, or the first pickle stands: nothing but tuples, lists and
+# dicts (keys small scalars), small builtin scalars, and ``bytes`` and
+# ``bytearray``; :data:`_LIFT_DEPTH` containers deep at most, none with more
+# than :data:`_LIFT_ITEMS` items, :data:`_LIFT_BUDGET` in all. Then every
+# reference in the value went through the walk's memo, so what it shares stays
+# shared in the copy (each container copied once, only those that lead to a
+# wrapped buffer), and pickling it again runs no code but pickle's own (an
+# object's ``__reduce__`` may have effects, or refuse a second call). Anything
+# else in the value (a numpy array, an object of your own) keeps it in band.
+# The second pickle then copies what the first copied, less the buffers.
 
 _LIFT_DEPTH = 4
 _LIFT_ITEMS = 256
@@ -296,29 +296,30 @@ _LIFT_BUDGET = 2048
 _BUSY: Any = object()  # in a walk's memo: being walked
 
 
-class _Looped(Exception):
-    """A container met again while it is being walked."""
+class _Unlifted(Exception):
+    """The walk cannot vouch for the whole value: it stays as it is."""
 
 
 class _Lifter:
-    __slots__ = ("memo", "budget", "unseen", "copied_mutable")
+    __slots__ = ("memo", "budget")
 
     def __init__(self) -> None:
         self.memo: dict[int, Any] = {}  # id -> its replacement, or itself
         self.budget = _LIFT_BUDGET
-        self.unseen = False  # something was not looked into
-        self.copied_mutable = False  # a list or dict was copied
-
-    def done(self, value: Any, new: Any) -> Any:
-        """``new`` unless copying a list or dict might split shared state."""
-        return value if self.unseen and self.copied_mutable else new
 
     def walk(self, value: Any, depth: int) -> Any:
+        """``value`` (a tuple, list or dict) with its large buffers wrapped;
+        raises :class:`_Unlifted` for anything it cannot see all of."""
         memo = self.memo
         key = id(value)
         memo[key] = _BUSY
         is_dict = type(value) is dict
         self.budget -= len(value)
+        if is_dict:
+            for k in value:
+                t = type(k)
+                if t not in _ATOMIC or (t is bytes and len(k) >= _BIG):
+                    raise _Unlifted
         changed: list[tuple[Any, Any]] | None = None
         for k, v in value.items() if is_dict else enumerate(value):
             t = type(v)
@@ -332,27 +333,21 @@ class _Lifter:
                 new = memo.get(id(v))
                 if new is None:
                     if depth <= 1 or len(v) > _LIFT_ITEMS or len(v) > self.budget:
-                        self.unseen = True
-                        continue
+                        raise _Unlifted
                     new = self.walk(v, depth - 1)
                 elif new is _BUSY:
-                    raise _Looped
+                    raise _Unlifted  # a loop: the copies would point at the original
                 if new is v:
                     continue
-            else:
-                if t not in _ATOMIC and t is not _OutOfBand:
-                    self.unseen = True
+            elif t in _ATOMIC or t is _OutOfBand:
                 continue
+            else:
+                raise _Unlifted
             if changed is None:
                 changed = [(k, new)]
             else:
                 changed.append((k, new))
-        if changed is None:
-            memo[key] = value
-            return value
-        if type(value) is not tuple:
-            self.copied_mutable = True
-        memo[key] = copy = copy_with(value, changed)
+        memo[key] = copy = value if changed is None else copy_with(value, changed)
         return copy
 
 
@@ -362,10 +357,9 @@ def _lift(value: Any) -> Any:
     t = type(value)
     if (t is not tuple and t is not list and t is not dict) or len(value) > _LIFT_BUDGET:
         return value
-    lifter = _Lifter()
     try:
-        return lifter.done(value, lifter.walk(value, _LIFT_DEPTH))
-    except _Looped:
+        return _Lifter().walk(value, _LIFT_DEPTH)
+    except _Unlifted:
         return value
 
 
@@ -375,14 +369,16 @@ def _lift_call(
     """:func:`_lift` for a call, each argument as deep as a value (one walk
     for both, so that a list they share stays one); ``None`` if nothing
     changed. The kwargs dict is the call's own: copying it splits nothing."""
+    if len(args) + len(kwargs) > _LIFT_BUDGET:
+        return None
     lifter = _Lifter()
     values = tuple(kwargs.values())
     try:
         new_args = lifter.walk(args, _LIFT_DEPTH + 1)
         new_values = lifter.walk(values, _LIFT_DEPTH + 1)
-    except _Looped:
+    except _Unlifted:
         return None
-    if (new_args is args and new_values is values) or (lifter.unseen and lifter.copied_mutable):
+    if new_args is args and new_values is values:
         return None
     return new_args, dict(zip(kwargs, new_values))
 
