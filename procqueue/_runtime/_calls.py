@@ -301,11 +301,18 @@ class _Unlifted(Exception):
 
 
 class _Lifter:
-    __slots__ = ("memo", "budget")
+    """One walk. ``bytearrays``: lift those too. Not in a call's arguments: a
+    lifted buffer is read from the caller's object when the task is sent, and
+    until then it holds an export that makes resizing it raise, where a
+    nested ``bytearray`` used to be copied at ``submit`` (a top-level one,
+    out of band all along, is as before)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("memo", "budget", "bytearrays")
+
+    def __init__(self, bytearrays: bool) -> None:
         self.memo: dict[int, Any] = {}  # id -> its replacement, or itself
         self.budget = _LIFT_BUDGET
+        self.bytearrays = bytearrays
 
     def walk(self, value: Any, depth: int) -> Any:
         """``value`` (a tuple, list or dict) with its large buffers wrapped;
@@ -324,7 +331,7 @@ class _Lifter:
         for k, v in value.items() if is_dict else enumerate(value):
             t = type(v)
             if t is bytes or t is bytearray:
-                if len(v) < _BIG:
+                if len(v) < _BIG or (t is bytearray and not self.bytearrays):
                     continue
                 new = memo.get(id(v))
                 if new is None:
@@ -358,7 +365,7 @@ def _lift(value: Any) -> Any:
     if (t is not tuple and t is not list and t is not dict) or len(value) > _LIFT_BUDGET:
         return value
     try:
-        return _Lifter().walk(value, _LIFT_DEPTH)
+        return _Lifter(bytearrays=True).walk(value, _LIFT_DEPTH)
     except _Unlifted:
         return value
 
@@ -371,7 +378,7 @@ def _lift_call(
     changed. The kwargs dict is the call's own: copying it splits nothing."""
     if len(args) + len(kwargs) > _LIFT_BUDGET:
         return None
-    lifter = _Lifter()
+    lifter = _Lifter(bytearrays=False)
     values = tuple(kwargs.values())
     try:
         new_args = lifter.walk(args, _LIFT_DEPTH + 1)
