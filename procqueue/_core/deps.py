@@ -21,7 +21,6 @@ __all__ = [
     "FutureResultOf",
     "ResultOf",
     "bind",
-    "copy_with",
     "find_markers",
     "replace_in_call",
 ]
@@ -162,22 +161,17 @@ def _walk(
     if changed is None:
         memo[key] = value
         return value
-    memo[key] = copy = copy_with(value, changed)
-    return copy
-
-
-def copy_with(container: Any, changed: list[tuple[Any, Any]]) -> Any:
-    """A copy of the list, tuple or dict ``container`` with ``(key or index,
-    new value)`` each put in place (a dict keeps its key order)."""
-    if type(container) is dict:
-        copy = dict(container)
+    if is_dict:
+        copy: Any = dict(value)  # same key order
         for k, new in changed:
             copy[k] = new
-        return copy
-    items = list(container)
-    for k, new in changed:
-        items[k] = new
-    return items if type(container) is list else tuple(items)
+    else:
+        items = list(value)
+        for k, new in changed:
+            items[k] = new
+        copy = items if type(value) is list else tuple(items)
+    memo[key] = copy
+    return copy
 
 
 def _replace_looped(

@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._core.deps import ResultOf, bind, copy_with
+from .._core.deps import ResultOf, bind
 from . import _shm
 from .wire import RESULT_HEAD
 
@@ -307,10 +307,11 @@ class _Lifter:
     nested ``bytearray`` used to be copied at ``submit`` (a top-level one,
     out of band all along, is as before)."""
 
-    __slots__ = ("memo", "budget", "bytearrays")
+    __slots__ = ("memo", "held", "budget", "bytearrays")
 
     def __init__(self, bytearrays: bool) -> None:
         self.memo: dict[int, Any] = {}  # id -> its replacement, or itself
+        self.held: list[Any] = []  # what the memo's ids name
         self.budget = _LIFT_BUDGET
         self.bytearrays = bytearrays
 
@@ -320,21 +321,29 @@ class _Lifter:
         memo = self.memo
         key = id(value)
         memo[key] = _BUSY
+        self.held.append(value)  # no id in the memo is reused while it runs
         is_dict = type(value) is dict
-        self.budget -= len(value)
-        if is_dict:
-            for k in value:
+        # One C-level copy, atomic under the GIL (this walk is not): a thread
+        # changing the container meanwhile cannot make the copy a state the
+        # container never had.
+        items: list[Any] = list(value.items()) if is_dict else list(value)
+        self.budget -= len(items)
+        changed = False
+        for i, item in enumerate(items):
+            if is_dict:
+                k, v = item
                 t = type(k)
                 if t not in _ATOMIC or (t is bytes and len(k) >= _BIG):
                     raise _Unlifted
-        changed: list[tuple[Any, Any]] | None = None
-        for k, v in value.items() if is_dict else enumerate(value):
+            else:
+                v = item
             t = type(v)
             if t is bytes or t is bytearray:
                 if len(v) < _BIG or (t is bytearray and not self.bytearrays):
                     continue
                 new = memo.get(id(v))
                 if new is None:
+                    self.held.append(v)
                     new = memo[id(v)] = _OutOfBand(v)
             elif t is tuple or t is list or t is dict:
                 new = memo.get(id(v))
@@ -350,11 +359,13 @@ class _Lifter:
                 continue
             else:
                 raise _Unlifted
-            if changed is None:
-                changed = [(k, new)]
-            else:
-                changed.append((k, new))
-        memo[key] = copy = value if changed is None else copy_with(value, changed)
+            items[i] = (k, new) if is_dict else new
+            changed = True
+        if not changed:
+            memo[key] = value
+            return value
+        copy = dict(items) if is_dict else items if type(value) is list else tuple(items)
+        memo[key] = copy
         return copy
 
 
