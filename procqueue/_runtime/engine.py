@@ -76,6 +76,7 @@ from ..errors import (
     QueueFullError,
     TaskNotFoundError,
 )
+from . import _sigint
 from ._calls import pass_inputs
 from ._rearm import rearm
 from .processes import close_fds
@@ -176,6 +177,7 @@ class Engine(ReadSide):
         # after the close could land in a reused fd number (another file).
         self._wake_lock = threading.Lock()
         self._soft_limit = config.limits.memory_soft is not None
+        self._sigint_taken = False  # counted by _sigint.take(): give it back
 
     # ------------------------------------------------------------------ front doors
 
@@ -201,56 +203,69 @@ class Engine(ReadSide):
             )
             _live_engines.add(self)
             self._thread.start()
+        self._sigint_taken = _sigint.take()
 
     def enqueue(self, rec: _TaskRecord, *, block: bool = True, wait: float | None = None) -> int:
         """Admit a prepared record, honouring ``max_pending``: wait up to
         ``wait`` seconds for room (``block=False``: not at all), then raise
         ``QueueFullError``."""
         limit = self.config.max_pending
-        with self._lock:
-            # Closed first: a submitter woken by stop() must get QueueClosedError,
-            # not QueueFullError again (an async one would spin on the loop).
-            self.check_open()
-            if (
-                limit is not None
-                and self.core.tally.unfinished >= limit
-                # A done-callback's or listener's follow-up work is admitted
-                # over the limit: no room could come while it waits.
-                and not self.in_callback()
+        held = False
+        try:
+            with self._lock:
+                # Closed first: a submitter woken by stop() must get QueueClosedError,
+                # not QueueFullError again (an async one would spin on the loop).
+                self.check_open()
+                if (
+                    limit is not None
+                    and self.core.tally.unfinished >= limit
+                    # A done-callback's or listener's follow-up work is admitted
+                    # over the limit: no room could come while it waits.
+                    and not self.in_callback()
+                ):
+                    self._wait_for_room(limit, block, wait)  # Ctrl-C ends the wait
+                self.check_open()  # under the lock: stop() may have begun since
+                # From here to the end, a Ctrl-C waits for the engine (_sigint.py).
+                held = _sigint.hold()
+                core = self.core
+                core.admit(rec, time.monotonic())
+                # A task that waits for its upstream gives the coordinator nothing
+                # to do: waking it for each one of a DAG's submits only made it
+                # fight the submitting thread for the GIL.
+                ready = rec.state is not TaskState.WAITING
+                if ready:
+                    self._fresh = True  # before reading _sleeping: see _loop
+                # Admission settled something (a dependent of a task that had
+                # already failed): the coordinator must publish it now.
+                # A scheduled task may be due before the coordinator's current
+                # timeout: it must recompute it.
+                settled = bool(core.settlements) or rec.due is not None
+            if settled or (
+                ready
+                and self._sleeping
+                and self._wake_on_submit
+                and not self._wake_pending
+                and not (self._direct_ok and self._step_here())
             ):
-                self._wait_for_room(limit, block, wait)
-            self.check_open()  # under the lock: stop() may have begun since
-            core = self.core
-            core.admit(rec, time.monotonic())
-            # A task that waits for its upstream gives the coordinator nothing
-            # to do: waking it for each one of a DAG's submits only made it
-            # fight the submitting thread for the GIL.
-            ready = rec.state is not TaskState.WAITING
-            if ready:
-                self._fresh = True  # before reading _sleeping: see _loop
-            # Admission settled something (a dependent of a task that had
-            # already failed): the coordinator must publish it now.
-            # A scheduled task may be due before the coordinator's current
-            # timeout: it must recompute it.
-            settled = bool(core.settlements) or rec.due is not None
-        if settled or (
-            ready
-            and self._sleeping
-            and self._wake_on_submit
-            and not self._wake_pending
-            and not (self._direct_ok and self._step_here())
-        ):
-            self._wake()
-        return rec.task_id
+                self._wake()
+            return rec.task_id
+        finally:
+            if held:
+                _sigint.release()
 
     def enqueue_many(self, records: list[_TaskRecord]) -> None:
         """``map``'s fast path: one lock round for a batch (no ``max_pending``)."""
-        with self._lock:
-            self.check_open()
-            self.core.admit_many(records)
-            self._fresh = True
-        if self._sleeping and self._wake_on_submit and not self._wake_pending:
-            self._wake()
+        held = _sigint.hold()
+        try:
+            with self._lock:
+                self.check_open()
+                self.core.admit_many(records)
+                self._fresh = True
+            if self._sleeping and self._wake_on_submit and not self._wake_pending:
+                self._wake()
+        finally:
+            if held:
+                _sigint.release()
 
     def _wait_for_room(self, limit: int, block: bool, wait: float | None) -> None:
         if not block:
@@ -414,6 +429,9 @@ class Engine(ReadSide):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._sigint_taken and threading.current_thread() is threading.main_thread():
+            self._sigint_taken = False
+            _sigint.give_back()
         return True
 
     def _step_here(self) -> bool:
@@ -448,14 +466,21 @@ class Engine(ReadSide):
 
     def _wake(self) -> None:
         # One byte per sleep is enough: a burst of submits costs one syscall.
-        self._wake_pending = True
-        with self._wake_lock:
-            if self._wake_w < 0:
-                return  # stopped
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full: already awake
+        # Not cut in two by a Ctrl-C: the flag set and no byte behind it
+        # would keep every later submit from waking the coordinator.
+        held = _sigint.hold()
+        try:
+            self._wake_pending = True
+            with self._wake_lock:
+                if self._wake_w < 0:
+                    return  # stopped
+                try:
+                    os.write(self._wake_w, b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full: already awake
+        finally:
+            if held:
+                _sigint.release()
 
     def _drain_wake(self) -> list[Event]:
         self._wake_pending = False

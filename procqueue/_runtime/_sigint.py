@@ -1,0 +1,109 @@
+"""Ctrl-C held while the main thread is inside the engine's bookkeeping.
+
+Python raises ``KeyboardInterrupt`` in the main thread between any two
+bytecodes. A script's submit loop spends most of its time inside the engine:
+admitting the task under the lock, taking the coordinator's step itself
+(direct dispatch) and writing the task down a worker's pipe. An interrupt
+landing there left the engine half-way: a lock taken and never released, a
+task the scheduler believed sent but never written, a wake-up flag set with
+no byte behind it, so a later task waited forever. A notebook's interrupt
+button sends exactly that, and the pool outlives the cell.
+
+So while a queue runs, SIGINT's handler is this module's, if it was
+Python's default: outside the engine it raises ``KeyboardInterrupt`` at once,
+as the default does; inside (:func:`hold` .. :func:`release`, main thread
+only) it notes the interrupt, and :func:`release` raises it once the engine is
+consistent again (microseconds later). A handler of your own is left alone.
+``asyncio.run`` installs its own SIGINT handler only over Python's default,
+so one started while a queue is open keeps this one; the last queue to stop
+in the main thread puts the default back.
+
+Blocking the signal instead (``signal.pthread_sigmask``) would not help:
+the kernel hands it to another thread, and Python still runs the handler, and
+raises, in the main thread. ``with lock:`` itself is safe since Python 3.10
+(bpo-29988: the interpreter checks for signals only after calls and on
+backward jumps, so ``__exit__`` runs if ``__enter__`` did).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+_main = threading.main_thread().ident
+_depth = 0
+_pending = False
+#: Running queues started in the main thread while this handler was in place.
+_holders = 0
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    if _depth:
+        _pending = True
+        return
+    signal.default_int_handler(signum, frame)
+
+
+def take() -> bool:
+    """A queue starts: put this module's handler in place of Python's default
+    one (from the main thread only; anywhere else, or over a handler of your
+    own, nothing changes). True if the caller must :func:`give_back`."""
+    global _holders
+    if threading.get_ident() != _main:
+        return False
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    elif current is not _on_sigint:
+        return False
+    _holders += 1
+    return True
+
+
+def give_back() -> None:
+    """A queue that :func:`take` counted has stopped: the last one puts
+    Python's default handler back, if this module's is still in place."""
+    global _holders
+    _holders = max(0, _holders - 1)
+    if (
+        not _holders
+        and threading.get_ident() == _main
+        and signal.getsignal(signal.SIGINT) is _on_sigint
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def hold() -> bool:
+    """Enter a section a Ctrl-C must not cut in two. True in the main thread
+    while this module's handler is in place: the caller must :func:`release`
+    (in a ``finally``)."""
+    global _depth
+    if not _holders or threading.get_ident() != _main:
+        return False
+    _depth += 1
+    return True
+
+
+def release() -> None:
+    """Leave the section; a Ctrl-C that came meanwhile is raised now."""
+    global _depth, _pending
+    _depth = max(0, _depth - 1)
+    if not _depth and _pending:
+        _pending = False
+        raise KeyboardInterrupt
+
+
+def _after_fork_in_child() -> None:
+    # The forking thread is the child's main thread; nothing is held there.
+    global _main, _depth, _pending, _holders
+    _main = threading.get_ident()
+    _depth = 0
+    _pending = False
+    _holders = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
