@@ -9,14 +9,16 @@ task the scheduler believed sent but never written, a wake-up flag set with
 no byte behind it, so a later task waited forever. A notebook's interrupt
 button sends exactly that, and the pool outlives the cell.
 
-So while a queue runs, SIGINT's handler is this module's, if it was
-Python's default: outside the engine it raises ``KeyboardInterrupt`` at once,
-as the default does; inside (:func:`hold` .. :func:`release`, main thread
-only) it notes the interrupt, and :func:`release` raises it once the engine is
-consistent again (microseconds later). A handler of your own is left alone.
-``asyncio.run`` installs its own SIGINT handler only over Python's default,
-so one started while a queue is open keeps this one; the last queue to stop
-in the main thread puts the default back.
+So while a queue started in the main thread runs, SIGINT's handler is this
+module's wherever it finds Python's default (at the start, and again at each
+held section: a notebook kernel puts the default back before every cell).
+Outside the engine it raises ``KeyboardInterrupt`` at once, as the default
+does; inside (:func:`hold` .. :func:`release`, main thread only) it notes the
+interrupt, and :func:`release` raises it once the engine is consistent again
+(microseconds later). A handler of your own is left alone, and then nothing
+is held. ``asyncio.run`` installs its own SIGINT handler only over Python's
+default, so one started while such a queue is open keeps this one; the last
+queue to stop in the main thread puts the default back.
 
 Blocking the signal instead (``signal.pthread_sigmask``) would not help:
 the kernel hands it to another thread, and Python still runs the handler, and
@@ -47,25 +49,35 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     signal.default_int_handler(signum, frame)
 
 
+def _ensure() -> bool:
+    """This module's handler is in place: it was, or Python's default was
+    and is now replaced (a syscall; once, and again after whoever put the
+    default back: a notebook kernel does before every cell)."""
+    current = signal.getsignal(signal.SIGINT)
+    if current is _on_sigint:
+        return True
+    if current is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+        return True
+    return False  # a handler of your own: left alone
+
+
 def take() -> bool:
-    """A queue starts: put this module's handler in place of Python's default
-    one (from the main thread only; anywhere else, or over a handler of your
-    own, nothing changes). True if the caller must :func:`give_back`."""
+    """A queue starts. True in the main thread: the caller must
+    :func:`give_back` when it stops."""
     global _holders
     if threading.get_ident() != _main:
         return False
-    current = signal.getsignal(signal.SIGINT)
-    if current is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
-    elif current is not _on_sigint:
-        return False
-    _holders += 1
+    _holders += 1  # first: a Ctrl-C just after the handler is set finds it counted
+    _ensure()
     return True
 
 
 def give_back() -> None:
     """A queue that :func:`take` counted has stopped: the last one puts
-    Python's default handler back, if this module's is still in place."""
+    Python's default handler back, if this module's is still in place and
+    this is the main thread (only it may set handlers; from elsewhere the
+    handler stays, raising as the default does, until a queue stops here)."""
     global _holders
     _holders = max(0, _holders - 1)
     if (
@@ -78,10 +90,12 @@ def give_back() -> None:
 
 def hold() -> bool:
     """Enter a section a Ctrl-C must not cut in two. True in the main thread
-    while this module's handler is in place: the caller must :func:`release`
-    (in a ``finally``)."""
+    while a queue runs and this module's handler is (or can be put) in place:
+    the caller must :func:`release` (in a ``finally``)."""
     global _depth
     if not _holders or threading.get_ident() != _main:
+        return False
+    if signal.getsignal(signal.SIGINT) is not _on_sigint and not _ensure():
         return False
     _depth += 1
     return True

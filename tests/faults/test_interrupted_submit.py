@@ -51,12 +51,16 @@ def pool() -> Iterator[ProcQueue]:
         yield pool
 
 
-@pytest.mark.parametrize("where", ["send", "admit"])
+@pytest.mark.parametrize("where", ["send", "admit", "send, after a notebook cell"])
 def test_an_interrupt_mid_submit_loses_nothing(
     pool: ProcQueue, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = pool._engine
-    if where == "send":  # inside the direct step, writing to the worker
+    if where.endswith("cell"):
+        # ipykernel puts Python's default handler back before every cell;
+        # the pool was made in an earlier one.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if where.startswith("send"):  # inside the direct step, writing to the worker
         monkeypatch.setattr(engine.transport, "send", _interrupt_once(engine.transport.send))
     else:  # under the engine lock, admitting the task
         monkeypatch.setattr(engine.core, "admit", _interrupt_once(engine.core.admit))
