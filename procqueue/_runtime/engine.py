@@ -247,7 +247,7 @@ class Engine(ReadSide):
                 and not self._wake_pending
                 and not (self._direct_ok and self._step_here())
             ):
-                self._wake()
+                self._wake_now()  # held above
             return rec.task_id
         finally:
             if held:
@@ -262,7 +262,7 @@ class Engine(ReadSide):
                 self.core.admit_many(records)
                 self._fresh = True
             if self._sleeping and self._wake_on_submit and not self._wake_pending:
-                self._wake()
+                self._wake_now()  # held above
         finally:
             if held:
                 _sigint.release()
@@ -461,26 +461,30 @@ class Engine(ReadSide):
             # Also when the step raised (a done-callback's SystemExit, a
             # Ctrl-C): a start it deferred must not wait for the next event.
             if wake or self._deferred:
-                self._wake()
+                self._wake_now()  # from enqueue, which holds Ctrl-C
         return True
 
     def _wake(self) -> None:
-        # One byte per sleep is enough: a burst of submits costs one syscall.
         # Not cut in two by a Ctrl-C: the flag set and no byte behind it
         # would keep every later submit from waking the coordinator.
         held = _sigint.hold()
         try:
-            self._wake_pending = True
-            with self._wake_lock:
-                if self._wake_w < 0:
-                    return  # stopped
-                try:
-                    os.write(self._wake_w, b"\0")
-                except (BlockingIOError, OSError):
-                    pass  # the pipe is full: already awake
+            self._wake_now()
         finally:
             if held:
                 _sigint.release()
+
+    def _wake_now(self) -> None:
+        """:meth:`_wake` for a caller already holding Ctrl-C (``enqueue``)."""
+        # One byte per sleep is enough: a burst of submits costs one syscall.
+        self._wake_pending = True
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # stopped
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: already awake
 
     def _drain_wake(self) -> list[Event]:
         self._wake_pending = False
