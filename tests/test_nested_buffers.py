@@ -48,6 +48,10 @@ def keyed(i: int) -> tuple[int, bytes]:
     return i, payload(i)
 
 
+def keyed_bytearray(i: int) -> tuple[int, bytearray]:
+    return i, bytearray(payload(i))
+
+
 # --- which values are lifted ---------------------------------------------------------
 
 
@@ -300,3 +304,19 @@ def test_a_list_changed_by_another_thread_arrives_in_a_state_it_had() -> None:
         sys.setswitchinterval(old)
     # Either ``[big, 0, ...]`` (21 items) or ``["z", big, 0, ...]`` (22).
     assert seen <= {(21, True, False), (22, False, True)}, seen
+
+
+def test_a_bytearray_result_is_read_once_and_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+    real = _shm._read_writable
+
+    def spy(fd: int, size: int, offset: int, kept: bool) -> Any:
+        made.append(real(fd, size, offset, kept))
+        return made[-1]
+
+    monkeypatch.setattr(_shm, "_read_writable", spy)
+    with ProcQueue(1, start_method="fork") as pool:
+        key, got = pool.submit(keyed_bytearray, 3).result()
+    assert key == 3 and got == bytearray(payload(3)) and type(got) is bytearray
+    assert len(made) == 1 and got is made[0]  # the bytearray preadv filled, not a copy
+    got[0] = 255  # writable, and ours alone

@@ -203,7 +203,8 @@ def keep(table: dict[int, Any], fid: int, value: Any) -> None:
 # ``_shm.SPILL_MIN`` bytes or more went through the worker's side file instead,
 # the blob is ``<I n | 1 << 31><n Q sizes><n q locations>`` + pickle + the
 # buffers left inline (location -1); any other location is the buffer's offset
-# in the side file, plus 1 if it must arrive writable (``_shm.py``).
+# in the side file, plus 1 if it must arrive writable and 2 if it is a
+# ``bytearray``'s (``_shm.py``).
 
 _BIG = 1 << 16
 _NO_BUFFERS = struct.pack("<I", 0)
@@ -213,8 +214,10 @@ def _bytes_from_buffer(buf: memoryview) -> bytes:
     return bytes(buf)
 
 
-def _bytearray_from_buffer(buf: memoryview) -> bytearray:
-    return bytearray(buf)
+def _bytearray_from_buffer(buf: memoryview | bytearray) -> bytearray:
+    # A bytearray here is one the side file was just read into (_shm's
+    # _BYTEARRAY), nobody else's: handed on, not copied again.
+    return buf if type(buf) is bytearray else bytearray(buf)
 
 
 class _OutOfBand:

@@ -54,8 +54,12 @@ SPILLED = 1 << 31
 INLINE = -1
 #: Low bit of a location: the receiver must get a writable buffer (a numpy
 #: array that was writable); otherwise it gets ``bytes``. Offsets are
-#: page-aligned, so the bit is free.
+#: page-aligned, so the low bits are free.
 _WRITABLE = 1
+#: The next bit: the buffer is a ``bytearray``'s, so the receiver reads it
+#: into a fresh ``bytearray``, which ``_calls._bytearray_from_buffer`` hands on
+#: as it is (read into a mapping, it was copied once more, faults and all).
+_BYTEARRAY = 2
 
 _HAVE_MEMFD = hasattr(os, "memfd_create") and hasattr(mmap, "MADV_REMOVE")
 
@@ -121,7 +125,12 @@ class Outbox:
                 offset = self._place(span)
                 regions.append((offset, offset + span))
                 _write_at(self.fd, view, offset)
-                locations.append(offset | (0 if view.readonly else _WRITABLE))
+                if view.readonly:
+                    locations.append(offset)
+                elif type(getattr(raw, "obj", None)) is bytearray:
+                    locations.append(offset | _WRITABLE | _BYTEARRAY)
+                else:
+                    locations.append(offset | _WRITABLE)
         except OSError:
             del self.held[key]  # out of memory for the file: the pipe, as before
             return segments
@@ -173,8 +182,10 @@ class Inbox:
                 buffers.append(blob[pos : pos + size])
                 pos += size
                 continue
-            offset = loc & ~_WRITABLE
-            if loc & _WRITABLE:
+            offset = loc & ~(_WRITABLE | _BYTEARRAY)
+            if loc & _BYTEARRAY:
+                buffers.append(_read_writable(self.fd, size, offset, False))
+            elif loc & _WRITABLE:
                 buffers.append(_read_writable(self.fd, size, offset, self.kept))
             else:
                 buffers.append(_read_at(self.fd, size, offset))
