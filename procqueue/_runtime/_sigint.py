@@ -18,7 +18,7 @@ interrupt, and :func:`release` raises it once the engine is consistent again
 (microseconds later). A handler of your own is left alone, and then nothing
 is held. ``asyncio.run`` installs its own SIGINT handler only over Python's
 default, so one started while such a queue is open keeps this one; the last
-queue to stop in the main thread puts the default back.
+queue to stop puts the default back once the main thread waits for it.
 
 Blocking the signal instead (``signal.pthread_sigmask``) would not help:
 the kernel hands it to another thread, and Python still runs the handler, and
@@ -46,8 +46,10 @@ _get_ident = threading.get_ident
 _main = threading.main_thread().ident
 _depth = 0
 _pending = False
-#: Running queues started in the main thread while this handler was in place.
+#: Running queues started in the main thread. Taken in the main thread and
+#: given back in each queue's coordinator thread: under a lock.
 _holders = 0
+_count_lock = threading.Lock()
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -75,25 +77,29 @@ def take() -> bool:
     """A queue starts. True in the main thread: the caller must
     :func:`give_back` when it stops."""
     global _holders
-    if threading.get_ident() != _main:
+    if _get_ident() != _main:
         return False
-    _holders += 1  # first: a Ctrl-C just after the handler is set finds it counted
+    with _count_lock:
+        _holders += 1  # first: a Ctrl-C just after the handler is set finds it counted
     _ensure()
     return True
 
 
 def give_back() -> None:
-    """A queue that :func:`take` counted has stopped: the last one puts
-    Python's default handler back, if this module's is still in place and
-    this is the main thread (only it may set handlers; from elsewhere the
-    handler stays, raising as the default does, until a queue stops here)."""
+    """A queue that :func:`take` counted has stopped (from its coordinator
+    thread, which ends once whatever stopped it)."""
     global _holders
-    _holders = max(0, _holders - 1)
-    if (
-        not _holders
-        and threading.get_ident() == _main
-        and signal.getsignal(signal.SIGINT) is _on_sigint
-    ):
+    with _count_lock:
+        _holders = max(0, _holders - 1)
+
+
+def restore() -> None:
+    """Once no counted queue runs: Python's default handler back, if this
+    module's is still in place and this is the main thread, the only one that
+    may set handlers (a wait for a stop there calls this; a queue stopped with
+    no one waiting for it in the main thread leaves this module's handler,
+    which raises as the default does, until the next such wait)."""
+    if not _holders and _get_ident() == _main and _getsignal(_SIGINT) is _on_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

@@ -177,7 +177,7 @@ class Engine(ReadSide):
         # after the close could land in a reused fd number (another file).
         self._wake_lock = threading.Lock()
         self._soft_limit = config.limits.memory_soft is not None
-        self._sigint_taken = False  # counted by _sigint.take(): give it back
+        self._sigint_taken = False  # counted by _sigint.take(): _finish gives it back
 
     # ------------------------------------------------------------------ front doors
 
@@ -202,8 +202,9 @@ class Engine(ReadSide):
                 target=self._run, name="procqueue-coordinator", daemon=True
             )
             _live_engines.add(self)
+            # Before the thread: its end gives it back (_finish).
+            self._sigint_taken = _sigint.take()
             self._thread.start()
-        self._sigint_taken = _sigint.take()
 
     def enqueue(self, rec: _TaskRecord, *, block: bool = True, wait: float | None = None) -> int:
         """Admit a prepared record, honouring ``max_pending``: wait up to
@@ -429,9 +430,7 @@ class Engine(ReadSide):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        if self._sigint_taken and threading.current_thread() is threading.main_thread():
-            self._sigint_taken = False
-            _sigint.give_back()
+        _sigint.restore()  # the last queue stopped: Python's default handler back
         return True
 
     def _step_here(self) -> bool:
@@ -674,6 +673,9 @@ class Engine(ReadSide):
             pub = self._take_publication()
         self._publish(pub)
         self._notifier.close()
+        if self._sigint_taken:  # however the queue stopped, and from whichever thread
+            self._sigint_taken = False
+            _sigint.give_back()
         _live_engines.discard(self)
         self._stopped.set()
         self.stopped_future.set_result(None)

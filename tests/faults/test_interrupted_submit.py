@@ -126,3 +126,14 @@ def test_a_submit_waiting_for_room_is_still_interrupted(gate: Gate) -> None:
         assert running.result(timeout=30) == "done"
         assert pool.submit(add_one, 2).result(timeout=30) == 3
         assert pool.get_stats().submitted == 2  # the interrupted one never got in
+
+
+def test_a_queue_stopped_without_waiting_still_gives_the_handler_back() -> None:
+    first = ProcQueue(max_workers=1, start_method="fork")
+    first.submit(add_one, 1).result(timeout=30)
+    first.shutdown(wait=False)
+    assert first._engine._stopped.wait(30)  # stopped, with no one waiting in the main thread
+    with ProcQueue(max_workers=1, start_method="fork") as second:
+        second.submit(add_one, 2).result(timeout=30)
+    # The first queue's count went with its coordinator, not with a wait.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
