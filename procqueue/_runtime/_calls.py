@@ -15,7 +15,7 @@ import struct
 import sys
 import types
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -374,14 +374,15 @@ class _Lifter:
 
 def _lift(value: Any) -> Any:
     """``value`` with its large buffers wrapped to travel out of band (see
-    above); ``value`` itself where there is none or it must stay in band."""
+    above); ``None`` where there is none or it must stay in band."""
     t = type(value)
     if (t is not tuple and t is not list and t is not dict) or len(value) > _LIFT_BUDGET:
-        return value
+        return None
     try:
-        return _Lifter(bytearrays=True).walk(value, _LIFT_DEPTH)
+        lifted = _Lifter(bytearrays=True).walk(value, _LIFT_DEPTH)
     except _Unlifted:
-        return value
+        return None
+    return None if lifted is value else lifted
 
 
 def _lift_call(
@@ -402,6 +403,23 @@ def _lift_call(
     if new_args is args and new_values is values:
         return None
     return new_args, dict(zip(kwargs, new_values))
+
+
+def _dump_lifting(
+    pickler: type[pickle.Pickler], obj: object, lift: Callable[[Any], Any]
+) -> tuple[Any, ...]:
+    """``obj`` as value-blob segments by ``pickler`` (cloudpickle if it
+    refuses), pickled again as ``lift(obj)`` if the pickle came out large
+    and ``lift`` (:func:`_lift`, :func:`_lift_call`) found buffers to take
+    out of band in it (``None``: none, or they must stay in band)."""
+    try:
+        segments = _dump_with(pickler, obj)
+    except Exception:
+        pickler = cloudpickle.CloudPickler
+        segments = _dump_with(pickler, obj)
+    if len(segments[1]) >= _BIG and (lifted := lift(obj)) is not None:
+        return _dump_with(pickler, lifted)
+    return segments
 
 
 def _dump_with(pickler: type[pickle.Pickler], obj: object) -> tuple[Any, ...]:
@@ -450,15 +468,8 @@ def dump_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple
     if kwargs:
         kwargs = dict(zip(kwargs, _wrap_big(tuple(kwargs.values()))))
     call = (_wrap_big(args), kwargs)
-    pickler: type[pickle.Pickler] = _FastPickler
-    try:
-        segments = _dump_with(pickler, call)
-    except Exception:  # _NeedsCloudpickle, or anything the C pickler refuses
-        pickler = cloudpickle.CloudPickler
-        segments = _dump_with(pickler, call)
-    if len(segments[1]) >= _BIG and (lifted := _lift_call(*call)) is not None:
-        return _dump_with(pickler, lifted)  # large bytes nested in the arguments
-    return segments
+    # _NeedsCloudpickle, or anything the C pickler refuses: cloudpickle.
+    return _dump_lifting(_FastPickler, call, lambda c: _lift_call(*c))
 
 
 def dump_plain_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[Any, ...]:
@@ -473,15 +484,7 @@ def dump_value(value: object) -> tuple[Any, ...]:
         value = _OutOfBand(value)  # type: ignore[arg-type]
     elif type(value) in _ATOMIC:
         return (_NO_BUFFERS, pickle.dumps(value, protocol=5))
-    pickler: type[pickle.Pickler] = pickle.Pickler
-    try:
-        segments = _dump_with(pickler, value)
-    except Exception:
-        pickler = cloudpickle.CloudPickler
-        segments = _dump_with(pickler, value)
-    if len(segments[1]) >= _BIG and (lifted := _lift(value)) is not value:
-        return _dump_with(pickler, lifted)  # large bytes inside: ``return key, data``
-    return segments
+    return _dump_lifting(pickle.Pickler, value, _lift)  # ``return key, data``
 
 
 def load_value(blob: memoryview, inbox: _shm.Inbox | None = None) -> Any:
